@@ -1,0 +1,42 @@
+"""What every modality adapter provides: file -> normalised tensor -> file.
+
+An adapter knows pixels or samples; the RDPM quantizer, vocabulary, streams, model and
+sampler do not. A new modality is a new adapter plus an autoencoder for its tensor shape.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from pathlib import Path
+from typing import Any, ClassVar
+
+import torch
+
+
+class MediaError(ValueError):
+    """A media file or object that cannot be used; the message names it and says why."""
+
+
+class MediaAdapter(ABC):
+    modality: ClassVar[str]
+    file_extensions: ClassVar[tuple[str, ...]]
+
+    @abstractmethod
+    def load(self, path: str | Path) -> Any:
+        """Read a file into the modality's in-memory object; raise MediaError naming the file."""
+
+    @abstractmethod
+    def preprocess(self, media: Any) -> torch.Tensor:
+        """One in-memory object -> the autoencoder's input tensor (no batch dim), values in [-1, 1]."""
+
+    @abstractmethod
+    def postprocess(self, tensor: torch.Tensor) -> list[Any]:
+        """A batch of autoencoder outputs -> in-memory objects that can be saved as files."""
+
+    @property
+    @abstractmethod
+    def input_shape(self) -> tuple[int, ...]:
+        """Shape of one preprocessed item, e.g. (3, 32, 32)."""
+
+    def load_tensor(self, path: str | Path) -> torch.Tensor:
+        return self.preprocess(self.load(path))

@@ -1,0 +1,209 @@
+"""RDPM recurrent quantizer (DESIGN.md §2; docs/RDPM.md has the full formulation).
+
+A latent ``z`` (B, C, N) is noised along a trajectory ``z_t = sqrt(ᾱ_t)·z + sqrt(1-ᾱ_t)·ε``
+(t = 0 … T, z_0 = z, z_T = ε). From the noisiest step down, each step quantizes what the
+running state still lacks::
+
+    s_{T+1} = 0
+    r_t = z_t − s_{t+1};  k_t = argmin_j ‖r_t/σ_t − c_j‖;  s_t = s_{t+1} + σ_t·c[k_t]
+
+Tokens are the blocks ``[k_T, …, k_0]`` (block b holds step t = T − b). ``s_0`` approximates
+the clean latent. ``σ_t`` is a per-step running RMS of ``r_t`` so one codebook serves residuals
+of very different size. T = 0 is a plain VQ of the clean latent (the baseline).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Literal, NamedTuple
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+@dataclass(frozen=True)
+class QuantizerConfig:
+    steps: int = 10  # T; 0 = plain VQ of the clean latent
+    codebook_size: int = 512  # K
+    schedule: Literal["cosine", "linear"] = "cosine"
+    trajectory: Literal["single_noise", "markov"] = "single_noise"
+    codebook_per_step: bool = False  # one codebook per step instead of one shared
+    commitment_weight: float = 0.25
+    ema_decay: float = 0.99  # EMA codebook and σ_t updates
+    dead_code_threshold: float = 0.5  # EMA use count below which a code is restarted
+
+    def __post_init__(self):
+        if self.steps < 0:
+            raise ValueError("steps must be >= 0")
+        if self.codebook_size < 2:
+            raise ValueError("codebook_size must be >= 2")
+        if not 0.0 < self.ema_decay < 1.0:
+            raise ValueError("ema_decay must be in (0, 1)")
+
+
+def alpha_bar_schedule(kind: str, steps: int) -> torch.Tensor:
+    """ᾱ_0 = 1 > ᾱ_1 > … > ᾱ_T = 0, shape (T+1,)."""
+    t = torch.arange(steps + 1, dtype=torch.float64) / max(steps, 1)
+    if kind == "cosine":
+        alpha_bar = torch.cos(0.5 * math.pi * t) ** 2
+    elif kind == "linear":
+        alpha_bar = 1.0 - t
+    else:
+        raise ValueError(f"unknown schedule {kind!r}")
+    alpha_bar[0] = 1.0
+    if steps > 0:
+        alpha_bar[-1] = 0.0
+    return alpha_bar.float()
+
+
+class QuantizerOutput(NamedTuple):
+    ids_BTN: torch.Tensor  # (B, T+1, N) code ids, block b = step T − b
+    s0_BCN: torch.Tensor  # (B, C, N) quantized clean latent (no gradient)
+    commitment_loss: torch.Tensor  # scalar, mean over steps
+
+
+class RDPMQuantizer(nn.Module):
+    def __init__(self, config: QuantizerConfig, latent_channels: int):
+        super().__init__()
+        self.config = config
+        T, K, C = config.steps, config.codebook_size, latent_channels
+        groups = T + 1 if config.codebook_per_step else 1
+        self.register_buffer("alpha_bar", alpha_bar_schedule(config.schedule, T))
+        self.register_buffer("codebook", torch.randn(groups, K, C))  # (G, K, C), unit-scale residual space
+        self.register_buffer("ema_count", torch.ones(groups, K))
+        self.register_buffer("ema_sum", self.codebook.clone())
+        self.register_buffer("step_scale", torch.ones(T + 1))  # σ_t, indexed by t
+        self.register_buffer("initialized", torch.tensor(False))
+
+    @property
+    def steps(self) -> int:
+        return self.config.steps
+
+    @property
+    def num_blocks(self) -> int:
+        return self.config.steps + 1
+
+    def _codebook_for_step(self, t: int) -> torch.Tensor:
+        return self.codebook[t if self.config.codebook_per_step else 0]
+
+    # --- forward trajectory ----------------------------------------------------------------------
+    @property
+    def noise_draws(self) -> int:
+        """Independent ε draws one trajectory needs: one (single-ε) or one per step (Markov)."""
+        return max(self.steps, 1) if self.config.trajectory == "markov" else 1
+
+    def trajectory(self, z_BCN: torch.Tensor, noise_BDCN: torch.Tensor) -> list[torch.Tensor]:
+        """Noisy latents [z_0, …, z_T]; z_0 = z and z_T is pure noise. `noise` is (B, noise_draws, C, N)."""
+        a = self.alpha_bar
+        if self.config.trajectory == "single_noise":
+            eps = noise_BDCN[:, 0]
+            return [a[t].sqrt() * z_BCN + (1 - a[t]).sqrt() * eps for t in range(self.steps + 1)]
+        states = [z_BCN]
+        for t in range(1, self.steps + 1):  # Markov: fresh noise at every step
+            keep = a[t] / a[t - 1]
+            states.append(keep.sqrt() * states[-1] + (1 - keep).sqrt() * noise_BDCN[:, t - 1])
+        return states
+
+    # --- recurrent quantization ------------------------------------------------------------------
+    def nearest_code(self, residual_BCN: torch.Tensor, t: int) -> torch.Tensor:
+        """Ids (B, N) of the codes nearest to residual/σ_t."""
+        x = (residual_BCN / self.step_scale[t]).transpose(1, 2)  # (B, N, C)
+        codes = self._codebook_for_step(t)  # (K, C)
+        dist = x.pow(2).sum(-1, keepdim=True) - 2 * x @ codes.T + codes.pow(2).sum(-1)  # (B, N, K)
+        return dist.argmin(-1)
+
+    def code_vectors(self, ids_BN: torch.Tensor, t: int) -> torch.Tensor:
+        """σ_t · c[k] as (B, C, N)."""
+        return self.step_scale[t] * F.embedding(ids_BN, self._codebook_for_step(t)).transpose(1, 2)
+
+    def forward(self, z_BCN: torch.Tensor, noise_BDCN: torch.Tensor) -> QuantizerOutput:
+        """Quantize the trajectory of `z`; in training mode also update σ_t and the EMA codebook."""
+        noisy = self.trajectory(z_BCN, noise_BDCN)
+        if self.training and not bool(self.initialized):
+            self._init_scales(noisy)
+        state = torch.zeros_like(z_BCN)
+        ids, commitment = [], []
+        for t in range(self.steps, -1, -1):
+            residual = noisy[t] - state.detach()  # what the running state still lacks
+            with torch.no_grad():
+                if self.training:
+                    self._update_scale(t, residual)
+                k = self.nearest_code(residual, t)
+                step = self.code_vectors(k, t)
+            scale = self.step_scale[t].clone()  # σ_t is updated in place by the next batch's steps
+            commitment.append(F.mse_loss(residual / scale, step / scale))
+            if self.training:
+                self._update_codebook(t, residual.detach(), k)
+            state = state.detach() + step
+            ids.append(k)
+        ids_BTN = torch.stack(ids, dim=1)
+        return QuantizerOutput(ids_BTN, state.detach(), torch.stack(commitment).mean())
+
+    def quantize_noise(self, noise_BCN: torch.Tensor) -> torch.Tensor:
+        """k_T for sampling: the tokenizer's own quantization of pure noise ε, (B, N)."""
+        return self.nearest_code(noise_BCN, self.steps)
+
+    # --- ids -> latents --------------------------------------------------------------------------
+    def check_ids(self, ids_BTN: torch.Tensor) -> None:
+        if ids_BTN.dim() != 3 or ids_BTN.shape[1] != self.num_blocks:
+            raise ValueError(f"expected ids of shape (B, {self.num_blocks}, N), got {tuple(ids_BTN.shape)}")
+        K = self.config.codebook_size
+        if ids_BTN.numel() and (int(ids_BTN.min()) < 0 or int(ids_BTN.max()) >= K):
+            raise ValueError(
+                f"code ids out of range [0, {K}): min {int(ids_BTN.min())}, max {int(ids_BTN.max())}"
+                " (global vocabulary ids must be converted to local ids first)"
+            )
+
+    def states(self, ids_BTN: torch.Tensor) -> list[torch.Tensor]:
+        """Running states [s_T, …, s_0] from blocks [k_T, …, k_0]; each (B, C, N)."""
+        self.check_ids(ids_BTN)
+        states, state = [], 0.0
+        for b in range(self.num_blocks):
+            state = state + self.code_vectors(ids_BTN[:, b], self.steps - b)
+            states.append(state)
+        return states
+
+    def dequantize(self, ids_BTN: torch.Tensor) -> torch.Tensor:
+        """s_0 (B, C, N): the sum of every step's scaled code vectors."""
+        return self.states(ids_BTN)[-1]
+
+    # --- training-time statistics ----------------------------------------------------------------
+    @torch.no_grad()
+    def _init_scales(self, noisy: list[torch.Tensor]) -> None:
+        """σ_t from the first batch: quantize once with the initial codebook and record residual RMS."""
+        state = torch.zeros_like(noisy[0])
+        for t in range(self.steps, -1, -1):
+            residual = noisy[t] - state
+            self.step_scale[t] = residual.pow(2).mean().sqrt().clamp_min(1e-4)
+            state = state + self.code_vectors(self.nearest_code(residual, t), t)
+        self.initialized.fill_(True)
+
+    @torch.no_grad()
+    def _update_scale(self, t: int, residual: torch.Tensor) -> None:
+        rms = residual.pow(2).mean().sqrt().clamp_min(1e-4)
+        self.step_scale[t].lerp_(rms, 1 - self.config.ema_decay)
+
+    @torch.no_grad()
+    def _update_codebook(self, t: int, residual_BCN: torch.Tensor, ids_BN: torch.Tensor) -> None:
+        """EMA k-means step on residual/σ_t, then restart codes whose use fell below the threshold."""
+        g = t if self.config.codebook_per_step else 0
+        decay = self.config.ema_decay
+        x = (residual_BCN / self.step_scale[t]).transpose(1, 2).reshape(-1, residual_BCN.shape[1])  # (B·N, C)
+        ids = ids_BN.reshape(-1)
+        counts = torch.bincount(ids, minlength=self.config.codebook_size).type_as(x)  # (K,)
+        sums = torch.zeros_like(self.ema_sum[g]).index_add_(0, ids, x)  # (K, C)
+        self.ema_count[g].mul_(decay).add_(counts, alpha=1 - decay)
+        self.ema_sum[g].mul_(decay).add_(sums, alpha=1 - decay)
+        self.codebook[g] = self.ema_sum[g] / self.ema_count[g].clamp_min(1e-5).unsqueeze(-1)
+        dead = self.ema_count[g] < self.config.dead_code_threshold
+        if dead.any():
+            picks = torch.randint(0, x.shape[0], (int(dead.sum()),), device=x.device)
+            self.codebook[g, dead] = x[picks]
+            self.ema_sum[g, dead] = x[picks]
+            self.ema_count[g, dead] = 1.0
+
+    def codebook_usage(self, ids_BTN: torch.Tensor) -> float:
+        """Fraction of the K codes used at least once in `ids`."""
+        return torch.unique(ids_BTN).numel() / self.config.codebook_size

@@ -1,0 +1,167 @@
+"""Sampling media spans with a KV cache.
+
+RDPM (`media_order="timestep"`): draw ε, quantize it to k_T with the tokenizer itself, then the
+transformer predicts all N codes of k_{t-1} **in parallel** from the prompt and the blocks so far:
+T forward passes per sample. Raster baseline: N sequential one-token passes over a clean block.
+
+Cached multi-token steps always get an explicit 4D mask ``(B, 1, q, past + q)`` and explicit
+position ids: with ``attention_mask=None`` a multi-token step would be made causal inside the
+block by the attention backend, silently giving wrong logits.
+
+Classifier-free guidance runs conditional and unconditional (caption dropped) rows in one batch.
+Logits outside the span's codebook range are never sampled: we sample from that slice only.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+import torch
+from transformers import DynamicCache
+
+from .streams import Batch, MediaOrder, StreamBuilder, collate
+from .vocabulary import Vocabulary
+
+
+@dataclass(frozen=True)
+class SamplerConfig:
+    guidance_scale: float = 1.0  # 1 = no guidance; logits = uncond + g·(cond − uncond)
+    temperature: float = 1.0
+    top_k: int | None = None
+    top_p: float | None = None
+    gumbel_scale: float = 1.0  # Gumbel-max noise: 1 = exact sampling, 0 = greedy
+
+    def __post_init__(self):
+        if self.temperature <= 0:
+            raise ValueError(f"temperature must be > 0, got {self.temperature}")
+        if self.top_k is not None and self.top_k < 1:
+            raise ValueError(f"top_k must be >= 1, got {self.top_k}")
+        if self.top_p is not None and not 0 < self.top_p <= 1:
+            raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
+        if self.gumbel_scale < 0:
+            raise ValueError(f"gumbel_scale must be >= 0, got {self.gumbel_scale}")
+
+    @property
+    def guided(self) -> bool:
+        return self.guidance_scale != 1.0
+
+
+def choose(logits: torch.Tensor, cfg: SamplerConfig, generator: torch.Generator | None) -> torch.Tensor:
+    """Pick ids from logits (..., V): temperature, top-k, top-p, then Gumbel-max."""
+    logits = logits.float() / cfg.temperature
+    if cfg.top_k is not None and cfg.top_k < logits.shape[-1]:
+        kth = logits.topk(cfg.top_k, dim=-1).values[..., -1:]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    if cfg.top_p is not None and cfg.top_p < 1:
+        sorted_logits, order = logits.sort(dim=-1, descending=True)
+        cumulative = sorted_logits.softmax(-1).cumsum(-1)
+        drop_sorted = cumulative - sorted_logits.softmax(-1) > cfg.top_p  # keep the first token past p
+        logits = logits.masked_fill(drop_sorted.scatter(-1, order, drop_sorted), float("-inf"))
+    if cfg.gumbel_scale > 0:
+        uniform = torch.rand(logits.shape, generator=generator, device="cpu").to(logits.device)
+        gumbel = -torch.log(-torch.log(uniform.clamp(1e-10, 1 - 1e-10)))
+        logits = logits + cfg.gumbel_scale * gumbel
+    return logits.argmax(-1)
+
+
+class CachedDecoder:
+    """Feeds token chunks to a causal LM with a KV cache, tracking padding and positions per row."""
+
+    def __init__(self, model: torch.nn.Module, prefix: Batch):
+        self.model = model
+        self.cache = DynamicCache()
+        self.key_valid = prefix.document_ids >= 0  # (B, L): False for left padding
+        self.next_position = prefix.position_ids.max(dim=1).values + 1  # (B,)
+        self.logits = self._forward(prefix.input_ids, prefix.attention_mask, prefix.position_ids)
+
+    def _forward(self, input_ids, attention_mask, position_ids) -> torch.Tensor:
+        out = self.model(
+            input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
+            past_key_values=self.cache, use_cache=True,
+        )
+        return out.logits
+
+    def feed(self, ids_BQ: torch.Tensor, block: bool) -> torch.Tensor:
+        """Append q tokens per row; `block=True` lets them all see each other (a media block),
+        otherwise they are causal. Returns logits (B, q, V)."""
+        B, q = ids_BQ.shape
+        device = ids_BQ.device
+        inner = torch.ones(q, q, dtype=torch.bool, device=device)
+        if not block:
+            inner = inner.tril()
+        past = self.key_valid[:, None, :].expand(B, q, -1)
+        mask = torch.cat([past, inner.expand(B, q, q)], dim=2).unsqueeze(1)  # (B, 1, q, past + q)
+        positions = self.next_position[:, None] + torch.arange(q, device=device)
+        self.key_valid = torch.cat([self.key_valid, torch.ones(B, q, dtype=torch.bool, device=device)], 1)
+        self.next_position = self.next_position + q
+        self.logits = self._forward(ids_BQ, mask, positions)
+        return self.logits
+
+
+def _guided(logits: torch.Tensor, batch: int, cfg: SamplerConfig) -> torch.Tensor:
+    """Rows [cond; uncond] -> guided logits for the `batch` conditional rows."""
+    if not cfg.guided:
+        return logits
+    cond, uncond = logits[:batch], logits[batch:]
+    return uncond + cfg.guidance_scale * (cond - uncond)
+
+
+def _repeat_for_guidance(ids: torch.Tensor, cfg: SamplerConfig) -> torch.Tensor:
+    return torch.cat([ids, ids]) if cfg.guided else ids
+
+
+@torch.no_grad()
+def sample_media(
+    model: torch.nn.Module,
+    vocab: Vocabulary,
+    media_name: str,
+    prompts: Sequence[Sequence[int]],
+    first_block: torch.Tensor | None,
+    num_blocks: int,
+    num_positions: int,
+    media_order: MediaOrder,
+    cfg: SamplerConfig,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """Generate media spans after text prompts (global text ids). Returns local ids (B, blocks, N).
+
+    Timestep order: `first_block` (B, N) local ids is k_T (quantized noise); the model predicts
+    the other `num_blocks − 1` blocks, one parallel pass each. Raster order: one block of N codes,
+    one pass per code.
+    """
+    device = next(model.parameters()).device
+    B, N = len(prompts), num_positions
+    codes = vocab.range(media_name)
+    rows = [_prefix(vocab, media_order, media_name, p, first_block, i) for i, p in enumerate(prompts)]
+    if cfg.guided:
+        rows += [_prefix(vocab, media_order, media_name, [], first_block, i) for i in range(B)]
+    batch = collate([[s] for s in rows], pad_id=vocab.special_id("<pad>"), pad_side="left").to(device)
+    decoder = CachedDecoder(model, batch)
+
+    def pick(logits_BQV: torch.Tensor) -> torch.Tensor:
+        return choose(_guided(logits_BQV, B, cfg)[..., codes.offset:codes.end], cfg, generator)
+
+    if media_order == "timestep":
+        blocks = [first_block.to(device)]
+        logits = decoder.logits[:, -N:]  # k_T's positions predict k_{T-1}
+        for b in range(1, num_blocks):
+            blocks.append(pick(logits))
+            if b < num_blocks - 1:
+                logits = decoder.feed(_repeat_for_guidance(blocks[-1] + codes.offset, cfg), block=True)
+        return torch.stack(blocks, dim=1)
+
+    generated = []  # raster: <bo?> predicts code 0, code n predicts code n+1
+    logits = decoder.logits[:, -1:]
+    for n in range(N):
+        generated.append(pick(logits))
+        if n < N - 1:
+            logits = decoder.feed(_repeat_for_guidance(generated[-1] + codes.offset, cfg), block=False)
+    return torch.cat(generated, dim=1).unsqueeze(1)
+
+
+def _prefix(vocab, media_order, media_name, prompt, first_block, row):
+    builder = StreamBuilder(vocab, media_order).special("<bos>").text(prompt)
+    if media_order == "timestep":
+        return builder.media(media_name, vocab.to_global(media_name, first_block[row : row + 1].cpu()), complete=False).build()
+    return builder.media(media_name, torch.zeros(0, 0, dtype=torch.long), complete=False).build()

@@ -1,0 +1,166 @@
+"""Streams: spans of text and media laid out as one token sequence, with targets and attention.
+
+A document is ``<bos> … <eos>`` made of text spans and media spans
+``<boi> k_T … k_0 <eoi>`` (``<boa>``/``<bov>`` for audio/video). Per position we record:
+
+- the global token id;
+- its *target* (-100 for none): text positions predict the next token; a media code at
+  (block t, position n) predicts the code at (block t−1, position n), i.e. N positions ahead.
+  ``<boi>`` and the codes of ``k_0`` have no target (``k_T`` is drawn from noise and the span
+  length is fixed, so ``<eoi>`` is appended by the sampler);
+- its *reach*: the last position it may attend to. Text is causal (reach = itself); a media
+  code sees its whole block (reach = end of its block), so attention is block-causal.
+
+Packed rows add document ids so that documents never see each other. `media_order="raster"`
+is the autoregressive baseline: codes of one clean block in raster order, causal, next-token.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal, Sequence
+
+import torch
+
+from .vocabulary import Vocabulary
+
+IGNORE = -100
+MediaOrder = Literal["timestep", "raster"]
+_NEXT, _NONE = "next", "none"  # target rules besides "ahead by N"
+
+
+@dataclass
+class Stream:
+    """One document: ids, targets and attention reach, all the same length."""
+
+    input_ids: list[int] = field(default_factory=list)
+    targets: list[int] = field(default_factory=list)
+    reach: list[int] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return len(self.input_ids)
+
+
+class StreamBuilder:
+    """Appends spans left to right; `build()` resolves targets once the whole document is known."""
+
+    def __init__(self, vocab: Vocabulary, media_order: MediaOrder = "timestep"):
+        self.vocab = vocab
+        self.media_order = media_order
+        self._ids: list[int] = []
+        self._rules: list[str | int] = []  # _NEXT, _NONE, or an int offset to the target position
+        self._reach: list[int] = []
+
+    def _append(self, token: int, rule: str | int, reach: int | None = None) -> None:
+        self._reach.append(len(self._ids) if reach is None else reach)
+        self._ids.append(int(token))
+        self._rules.append(rule)
+
+    def special(self, token: str, rule: str = _NEXT) -> "StreamBuilder":
+        self._append(self.vocab.special_id(token), rule)
+        return self
+
+    def text(self, global_ids: Sequence[int]) -> "StreamBuilder":
+        for token in global_ids:
+            self._append(token, _NEXT)
+        return self
+
+    def media(self, name: str, blocks: torch.Tensor, complete: bool = True) -> "StreamBuilder":
+        """A media span from global ids `blocks` (num_blocks, N): ``<bo?> k_T … [k_0 <eo?>]``.
+
+        `complete=False` leaves the span open (a sampling prefix holding only the blocks so far).
+        """
+        begin, end = self.vocab.delimiters(name)
+        num_blocks, n = blocks.shape
+        timestep = self.media_order == "timestep"
+        self._append(begin, _NONE if timestep else _NEXT)
+        flat = blocks.reshape(-1).tolist()
+        for b in range(num_blocks):
+            block_end = len(self._ids) + n - 1
+            last_block = complete and b == num_blocks - 1
+            for i in range(n):
+                if timestep:
+                    self._append(flat[b * n + i], _NONE if last_block else n, reach=block_end)
+                else:
+                    last_code = last_block and i == n - 1
+                    self._append(flat[b * n + i], _NONE if last_code else _NEXT)
+        if complete:
+            self._append(end, _NEXT)
+        return self
+
+    def build(self) -> Stream:
+        ids, length = self._ids, len(self._ids)
+        targets = []
+        for p, rule in enumerate(self._rules):
+            if rule == _NONE:
+                targets.append(IGNORE)
+            elif rule == _NEXT:
+                targets.append(ids[p + 1] if p + 1 < length else IGNORE)
+            else:  # ahead by `rule` positions
+                targets.append(ids[p + rule] if p + rule < length else IGNORE)
+        return Stream(list(ids), targets, list(self._reach))
+
+
+@dataclass
+class Batch:
+    input_ids: torch.Tensor  # (B, L)
+    targets: torch.Tensor  # (B, L), IGNORE where no target
+    position_ids: torch.Tensor  # (B, L), restart at 0 in every document
+    attention_mask: torch.Tensor  # (B, 1, L, L) bool, True = may attend
+    document_ids: torch.Tensor  # (B, L), index of the document in its row, -1 for padding
+
+    def to(self, device: torch.device | str) -> "Batch":
+        return Batch(**{name: t.to(device) for name, t in vars(self).items()})
+
+
+def attention_mask_4d(reach_BL: torch.Tensor, doc_BL: torch.Tensor) -> torch.Tensor:
+    """(B, 1, L, L): query q sees key k iff k <= reach[q] and both are in the same document."""
+    key_index = torch.arange(reach_BL.shape[1], device=reach_BL.device)
+    visible = key_index[None, None, :] <= reach_BL[:, :, None]
+    same_doc = doc_BL[:, :, None] == doc_BL[:, None, :]
+    return (visible & same_doc).unsqueeze(1)
+
+
+def collate(rows: Sequence[Sequence[Stream]], pad_id: int, length: int | None = None,
+            pad_side: Literal["left", "right"] = "right") -> Batch:
+    """Rows of documents -> a padded batch. Each row packs its documents back to back.
+
+    Padding positions form their own document (-1) and attend only to themselves, so no
+    query row of the mask is empty (sdpa would return NaN for it).
+    """
+    row_lengths = [sum(len(s) for s in row) for row in rows]
+    length = length or max(row_lengths)
+    if max(row_lengths) > length:
+        raise ValueError(f"a row of {max(row_lengths)} tokens does not fit length {length}")
+    B = len(rows)
+    input_ids = torch.full((B, length), pad_id, dtype=torch.long)
+    targets = torch.full((B, length), IGNORE, dtype=torch.long)
+    position_ids = torch.zeros((B, length), dtype=torch.long)
+    reach = torch.arange(length).repeat(B, 1)
+    doc = torch.full((B, length), -1, dtype=torch.long)
+    for r, row in enumerate(rows):
+        start = length - row_lengths[r] if pad_side == "left" else 0
+        for d, stream in enumerate(row):
+            span = slice(start, start + len(stream))
+            input_ids[r, span] = torch.tensor(stream.input_ids)
+            targets[r, span] = torch.tensor(stream.targets)
+            position_ids[r, span] = torch.arange(len(stream))
+            reach[r, span] = torch.tensor(stream.reach) + start
+            doc[r, span] = d
+            start += len(stream)
+    return Batch(input_ids, targets, position_ids, attention_mask_4d(reach, doc), doc)
+
+
+def pack(streams: Sequence[Stream], max_length: int) -> list[list[Stream]]:
+    """Greedy packing in order: start a new row when the next document does not fit."""
+    rows: list[list[Stream]] = []
+    used = max_length
+    for stream in streams:
+        if len(stream) > max_length:
+            raise ValueError(f"a document of {len(stream)} tokens is longer than max_length {max_length}")
+        if used + len(stream) > max_length:
+            rows.append([])
+            used = 0
+        rows[-1].append(stream)
+        used += len(stream)
+    return rows

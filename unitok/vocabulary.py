@@ -1,0 +1,150 @@
+"""The shared vocabulary: disjoint id ranges for special tokens, text pieces and media codes.
+
+Global id = range offset + local id. The manifest (``vocabulary.json``) is saved
+with every model and shard set and records a content hash of every tokenizer,
+so that shards or checkpoints made with other tokenizers are refused.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Literal, Sequence
+
+import torch
+
+SPECIAL_TOKENS = ("<pad>", "<bos>", "<eos>", "<boi>", "<eoi>", "<boa>", "<eoa>", "<bov>", "<eov>")
+MEDIA_DELIMITERS = {"image": ("<boi>", "<eoi>"), "audio": ("<boa>", "<eoa>"), "video": ("<bov>", "<eov>")}
+MANIFEST_NAME = "vocabulary.json"
+
+
+class VocabularyError(ValueError):
+    """Ids outside their range, or a manifest that does not match."""
+
+
+@dataclass(frozen=True)
+class TokenRange:
+    name: str  # "special", "text", or the media tokenizer's name (e.g. "image")
+    kind: Literal["special", "text", "media"]
+    offset: int
+    size: int
+    tokenizer_hash: str | None = None
+    modality: str | None = None  # media ranges only: which delimiters wrap their spans
+
+    @property
+    def end(self) -> int:
+        return self.offset + self.size
+
+
+class Vocabulary:
+    def __init__(self, ranges: Sequence[TokenRange]):
+        self.ranges = list(ranges)
+        self._by_name = {r.name: r for r in self.ranges}
+        if len(self._by_name) != len(self.ranges):
+            raise VocabularyError("vocabulary ranges must have distinct names")
+        for a, b in zip(self.ranges, self.ranges[1:]):
+            if b.offset != a.end:
+                raise VocabularyError(f"range {b.name!r} starts at {b.offset}, expected {a.end} (ranges must tile)")
+
+    @classmethod
+    def build(cls, text_size: int, text_hash: str, media: Sequence[tuple[str, str, int, str]]) -> "Vocabulary":
+        """Lay out special tokens, text pieces, then one range per (name, modality, codebook size, hash)."""
+        ranges = [TokenRange("special", "special", 0, len(SPECIAL_TOKENS))]
+        ranges.append(TokenRange("text", "text", ranges[-1].end, text_size, text_hash))
+        for name, modality, size, tokenizer_hash in media:
+            if modality not in MEDIA_DELIMITERS:
+                raise VocabularyError(f"unknown modality {modality!r}; expected one of {list(MEDIA_DELIMITERS)}")
+            ranges.append(TokenRange(name, "media", ranges[-1].end, size, tokenizer_hash, modality))
+        return cls(ranges)
+
+    # --- lookups -------------------------------------------------------------------------------
+    @property
+    def size(self) -> int:
+        return self.ranges[-1].end
+
+    def range(self, name: str) -> TokenRange:
+        if name not in self._by_name:
+            raise VocabularyError(f"vocabulary has no range {name!r}; it has {list(self._by_name)}")
+        return self._by_name[name]
+
+    def media_ranges(self) -> list[TokenRange]:
+        return [r for r in self.ranges if r.kind == "media"]
+
+    def special_id(self, token: str) -> int:
+        if token not in SPECIAL_TOKENS:
+            raise VocabularyError(f"unknown special token {token!r}")
+        return SPECIAL_TOKENS.index(token)
+
+    def delimiters(self, name: str) -> tuple[int, int]:
+        """Global ids of the begin/end tokens that wrap a span of media range `name`."""
+        begin, end = MEDIA_DELIMITERS[self.range(name).modality]
+        return self.special_id(begin), self.special_id(end)
+
+    # --- local <-> global ----------------------------------------------------------------------
+    def to_global(self, name: str, local_ids: torch.Tensor) -> torch.Tensor:
+        r = self.range(name)
+        _check_bounds(local_ids, 0, r.size, f"local {name} ids")
+        return local_ids + r.offset
+
+    def to_local(self, name: str, global_ids: torch.Tensor) -> torch.Tensor:
+        r = self.range(name)
+        _check_bounds(global_ids, r.offset, r.end, f"global {name} ids")
+        return global_ids - r.offset
+
+    # --- manifest ------------------------------------------------------------------------------
+    def to_json(self) -> dict:
+        return {"special_tokens": list(SPECIAL_TOKENS), "size": self.size, "ranges": [asdict(r) for r in self.ranges]}
+
+    @property
+    def hash(self) -> str:
+        return hashlib.sha256(json.dumps(self.to_json(), sort_keys=True).encode()).hexdigest()[:16]
+
+    def save(self, directory: str | Path) -> Path:
+        path = Path(directory) / MANIFEST_NAME
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps({**self.to_json(), "hash": self.hash}, indent=2) + "\n")
+        return path
+
+    @classmethod
+    def load(cls, path: str | Path) -> "Vocabulary":
+        path = Path(path)
+        if path.is_dir():
+            path = path / MANIFEST_NAME
+        try:
+            data = json.loads(path.read_text())
+            vocab = cls([TokenRange(**r) for r in data["ranges"]])
+        except (OSError, KeyError, TypeError, json.JSONDecodeError) as err:
+            raise VocabularyError(f"{path}: not a readable vocabulary manifest ({err})") from None
+        if tuple(data["special_tokens"]) != SPECIAL_TOKENS:
+            raise VocabularyError(f"{path}: special tokens {data['special_tokens']} differ from this unitok's")
+        if data.get("hash") not in (None, vocab.hash):
+            raise VocabularyError(f"{path}: manifest hash {data['hash']} does not match its content ({vocab.hash})")
+        return vocab
+
+    def require_same(self, other: "Vocabulary", what: str) -> None:
+        """Refuse `other` (e.g. a shard set's vocabulary) unless it is exactly this one."""
+        if other.hash == self.hash:
+            return
+        mine = {r.name: r for r in self.ranges}
+        diffs = []
+        for r in other.ranges:
+            m = mine.get(r.name)
+            if m is None:
+                diffs.append(f"range {r.name!r} is not in the model's vocabulary")
+            elif m != r:
+                field = "tokenizer hash" if m.tokenizer_hash != r.tokenizer_hash else "layout"
+                diffs.append(f"range {r.name!r} differs in {field} ({r.tokenizer_hash} vs {m.tokenizer_hash})")
+        diffs += [f"range {n!r} is missing" for n in mine if n not in {r.name for r in other.ranges}]
+        raise VocabularyError(
+            f"{what} was made with another vocabulary (hash {other.hash}, expected {self.hash}): "
+            + "; ".join(diffs or ["ranges differ"])
+            + ". Re-tokenize with this model's tokenizers."
+        )
+
+
+def _check_bounds(ids: torch.Tensor, low: int, high: int, what: str) -> None:
+    if ids.numel() and (int(ids.min()) < low or int(ids.max()) >= high):
+        bad = ids[(ids < low) | (ids >= high)]
+        raise VocabularyError(f"{what} out of range [{low}, {high}): found {bad[:5].tolist()}")
