@@ -16,6 +16,7 @@ from torch import nn
 @dataclass(frozen=True)
 class AutoencoderConfig:
     in_channels: int = 3
+    patch_size: int = 1  # space-to-depth stem: p×p patches become channels (cheap first downsampling)
     channels: tuple[int, ...] = (32, 64)  # width per resolution level; each level halves the size
     latent_channels: int = 8
     blocks_per_level: int = 1
@@ -26,7 +27,7 @@ class AutoencoderConfig:
 
     @property
     def downsample_factor(self) -> int:
-        return 2 ** len(self.channels)
+        return self.patch_size * 2 ** len(self.channels)
 
 
 class ResBlock2d(nn.Module):
@@ -50,7 +51,8 @@ class Encoder2d(nn.Module):
 
     def __init__(self, cfg: AutoencoderConfig):
         super().__init__()
-        layers: list[nn.Module] = [nn.Conv2d(cfg.in_channels, cfg.channels[0], 3, padding=1)]
+        p = cfg.patch_size
+        layers: list[nn.Module] = [nn.PixelUnshuffle(p), nn.Conv2d(cfg.in_channels * p * p, cfg.channels[0], 3, padding=1)]
         width = cfg.channels[0]
         for level_width in cfg.channels:
             layers.append(nn.Conv2d(width, level_width, 4, stride=2, padding=1))  # downsample x2
@@ -76,7 +78,9 @@ class Decoder2d(nn.Module):
             layers += [ResBlock2d(width) for _ in range(cfg.blocks_per_level)]
             layers += [nn.Upsample(scale_factor=2, mode="nearest"), nn.Conv2d(width, level_width, 3, padding=1)]
             width = level_width
-        layers += [nn.GroupNorm(8, width), nn.SiLU(), nn.Conv2d(width, cfg.in_channels, 3, padding=1)]
+        p = cfg.patch_size
+        layers += [nn.GroupNorm(8, width), nn.SiLU(), nn.Conv2d(width, cfg.in_channels * p * p, 3, padding=1)]
+        layers.append(nn.PixelShuffle(p))
         self.net = nn.Sequential(*layers)
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:

@@ -36,6 +36,8 @@ class Stream:
     input_ids: list[int] = field(default_factory=list)
     targets: list[int] = field(default_factory=list)
     reach: list[int] = field(default_factory=list)
+    target_block: list[int] = field(default_factory=list)  # predicted media block of the target
+    # (0 = noisiest predicted block; raster codes all 0), -1 for text targets and no target
 
     def __len__(self) -> int:
         return len(self.input_ids)
@@ -50,9 +52,11 @@ class StreamBuilder:
         self._ids: list[int] = []
         self._rules: list[str | int] = []  # _NEXT, _NONE, or an int offset to the target position
         self._reach: list[int] = []
+        self._target_block: list[int] = []
 
-    def _append(self, token: int, rule: str | int, reach: int | None = None) -> None:
+    def _append(self, token: int, rule: str | int, reach: int | None = None, target_block: int = -1) -> None:
         self._reach.append(len(self._ids) if reach is None else reach)
+        self._target_block.append(target_block if rule != _NONE else -1)
         self._ids.append(int(token))
         self._rules.append(rule)
 
@@ -80,10 +84,12 @@ class StreamBuilder:
             last_block = complete and b == num_blocks - 1
             for i in range(n):
                 if timestep:
-                    self._append(flat[b * n + i], _NONE if last_block else n, reach=block_end)
+                    self._append(flat[b * n + i], _NONE if last_block else n, reach=block_end, target_block=b)
                 else:
                     last_code = last_block and i == n - 1
-                    self._append(flat[b * n + i], _NONE if last_code else _NEXT)
+                    self._append(flat[b * n + i], _NONE if last_code else _NEXT, target_block=0)
+            if b == 0 and not timestep:  # <bo?> predicts the first code
+                self._target_block[-n - 1] = 0
         if complete:
             self._append(end, _NEXT)
         return self
@@ -98,7 +104,7 @@ class StreamBuilder:
                 targets.append(ids[p + 1] if p + 1 < length else IGNORE)
             else:  # ahead by `rule` positions
                 targets.append(ids[p + rule] if p + rule < length else IGNORE)
-        return Stream(list(ids), targets, list(self._reach))
+        return Stream(list(ids), targets, list(self._reach), list(self._target_block))
 
 
 @dataclass
@@ -164,3 +170,22 @@ def pack(streams: Sequence[Stream], max_length: int) -> list[list[Stream]]:
         rows[-1].append(stream)
         used += len(stream)
     return rows
+
+
+def task_document(vocab: Vocabulary, media_order: MediaOrder, task: str, text_ids: Sequence[int],
+                  media_name: str | None = None, media_blocks: torch.Tensor | None = None,
+                  drop_text: bool = False) -> Stream:
+    """One training document for `task`: ``text_to_<modality>``, ``<modality>_to_text`` or ``text``.
+
+    `drop_text` removes the caption of a text-to-media document (classifier-free guidance).
+    """
+    builder = StreamBuilder(vocab, media_order).special("<bos>")
+    if task == "text":
+        builder.text(text_ids)
+    elif task.startswith("text_to_"):
+        builder.text([] if drop_text else text_ids).media(media_name, media_blocks)
+    elif task.endswith("_to_text"):
+        builder.media(media_name, media_blocks).text(text_ids)
+    else:
+        raise ValueError(f"unknown task {task!r}; expected text_to_<modality>, <modality>_to_text or text")
+    return builder.special("<eos>", rule=_NONE).build()

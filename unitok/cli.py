@@ -1,0 +1,147 @@
+"""The `unitok` command line: train, tokenize, generate, eval, bench.
+
+Every failure the user can fix ends with one line on stderr (``unitok: error: …``) and exit 1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from .adapters import MediaError
+from .config import ConfigError
+from .shards import ShardError
+from .sources import SourceError
+from .vocabulary import VocabularyError
+
+USER_ERRORS = (ConfigError, VocabularyError, ShardError, SourceError, MediaError, FileNotFoundError, ValueError)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.command(args) or 0
+    except USER_ERRORS as err:
+        reason = str(err).strip().splitlines()
+        print(f"unitok: error: {reason[0] if len(reason) == 1 else '; '.join(reason)}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("unitok: interrupted; re-run the same command to resume", file=sys.stderr)
+        return 130
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="unitok", description="Unified multimodal token models (RDPM media tokens + text BPE).")
+    commands = parser.add_subparsers(title="commands", required=True, metavar="COMMAND")
+
+    train = commands.add_parser("train", help="run a recipe: tokenizers, text BPE, shards, LM, eval (resumable)")
+    train.add_argument("recipe", type=Path, help="recipe YAML, e.g. recipes/quickstart.yaml")
+    train.add_argument("--stop-after", choices=["data", "tokenizer", "text_bpe", "shards", "lm", "eval"],
+                       help="stop after this stage")
+    train.set_defaults(command=cmd_train)
+
+    tokenize = commands.add_parser("tokenize", help="turn media with captions into token shards (parquet)")
+    tokenize.add_argument("--tokenizer", type=Path, required=True, help="a saved pipeline folder (e.g. runs/quickstart/model)")
+    source = tokenize.add_mutually_exclusive_group(required=True)
+    source.add_argument("--input", type=Path, help="folder of media files")
+    source.add_argument("--dataset", help="a Hugging Face datasets name or builder, e.g. imagefolder")
+    tokenize.add_argument("--captions", type=Path, help="JSONL/CSV with file,caption (default: the folder's metadata.jsonl)")
+    tokenize.add_argument("--data-dir", help="data_dir for --dataset (e.g. an imagefolder layout)")
+    tokenize.add_argument("--split", default="train")
+    tokenize.add_argument("--media-column", default="image")
+    tokenize.add_argument("--text-column", default=None, help="caption column (default: caption or text)")
+    tokenize.add_argument("--modality", default="image")
+    tokenize.add_argument("--out", type=Path, required=True, help="output shard folder")
+    tokenize.add_argument("--items-per-shard", type=int, default=1024)
+    tokenize.add_argument("--seed", type=int, default=0, help="base seed of the RDPM noise draws")
+    tokenize.add_argument("--noise-draws", type=int, default=1, help="noise draws (token sequences) per item")
+    tokenize.add_argument("--strict", action="store_true", help="fail on the first bad item instead of skipping it")
+    tokenize.set_defaults(command=cmd_tokenize)
+
+    generate = commands.add_parser("generate", help="generate an image from a text prompt")
+    generate.add_argument("model", type=Path, help="a saved pipeline folder")
+    generate.add_argument("--prompt", required=True, action="append", help="text prompt (repeat for several)")
+    generate.add_argument("--out", type=Path, required=True, help="output PNG (with several prompts: NAME-0.png, …)")
+    generate.add_argument("--guidance-scale", type=float, default=3.0)
+    generate.add_argument("--temperature", type=float, default=1.0)
+    generate.add_argument("--top-k", type=int, default=None)
+    generate.add_argument("--top-p", type=float, default=None)
+    generate.add_argument("--gumbel-scale", type=float, default=1.0, help="1 = sample, 0 = greedy")
+    generate.add_argument("--seed", type=int, default=0)
+    generate.set_defaults(command=cmd_generate)
+
+    evaluate = commands.add_parser("eval", help="(re)evaluate a trained recipe and write metrics.json")
+    evaluate.add_argument("recipe", type=Path)
+    evaluate.set_defaults(command=cmd_eval)
+
+    bench = commands.add_parser("bench", help="measure sampling and training speed (ratios in one run)")
+    bench.add_argument("--out", type=Path, default=Path("bench.json"))
+    bench.add_argument("--quick", action="store_true", help="tiny sizes, for a smoke test")
+    bench.set_defaults(command=cmd_bench)
+    return parser
+
+
+def cmd_train(args) -> int:
+    from .recipe import RecipeRun, load_recipe
+
+    RecipeRun(load_recipe(args.recipe)).run(stop_after=args.stop_after)
+    return 0
+
+
+def cmd_eval(args) -> int:
+    from .recipe import STAGE_NAME, RecipeRun, load_recipe
+
+    run = RecipeRun(load_recipe(args.recipe))
+    (run.out / "eval" / STAGE_NAME).unlink(missing_ok=True)
+    run.stage_eval()
+    return 0
+
+
+def cmd_tokenize(args) -> int:
+    from .pipeline import UniTokPipeline
+    from .shards import ShardWriter, TokenizeSettings
+    from .sources import dataset_items, folder_items
+
+    pipe = UniTokPipeline.from_pretrained(args.tokenizer)
+    settings = TokenizeSettings(items_per_shard=args.items_per_shard, seed=args.seed, noise_draws=args.noise_draws)
+    if args.input:
+        items = folder_items(args.input, args.captions)
+    else:
+        items = dataset_items(args.dataset, args.data_dir, args.split, args.media_column, args.text_column)
+    writer = ShardWriter(args.out, pipe.tokenizer_for(args.modality), pipe.text_tokenizer, pipe.vocabulary,
+                         settings, strict=args.strict)
+    totals = writer.write(items)
+    print(f"wrote {totals['items']} items in {totals['shards']} shards to {args.out}; "
+          f"skipped {totals['errors']} bad inputs (see {args.out / 'errors.jsonl'})")
+    return 0
+
+
+def cmd_generate(args) -> int:
+    from .pipeline import UniTokPipeline
+
+    pipe = UniTokPipeline.from_pretrained(args.model)
+    out = pipe.text_to_image(args.prompt, guidance_scale=args.guidance_scale, temperature=args.temperature,
+                             top_k=args.top_k, top_p=args.top_p, gumbel_scale=args.gumbel_scale, seed=args.seed)
+    paths = [args.out] if len(out.images) == 1 else [args.out.with_name(f"{args.out.stem}-{i}{args.out.suffix}")
+                                                      for i in range(len(out.images))]
+    for image, path in zip(out.images, paths):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        image.save(path)
+        print(path)
+    return 0
+
+
+def cmd_bench(args) -> int:
+    from .bench import run_bench
+
+    results = run_bench(quick=args.quick)
+    args.out.write_text(json.dumps(results, indent=2) + "\n")
+    print(f"wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

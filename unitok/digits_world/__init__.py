@@ -1,0 +1,53 @@
+"""Digits world: the embedded default dataset (real sklearn digits as coloured, captioned scenes)."""
+
+from unitok.digits_world.images import (
+    digit_pixels,
+    position_centers,
+    real_renders,
+    render_array,
+    render_scene,
+    write_image_folder,
+)
+from unitok.digits_world.scenes import (
+    COLOR_NAMES,
+    COLORS,
+    DIGIT_WORDS,
+    POSITIONS,
+    SIZES,
+    DigitsWorldConfig,
+    Item,
+    Scene,
+    build_digits_world,
+    canonical_caption,
+    caption_for,
+    digit_pools,
+    heldout_color,
+    load_digit_images,
+    parse_caption,
+    sample_scene,
+)
+
+__all__ = [
+    "COLORS",
+    "COLOR_NAMES",
+    "DIGIT_WORDS",
+    "POSITIONS",
+    "SIZES",
+    "DigitsWorldConfig",
+    "Item",
+    "Scene",
+    "build_digits_world",
+    "canonical_caption",
+    "caption_for",
+    "digit_pixels",
+    "digit_pools",
+    "heldout_color",
+    "load_digit_images",
+    "parse_caption",
+    "position_centers",
+    "real_renders",
+    "render_array",
+    "render_scene",
+    "sample_scene",
+    "write_image_folder",
+]

@@ -1,0 +1,190 @@
+"""A small CNN that reads the digit in a digits world image, trained on renders of real digits.
+
+It sees only the ink map (max over RGB), so it is colour-blind by construction; a global max
+pool makes it indifferent to where the digit sits. Its penultimate 64-d features are the space
+for the Fréchet distance between generated and real images.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from unitok.digits_world import (
+    COLOR_NAMES,
+    POSITIONS,
+    SIZES,
+    DigitsWorldConfig,
+    Scene,
+    digit_pools,
+    load_digit_images,
+    real_renders,
+    sample_scene,
+)
+from unitok.eval.readers import ink
+
+import os
+AUG_ROTATE = float(os.environ.get("AR", 0.2))
+AUG_SCALE = float(os.environ.get("AS", 0.1))
+AUG_SHIFT = float(os.environ.get("ASH", 0.1))
+WEIGHTS_FILE = "model.safetensors"
+CONFIG_FILE = "config.json"
+
+
+@dataclass
+class DigitClassifierConfig:
+    image_size: int = 32
+    data_seed: int = 0  # DigitsWorldConfig.seed whose train pool of digit images it was trained on
+    heldout_digit_fraction: float = 0.2
+    train_steps: int = 0
+    train_seed: int = 0
+    heldout_accuracy: float | None = None  # on renders of the held-out pool, filled in by training
+
+    def matches(self, cfg: DigitsWorldConfig) -> bool:
+        """Whether this classifier was trained for ``cfg``'s image size and digit split."""
+        return (self.image_size, self.data_seed, self.heldout_digit_fraction) == (
+            cfg.image_size, cfg.seed, cfg.heldout_digit_fraction,
+        )
+
+
+class DigitClassifier(nn.Module):
+    def __init__(self, config: DigitClassifierConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.conv = nn.Sequential(
+            nn.Conv2d(1, 16, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),  # (B, 16, H/2, W/2)
+            nn.Conv2d(16, 32, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),  # (B, 32, H/4, W/4)
+            nn.Conv2d(32, 64, 3, padding=1), nn.ReLU(), nn.AdaptiveMaxPool2d(1),  # (B, 64, 1, 1)
+        )
+        self.fc = nn.Linear(64, 64)
+        self.head = nn.Linear(64, 10)
+
+    def features(self, ink_B1HW: torch.Tensor) -> torch.Tensor:
+        """Penultimate features (B, 64) of ink maps (B, 1, H, W) in [0, 1]."""
+        return F.relu(self.fc(self.conv(ink_B1HW).flatten(1)))
+
+    def forward(self, ink_B1HW: torch.Tensor) -> torch.Tensor:
+        """Digit logits (B, 10)."""
+        return self.head(self.features(ink_B1HW))
+
+    def _ink_batches(self, images: np.ndarray, batch_size: int):
+        """Yield (b, 1, H, W) ink tensors from (N, H, W, 3) uint8 images."""
+        if images.ndim != 4 or images.shape[1:] != (self.config.image_size, self.config.image_size, 3):
+            raise ValueError(
+                f"images must be (N, {self.config.image_size}, {self.config.image_size}, 3) uint8, got {images.shape}"
+            )
+        for start in range(0, len(images), batch_size):
+            yield torch.from_numpy(ink(images[start : start + batch_size]))[:, None]
+
+    @torch.inference_mode()
+    def predict(self, images: np.ndarray, batch_size: int = 512) -> np.ndarray:
+        """Predicted digits (N,) int64 of (N, H, W, 3) uint8 images."""
+        preds = [self(x).argmax(dim=1) for x in self._ink_batches(images, batch_size)]
+        return torch.cat(preds).numpy() if preds else np.zeros(0, dtype=np.int64)
+
+    @torch.inference_mode()
+    def image_features(self, images: np.ndarray, batch_size: int = 512) -> np.ndarray:
+        """Features (N, 64) float64 of (N, H, W, 3) uint8 images, for the Fréchet distance."""
+        feats = [self.features(x) for x in self._ink_batches(images, batch_size)]
+        return torch.cat(feats).double().numpy() if feats else np.zeros((0, 64))
+
+    def save(self, directory: str | Path) -> Path:
+        """Write ``model.safetensors`` and ``config.json`` into ``directory``."""
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        save_file(self.state_dict(), str(directory / WEIGHTS_FILE))
+        (directory / CONFIG_FILE).write_text(json.dumps(asdict(self.config), indent=2) + "\n")
+        return directory
+
+    @classmethod
+    def load(cls, directory: str | Path) -> DigitClassifier:
+        directory = Path(directory)
+        fields = json.loads((directory / CONFIG_FILE).read_text())
+        try:
+            config = DigitClassifierConfig(**fields)
+        except TypeError as err:
+            raise ValueError(f"{directory / CONFIG_FILE}: not a digit classifier config ({err})") from err
+        model = cls(config)
+        model.load_state_dict(load_file(str(directory / WEIGHTS_FILE)))
+        return model.eval()
+
+
+def heldout_accuracy(model: DigitClassifier, cfg: DigitsWorldConfig) -> float:
+    """Accuracy on every held-out-pool digit image rendered at every position and size (colours cycle)."""
+    _, labels = load_digit_images()
+    indices = [i for pool in digit_pools(cfg)["heldout"].values() for i in pool]
+    scenes = [
+        Scene(int(labels[i]), COLOR_NAMES[n % len(COLOR_NAMES)], position, size, i)
+        for n, (i, position, size) in enumerate((i, p, s) for i in indices for p in POSITIONS for s in SIZES)
+    ]
+    preds = model.predict(real_renders(scenes, cfg.image_size))
+    return float((preds == np.array([s.digit for s in scenes])).mean())
+
+
+def _augment(x: torch.Tensor, gen: torch.Generator, noise_std: float) -> torch.Tensor:
+    """Random small rotation, scaling and shift of each ink map (B, 1, H, W), plus Gaussian noise."""
+    B = x.shape[0]
+    angle = (torch.rand(B, generator=gen) - 0.5) * 2 * AUG_ROTATE
+    scale = 1 + (torch.rand(B, generator=gen) - 0.5) * 2 * AUG_SCALE
+    shift = (torch.rand(B, 2, generator=gen) - 0.5) * 2 * AUG_SHIFT
+    cos, sin = torch.cos(angle) / scale, torch.sin(angle) / scale
+    theta = torch.stack([torch.stack([cos, -sin, shift[:, 0]], 1), torch.stack([sin, cos, shift[:, 1]], 1)], 1)
+    x = F.grid_sample(x, F.affine_grid(theta, list(x.shape), align_corners=False), align_corners=False)
+    return (x + noise_std * torch.randn(x.shape, generator=gen)).clamp(0.0, 1.0)
+
+
+def train_digit_classifier(
+    cfg: DigitsWorldConfig,
+    steps: int = 400,
+    seed: int = 0,
+    batch_size: int = 64,
+    lr: float = 3e-3,
+    noise_std: float = 0.05,
+) -> DigitClassifier:
+    """Train on fresh renders of train-pool digits with random colour, position, size and jitter.
+
+    Every colour/digit combination is allowed: this is an evaluator, not the generator. Light
+    Gaussian noise on the ink map keeps it reading the imperfect pixels of generated samples.
+    Deterministic for a given ``seed``.
+    """
+    torch.manual_seed(seed)
+    rng = random.Random(seed)
+    noise_gen = torch.Generator().manual_seed(seed)
+    pool = digit_pools(cfg)["train"]
+    model = DigitClassifier(DigitClassifierConfig(cfg.image_size, cfg.seed, cfg.heldout_digit_fraction, steps, seed))
+    optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=1e-4)
+    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=steps)
+    model.train()
+    for _ in range(steps):
+        scenes = [sample_scene(rng, rng.randrange(10), rng.choice(COLOR_NAMES), pool) for _ in range(batch_size)]
+        x = torch.from_numpy(ink(real_renders(scenes, cfg.image_size)))[:, None]  # (B, 1, H, W)
+        x = _augment(x, noise_gen, noise_std)
+        y = torch.tensor([s.digit for s in scenes])
+        loss = F.cross_entropy(model(x), y)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        schedule.step()
+    model.eval()
+    model.config.heldout_accuracy = heldout_accuracy(model, cfg)
+    return model
+
+
+def load_or_train_digit_classifier(directory: str | Path, cfg: DigitsWorldConfig, steps: int = 400) -> DigitClassifier:
+    """Load the classifier cached in ``directory`` if it was trained for ``cfg``, else train and save it."""
+    directory = Path(directory)
+    if (directory / WEIGHTS_FILE).exists() and (directory / CONFIG_FILE).exists():
+        model = DigitClassifier.load(directory)
+        if model.config.matches(cfg):
+            return model
+    model = train_digit_classifier(cfg, steps=steps)
+    model.save(directory)
+    return model

@@ -1,0 +1,147 @@
+"""`UniTokPipeline`: the transformer, text BPE, media tokenizers and vocabulary as one object.
+
+Saved like a diffusers pipeline: an index file plus one subfolder per component::
+
+    model/
+      unitok_pipeline.json     components, media order, class names
+      vocabulary.json          the shared vocabulary manifest
+      transformer/             transformers `save_pretrained` (config.json + model.safetensors)
+      text_tokenizer/          sentencepiece model + config.json
+      image_tokenizer/         config.json + model.safetensors
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import torch
+from PIL import Image
+from transformers import LlamaForCausalLM
+
+from .media_tokenizer import MediaTokenizer
+from .sampling import SamplerConfig, sample_media
+from .streams import MediaOrder
+from .text_bpe import TextBPE
+from .vocabulary import Vocabulary, VocabularyError
+
+INDEX_NAME = "unitok_pipeline.json"
+
+
+@dataclass
+class ImagePipelineOutput:
+    images: list[Image.Image]
+    token_ids: torch.Tensor  # (B, num_blocks, N) local code ids, blocks [k_T … k_0]
+
+
+class UniTokPipeline:
+    def __init__(self, transformer: LlamaForCausalLM, text_tokenizer: TextBPE,
+                 media_tokenizers: dict[str, MediaTokenizer], vocabulary: Vocabulary,
+                 media_order: MediaOrder = "timestep"):
+        self.transformer = transformer.eval()
+        self.text_tokenizer = text_tokenizer
+        self.media_tokenizers = media_tokenizers
+        self.vocabulary = vocabulary
+        self.media_order = media_order
+        self._check_components()
+
+    def _check_components(self) -> None:
+        """Every tokenizer must be the one the vocabulary was made with, and fit the embedding."""
+        text_range = self.vocabulary.range("text")
+        if text_range.tokenizer_hash != self.text_tokenizer.content_hash():
+            raise VocabularyError("text tokenizer does not match the vocabulary manifest")
+        for name, tokenizer in self.media_tokenizers.items():
+            r = self.vocabulary.range(name)
+            if r.tokenizer_hash != tokenizer.content_hash() or r.size != tokenizer.codebook_size:
+                raise VocabularyError(f"media tokenizer {name!r} does not match the vocabulary manifest")
+        if self.transformer.config.vocab_size < self.vocabulary.size:
+            raise VocabularyError(
+                f"transformer has {self.transformer.config.vocab_size} embeddings, vocabulary needs {self.vocabulary.size}"
+            )
+
+    # --- devices -------------------------------------------------------------------------------
+    def to(self, device: str | torch.device) -> "UniTokPipeline":
+        self.transformer.to(device)
+        for tokenizer in self.media_tokenizers.values():
+            tokenizer.to(device)
+        return self
+
+    @property
+    def device(self) -> torch.device:
+        return self.transformer.device
+
+    # --- generation ----------------------------------------------------------------------------
+    def tokenizer_for(self, modality: str) -> MediaTokenizer:
+        for tokenizer in self.media_tokenizers.values():
+            if tokenizer.modality == modality:
+                return tokenizer
+        raise ValueError(f"this pipeline has no {modality} tokenizer (it has {list(self.media_tokenizers)})")
+
+    def encode_prompt(self, prompt: str) -> list[int]:
+        local = torch.tensor(self.text_tokenizer.encode(prompt), dtype=torch.long)
+        return self.vocabulary.to_global("text", local).tolist()
+
+    @torch.no_grad()
+    def generate_media_ids(self, modality: str, prompts: Sequence[str], sampler: SamplerConfig,
+                           seed: int = 0) -> torch.Tensor:
+        """Local code ids (B, num_blocks, N) for each prompt."""
+        tokenizer = self.tokenizer_for(modality)
+        first_block = None
+        if self.media_order == "timestep":
+            noise = tokenizer.draw_noise(len(prompts), seeds=[seed + i for i in range(len(prompts))])
+            first_block = tokenizer.quantizer.quantize_noise(noise[:, -1])  # k_T from ε
+        return sample_media(
+            self.transformer, self.vocabulary, tokenizer.name, [self.encode_prompt(p) for p in prompts],
+            first_block, tokenizer.num_blocks, tokenizer.num_positions, self.media_order, sampler,
+            generator=torch.Generator().manual_seed(seed),
+        )
+
+    def text_to_image(self, prompt: str | Sequence[str], guidance_scale: float = 3.0, temperature: float = 1.0,
+                      top_k: int | None = None, top_p: float | None = None, gumbel_scale: float = 1.0,
+                      seed: int = 0) -> ImagePipelineOutput:
+        """Generate one image per prompt. Same seed, same prompts -> the same images."""
+        prompts = _check_prompts(prompt)
+        sampler = SamplerConfig(guidance_scale, temperature, top_k, top_p, gumbel_scale)
+        ids = self.generate_media_ids("image", prompts, sampler, seed)
+        return ImagePipelineOutput(self.tokenizer_for("image").decode(ids), ids.cpu())
+
+    # --- persistence ---------------------------------------------------------------------------
+    def save_pretrained(self, directory: str | Path) -> None:
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        self.vocabulary.save(directory)
+        self.transformer.save_pretrained(directory / "transformer", safe_serialization=True)
+        self.text_tokenizer.save_pretrained(directory / "text_tokenizer")
+        media = {}
+        for name, tokenizer in self.media_tokenizers.items():
+            folder = f"{name}_tokenizer"
+            tokenizer.save_pretrained(directory / folder)
+            media[name] = folder
+        index = {"unitok_class": type(self).__name__, "media_order": self.media_order,
+                 "transformer": "transformer", "text_tokenizer": "text_tokenizer", "media_tokenizers": media}
+        (directory / INDEX_NAME).write_text(json.dumps(index, indent=2) + "\n")
+
+    @classmethod
+    def from_pretrained(cls, directory: str | Path, device: str | torch.device | None = None) -> "UniTokPipeline":
+        directory = Path(directory)
+        index_path = directory / INDEX_NAME
+        if not index_path.is_file():
+            raise FileNotFoundError(f"{directory}: no {INDEX_NAME}; not a saved UniTokPipeline")
+        index = json.loads(index_path.read_text())
+        pipe = cls(
+            transformer=LlamaForCausalLM.from_pretrained(directory / index["transformer"], use_safetensors=True),
+            text_tokenizer=TextBPE.from_pretrained(directory / index["text_tokenizer"]),
+            media_tokenizers={n: MediaTokenizer.from_pretrained(directory / f) for n, f in index["media_tokenizers"].items()},
+            vocabulary=Vocabulary.load(directory),
+            media_order=index["media_order"],
+        )
+        return pipe.to(device) if device is not None else pipe
+
+
+def _check_prompts(prompt: str | Sequence[str]) -> list[str]:
+    prompts = [prompt] if isinstance(prompt, str) else list(prompt)
+    if not prompts or not all(isinstance(p, str) for p in prompts):
+        raise ValueError("prompt: expected a string or a non-empty list of strings")
+    return prompts

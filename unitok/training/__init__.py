@@ -1,0 +1,1 @@
+"""Training loops (accelerate): the media tokenizers and the transformer."""

@@ -1,0 +1,39 @@
+"""Pieces both training loops share: optimizer schedule, precision choice, data cycling."""
+
+from __future__ import annotations
+
+import math
+from typing import Iterator
+
+import torch
+from torch.optim.lr_scheduler import LambdaLR
+
+
+def warmup_cosine(optimizer: torch.optim.Optimizer, warmup_steps: int, total_steps: int,
+                  final_fraction: float = 0.1) -> LambdaLR:
+    """Linear warmup to the peak, then cosine decay to `final_fraction` of it."""
+
+    def factor(step: int) -> float:
+        if step < warmup_steps:
+            return (step + 1) / warmup_steps
+        progress = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
+        return final_fraction + (1 - final_fraction) * 0.5 * (1 + math.cos(math.pi * progress))
+
+    return LambdaLR(optimizer, factor)
+
+
+def mixed_precision(setting: str) -> str:
+    """"auto" -> bf16 where the hardware has it (CUDA with bf16), else full precision."""
+    if setting != "auto":
+        return setting
+    return "bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "no"
+
+
+def cycle(loader, set_epoch: bool = True) -> Iterator:
+    """Batches forever, re-shuffling every epoch."""
+    epoch = 0
+    while True:
+        if set_epoch and hasattr(loader, "set_epoch"):
+            loader.set_epoch(epoch)
+        yield from loader
+        epoch += 1

@@ -1,0 +1,255 @@
+"""Train the transformer on mixed streams with accelerate.
+
+AdamW, warmup + cosine, gradient clipping and accumulation, bf16 where the hardware has it.
+Checkpoints (``accelerator.save_state``: safetensors weights + optimizer/scheduler/RNG state)
+every N steps; a re-run resumes from the newest one at the exact data position. Held-out loss
+every `eval_every` steps picks the best weights (early stopping keeps baselines honest).
+Runs unchanged under ``accelerate launch`` (DDP, FSDP): the loader is sharded by accelerate.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal, Sequence
+
+import torch
+import torch.nn.functional as F
+from accelerate import Accelerator
+from accelerate.utils import DataLoaderConfiguration, set_seed
+from torch.utils.data import DataLoader
+from tqdm.auto import tqdm
+
+from ..streams import IGNORE, Batch, collate, pack, task_document
+from ..vocabulary import Vocabulary
+from .common import mixed_precision, warmup_cosine
+
+PROGRESS_NAME = "progress.json"
+
+
+@dataclass(frozen=True)
+class LMTraining:
+    tasks: dict[str, float] = field(default_factory=lambda: {"text_to_image": 1.0})  # task -> mixture weight
+    media_order: Literal["timestep", "raster"] = "timestep"
+    steps: int = 2000
+    batch_size: int = 16  # documents per process per micro-step
+    grad_accum: int = 1
+    learning_rate: float = 1e-3
+    weight_decay: float = 0.1
+    warmup_steps: int = 100
+    grad_clip: float = 1.0
+    caption_dropout: float = 0.1  # probability a text-to-media caption is dropped (for guidance)
+    checkpoint_every: int = 200
+    eval_every: int = 200
+    eval_items: int = 256
+    early_stopping_patience: int | None = None  # evals without improvement before stopping
+    mixed_precision: str = "auto"
+
+    def __post_init__(self):
+        if not self.tasks or any(w < 0 for w in self.tasks.values()) or sum(self.tasks.values()) <= 0:
+            raise ValueError("tasks must map task names to non-negative weights with a positive sum")
+        if not 0 <= self.caption_dropout < 1:
+            raise ValueError("caption_dropout must be in [0, 1)")
+
+
+@dataclass
+class TokenItems:
+    """Shard rows held as tensors: one caption and one media span per item."""
+
+    text_ids: list[list[int]]
+    media_ids: torch.Tensor  # (M, num_blocks, N) global ids
+    media_name: str
+
+    @classmethod
+    def from_dataset(cls, dataset, num_blocks: int) -> "TokenItems":
+        media = torch.tensor(dataset["media_ids"], dtype=torch.long)
+        names = set(dataset.unique("media"))
+        if len(names) != 1:
+            raise ValueError(f"expected one media range per shard set, found {sorted(names)}")
+        return cls(list(dataset["text_ids"]), media.reshape(len(media), num_blocks, -1), names.pop())
+
+    def __len__(self) -> int:
+        return len(self.text_ids)
+
+
+class DocumentMaker:
+    """Item indices -> a training batch; caption dropout and task draws are seeded by the step,
+    so a resumed run builds exactly the batches an uninterrupted one would."""
+
+    def __init__(self, items: TokenItems, vocab: Vocabulary, cfg: LMTraining, seed: int):
+        self.items, self.vocab, self.cfg, self.seed = items, vocab, cfg, seed
+        self.task_names = list(cfg.tasks)
+        self.task_weights = list(cfg.tasks.values())
+
+    def documents(self, indices: Sequence[int], rng: random.Random | None):
+        docs = []
+        for i in indices:
+            task = rng.choices(self.task_names, self.task_weights)[0] if rng else self.task_names[0]
+            drop = rng is not None and rng.random() < self.cfg.caption_dropout
+            docs.append(task_document(self.vocab, self.cfg.media_order, task, self.items.text_ids[i],
+                                      self.items.media_name, self.items.media_ids[i], drop_text=drop))
+        return docs
+
+    def batch(self, indices: Sequence[int], step: int, micro: int, rank: int) -> Batch:
+        rng = random.Random(hash((self.seed, step, micro, rank)))
+        docs = self.documents(indices, rng)
+        return collate(pack(docs, max(len(d) for d in docs)), pad_id=self.vocab.special_id("<pad>"))
+
+
+def train_lm(model: torch.nn.Module, vocab: Vocabulary, train: TokenItems, heldout: TokenItems,
+             cfg: LMTraining, output_dir: str | Path, seed: int = 0) -> dict:
+    """Train `model` in place; checkpoints under `output_dir/checkpoints`, best weights loaded at the end.
+
+    Returns the history: held-out losses per eval and the step whose weights were kept.
+    """
+    output_dir = Path(output_dir)
+    set_seed(seed)
+    accelerator = Accelerator(
+        mixed_precision=mixed_precision(cfg.mixed_precision),
+        gradient_accumulation_steps=cfg.grad_accum,
+        dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True),
+    )
+    optimizer = torch.optim.AdamW(_param_groups(model, cfg.weight_decay), lr=cfg.learning_rate, betas=(0.9, 0.95))
+    scheduler = warmup_cosine(optimizer, cfg.warmup_steps, cfg.steps)
+    loader = DataLoader(range(len(train)), batch_size=cfg.batch_size, shuffle=True, drop_last=True,
+                        collate_fn=list, generator=torch.Generator().manual_seed(seed))
+    model, optimizer, loader, scheduler = accelerator.prepare(model, optimizer, loader, scheduler)
+    maker = DocumentMaker(train, vocab, cfg, seed)
+    checkpoints = output_dir / "checkpoints"
+    state = _resume(accelerator, checkpoints)
+    eval_docs = DocumentMaker(heldout, vocab, cfg, seed).documents(range(min(cfg.eval_items, len(heldout))), None)
+
+    step = state["step"]
+    batches = _batches_from(loader, accelerator, start_micro_step=step * cfg.grad_accum)
+    progress = tqdm(range(step, cfg.steps), desc="lm", initial=step, total=cfg.steps,
+                    disable=not accelerator.is_local_main_process)
+    model.train()
+    for step in progress:
+        for micro in range(cfg.grad_accum):
+            batch = maker.batch(next(batches), step, micro, accelerator.process_index).to(accelerator.device)
+            with accelerator.accumulate(model):
+                logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
+                               position_ids=batch.position_ids).logits
+                loss = F.cross_entropy(logits.flatten(0, 1).float(), batch.targets.flatten(), ignore_index=IGNORE)
+                accelerator.backward(loss)
+                if accelerator.sync_gradients:
+                    accelerator.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+                optimizer.step()
+                scheduler.step()
+                optimizer.zero_grad(set_to_none=True)
+        progress.set_postfix(loss=f"{loss.item():.3f}", lr=f"{scheduler.get_last_lr()[0]:.1e}")
+        done = step + 1
+        if done % cfg.eval_every == 0 or done == cfg.steps:
+            state["evals"].append({"step": done, **heldout_loss(model, vocab, eval_docs, accelerator.device)})
+            model.train()
+            if _improved(state):
+                state["best_step"] = done
+                if accelerator.is_main_process:
+                    accelerator.unwrap_model(model).save_pretrained(output_dir / "best")
+            if _patience_exhausted(state, cfg.early_stopping_patience):
+                state["stopped_early_at"] = done
+        if done % cfg.checkpoint_every == 0 or done == cfg.steps or "stopped_early_at" in state:
+            state["step"] = done
+            _checkpoint(accelerator, checkpoints, state)
+        if "stopped_early_at" in state:
+            break
+    accelerator.wait_for_everyone()
+    progress.close()
+    _load_best(accelerator.unwrap_model(model), output_dir / "best")
+    return state
+
+
+def _param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
+    """No weight decay on norms and biases (1-D tensors), as usual for transformers."""
+    decay = [p for p in model.parameters() if p.requires_grad and p.dim() >= 2]
+    no_decay = [p for p in model.parameters() if p.requires_grad and p.dim() < 2]
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def _batches_from(loader, accelerator: Accelerator, start_micro_step: int):
+    """Index batches forever from micro-step `start_micro_step` on, one seeded shuffle per epoch."""
+    per_epoch = len(loader)
+    epoch, skip = divmod(start_micro_step, per_epoch)
+    while True:
+        loader.set_epoch(epoch)
+        yield from (accelerator.skip_first_batches(loader, skip) if skip else loader)
+        epoch, skip = epoch + 1, 0
+
+
+@torch.no_grad()
+def heldout_loss(model: torch.nn.Module, vocab: Vocabulary, docs: list, device, batch_size: int = 16) -> dict:
+    """Held-out cross-entropy overall and per target media block (noisiest first)."""
+    model.eval()
+    total, count, block_sum, block_count = 0.0, 0, {}, {}
+    for start in range(0, len(docs), batch_size):
+        batch = collate([[d] for d in docs[start:start + batch_size]], vocab.special_id("<pad>")).to(device)
+        logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
+                       position_ids=batch.position_ids).logits
+        losses = F.cross_entropy(logits.transpose(1, 2).float(), batch.targets, ignore_index=IGNORE, reduction="none")
+        labelled = batch.targets != IGNORE
+        total += losses[labelled].sum().item()
+        count += int(labelled.sum())
+        target_block = torch.full_like(batch.targets, -1)
+        for row, doc in enumerate(docs[start:start + batch_size]):
+            target_block[row, : len(doc)] = torch.tensor(doc.target_block)
+        for block in target_block.unique().tolist():
+            if block >= 0:
+                mask = target_block == block
+                block_sum[block] = block_sum.get(block, 0.0) + losses[mask].sum().item()
+                block_count[block] = block_count.get(block, 0) + int(mask.sum())
+    per_block = [block_sum[b] / block_count[b] for b in sorted(block_sum)]
+    return {"loss": total / max(count, 1), "ce_per_block": per_block}
+
+
+def _improved(state: dict) -> bool:
+    losses = [e["loss"] for e in state["evals"]]
+    return losses[-1] <= min(losses)
+
+
+def _patience_exhausted(state: dict, patience: int | None) -> bool:
+    if patience is None:
+        return False
+    losses = [e["loss"] for e in state["evals"]]
+    best_index = losses.index(min(losses))
+    return len(losses) - 1 - best_index >= patience
+
+
+def _checkpoint(accelerator: Accelerator, root: Path, state: dict) -> None:
+    """Save to a temporary folder, rename it into place, then drop older checkpoints."""
+    final = root / f"step-{state['step']:07d}"
+    tmp = root / f".tmp-step-{state['step']:07d}"
+    accelerator.save_state(str(tmp), safe_serialization=True)
+    if accelerator.is_main_process:
+        (tmp / PROGRESS_NAME).write_text(json.dumps(state, indent=2))
+        if final.exists():
+            shutil.rmtree(final)
+        os.replace(tmp, final)
+        for old in root.glob("step-*"):
+            if old != final:
+                shutil.rmtree(old)
+    accelerator.wait_for_everyone()
+
+
+def _resume(accelerator: Accelerator, root: Path) -> dict:
+    done = sorted(root.glob("step-*")) if root.is_dir() else []
+    if not done:
+        return {"step": 0, "evals": [], "best_step": None}
+    latest = done[-1]
+    accelerator.load_state(str(latest))
+    state = json.loads((latest / PROGRESS_NAME).read_text())
+    accelerator.print(f"resuming from {latest} (step {state['step']})")
+    return state
+
+
+def _load_best(model: torch.nn.Module, best_dir: Path) -> None:
+    weights = best_dir / "model.safetensors"
+    if weights.is_file():
+        from safetensors.torch import load_file
+
+        missing, unexpected = model.load_state_dict(load_file(str(weights)), strict=False)
+        if unexpected or any("lm_head" not in k for k in missing):  # lm_head is tied to the embeddings
+            raise RuntimeError(f"{weights}: does not match the model (missing {missing}, unexpected {unexpected})")

@@ -1,0 +1,81 @@
+"""Train a media tokenizer (autoencoder + RDPM quantizer) with accelerate.
+
+Loss: MSE of D(z + sg(s_0 − z)) against the input (straight-through) + β · commitment over
+every step. The codebook follows an EMA of the residuals assigned to it, dead codes restart
+from current residuals, and σ_t tracks each step's residual RMS (see `rdpm.py`).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from accelerate import Accelerator
+from accelerate.utils import set_seed
+from torch.utils.data import DataLoader, TensorDataset
+from tqdm.auto import tqdm
+
+from ..media_tokenizer import MediaTokenizer, TokenizerSpec
+from .common import cycle, mixed_precision, warmup_cosine
+
+
+@dataclass(frozen=True)
+class TokenizerTraining:
+    steps: int = 1500
+    batch_size: int = 64
+    learning_rate: float = 2e-3
+    warmup_steps: int = 100
+    weight_decay: float = 0.0
+    mixed_precision: str = "auto"
+
+
+def train_media_tokenizer(spec: TokenizerSpec, inputs: torch.Tensor, cfg: TokenizerTraining, seed: int = 0,
+                          desc: str = "tokenizer") -> MediaTokenizer:
+    """Fit a tokenizer on preprocessed inputs (M, C, …) in [-1, 1]; returns it in eval mode."""
+    set_seed(seed)
+    accelerator = Accelerator(mixed_precision=mixed_precision(cfg.mixed_precision))
+    tokenizer = MediaTokenizer(spec)
+    optimizer = torch.optim.AdamW(tokenizer.parameters(), lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
+    scheduler = warmup_cosine(optimizer, cfg.warmup_steps, cfg.steps)
+    loader = DataLoader(TensorDataset(inputs), batch_size=cfg.batch_size, shuffle=True, drop_last=True,
+                        generator=torch.Generator().manual_seed(seed))
+    tokenizer, optimizer, loader, scheduler = accelerator.prepare(tokenizer, optimizer, loader, scheduler)
+    beta = spec.quantizer.commitment_weight
+    batches = cycle(loader)
+    progress = tqdm(range(cfg.steps), desc=desc, disable=not accelerator.is_local_main_process)
+    tokenizer.train()
+    for _ in progress:
+        (x,) = next(batches)
+        reconstruction, out = tokenizer(x)
+        mse = F.mse_loss(reconstruction.float(), x.float())
+        loss = mse + beta * out.commitment_loss
+        optimizer.zero_grad(set_to_none=True)
+        accelerator.backward(loss)
+        optimizer.step()
+        scheduler.step()
+        progress.set_postfix(psnr=f"{psnr_db(mse.item()):.1f}", commit=f"{out.commitment_loss.item():.3f}")
+    tokenizer = accelerator.unwrap_model(tokenizer)
+    return tokenizer.eval()
+
+
+def psnr_db(mse_in_unit_range: float) -> float:
+    """PSNR for signals in [-1, 1] (peak-to-peak 2)."""
+    return 10 * math.log10(4.0 / max(mse_in_unit_range, 1e-12))
+
+
+@torch.no_grad()
+def tokenizer_metrics(tokenizer: MediaTokenizer, inputs: torch.Tensor, seed: int = 0,
+                      batch_size: int = 256) -> dict[str, float]:
+    """Held-out reconstruction PSNR (through the full encode -> ids -> decode path) and codebook usage."""
+    tokenizer.eval()
+    squared_error, count, used = 0.0, 0, set()
+    for start in range(0, len(inputs), batch_size):
+        x = inputs[start:start + batch_size].to(tokenizer.device)
+        ids = tokenizer.encode_tensor(x, [seed + start + i for i in range(len(x))])
+        reconstruction = tokenizer.decode_tensor(ids).clamp(-1, 1)
+        squared_error += F.mse_loss(reconstruction, x, reduction="sum").item()
+        count += x.numel()
+        used.update(torch.unique(ids).tolist())
+    return {"psnr_db": psnr_db(squared_error / count), "codebook_usage": len(used) / tokenizer.codebook_size}
