@@ -193,7 +193,9 @@ class RDPMQuantizer(nn.Module):
         x = (residual_BCN / self.step_scale[t]).transpose(1, 2).reshape(-1, residual_BCN.shape[1])  # (B·N, C)
         ids = ids_BN.reshape(-1)
         counts = torch.bincount(ids, minlength=self.config.codebook_size).type_as(x)  # (K,)
-        sums = torch.zeros_like(self.ema_sum[g]).index_add_(0, ids, x)  # (K, C)
+        C = x.shape[1]  # per-code sums via bincount: index_add_ is ~100x slower on CPU here
+        flat = (ids[:, None] * C + torch.arange(C, device=x.device)).reshape(-1)
+        sums = torch.bincount(flat, weights=x.reshape(-1), minlength=counts.numel() * C).view(-1, C).type_as(x)
         self.ema_count[g].mul_(decay).add_(counts, alpha=1 - decay)
         self.ema_sum[g].mul_(decay).add_(sums, alpha=1 - decay)
         self.codebook[g] = self.ema_sum[g] / self.ema_count[g].clamp_min(1e-5).unsqueeze(-1)

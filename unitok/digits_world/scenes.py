@@ -20,13 +20,14 @@ import numpy as np
 from sklearn.datasets import load_digits
 
 # Saturated, mutually distant colours, so a pixel reader separates them even on noisy samples.
+# Every colour's brightest channel is 230, so the ink (max over RGB) of a render is colour-blind.
 COLORS: dict[str, tuple[int, int, int]] = {
     "red": (230, 40, 40),
-    "green": (40, 200, 40),
-    "blue": (50, 80, 240),
-    "yellow": (235, 220, 40),
-    "magenta": (220, 40, 220),
-    "cyan": (40, 210, 220),
+    "green": (40, 230, 40),
+    "blue": (40, 80, 230),
+    "yellow": (230, 220, 40),
+    "magenta": (230, 40, 230),
+    "cyan": (40, 220, 230),
 }
 COLOR_NAMES: tuple[str, ...] = tuple(COLORS)
 POSITIONS: tuple[str, ...] = ("left", "center", "right")

@@ -36,7 +36,7 @@ def train_media_tokenizer(spec: TokenizerSpec, inputs: torch.Tensor, cfg: Tokeni
     """Fit a tokenizer on preprocessed inputs (M, C, …) in [-1, 1]; returns it in eval mode."""
     set_seed(seed)
     accelerator = Accelerator(mixed_precision=mixed_precision(cfg.mixed_precision))
-    tokenizer = MediaTokenizer(spec)
+    tokenizer = MediaTokenizer(spec).to(memory_format=torch.channels_last)  # ~2x faster convs on CPU
     optimizer = torch.optim.AdamW(tokenizer.parameters(), lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
     scheduler = warmup_cosine(optimizer, cfg.warmup_steps, cfg.steps)
     loader = DataLoader(TensorDataset(inputs), batch_size=cfg.batch_size, shuffle=True, drop_last=True,
@@ -48,6 +48,7 @@ def train_media_tokenizer(spec: TokenizerSpec, inputs: torch.Tensor, cfg: Tokeni
     tokenizer.train()
     for _ in progress:
         (x,) = next(batches)
+        x = x.contiguous(memory_format=torch.channels_last)
         reconstruction, out = tokenizer(x)
         mse = F.mse_loss(reconstruction.float(), x.float())
         loss = mse + beta * out.commitment_loss

@@ -1,0 +1,76 @@
+"""Shared fixtures: tiny vocabularies, tokenizers and one tiny end-to-end recipe run per session."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from unitok.media_tokenizer import MediaTokenizer, TokenizerSpec
+from unitok.config import from_dict
+from unitok.model import ModelSpec
+from unitok.vocabulary import Vocabulary
+
+REPO = Path(__file__).resolve().parent.parent
+
+TINY_SPEC = {
+    "modality": "image",
+    "name": "image",
+    "image": {"size": 32},
+    "autoencoder": {"patch_size": 2, "channels": [16, 32], "latent_channels": 8},
+    "quantizer": {"steps": 4, "codebook_size": 64},
+}
+TINY_MODEL = ModelSpec(hidden_size=64, num_layers=2, num_heads=2, intermediate_size=128, max_position_embeddings=512)
+
+
+def tiny_tokenizer_spec(**quantizer) -> TokenizerSpec:
+    return from_dict(TokenizerSpec, {**TINY_SPEC, "quantizer": {**TINY_SPEC["quantizer"], **quantizer}})
+
+
+@pytest.fixture
+def tiny_tokenizer() -> MediaTokenizer:
+    torch.manual_seed(0)
+    return MediaTokenizer(tiny_tokenizer_spec()).eval()
+
+
+@pytest.fixture
+def vocab() -> Vocabulary:
+    return Vocabulary.build(40, "texthash", [("image", "image", 64, "imagehash")])
+
+
+def write_tiny_recipe(folder: Path, **overrides) -> Path:
+    """A recipe small enough to run every stage in about a minute on 2 CPU cores."""
+    spec_path = folder / "tiny-tokenizer.yaml"
+    spec_path.write_text(yaml.safe_dump(TINY_SPEC))
+    model_path = folder / "tiny-model.yaml"
+    model_path.write_text(yaml.safe_dump({"hidden_size": 64, "num_layers": 2, "num_heads": 2,
+                                          "intermediate_size": 128, "max_position_embeddings": 512}))
+    recipe = {
+        "name": "tiny",
+        "output_dir": str(folder / "run"),
+        "data": {"digits_world": {"train_scenes": 160, "heldout_scenes": 24}},
+        "tokenizer": {"spec": str(spec_path), "training": {"steps": 30, "batch_size": 32, "warmup_steps": 5}},
+        "text_bpe": {"vocab_size": 300},
+        "shards": {"items_per_shard": 64},
+        "model": str(model_path),
+        "lm": {"steps": 6, "batch_size": 8, "warmup_steps": 2, "checkpoint_every": 3, "eval_every": 3, "eval_items": 8},
+        "eval": {"num_samples": 8, "batch_size": 8, "grid_samples": 8, "trajectory_samples": 2, "classifier_steps": 30},
+    }
+    for key, value in overrides.items():
+        recipe[key] = {**recipe[key], **value} if isinstance(value, dict) else value
+    path = folder / "recipe.yaml"
+    path.write_text(yaml.safe_dump(recipe))
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory) -> Path:
+    """Runs the tiny recipe once (all stages); returns its output folder."""
+    from unitok.recipe import RecipeRun, load_recipe
+
+    folder = tmp_path_factory.mktemp("tiny")
+    recipe = write_tiny_recipe(folder)
+    RecipeRun(load_recipe(recipe), log=lambda _: None).run()
+    return folder / "run"

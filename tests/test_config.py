@@ -1,0 +1,50 @@
+"""Typed configs: wrong fields fail at load time with the file, the field path and what was expected."""
+
+import pytest
+import yaml
+
+from unitok.config import ConfigError
+from unitok.recipe import load_recipe
+
+from .conftest import write_tiny_recipe
+
+
+def test_every_problem_is_reported_with_its_path(tmp_path):
+    path = write_tiny_recipe(tmp_path, lm={"steps": "ten", "learing_rate": 1e-3},
+                             tokenizer={"training": {"batch_size": 1.5}})
+    with pytest.raises(ConfigError) as err:
+        load_recipe(path)
+    message = str(err.value)
+    assert f"{path}: lm.steps: expected int, got str 'ten'" in message
+    assert f"{path}: lm.learing_rate: unknown field" in message
+    assert "tokenizer.training.batch_size: expected int, got float 1.5" in message
+
+
+def test_bad_value_in_a_referenced_spec_names_that_file(tmp_path):
+    path = write_tiny_recipe(tmp_path)
+    spec = tmp_path / "tiny-tokenizer.yaml"
+    data = yaml.safe_load(spec.read_text())
+    data["quantizer"]["schedule"] = "sigmoid"
+    spec.write_text(yaml.safe_dump(data))
+    with pytest.raises(ConfigError, match=r"tokenizer\.spec: .*tiny-tokenizer.yaml: quantizer.schedule: expected one of \['cosine', 'linear'\]"):
+        load_recipe(path)
+
+
+def test_missing_required_field_and_constraint_violations(tmp_path):
+    path = write_tiny_recipe(tmp_path)
+    data = yaml.safe_load(path.read_text())
+    del data["model"]
+    data["lm"]["caption_dropout"] = 1.5
+    path.write_text(yaml.safe_dump(data))
+    with pytest.raises(ConfigError) as err:
+        load_recipe(path)
+    assert "model: missing required field" in str(err.value)
+    assert "lm: caption_dropout must be in [0, 1)" in str(err.value)
+
+
+def test_shipped_recipes_and_specs_load():
+    from pathlib import Path
+
+    for recipe in sorted(Path(__file__).parent.parent.glob("recipes/*.yaml")):
+        loaded = load_recipe(recipe)
+        assert loaded.recipe.name and loaded.model_spec.hidden_size > 0

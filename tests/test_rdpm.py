@@ -1,0 +1,90 @@
+"""RDPM quantizer and image tokenizer: round trips, determinism, the trajectory, bad ids."""
+
+import pytest
+import torch
+
+from unitok.digits_world import DigitsWorldConfig, build_digits_world, real_renders
+from unitok.media_tokenizer import MediaTokenizer
+from unitok.rdpm import alpha_bar_schedule
+from unitok.training.tokenizer import TokenizerTraining, tokenizer_metrics, train_media_tokenizer
+
+from .conftest import tiny_tokenizer_spec
+
+
+def digit_images(n: int) -> torch.Tensor:
+    items = build_digits_world(DigitsWorldConfig(train_scenes=n, heldout_scenes=0))["train"]
+    return torch.from_numpy(real_renders(items, 32)).permute(0, 3, 1, 2).float() / 127.5 - 1
+
+
+@pytest.fixture(scope="module")
+def trained_tokenizer() -> MediaTokenizer:
+    spec = tiny_tokenizer_spec(steps=6)
+    return train_media_tokenizer(spec, digit_images(256), TokenizerTraining(steps=60, batch_size=32, warmup_steps=5))
+
+
+@pytest.mark.parametrize("kind", ["cosine", "linear"])
+def test_schedule_runs_from_clean_to_pure_noise(kind):
+    a = alpha_bar_schedule(kind, 10)
+    assert a[0] == 1 and a[-1] == 0 and (a[1:] < a[:-1]).all()
+
+
+def test_encode_decode_shapes_and_determinism(tiny_tokenizer):
+    images = digit_images(3)
+    ids = tiny_tokenizer.encode_tensor(images, seeds=[1, 2, 3])
+    assert ids.shape == (3, tiny_tokenizer.num_blocks, 16) and ids.dtype == torch.long
+    assert torch.equal(ids, tiny_tokenizer.encode_tensor(images, seeds=[1, 2, 3]))
+    assert not torch.equal(ids[:, 0], tiny_tokenizer.encode_tensor(images, seeds=[4, 5, 6])[:, 0]), "the seed fixes ε"
+    alone = tiny_tokenizer.encode_tensor(images[1:2], seeds=[2])
+    assert torch.equal(alone[0], ids[1]), "an item's tokens do not depend on its batch"
+    assert tiny_tokenizer.decode_tensor(ids).shape == images.shape
+    pil = tiny_tokenizer.decode(ids)
+    assert len(pil) == 3 and pil[0].size == (32, 32)
+
+
+def test_state_approaches_clean_latent_as_t_goes_to_zero(trained_tokenizer):
+    x = digit_images(64)
+    with torch.no_grad():
+        z = trained_tokenizer.latent(x)
+        ids = trained_tokenizer.encode_tensor(x, seeds=list(range(64)))
+        states = trained_tokenizer.quantizer.states(ids)  # s_T … s_0
+    distances = [(s - z).pow(2).mean().item() for s in states]
+    assert all(later < earlier for earlier, later in zip(distances, distances[1:])), distances
+    assert distances[-1] < 0.25 * distances[0]
+
+
+def test_training_reconstructs_and_uses_the_codebook(trained_tokenizer):
+    metrics = tokenizer_metrics(trained_tokenizer, digit_images(128))
+    assert metrics["psnr_db"] > 15
+    assert metrics["codebook_usage"] > 0.5
+
+
+def test_decode_rejects_out_of_range_and_misshapen_ids(tiny_tokenizer):
+    ids = torch.zeros(1, tiny_tokenizer.num_blocks, 16, dtype=torch.long)
+    ids[0, 2, 5] = tiny_tokenizer.codebook_size  # one past the end
+    with pytest.raises(ValueError, match="out of range"):
+        tiny_tokenizer.decode(ids)
+    with pytest.raises(ValueError, match="expected ids of shape"):
+        tiny_tokenizer.decode(torch.zeros(1, 2, 16, dtype=torch.long))
+
+
+def test_markov_trajectory_and_per_step_codebooks():
+    tokenizer = MediaTokenizer(tiny_tokenizer_spec(trajectory="markov", codebook_per_step=True)).eval()
+    ids = tokenizer.encode_tensor(digit_images(2), seeds=[0, 1])
+    assert ids.shape == (2, tokenizer.num_blocks, 16)
+    assert tokenizer.quantizer.codebook.shape[0] == tokenizer.num_blocks
+
+
+def test_save_and_load_round_trip(tmp_path, trained_tokenizer):
+    trained_tokenizer.save_pretrained(tmp_path / "tok")
+    loaded = MediaTokenizer.from_pretrained(tmp_path / "tok")
+    x = digit_images(4)
+    assert torch.equal(loaded.encode_tensor(x, [0, 1, 2, 3]), trained_tokenizer.encode_tensor(x, [0, 1, 2, 3]))
+    assert loaded.content_hash() == trained_tokenizer.content_hash()
+
+
+def test_encode_accepts_images_and_paths(tmp_path, tiny_tokenizer):
+    images = tiny_tokenizer.decode(tiny_tokenizer.encode_tensor(digit_images(2), [0, 1]))
+    images[0].save(tmp_path / "a.png")
+    from_objects = tiny_tokenizer.encode(images[0], seed=7)
+    from_path = tiny_tokenizer.encode(tmp_path / "a.png", seed=7)
+    assert torch.equal(from_objects, from_path)

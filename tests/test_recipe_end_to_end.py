@@ -1,0 +1,71 @@
+"""The tiny recipe end to end: tokenizer -> BPE -> shards -> LM -> pipeline -> generate -> eval."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from unitok import UniTokPipeline
+from unitok.recipe import RecipeRun, load_recipe
+from unitok.vocabulary import VocabularyError
+
+from .conftest import write_tiny_recipe
+
+
+def test_every_stage_leaves_its_output(tiny_run):
+    for path in ("model/unitok_pipeline.json", "model/vocabulary.json", "model/transformer/model.safetensors",
+                 "model/image_tokenizer/model.safetensors", "model/text_tokenizer/spm.model",
+                 "samples.png", "trajectory.png", "metrics.json", "shards/train/manifest.json"):
+        assert (tiny_run / path).is_file(), path
+    assert not list((tiny_run / "model").rglob("*.bin")) and not list((tiny_run / "model").rglob("*.pkl"))
+    metrics = json.loads((tiny_run / "metrics.json").read_text())
+    for key in ("psnr_db", "codebook_usage", "plain_vq_psnr_db"):
+        assert key in metrics["tokenizer"]
+    for key in ("digit_accuracy", "color_accuracy", "unseen_combo_digit_accuracy", "real_digit_accuracy",
+                "fid", "fid_real_floor", "exact_copy_fraction"):
+        assert key in metrics["text_to_image"]
+    assert len(metrics["lm"]["heldout_ce_per_block"]) == 4  # T = 4 predicted blocks, noisiest first
+
+
+def test_pipeline_generates_and_round_trips_identically(tiny_run, tmp_path):
+    pipe = UniTokPipeline.from_pretrained(tiny_run / "model")
+    out = pipe.text_to_image(["a red 7 on the left", "a blue 3"], guidance_scale=3.0, seed=0)
+    assert len(out.images) == 2 and out.images[0].size == (32, 32)
+    pipe.save_pretrained(tmp_path / "copy")
+    again = UniTokPipeline.from_pretrained(tmp_path / "copy").text_to_image(
+        ["a red 7 on the left", "a blue 3"], guidance_scale=3.0, seed=0)
+    assert torch.equal(out.token_ids, again.token_ids)
+    assert np.array_equal(np.asarray(out.images[1]), np.asarray(again.images[1]))
+    other_seed = pipe.text_to_image(["a red 7 on the left", "a blue 3"], seed=1)
+    assert not torch.equal(out.token_ids, other_seed.token_ids)
+
+
+def test_pipeline_refuses_a_tokenizer_from_another_vocabulary(tiny_run, tmp_path):
+    pipe = UniTokPipeline.from_pretrained(tiny_run / "model")
+    with torch.no_grad():
+        pipe.media_tokenizers["image"].quantizer.codebook.add_(1.0)
+    pipe.save_pretrained(tmp_path / "tampered")  # the tokenizer's hash no longer matches the manifest
+    with pytest.raises(VocabularyError, match="media tokenizer 'image' does not match"):
+        UniTokPipeline.from_pretrained(tmp_path / "tampered")
+
+
+def test_rerun_skips_finished_stages(tiny_run):
+    logs = []
+    recipe = tiny_run.parent / "recipe.yaml"
+    RecipeRun(load_recipe(recipe), log=logs.append).run()
+    assert sum(line.startswith("[skip]") for line in logs) == 6, logs
+    assert not any(line.startswith("[run]") for line in logs)
+
+
+def test_changed_lm_config_redoes_only_downstream_stages(tmp_path):
+    recipe = write_tiny_recipe(tmp_path, lm={"steps": 2, "checkpoint_every": 1, "eval_every": 1},
+                               eval={"num_samples": 2, "batch_size": 2, "grid_samples": 2, "trajectory_samples": 1,
+                                     "classifier_steps": 5})
+    RecipeRun(load_recipe(recipe), log=lambda _: None).run(stop_after="lm")
+    changed = write_tiny_recipe(tmp_path, lm={"steps": 3, "checkpoint_every": 1, "eval_every": 1})
+    logs = []
+    RecipeRun(load_recipe(changed), log=logs.append).run(stop_after="lm")
+    assert [line.split()[0] for line in logs] == ["[skip]"] * 4 + ["[redo]", "[run]"]
+    history = json.loads((tmp_path / "run" / "lm" / "history.json").read_text())
+    assert history["step"] == 3

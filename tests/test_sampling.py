@@ -1,0 +1,106 @@
+"""Cached sampling: equal to a full recompute, inside the codebook range, sampler options."""
+
+import pytest
+import torch
+
+from unitok.model import build_transformer
+from unitok.sampling import CachedDecoder, SamplerConfig, choose, sample_media
+from unitok.streams import StreamBuilder, collate
+
+from .conftest import TINY_MODEL
+
+N, BLOCKS = 4, 3
+
+
+@pytest.fixture
+def model(vocab):
+    torch.manual_seed(0)
+    return build_transformer(TINY_MODEL, vocab).eval()
+
+
+def text(vocab, ids):
+    return [vocab.range("text").offset + i for i in ids]
+
+
+def full_logits(model, vocab, prompts, blocks, order="timestep"):
+    streams = [StreamBuilder(vocab, order).special("<bos>").text(text(vocab, p)).media("image", b).build()
+               for p, b in zip(prompts, blocks)]
+    batch = collate([[s] for s in streams], pad_id=0, pad_side="left")
+    with torch.no_grad():
+        return model(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
+                     position_ids=batch.position_ids).logits
+
+
+def test_cached_block_steps_equal_full_recompute(model, vocab):
+    prompts = [[1, 2, 3], [4]]  # different lengths: exercises left padding
+    blocks = [vocab.to_global("image", torch.randint(0, 64, (BLOCKS, N))) for _ in prompts]
+    prefix = [StreamBuilder(vocab).special("<bos>").text(text(vocab, p)).media("image", b[:1], complete=False).build()
+              for p, b in zip(prompts, blocks)]
+    with torch.no_grad():
+        decoder = CachedDecoder(model, collate([[s] for s in prefix], pad_id=0, pad_side="left"))
+        cached = [decoder.logits[:, -N:]]
+        for k in range(1, BLOCKS):
+            cached.append(decoder.feed(torch.stack([b[k] for b in blocks]), block=True))
+    reference = full_logits(model, vocab, prompts, blocks)
+    length = reference.shape[1]
+    for k in range(BLOCKS):
+        start = length - 1 - (BLOCKS - k) * N  # the full stream ends with <eoi>
+        torch.testing.assert_close(cached[k], reference[:, start:start + N], atol=1e-4, rtol=1e-4)
+
+
+def test_greedy_sampler_matches_full_recompute(model, vocab):
+    """Every block the cached sampler picks greedily is the argmax of a full recompute."""
+    first = torch.randint(0, 64, (2, N))
+    greedy = SamplerConfig(gumbel_scale=0.0, guidance_scale=2.0)
+    prompts = [text(vocab, [1, 2]), text(vocab, [3])]
+    ids = sample_media(model, vocab, "image", prompts, first, BLOCKS, N, "timestep", greedy)
+    assert torch.equal(ids[:, 0], first)
+    codes = vocab.range("image")
+    g = vocab.to_global("image", ids)
+    cond = full_logits(model, vocab, [[1, 2], [3]], g)
+    uncond = full_logits(model, vocab, [[], []], g)
+    length = cond.shape[1]
+    for k in range(1, BLOCKS):
+        start = length - 1 - (BLOCKS - k + 1) * N
+        guided = uncond[:, start:start + N] + 2.0 * (cond[:, start:start + N] - uncond[:, start:start + N])
+        assert torch.equal(guided[..., codes.offset:codes.end].argmax(-1), ids[:, k])
+
+
+def test_raster_sampler_matches_full_recompute(model, vocab):
+    greedy = SamplerConfig(gumbel_scale=0.0)
+    ids = sample_media(model, vocab, "image", [text(vocab, [5, 6])], None, 1, N, "raster", greedy)
+    assert ids.shape == (1, 1, N)
+    codes = vocab.range("image")
+    logits = full_logits(model, vocab, [[5, 6]], [vocab.to_global("image", ids[0])], order="raster")
+    boi = 1 + 2
+    expected = logits[0, boi:boi + N, codes.offset:codes.end].argmax(-1)
+    assert torch.equal(expected, ids[0, 0])
+
+
+def test_sampled_ids_stay_in_the_codebook_range(model, vocab):
+    # bias the model towards text ids: the sampler must still only emit image codes
+    with torch.no_grad():
+        model.lm_head.weight[: vocab.range("image").offset] += 5.0
+    ids = sample_media(model, vocab, "image", [text(vocab, [1])] * 3, torch.zeros(3, N, dtype=torch.long), BLOCKS, N,
+                       "timestep", SamplerConfig(temperature=2.0), torch.Generator().manual_seed(0))
+    assert ids.min() >= 0 and ids.max() < 64
+
+
+def test_choose_top_k_top_p_and_seeded_gumbel():
+    logits = torch.tensor([[4.0, 3.0, 1.0, -2.0]]).repeat(500, 1)
+    g = torch.Generator().manual_seed(0)
+    top1 = choose(logits, SamplerConfig(top_k=1), g)
+    assert (top1 == 0).all()
+    top2 = choose(logits, SamplerConfig(top_k=2), g)
+    assert set(top2.tolist()) == {0, 1}
+    nucleus = choose(logits, SamplerConfig(top_p=0.5), g)  # p(0) ≈ 0.71 > 0.5: only id 0 survives
+    assert (nucleus == 0).all()
+    a = choose(logits, SamplerConfig(), torch.Generator().manual_seed(1))
+    b = choose(logits, SamplerConfig(), torch.Generator().manual_seed(1))
+    assert torch.equal(a, b) and len(set(a.tolist())) > 1
+
+
+def test_sampler_config_rejects_bad_values():
+    for bad in ({"temperature": 0}, {"top_k": 0}, {"top_p": 1.5}, {"gumbel_scale": -1}):
+        with pytest.raises(ValueError):
+            SamplerConfig(**bad)

@@ -1,0 +1,44 @@
+"""Vocabulary: disjoint ranges, local<->global round trip, manifest checks."""
+
+import json
+
+import pytest
+import torch
+
+from unitok.vocabulary import SPECIAL_TOKENS, Vocabulary, VocabularyError
+
+
+def test_ranges_tile_without_overlap(vocab):
+    ids = [set(range(r.offset, r.end)) for r in vocab.ranges]
+    assert sum(len(s) for s in ids) == vocab.size == len(set().union(*ids))
+    assert vocab.range("special").size == len(SPECIAL_TOKENS)
+    assert vocab.range("image").offset == len(SPECIAL_TOKENS) + 40
+
+
+def test_local_global_round_trip_and_bounds(vocab):
+    local = torch.arange(64)
+    glob = vocab.to_global("image", local)
+    assert glob.min() == vocab.range("image").offset
+    assert torch.equal(vocab.to_local("image", glob), local)
+    with pytest.raises(VocabularyError, match="out of range"):
+        vocab.to_global("image", torch.tensor([64]))
+    with pytest.raises(VocabularyError, match="out of range"):
+        vocab.to_local("image", torch.tensor([3]))  # a special token is not an image code
+
+
+def test_manifest_round_trip_and_tampering(tmp_path, vocab):
+    vocab.save(tmp_path)
+    assert Vocabulary.load(tmp_path).hash == vocab.hash
+    data = json.loads((tmp_path / "vocabulary.json").read_text())
+    data["ranges"][2]["size"] = 65
+    data["ranges"][2]["tokenizer_hash"] = "other"
+    (tmp_path / "vocabulary.json").write_text(json.dumps(data))
+    with pytest.raises(VocabularyError, match="does not match its content"):
+        Vocabulary.load(tmp_path)
+
+
+def test_other_tokenizer_is_refused(vocab):
+    other = Vocabulary.build(40, "texthash", [("image", "image", 64, "another-image-tokenizer")])
+    with pytest.raises(VocabularyError, match="range 'image' differs in tokenizer hash"):
+        vocab.require_same(other, "shard set x")
+    vocab.require_same(Vocabulary.build(40, "texthash", [("image", "image", 64, "imagehash")]), "same")
