@@ -104,20 +104,20 @@ class ShardWriter:
     def write(self, items: Iterable[SourceItem]) -> dict:
         """Tokenize every shard not yet recorded; returns the manifest's totals."""
         size = self.settings.items_per_shard
-        progress = tqdm(desc=f"tokenize {self.out_dir.name}", unit="item")
-        for index, chunk in enumerate(_chunks(items, size)):
-            name = f"shard-{index:05d}.parquet"
-            if name in self.manifest["shards"]:
-                progress.update(len(chunk))
-                continue
-            rows, errors = self._tokenize(chunk, progress)
-            tmp = self.out_dir / (name + ".tmp")
-            pq.write_table(pa.Table.from_pylist(rows, schema=SCHEMA), tmp)
-            os.replace(tmp, self.out_dir / name)
-            self.manifest["shards"][name] = {"items": len(rows), "errors": errors,
-                                             "first_key": chunk[0].key, "last_key": chunk[-1].key}
-            _write_json_atomic(self.out_dir / MANIFEST_NAME, self.manifest)
-        progress.close()
+        with tqdm(desc=f"tokenize {self.out_dir.name}", unit="item") as progress:
+            for index, chunk in enumerate(_chunks(items, size)):
+                name = f"shard-{index:05d}.parquet"
+                if name in self.manifest["shards"]:
+                    progress.update(len(chunk))
+                    continue
+                rows, errors = self._tokenize(chunk, progress)
+                if rows:  # a chunk of only bad inputs leaves no file (empty parquet trips readers)
+                    tmp = self.out_dir / (name + ".tmp")
+                    pq.write_table(pa.Table.from_pylist(rows, schema=SCHEMA), tmp)
+                    os.replace(tmp, self.out_dir / name)
+                self.manifest["shards"][name] = {"items": len(rows), "errors": errors,
+                                                 "first_key": chunk[0].key, "last_key": chunk[-1].key}
+                _write_json_atomic(self.out_dir / MANIFEST_NAME, self.manifest)
         return self._finish()
 
     def _tokenize(self, chunk: Sequence[SourceItem], progress) -> tuple[list[dict], list[dict]]:
@@ -184,5 +184,5 @@ def load_shards(shard_dir: str | Path, vocab: Vocabulary):
     shard_dir = Path(shard_dir)
     manifest = read_manifest(shard_dir)
     vocab.require_same(Vocabulary.load(shard_dir), f"shard set {shard_dir}")
-    files = [str(shard_dir / name) for name in sorted(manifest["shards"])]
+    files = [str(shard_dir / name) for name, shard in sorted(manifest["shards"].items()) if shard["items"]]
     return datasets.load_dataset("parquet", data_files=files, split="train")

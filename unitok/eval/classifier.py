@@ -8,7 +8,10 @@ for the Fréchet distance between generated and real images.
 from __future__ import annotations
 
 import json
+import os
 import random
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -69,23 +72,21 @@ class DigitClassifier(nn.Module):
             _conv_block(16, 32), nn.MaxPool2d(2),  # (B, 32, H/4, W/4)
             _conv_block(32, 64), nn.AdaptiveMaxPool2d(1),  # (B, 64, 1, 1): wherever the digit is
         )
-        self.fc = nn.Linear(64, 64)
         self.head = nn.Linear(64, 10)
 
     def features(self, ink_B1HW: torch.Tensor) -> torch.Tensor:
         """Penultimate features (B, 64) of ink maps (B, 1, H, W) in [0, 1]."""
-        return F.relu(self.fc(self.conv(ink_B1HW).flatten(1)))
+        return self.conv(ink_B1HW).flatten(1)
 
     def forward(self, ink_B1HW: torch.Tensor) -> torch.Tensor:
         """Digit logits (B, 10)."""
         return self.head(self.features(ink_B1HW))
 
-    def _ink_batches(self, images: np.ndarray, batch_size: int):
+    def _ink_batches(self, images: np.ndarray, batch_size: int) -> Iterator[torch.Tensor]:
         """Yield (b, 1, H, W) ink tensors from (N, H, W, 3) uint8 images; switches to eval mode."""
-        if images.ndim != 4 or images.shape[1:] != (self.config.image_size, self.config.image_size, 3):
-            raise ValueError(
-                f"images must be (N, {self.config.image_size}, {self.config.image_size}, 3) uint8, got {images.shape}"
-            )
+        shape = (self.config.image_size, self.config.image_size, 3)
+        if images.ndim != 4 or images.shape[1:] != shape or images.dtype != np.uint8:
+            raise ValueError(f"images must be (N, {shape[0]}, {shape[1]}, 3) uint8, got {images.dtype} {images.shape}")
         self.eval()  # BatchNorm running statistics, never batch statistics, when reading images
         for start in range(0, len(images), batch_size):
             yield torch.from_numpy(ink(images[start : start + batch_size]))[:, None]
@@ -103,15 +104,18 @@ class DigitClassifier(nn.Module):
         return torch.cat(feats).double().numpy() if feats else np.zeros((0, 64))
 
     def save(self, directory: str | Path) -> Path:
-        """Write ``model.safetensors`` and ``config.json`` into ``directory``."""
+        """Write ``model.safetensors`` then ``config.json`` into ``directory``, each atomically."""
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
-        save_file(self.state_dict(), str(directory / WEIGHTS_FILE))
-        (directory / CONFIG_FILE).write_text(json.dumps(asdict(self.config), indent=2) + "\n")
+        save_file(self.state_dict(), str(directory / f"{WEIGHTS_FILE}.tmp"))
+        os.replace(directory / f"{WEIGHTS_FILE}.tmp", directory / WEIGHTS_FILE)
+        (directory / f"{CONFIG_FILE}.tmp").write_text(json.dumps(asdict(self.config), indent=2) + "\n")
+        os.replace(directory / f"{CONFIG_FILE}.tmp", directory / CONFIG_FILE)
         return directory
 
     @classmethod
     def load(cls, directory: str | Path) -> DigitClassifier:
+        """A classifier saved by ``save``, in eval mode."""
         directory = Path(directory)
         fields = json.loads((directory / CONFIG_FILE).read_text())
         try:
@@ -148,6 +152,18 @@ def _augment(x: torch.Tensor, gen: torch.Generator, noise_std: float) -> torch.T
     return (x + noise_std * torch.randn(x.shape, generator=gen)).clamp(0.0, 1.0)
 
 
+@contextmanager
+def _one_torch_thread() -> Iterator[None]:
+    """Run torch on one thread: as fast for this tiny CNN, and no slowdown when cores are shared."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
+
+
+@_one_torch_thread()
 def train_digit_classifier(
     cfg: DigitsWorldConfig,
     steps: int = 600,

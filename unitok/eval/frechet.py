@@ -9,21 +9,21 @@ from scipy import linalg
 def frechet_distance(feats_a: np.ndarray, feats_b: np.ndarray, eps: float = 1e-6) -> float:
     """||mu_a - mu_b||^2 + Tr(S_a + S_b - 2 (S_a S_b)^1/2) between Gaussians fitted to (N, D) features.
 
-    A singular product (e.g. dead feature units) is regularised by adding ``eps`` to both diagonals;
-    the imaginary round-off that ``sqrtm`` leaves is dropped, a large imaginary part is an error.
+    ``eps`` is added to both covariance diagonals so that singular ones (dead ReLU units, fewer
+    samples than dimensions) keep a well-defined square root; identical sets still score 0.
+    The imaginary round-off ``sqrtm`` may leave is dropped; a large imaginary part is an error.
     """
     feats_a, feats_b = np.asarray(feats_a, dtype=np.float64), np.asarray(feats_b, dtype=np.float64)
     if feats_a.ndim != 2 or feats_b.ndim != 2 or feats_a.shape[1] != feats_b.shape[1]:
         raise ValueError(f"features must be (N, D) with the same D, got {feats_a.shape} and {feats_b.shape}")
     if len(feats_a) < 2 or len(feats_b) < 2:
         raise ValueError("need at least 2 feature vectors per set to estimate a covariance")
+    offset = eps * np.eye(feats_a.shape[1])
     mu_a, mu_b = feats_a.mean(axis=0), feats_b.mean(axis=0)
-    cov_a, cov_b = np.cov(feats_a, rowvar=False), np.cov(feats_b, rowvar=False)
+    cov_a = np.atleast_2d(np.cov(feats_a, rowvar=False)) + offset
+    cov_b = np.atleast_2d(np.cov(feats_b, rowvar=False)) + offset
 
     covmean = linalg.sqrtm(cov_a @ cov_b)
-    if not np.isfinite(covmean).all():
-        offset = eps * np.eye(cov_a.shape[0])
-        covmean = linalg.sqrtm((cov_a + offset) @ (cov_b + offset))
     if np.iscomplexobj(covmean):
         if not np.allclose(np.diagonal(covmean).imag, 0.0, atol=1e-3):
             raise ValueError(f"sqrtm has a large imaginary part ({np.abs(covmean.imag).max():.3g})")
