@@ -31,7 +31,7 @@ from unitok.eval import (
 )
 
 CFG = DigitsWorldConfig(train_scenes=200, heldout_scenes=400)
-TEST_STEPS = 300  # half the default; measured 0.96 held-out accuracy (0.98 at the default 600)
+TEST_STEPS = 300  # measured 0.98 held-out accuracy (0.99 at the default 500)
 
 
 def every_combo_scenes(stride: int = 7) -> list[Scene]:
@@ -85,10 +85,10 @@ def test_readers_accept_pil_and_report_blank():
 
 
 def test_classifier_reads_heldout_renders(classifier):
-    assert classifier.config.heldout_accuracy >= 0.94
+    assert classifier.config.heldout_accuracy >= 0.95
     items = build_digits_world(CFG)["heldout"]  # held-out digit images, half in unseen colour combos
     preds = classifier.predict(real_renders(items))
-    assert np.mean(preds == np.array([item.scene.digit for item in items])) >= 0.94
+    assert np.mean(preds == np.array([item.scene.digit for item in items])) >= 0.95
 
 
 def test_classifier_training_is_deterministic():

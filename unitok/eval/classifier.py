@@ -166,7 +166,7 @@ def _one_torch_thread() -> Iterator[None]:
 @_one_torch_thread()
 def train_digit_classifier(
     cfg: DigitsWorldConfig,
-    steps: int = 600,
+    steps: int = 500,
     seed: int = 0,
     batch_size: int = 64,
     lr: float = 3e-3,
@@ -201,7 +201,7 @@ def train_digit_classifier(
     return model
 
 
-def load_or_train_digit_classifier(directory: str | Path, cfg: DigitsWorldConfig, steps: int = 600) -> DigitClassifier:
+def load_or_train_digit_classifier(directory: str | Path, cfg: DigitsWorldConfig, steps: int = 500) -> DigitClassifier:
     """Load the classifier cached in ``directory`` if it was trained for ``cfg``, else train and save it."""
     directory = Path(directory)
     if (directory / WEIGHTS_FILE).exists() and (directory / CONFIG_FILE).exists():

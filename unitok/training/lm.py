@@ -101,10 +101,12 @@ class DocumentMaker:
 
 
 def train_lm(model: torch.nn.Module, vocab: Vocabulary, train: TokenItems, heldout: TokenItems,
-             cfg: LMTraining, output_dir: str | Path, seed: int = 0) -> dict:
+             cfg: LMTraining, output_dir: str | Path, seed: int = 0, stop_after_step: int | None = None) -> dict:
     """Train `model` in place; checkpoints under `output_dir/checkpoints`, best weights loaded at the end.
 
-    Returns the history: held-out losses per eval and the step whose weights were kept.
+    `stop_after_step` ends the run early, as an interruption would, right after the checkpoint of
+    that step (run training in time slices; a later call resumes). Returns the history: held-out
+    losses per eval and the step whose weights were kept.
     """
     output_dir = Path(output_dir)
     set_seed(seed)
@@ -152,10 +154,10 @@ def train_lm(model: torch.nn.Module, vocab: Vocabulary, train: TokenItems, heldo
                     accelerator.unwrap_model(model).save_pretrained(output_dir / "best")
             if _patience_exhausted(state, cfg.early_stopping_patience):
                 state["stopped_early_at"] = done
-        if done % cfg.checkpoint_every == 0 or done == cfg.steps or "stopped_early_at" in state:
+        if done % cfg.checkpoint_every == 0 or done in (cfg.steps, stop_after_step) or "stopped_early_at" in state:
             state["step"] = done
             _checkpoint(accelerator, checkpoints, state)
-        if "stopped_early_at" in state:
+        if "stopped_early_at" in state or done == stop_after_step:
             break
     accelerator.wait_for_everyone()
     progress.close()
