@@ -65,7 +65,7 @@ class EvalSection:
     sampler: SamplerConfig = field(default_factory=lambda: SamplerConfig(guidance_scale=3.0))
     grid_samples: int = 40
     trajectory_samples: int = 4
-    classifier_steps: int = 400
+    classifier_steps: int = 500
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,154 @@
+"""`unitok bench`: speed as ratios against a baseline measured in the same run, on one machine.
+
+Sampling: seconds per image of RDPM sampling (T parallel block steps with a KV cache) against
+raster-AR sampling (N sequential one-token steps with a KV cache), for N positions, batch sizes
+and with/without guidance. RDPM forwards about T× the tokens of AR but takes T sequential steps
+instead of N: it wins on latency, and can lose on throughput — the table shows both.
+
+Training: tokens/s of one optimizer step on mixed streams (4D block-causal masks, unitok's loss)
+against a plain `transformers` causal-LM step (``labels=``, causal mask) of the same size and length.
+Speed does not depend on training, so models have random weights (the quickstart's size).
+"""
+
+from __future__ import annotations
+
+import platform
+import statistics
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from .model import ModelSpec, build_transformer
+from .sampling import SamplerConfig, sample_media
+from .streams import IGNORE, collate, task_document
+from .vocabulary import Vocabulary
+
+QUICKSTART_MODEL = Path(__file__).resolve().parent.parent / "models" / "tiny.yaml"
+
+
+def _machine() -> dict:
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    device = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu"
+    return {"cpu": cpu, "threads": torch.get_num_threads(), "device": device, "torch": torch.__version__}
+
+
+def _timed(fn, repeats: int) -> float:
+    fn()  # warm-up
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def _setup(spec: ModelSpec, codebook: int = 512, text: int = 512):
+    vocab = Vocabulary.build(text, "bench", [("image", "image", codebook, "bench")])
+    torch.manual_seed(0)
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    return vocab, build_transformer(spec, vocab).to(device).eval()
+
+
+def bench_sampling(spec: ModelSpec, positions=(64, 256), batches=(1, 64), steps: int = 10, repeats: int = 2) -> list[dict]:
+    vocab, model = _setup(spec)
+    prompt = (torch.arange(8) + vocab.range("text").offset).tolist()
+    rows = []
+    for n in positions:
+        for batch in batches:
+            for guidance in (1.0, 3.0):
+                cfg = SamplerConfig(guidance_scale=guidance)
+                first = torch.randint(0, 512, (batch, n))
+                rdpm = _timed(lambda: sample_media(model, vocab, "image", [prompt] * batch, first, steps + 1, n,
+                                                   "timestep", cfg, torch.Generator().manual_seed(0)), repeats)
+                raster = _timed(lambda: sample_media(model, vocab, "image", [prompt] * batch, None, 1, n,
+                                                     "raster", cfg, torch.Generator().manual_seed(0)), repeats)
+                rows.append({
+                    "positions": n, "batch": batch, "guidance": guidance > 1,
+                    "rdpm_s_per_image": rdpm / batch, "raster_s_per_image": raster / batch,
+                    "rdpm_sequential_steps": steps, "raster_sequential_steps": n,
+                    "rdpm_token_forwards": (steps + 1) * n, "raster_token_forwards": n,
+                    "speedup": raster / rdpm,  # > 1: RDPM is faster
+                })
+                print(f"  sampling N={n:<4} batch={batch:<3} guidance={guidance > 1!s:<5} "
+                      f"rdpm {rdpm / batch:.4f}s/img  raster {raster / batch:.4f}s/img  speedup {raster / rdpm:.2f}x")
+    return rows
+
+
+def bench_training(spec: ModelSpec, positions: int = 64, steps: int = 10, batch: int = 8, repeats: int = 3) -> dict:
+    """One optimizer step on mixed streams vs a plain causal-LM step, same shapes, interleaved."""
+    vocab, model = _setup(spec)
+    model.train()
+    device = next(model.parameters()).device
+    g = torch.Generator().manual_seed(0)
+    docs = []
+    for i in range(batch):
+        text = (torch.randint(0, 512, (10,), generator=g) + vocab.range("text").offset).tolist()
+        media = torch.randint(0, 512, (steps + 1, positions), generator=g) + vocab.range("image").offset
+        task = "text_to_image" if i % 4 else "image_to_text"  # mixed directions in one batch
+        docs.append(task_document(vocab, "timestep", task, text, "image", media))
+    ours = collate([[d] for d in docs], vocab.special_id("<pad>")).to(device)
+    plain_ids = ours.input_ids.clone()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
+
+    def unitok_step():
+        logits = model(input_ids=ours.input_ids, attention_mask=ours.attention_mask,
+                       position_ids=ours.position_ids).logits
+        loss = F.cross_entropy(logits.flatten(0, 1).float(), ours.targets.flatten(), ignore_index=IGNORE)
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+    def plain_step():
+        model(input_ids=plain_ids, labels=plain_ids).loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+    tokens = ours.input_ids.numel()
+    ours_s = [_timed(unitok_step, 1) for _ in range(repeats)]
+    plain_s = [_timed(plain_step, 1) for _ in range(repeats)]
+    result = {"tokens_per_step": tokens, "sequence_length": ours.input_ids.shape[1], "batch": batch,
+              "unitok_tokens_per_s": tokens / statistics.median(ours_s),
+              "plain_causal_lm_tokens_per_s": tokens / statistics.median(plain_s)}
+    result["tokens_per_s_ratio"] = result["unitok_tokens_per_s"] / result["plain_causal_lm_tokens_per_s"]
+    print(f"  training: unitok {result['unitok_tokens_per_s']:.0f} tok/s, plain causal LM "
+          f"{result['plain_causal_lm_tokens_per_s']:.0f} tok/s, ratio {result['tokens_per_s_ratio']:.2f}")
+    return result
+
+
+def run_bench(quick: bool = False) -> dict:
+    spec = ModelSpec.load(QUICKSTART_MODEL)
+    if quick:  # smoke test sizes
+        spec = ModelSpec(hidden_size=32, num_layers=1, num_heads=2, intermediate_size=64)
+        rows = bench_sampling(spec, positions=(8, 16), batches=(1, 2), steps=3, repeats=1)
+        training = bench_training(spec, positions=8, steps=3, batch=2, repeats=1)
+    else:
+        rows = bench_sampling(spec)
+        training = bench_training(spec)
+
+    def speedup(n, batch):
+        return next(r["speedup"] for r in rows if r["positions"] == n and r["batch"] == batch and not r["guidance"])
+
+    n_small, n_large = sorted({r["positions"] for r in rows})
+    b_small, b_large = sorted({r["batch"] for r in rows})
+    return {
+        "machine": _machine(),
+        "model": vars(spec),
+        "sampling": {
+            f"n{n_small}_b{b_small}_speedup": speedup(n_small, b_small),
+            f"n{n_large}_b{b_small}_speedup": speedup(n_large, b_small),
+            f"n{n_large}_b{b_large}_speedup": speedup(n_large, b_large),
+            "rows": rows,
+        },
+        "training": training,
+    }
