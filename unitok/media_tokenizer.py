@@ -140,7 +140,7 @@ class MediaTokenizer(nn.Module):
         """Media object(s) or file path(s) -> local ids (B, T+1, N)."""
         items = list(media) if isinstance(media, (list, tuple)) else [media]
         seeds = [seed] * len(items) if isinstance(seed, int) else list(seed)
-        x = torch.stack([self._to_tensor(m) for m in items])
+        x = torch.stack([self.adapter.to_tensor(m) for m in items])
         return self.encode_tensor(x, seeds)
 
     def decode(self, ids_BTN: torch.Tensor) -> list[Any]:
@@ -148,11 +148,6 @@ class MediaTokenizer(nn.Module):
         if ids_BTN.dim() == 2:
             ids_BTN = ids_BTN.unsqueeze(0)
         return self.adapter.postprocess(self.decode_tensor(ids_BTN))
-
-    def _to_tensor(self, media: Any) -> torch.Tensor:
-        if isinstance(media, (str, Path)):
-            return self.adapter.load_tensor(media)
-        return self.adapter.preprocess(media)
 
     # --- persistence ---------------------------------------------------------------------------
     def content_hash(self) -> str:

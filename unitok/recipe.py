@@ -181,7 +181,7 @@ class RecipeRun:
 
     def load_split_tensors(self, split: str, tokenizer: MediaTokenizer) -> torch.Tensor:
         folder, captions = self.data_dirs()[split]
-        return torch.stack([tokenizer.adapter.load_tensor(item.load()) for item in folder_items(folder, captions)])
+        return torch.stack([tokenizer.adapter.to_tensor(item.load()) for item in folder_items(folder, captions)])
 
     # tokenizers -------------------------------------------------------------------------------
     def data_key(self) -> str:

@@ -126,7 +126,7 @@ class ShardWriter:
             try:
                 if self.settings.require_caption and not (item.caption or "").strip():
                     raise MediaError("missing caption")
-                loaded.append((item, self.tokenizer.adapter.preprocess(self._load(item))))
+                loaded.append((item, self.tokenizer.adapter.to_tensor(item.load())))
             except MediaError as err:
                 if self.strict:
                     raise ShardError(f"{item.key}: {err}") from None
@@ -143,10 +143,6 @@ class ShardWriter:
                     rows.append({"key": item.key, "caption": item.caption, "text_ids": text.tolist(),
                                  "media": self.tokenizer.name, "media_ids": m.tolist(), "seed": seed})
         return rows, errors
-
-    def _load(self, item: SourceItem):
-        media = item.load()
-        return self.tokenizer.adapter.load(media) if isinstance(media, (str, Path)) or hasattr(media, "read") else media
 
     def _finish(self) -> dict:
         shards = self.manifest["shards"]

@@ -38,5 +38,8 @@ class MediaAdapter(ABC):
     def input_shape(self) -> tuple[int, ...]:
         """Shape of one preprocessed item, e.g. (3, 32, 32)."""
 
-    def load_tensor(self, path: str | Path) -> torch.Tensor:
-        return self.preprocess(self.load(path))
+    def to_tensor(self, media: Any) -> torch.Tensor:
+        """A file (path or open binary file) or an in-memory object -> the autoencoder's input."""
+        if isinstance(media, (str, Path)) or hasattr(media, "read"):
+            media = self.load(media)
+        return self.preprocess(media)

@@ -21,6 +21,7 @@ import torch
 import torch.nn.functional as F
 from accelerate import Accelerator
 from accelerate.utils import DataLoaderConfiguration, set_seed
+from safetensors.torch import load_file
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
@@ -250,8 +251,6 @@ def _resume(accelerator: Accelerator, root: Path) -> dict:
 def _load_best(model: torch.nn.Module, best_dir: Path) -> None:
     weights = best_dir / "model.safetensors"
     if weights.is_file():
-        from safetensors.torch import load_file
-
         missing, unexpected = model.load_state_dict(load_file(str(weights)), strict=False)
         if unexpected or any("lm_head" not in k for k in missing):  # lm_head is tied to the embeddings
             raise RuntimeError(f"{weights}: does not match the model (missing {missing}, unexpected {unexpected})")
