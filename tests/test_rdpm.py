@@ -88,3 +88,18 @@ def test_encode_accepts_images_and_paths(tmp_path, tiny_tokenizer):
     from_objects = tiny_tokenizer.encode(images[0], seed=7)
     from_path = tiny_tokenizer.encode(tmp_path / "a.png", seed=7)
     assert torch.equal(from_objects, from_path)
+
+
+def test_quantized_noise_makes_tokens_depend_on_noise_only_through_k_T():
+    """With noise="quantized" the trajectory uses ε̂ = σ_T·c[k_T]: feeding ε̂ itself as the noise
+    gives the same tokens. With noise="gaussian" the fine detail of ε changes the later blocks."""
+    x = digit_images(4)
+    for mode, same in (("quantized", True), ("gaussian", False)):
+        tokenizer = MediaTokenizer(tiny_tokenizer_spec(noise=mode)).eval()
+        with torch.no_grad():
+            z = tokenizer.latent(x)
+            noise = tokenizer.draw_noise(4, seeds=[0, 1, 2, 3])
+            ids = tokenizer.quantizer(z, noise).ids_BTN
+            ids_from_codes = tokenizer.quantizer(z, tokenizer.quantizer.quantized_noise(noise)).ids_BTN
+        assert torch.equal(ids[:, 0], ids_from_codes[:, 0])
+        assert torch.equal(ids, ids_from_codes) == same, mode

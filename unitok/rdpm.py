@@ -29,6 +29,10 @@ class QuantizerConfig:
     codebook_size: int = 512  # K
     schedule: Literal["cosine", "linear"] = "cosine"
     trajectory: Literal["single_noise", "markov"] = "single_noise"
+    # "quantized": the trajectory is built from ε̂ = σ_T·c[k_T], the noise as the tokens hold it, so
+    # every later residual is a function of z and tokens the model has seen. "gaussian" uses ε
+    # itself; its unresolved fine detail then reappears in every block and cannot be predicted.
+    noise: Literal["quantized", "gaussian"] = "quantized"
     codebook_per_step: bool = False  # one codebook per step instead of one shared
     commitment_weight: float = 0.25
     ema_decay: float = 0.99  # EMA codebook and σ_t updates
@@ -120,9 +124,11 @@ class RDPMQuantizer(nn.Module):
 
     def forward(self, z_BCN: torch.Tensor, noise_BDCN: torch.Tensor) -> QuantizerOutput:
         """Quantize the trajectory of `z`; in training mode also update σ_t and the EMA codebook."""
-        noisy = self.trajectory(z_BCN, noise_BDCN)
         if self.training and not bool(self.initialized):
-            self._init_scales(noisy)
+            self._init_scales(self.trajectory(z_BCN, noise_BDCN))
+        if self.config.noise == "quantized":
+            noise_BDCN = self.quantized_noise(noise_BDCN)
+        noisy = self.trajectory(z_BCN, noise_BDCN)
         state = torch.zeros_like(z_BCN)
         ids, commitment = [], []
         for t in range(self.steps, -1, -1):
@@ -140,6 +146,12 @@ class RDPMQuantizer(nn.Module):
             ids.append(k)
         ids_BTN = torch.stack(ids, dim=1)
         return QuantizerOutput(ids_BTN, state.detach(), torch.stack(commitment).mean())
+
+    @torch.no_grad()
+    def quantized_noise(self, noise_BDCN: torch.Tensor) -> torch.Tensor:
+        """ε̂ = σ_T·c[k_T] for every noise draw (B, D, C, N)."""
+        draws = [self.code_vectors(self.quantize_noise(noise_BDCN[:, d]), self.steps) for d in range(noise_BDCN.shape[1])]
+        return torch.stack(draws, dim=1)
 
     def quantize_noise(self, noise_BCN: torch.Tensor) -> torch.Tensor:
         """k_T for sampling: the tokenizer's own quantization of pure noise ε, (B, N)."""
