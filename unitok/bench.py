@@ -115,8 +115,10 @@ def bench_training(spec: ModelSpec, positions: int = 64, steps: int = 10, batch:
         optimizer.zero_grad(set_to_none=True)
 
     tokens = ours.input_ids.numel()
-    ours_s = [_timed(unitok_step, 1) for _ in range(repeats)]
-    plain_s = [_timed(plain_step, 1) for _ in range(repeats)]
+    ours_s, plain_s = [], []
+    for _ in range(repeats):  # interleaved, so drift in machine load hits both sides alike
+        ours_s.append(_timed(unitok_step, 1))
+        plain_s.append(_timed(plain_step, 1))
     result = {"tokens_per_step": tokens, "sequence_length": ours.input_ids.shape[1], "batch": batch,
               "unitok_tokens_per_s": tokens / statistics.median(ours_s),
               "plain_causal_lm_tokens_per_s": tokens / statistics.median(plain_s)}
