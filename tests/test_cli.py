@@ -10,7 +10,7 @@ from PIL import Image
 
 from unitok.cli import main
 
-COMMANDS = ["train", "tokenize", "generate", "eval", "bench"]
+COMMANDS = ["train", "tokenize", "generate", "eval", "sweep", "bench"]
 
 
 def run_cli(*args):

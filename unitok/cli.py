@@ -1,4 +1,4 @@
-"""The `unitok` command line: train, tokenize, generate, eval, bench.
+"""The `unitok` command line: train, tokenize, generate, eval, sweep, bench.
 
 Every failure the user can fix ends with one line on stderr (``unitok: error: …``) and exit 1.
 """
@@ -77,6 +77,10 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("recipe", type=Path)
     evaluate.set_defaults(command=cmd_eval)
 
+    sweep = commands.add_parser("sweep", help="rate-distortion sweep: train tokenizer variants of a recipe, compare")
+    sweep.add_argument("sweep", type=Path, help="sweep YAML, e.g. recipes/sweeps/tokenizer.yaml")
+    sweep.set_defaults(command=cmd_sweep)
+
     bench = commands.add_parser("bench", help="measure sampling and training speed (ratios in one run)")
     bench.add_argument("--out", type=Path, default=Path("bench.json"))
     bench.add_argument("--quick", action="store_true", help="tiny sizes, for a smoke test")
@@ -131,6 +135,13 @@ def cmd_generate(args) -> int:
         path.parent.mkdir(parents=True, exist_ok=True)
         image.save(path)
         print(path)
+    return 0
+
+
+def cmd_sweep(args) -> int:
+    from .eval.tokenizer_sweep import run_tokenizer_sweep
+
+    run_tokenizer_sweep(args.sweep)
     return 0
 
 

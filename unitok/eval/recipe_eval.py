@@ -12,9 +12,11 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
+from PIL import Image
 from tqdm.auto import tqdm
 
 from ..digits_world import Item, build_digits_world, digit_pools, parse_caption, real_renders
+from ..media_tokenizer import MediaTokenizer
 from ..pipeline import UniTokPipeline
 from ..shards import load_shards
 from ..visualize import labelled_grid, trajectory_grid
@@ -36,6 +38,8 @@ def evaluate_recipe(run: "RecipeRun") -> dict:
         ids = _generate(pipe, [it.caption for it in items], recipe.eval, recipe.seed)
         images = pipe.tokenizer_for("image").decode(ids)
         classifier = load_or_train_digit_classifier(run.out / "eval" / "classifier", world, recipe.eval.classifier_steps)
+        metrics["tokenizer"]["recon_digit_accuracy"] = recon_digit_accuracy(pipe.tokenizer_for("image"), items,
+                                                                            classifier, world, recipe.seed)
         metrics["text_to_image"] = {
             **text_to_image_scores(images, items, classifier, world),
             "exact_copy_fraction": exact_copy_fraction(ids, run, pipe),
@@ -73,6 +77,15 @@ def _generate(pipe: UniTokPipeline, prompts: list[str], cfg, seed: int) -> torch
         batch = prompts[start:start + cfg.batch_size]
         chunks.append(pipe.generate_media_ids("image", batch, cfg.sampler, seed=seed + start))
     return torch.cat(chunks)
+
+
+def recon_digit_accuracy(tokenizer: MediaTokenizer, items: list[Item], classifier, world, seed: int) -> float:
+    """Classifier accuracy on encode→decode of the held-out real renders: the ceiling that the
+    tokenizer puts on ``text_to_image.digit_accuracy``."""
+    real = real_renders(items, world.image_size)
+    ids = tokenizer.encode([Image.fromarray(r) for r in real], seed=[seed + i for i in range(len(real))])
+    reconstructed = np.stack([np.asarray(im) for im in tokenizer.decode(ids)])
+    return float((classifier.predict(reconstructed) == np.array([it.scene.digit for it in items])).mean())
 
 
 def text_to_image_scores(images, items: list[Item], classifier, world) -> dict:

@@ -1,0 +1,102 @@
+"""Rate–distortion sweep: train variants of a recipe's media tokenizer the same way, measure each.
+
+A sweep file names a recipe (its data and tokenizer training settings are used unchanged) and a
+set of named variants, each a partial override of the recipe's tokenizer spec::
+
+    recipe: recipes/quickstart.yaml
+    output_dir: runs/sweeps/tokenizer
+    variants:
+      plain_vq: {quantizer: {steps: 0}}
+      rdpm_T10: {quantizer: {steps: 10}}
+
+Every variant is a resumable stage (``<output_dir>/<name>/``); the table of held-out PSNR, codebook
+usage, tokens per item and (on digits world) the classifier's accuracy on reconstructions lands
+in ``<output_dir>/results.json`` and ``results.md``.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ..config import config_hash, from_dict, load_config, to_dict
+from ..digits_world import build_digits_world
+from ..media_tokenizer import MediaTokenizer, TokenizerSpec
+from ..training.tokenizer import tokenizer_metrics, train_media_tokenizer
+from .classifier import load_or_train_digit_classifier
+
+METRICS_FILE = "metrics.json"
+
+
+@dataclass(frozen=True)
+class TokenizerSweep:
+    recipe: str  # path to a recipe, relative to the sweep file or the working directory
+    output_dir: str
+    variants: dict[str, dict[str, Any]] = field(default_factory=dict)  # name -> overrides of the spec
+
+    def __post_init__(self):
+        if not self.variants:
+            raise ValueError("list at least one variant")
+
+
+def variant_spec(base: TokenizerSpec, overrides: dict[str, Any], source: str) -> TokenizerSpec:
+    """The base spec with ``overrides`` merged in; a wrong field is reported under ``source``."""
+    return from_dict(TokenizerSpec, _merged(to_dict(base), overrides), source=source)
+
+
+def _merged(base: dict, overrides: dict) -> dict:
+    out = dict(base)
+    for key, value in overrides.items():
+        out[key] = _merged(base[key], value) if isinstance(value, dict) and isinstance(base.get(key), dict) else value
+    return out
+
+
+def run_tokenizer_sweep(path: str | Path, log=print) -> dict[str, dict]:
+    from ..recipe import RecipeRun, load_recipe, resolve_spec_path, run_stage
+
+    path = Path(path)
+    sweep = load_config(path, TokenizerSweep)
+    run = RecipeRun(load_recipe(resolve_spec_path(sweep.recipe, path)), log)
+    specs = {name: variant_spec(run.loaded.tokenizer_spec, overrides, f"{path}: variants.{name}")
+             for name, overrides in sweep.variants.items()}
+    run.stage_data()
+    out = Path(sweep.output_dir)
+    training, seed = run.recipe.tokenizer.training, run.recipe.seed
+    probe = MediaTokenizer(run.loaded.tokenizer_spec)
+    train_x, heldout_x = run.load_split_tensors("train", probe), run.load_split_tensors("heldout", probe)
+    world = run.recipe.data.digits_world
+
+    def measure(name: str, spec: TokenizerSpec) -> None:
+        start = time.perf_counter()
+        tokenizer = train_media_tokenizer(spec, train_x, training, seed, desc=f"sweep:{name}")
+        row = {"train_seconds": round(time.perf_counter() - start, 1), "steps": spec.quantizer.steps,
+               "tokens_per_item": tokenizer.num_blocks * tokenizer.num_positions,
+               **tokenizer_metrics(tokenizer, heldout_x, seed)}
+        if world is not None:
+            from .recipe_eval import recon_digit_accuracy
+
+            items = build_digits_world(world)["heldout"]
+            classifier = load_or_train_digit_classifier(out / "classifier", world, run.recipe.eval.classifier_steps)
+            row["recon_digit_accuracy"] = recon_digit_accuracy(tokenizer, items, classifier, world, seed)
+        (out / name / METRICS_FILE).write_text(json.dumps(row, indent=2) + "\n")
+        log(f"  {name}: {row}")
+
+    for name, spec in specs.items():
+        run_stage(out / name, config_hash(run.data_key(), spec, training, seed), lambda: measure(name, spec), log)
+    results = {name: json.loads((out / name / METRICS_FILE).read_text()) for name in specs}
+    (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
+    (out / "results.md").write_text(results_table(results))
+    return results
+
+
+def results_table(results: dict[str, dict]) -> str:
+    columns = ["steps", "tokens_per_item", "psnr_db", "codebook_usage", "recon_digit_accuracy", "train_seconds"]
+    columns = [c for c in columns if any(c in row for row in results.values())]
+    lines = ["| variant | " + " | ".join(columns) + " |", "|---" * (len(columns) + 1) + "|"]
+    for name, row in results.items():
+        cells = [f"{row[c]:.3g}" if isinstance(row.get(c), float) else str(row.get(c, "")) for c in columns]
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
