@@ -25,8 +25,10 @@ from typing import Any
 from ..config import config_hash, from_dict, load_config, to_dict
 from ..digits_world import build_digits_world
 from ..media_tokenizer import MediaTokenizer, TokenizerSpec
+from ..recipe import RecipeRun, load_recipe, resolve_spec_path, run_stage
 from ..training.tokenizer import tokenizer_metrics, train_media_tokenizer
 from .classifier import load_or_train_digit_classifier
+from .recipe_eval import recon_digit_accuracy
 
 METRICS_FILE = "metrics.json"
 
@@ -55,8 +57,6 @@ def _merged(base: dict, overrides: dict) -> dict:
 
 
 def run_tokenizer_sweep(path: str | Path, log=print) -> dict[str, dict]:
-    from ..recipe import RecipeRun, load_recipe, resolve_spec_path, run_stage
-
     path = Path(path)
     sweep = load_config(path, TokenizerSweep)
     run = RecipeRun(load_recipe(resolve_spec_path(sweep.recipe, path)), log)
@@ -76,8 +76,6 @@ def run_tokenizer_sweep(path: str | Path, log=print) -> dict[str, dict]:
                "tokens_per_item": tokenizer.num_blocks * tokenizer.num_positions,
                **tokenizer_metrics(tokenizer, heldout_x, seed)}
         if world is not None:
-            from .recipe_eval import recon_digit_accuracy
-
             items = build_digits_world(world)["heldout"]
             classifier = load_or_train_digit_classifier(out / "classifier", world, run.recipe.eval.classifier_steps)
             row["recon_digit_accuracy"] = recon_digit_accuracy(tokenizer, items, classifier, world, seed)
