@@ -68,6 +68,9 @@ def run_tokenizer_sweep(path: str | Path, log=print) -> dict[str, dict]:
     probe = MediaTokenizer(run.loaded.tokenizer_spec)
     train_x, heldout_x = run.load_split_tensors("train", probe), run.load_split_tensors("heldout", probe)
     world = run.recipe.data.digits_world
+    if world is not None:  # built once: every variant is read by the same classifier on the same scenes
+        items = build_digits_world(world)["heldout"]
+        classifier = load_or_train_digit_classifier(out / "classifier", world, run.recipe.eval.classifier_steps)
 
     def measure(name: str, spec: TokenizerSpec) -> None:
         start = time.perf_counter()
@@ -76,8 +79,6 @@ def run_tokenizer_sweep(path: str | Path, log=print) -> dict[str, dict]:
                "tokens_per_item": tokenizer.num_blocks * tokenizer.num_positions,
                **tokenizer_metrics(tokenizer, heldout_x, seed)}
         if world is not None:
-            items = build_digits_world(world)["heldout"]
-            classifier = load_or_train_digit_classifier(out / "classifier", world, run.recipe.eval.classifier_steps)
             row["recon_digit_accuracy"] = recon_digit_accuracy(tokenizer, items, classifier, world, seed)
         (out / name / METRICS_FILE).write_text(json.dumps(row, indent=2) + "\n")
         log(f"  {name}: {row}")
