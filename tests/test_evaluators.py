@@ -134,3 +134,29 @@ def test_frechet_distance_on_classifier_features(classifier):
     sevens = [Scene(7, "red", "left", "large", i) for i in np.flatnonzero(load_digit_images()[1] == 7)[:200]]
     skewed = classifier.image_features(real_renders(sevens))
     assert frechet_distance(real_a, skewed) > 5 * floor
+
+
+class _FakeTokenizer:
+    """encode -> item index, decode -> a fixed picture per index: stands in for a real tokenizer."""
+
+    def __init__(self, pictures: np.ndarray):
+        self.pictures = pictures
+
+    def encode(self, images, seed):
+        return torch.arange(len(images))
+
+    def decode(self, ids):
+        return [Image.fromarray(self.pictures[int(i)]) for i in ids]
+
+
+def test_recon_digit_accuracy_reads_what_the_tokenizer_gives_back(classifier):
+    from unitok.eval.recipe_eval import recon_digit_accuracy
+
+    items = build_digits_world(CFG)["heldout"][:100]
+    real = real_renders(items, CFG.image_size)
+    digits = np.array([it.scene.digit for it in items])
+    lossless = recon_digit_accuracy(_FakeTokenizer(real), items, classifier, CFG, seed=0)
+    assert lossless == float((classifier.predict(real) == digits).mean()) > 0.9
+    shuffled = real[np.roll(np.arange(len(real)), 1)]  # every reconstruction is another item's digit
+    wrong = recon_digit_accuracy(_FakeTokenizer(shuffled), items, classifier, CFG, seed=0)
+    assert wrong == float((classifier.predict(shuffled) == digits).mean()) < 0.5
