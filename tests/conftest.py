@@ -11,7 +11,7 @@ import yaml
 from unitok.media_tokenizer import MediaTokenizer, TokenizerSpec
 from unitok.config import from_dict
 from unitok.model import ModelSpec
-from unitok.vocabulary import Vocabulary
+from unitok.vocabulary import MediaLayout, Vocabulary
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -23,6 +23,11 @@ TINY_SPEC = {
     "quantizer": {"steps": 4, "codebook_size": 64},
 }
 TINY_MODEL = ModelSpec(hidden_size=64, num_layers=2, num_heads=2, intermediate_size=128, max_position_embeddings=512)
+
+
+def image_layout(tokenizer_hash: str = "imagehash") -> MediaLayout:
+    """An image range of 64 codes, for spans of up to 5 blocks of 64 positions."""
+    return MediaLayout("image", "image", 64, tokenizer_hash, num_blocks=5, num_positions=64)
 
 
 def tiny_tokenizer_spec(**quantizer) -> TokenizerSpec:
@@ -37,7 +42,7 @@ def tiny_tokenizer() -> MediaTokenizer:
 
 @pytest.fixture
 def vocab() -> Vocabulary:
-    return Vocabulary.build(40, "texthash", [("image", "image", 64, "imagehash")])
+    return Vocabulary.build(40, "texthash", [image_layout()])
 
 
 def write_tiny_recipe(folder: Path, **overrides) -> Path:

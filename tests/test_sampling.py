@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from unitok.model import build_transformer
+from unitok.model import StreamModel, batch_logits, build_transformer
 from unitok.sampling import CachedDecoder, SamplerConfig, choose, sample_media
 from unitok.streams import StreamBuilder, collate
 
@@ -15,7 +15,7 @@ N, BLOCKS = 4, 3
 @pytest.fixture
 def model(vocab):
     torch.manual_seed(0)
-    return build_transformer(TINY_MODEL, vocab).eval()
+    return StreamModel(build_transformer(TINY_MODEL, vocab)).eval()
 
 
 def text(vocab, ids):
@@ -27,8 +27,7 @@ def full_logits(model, vocab, prompts, blocks, order="timestep"):
                for p, b in zip(prompts, blocks)]
     batch = collate([[s] for s in streams], pad_id=0, pad_side="left")
     with torch.no_grad():
-        return model(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
-                     position_ids=batch.position_ids).logits
+        return batch_logits(model, batch)
 
 
 def test_cached_block_steps_equal_full_recompute(model, vocab):
@@ -40,7 +39,8 @@ def test_cached_block_steps_equal_full_recompute(model, vocab):
         decoder = CachedDecoder(model, collate([[s] for s in prefix], pad_id=0, pad_side="left"))
         cached = [decoder.logits[:, -N:]]
         for k in range(1, BLOCKS):
-            cached.append(decoder.feed(torch.stack([b[k] for b in blocks]), block=True))
+            rows = vocab.position_rows("image", BLOCKS, N)[k]
+            cached.append(decoder.feed(torch.stack([b[k] for b in blocks]), rows, block=True))
     reference = full_logits(model, vocab, prompts, blocks)
     length = reference.shape[1]
     for k in range(BLOCKS):
@@ -78,9 +78,12 @@ def test_raster_sampler_matches_full_recompute(model, vocab):
 
 
 def test_sampled_ids_stay_in_the_codebook_range(model, vocab):
-    # bias the model towards text ids: the sampler must still only emit image codes
+    # bias the model towards every other id (text, specials, position rows): the sampler must
+    # still only emit image codes
+    codes = vocab.range("image")
     with torch.no_grad():
-        model.lm_head.weight[: vocab.range("image").offset] += 5.0
+        model.transformer.lm_head.weight[: codes.offset] += 5.0
+        model.transformer.lm_head.weight[codes.end:] += 5.0
     ids = sample_media(model, vocab, "image", [text(vocab, [1])] * 3, torch.zeros(3, N, dtype=torch.long), BLOCKS, N,
                        "timestep", SamplerConfig(temperature=2.0), torch.Generator().manual_seed(0))
     assert ids.min() >= 0 and ids.max() < 64

@@ -6,6 +6,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+import torch
+
+from unitok.streams import task_document
+from unitok.training.lm import DocumentMaker, LMTraining, TokenItems
+
 SCRIPT = Path(__file__).parent / "scripts" / "ddp_train.py"
 
 
@@ -37,3 +42,22 @@ def test_two_processes_under_accelerate_launch_stay_in_sync(tmp_path):
     ranks = [json.loads((tmp_path / f"rank-{i}.json").read_text()) for i in range(2)]
     assert all(r["world"] == 2 for r in ranks)
     assert ranks[0]["final"] == ranks[1]["final"] != ranks[0]["initial"]
+
+
+def test_text_to_media_training_documents_stop_after_the_last_block_with_targets(vocab):
+    """k_0, <eoi> and <eos> are dropped from text-to-image training documents: the codes of k_1
+    still predict k_0, every other target is as in the full stream, and nothing is lost."""
+    local = torch.arange(3 * 4).reshape(1, 3, 4)  # one item: 3 blocks of 4 distinct codes
+    items = TokenItems([vocab.to_global("text", torch.tensor([1, 2])).tolist()], vocab.to_global("image", local), "image")
+    full = task_document(vocab, "timestep", "text_to_image", items.text_ids[0], "image", items.media_ids[0])
+    for order, expected_length in (("timestep", len(full) - 4 - 2), ("raster", None)):
+        cfg = LMTraining(tasks={"text_to_image": 1.0}, media_order=order, caption_dropout=0.0)
+        doc = DocumentMaker(items, vocab, cfg, seed=0).documents([0], None)[0]
+        if order == "raster":  # one block, which is also the last: nothing to drop
+            assert doc.input_ids[-1] == vocab.special_id("<eos>")
+            continue
+        assert len(doc) == expected_length
+        assert doc.targets == full.targets[:expected_length]
+        k1 = slice(len(doc) - 4, len(doc))
+        assert doc.input_ids[k1] == items.media_ids[0, 1].tolist()
+        assert doc.targets[k1] == items.media_ids[0, 2].tolist()

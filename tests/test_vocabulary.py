@@ -7,6 +7,8 @@ import torch
 
 from unitok.vocabulary import SPECIAL_TOKENS, Vocabulary, VocabularyError
 
+from .conftest import image_layout
+
 
 def test_ranges_tile_without_overlap(vocab):
     ids = [set(range(r.offset, r.end)) for r in vocab.ranges]
@@ -30,15 +32,30 @@ def test_manifest_round_trip_and_tampering(tmp_path, vocab):
     vocab.save(tmp_path)
     assert Vocabulary.load(tmp_path).hash == vocab.hash
     data = json.loads((tmp_path / "vocabulary.json").read_text())
-    data["ranges"][2]["size"] = 65
+    data["ranges"][-1]["size"] += 1  # the last range can grow and still tile
     data["ranges"][2]["tokenizer_hash"] = "other"
     (tmp_path / "vocabulary.json").write_text(json.dumps(data))
     with pytest.raises(VocabularyError, match="does not match its content"):
         Vocabulary.load(tmp_path)
 
 
+def test_position_rows_are_their_own_ranges(vocab):
+    """Every code of a span gets the row of its cell and of its block; spans larger than the
+    layout are refused."""
+    rows = vocab.position_rows("image", 3, 4)  # (blocks, N, 2)
+    cells, blocks = vocab.range("image.cells"), vocab.range("image.blocks")
+    assert rows.shape == (3, 4, 2)
+    assert rows[..., 0].tolist() == [list(range(cells.offset, cells.offset + 4))] * 3
+    assert rows[..., 1].tolist() == [[blocks.offset + b] * 4 for b in range(3)]
+    assert cells.offset >= vocab.range("image").end and vocab.range("image").kind == "media"
+    with pytest.raises(VocabularyError, match="at most 5 blocks of 64"):
+        vocab.position_rows("image", 6, 4)
+    with pytest.raises(VocabularyError, match="at most 5 blocks of 64"):
+        vocab.position_rows("image", 1, 65)
+
+
 def test_other_tokenizer_is_refused(vocab):
-    other = Vocabulary.build(40, "texthash", [("image", "image", 64, "another-image-tokenizer")])
+    other = Vocabulary.build(40, "texthash", [image_layout("another-image-tokenizer")])
     with pytest.raises(VocabularyError, match="range 'image' differs in tokenizer hash"):
         vocab.require_same(other, "shard set x")
-    vocab.require_same(Vocabulary.build(40, "texthash", [("image", "image", 64, "imagehash")]), "same")
+    vocab.require_same(Vocabulary.build(40, "texthash", [image_layout()]), "same")

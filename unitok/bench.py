@@ -18,12 +18,11 @@ import time
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
-from .model import ModelSpec, build_transformer
+from .model import ModelSpec, StreamModel, build_transformer, stream_loss
 from .sampling import SamplerConfig, sample_media
-from .streams import IGNORE, collate, task_document
-from .vocabulary import Vocabulary
+from .streams import collate, task_document
+from .vocabulary import MediaLayout, Vocabulary
 
 QUICKSTART_MODEL = Path(__file__).resolve().parent.parent / "models" / "tiny.yaml"
 
@@ -53,15 +52,16 @@ def _timed(fn, repeats: int) -> float:
     return statistics.median(times)
 
 
-def _setup(spec: ModelSpec, codebook: int = 512, text: int = 512):
-    vocab = Vocabulary.build(text, "bench", [("image", "image", codebook, "bench")])
+def _setup(spec: ModelSpec, num_blocks: int, num_positions: int, codebook: int = 512, text: int = 512):
+    """A vocabulary with one image range of spans up to `num_blocks` × `num_positions`, and a random model."""
+    vocab = Vocabulary.build(text, "bench", [MediaLayout("image", "image", codebook, "bench", num_blocks, num_positions)])
     torch.manual_seed(0)
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    return vocab, build_transformer(spec, vocab).to(device).eval()
+    return vocab, StreamModel(build_transformer(spec, vocab)).to(device).eval()
 
 
 def bench_sampling(spec: ModelSpec, positions=(64, 256), batches=(1, 64), steps: int = 10, repeats: int = 2) -> list[dict]:
-    vocab, model = _setup(spec)
+    vocab, model = _setup(spec, steps + 1, max(positions))
     prompt = (torch.arange(8) + vocab.range("text").offset).tolist()
     rows = []
     for n in positions:
@@ -87,7 +87,7 @@ def bench_sampling(spec: ModelSpec, positions=(64, 256), batches=(1, 64), steps:
 
 def bench_training(spec: ModelSpec, positions: int = 64, steps: int = 10, batch: int = 8, repeats: int = 3) -> dict:
     """One optimizer step on mixed streams vs a plain causal-LM step, same shapes, interleaved."""
-    vocab, model = _setup(spec)
+    vocab, model = _setup(spec, steps + 1, positions)
     model.train()
     device = next(model.parameters()).device
     g = torch.Generator().manual_seed(0)
@@ -102,15 +102,12 @@ def bench_training(spec: ModelSpec, positions: int = 64, steps: int = 10, batch:
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
 
     def unitok_step():
-        logits = model(input_ids=ours.input_ids, attention_mask=ours.attention_mask,
-                       position_ids=ours.position_ids).logits
-        loss = F.cross_entropy(logits.flatten(0, 1).float(), ours.targets.flatten(), ignore_index=IGNORE)
-        loss.backward()
+        stream_loss(model, ours).backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
 
     def plain_step():
-        model(input_ids=plain_ids, labels=plain_ids).loss.backward()
+        model.transformer(input_ids=plain_ids, labels=plain_ids).loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
 

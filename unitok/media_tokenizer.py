@@ -24,6 +24,7 @@ from .adapters import ImageAdapter, ImageConfig, MediaAdapter
 from .autoencoders import Autoencoder2d, AutoencoderConfig
 from .config import from_dict, load_config, to_dict
 from .rdpm import QuantizerConfig, QuantizerOutput, RDPMQuantizer
+from .vocabulary import MediaLayout
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
@@ -93,6 +94,11 @@ class MediaTokenizer(nn.Module):
     @property
     def device(self) -> torch.device:
         return self.quantizer.codebook.device
+
+    def layout(self) -> MediaLayout:
+        """What the shared vocabulary records of this tokenizer."""
+        return MediaLayout(self.name, self.modality, self.codebook_size, self.content_hash(),
+                           self.num_blocks, self.num_positions)
 
     # --- tensors -------------------------------------------------------------------------------
     def latent(self, x: torch.Tensor) -> torch.Tensor:

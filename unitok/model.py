@@ -2,7 +2,8 @@
 
 It is a plain `LlamaForCausalLM` trained from scratch, so `save_pretrained`, `from_pretrained`,
 safetensors, accelerate, FSDP and PEFT work as users expect. unitok only decides the inputs
-(ids, 4D block-causal masks, position ids) and the targets; see `streams.py`.
+(ids, 4D block-causal masks, position ids, media position rows) and the targets; see `streams.py`.
+`StreamModel` is the one place that turns a stream's inputs into logits.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 from transformers import LlamaConfig, LlamaForCausalLM
 
 from .config import load_config
@@ -69,11 +71,33 @@ def build_transformer(spec: ModelSpec, vocab: Vocabulary) -> LlamaForCausalLM:
     return LlamaForCausalLM(config)
 
 
-def stream_loss(model: torch.nn.Module, batch: Batch) -> tuple[torch.Tensor, int]:
+class StreamModel(nn.Module):
+    """The transformer with unitok's input rule: a media code enters as the sum of the embeddings
+    of its code, its latent cell and its noise step (`Batch.media_rows`); every other token as
+    its own embedding. The extra rows live in the transformer's embedding table, so its
+    `save_pretrained` holds the whole model, and the sum is taken inside `forward`, where
+    DDP and FSDP expect every use of a parameter."""
+
+    def __init__(self, transformer: LlamaForCausalLM):
+        super().__init__()
+        self.transformer = transformer
+
+    def forward(self, input_ids: torch.Tensor, media_rows: torch.Tensor, attention_mask: torch.Tensor,
+                position_ids: torch.Tensor, past_key_values=None) -> torch.Tensor:
+        """Logits (B, L, V); `past_key_values` (a `DynamicCache`) is extended in place."""
+        table = self.transformer.get_input_embeddings()
+        has_rows = (media_rows >= 0).unsqueeze(-1)  # (B, L, 2, 1)
+        embeds = table(input_ids) + (table(media_rows.clamp_min(0)) * has_rows).sum(dim=2)  # (B, L, H)
+        return self.transformer(inputs_embeds=embeds, attention_mask=attention_mask, position_ids=position_ids,
+                                past_key_values=past_key_values, use_cache=past_key_values is not None).logits
+
+
+def batch_logits(model: nn.Module, batch: Batch) -> torch.Tensor:
+    """(B, L, V) logits of a `StreamModel`, also when accelerate has wrapped it (DDP, FSDP)."""
+    return model(batch.input_ids, batch.media_rows, batch.attention_mask, batch.position_ids)
+
+
+def stream_loss(model: nn.Module, batch: Batch) -> torch.Tensor:
     """Mean cross-entropy over every labelled position (targets are already aligned: no shift)."""
-    logits = model(
-        input_ids=batch.input_ids, attention_mask=batch.attention_mask, position_ids=batch.position_ids
-    ).logits  # (B, L, V)
-    count = int((batch.targets != IGNORE).sum())
-    loss = F.cross_entropy(logits.flatten(0, 1).float(), batch.targets.flatten(), ignore_index=IGNORE)
-    return loss, count
+    logits = batch_logits(model, batch)
+    return F.cross_entropy(logits.flatten(0, 1).float(), batch.targets.flatten(), ignore_index=IGNORE)

@@ -22,6 +22,7 @@ from PIL import Image
 from transformers import LlamaForCausalLM
 
 from .media_tokenizer import MediaTokenizer
+from .model import StreamModel
 from .sampling import SamplerConfig, sample_media
 from .streams import MediaOrder
 from .text_bpe import TextBPE
@@ -93,7 +94,7 @@ class UniTokPipeline:
             noise = tokenizer.draw_noise(len(prompts), seeds=[seed + i for i in range(len(prompts))])
             first_block = tokenizer.quantizer.quantize_noise(noise[:, -1])  # k_T from ε
         return sample_media(
-            self.transformer, self.vocabulary, tokenizer.name, [self.encode_prompt(p) for p in prompts],
+            StreamModel(self.transformer), self.vocabulary, tokenizer.name, [self.encode_prompt(p) for p in prompts],
             first_block, tokenizer.num_blocks, tokenizer.num_positions, self.media_order, sampler,
             generator=torch.Generator().manual_seed(seed),
         )

@@ -227,8 +227,7 @@ class RecipeRun:
     def vocabulary(self) -> Vocabulary:
         tokenizer = self.media_tokenizer()
         text = TextBPE.from_pretrained(self.out / "text_tokenizer")
-        return Vocabulary.build(text.vocab_size, text.content_hash(),
-                                [(tokenizer.name, tokenizer.modality, tokenizer.codebook_size, tokenizer.content_hash())])
+        return Vocabulary.build(text.vocab_size, text.content_hash(), [tokenizer.layout()])
 
     # shards -----------------------------------------------------------------------------------
     def stage_shards(self) -> None:

@@ -20,6 +20,7 @@ from typing import Sequence
 import torch
 from transformers import DynamicCache
 
+from .model import StreamModel
 from .streams import Batch, MediaOrder, StreamBuilder, collate
 from .vocabulary import Vocabulary
 
@@ -66,25 +67,19 @@ def choose(logits: torch.Tensor, cfg: SamplerConfig, generator: torch.Generator 
 
 
 class CachedDecoder:
-    """Feeds token chunks to a causal LM with a KV cache, tracking padding and positions per row."""
+    """Feeds token chunks to a `StreamModel` with a KV cache, tracking padding and positions per row."""
 
-    def __init__(self, model: torch.nn.Module, prefix: Batch):
+    def __init__(self, model: StreamModel, prefix: Batch):
         self.model = model
         self.cache = DynamicCache()
         self.key_valid = prefix.document_ids >= 0  # (B, L): False for left padding
         self.next_position = prefix.position_ids.max(dim=1).values + 1  # (B,)
-        self.logits = self._forward(prefix.input_ids, prefix.attention_mask, prefix.position_ids)
+        self.logits = model(prefix.input_ids, prefix.media_rows, prefix.attention_mask, prefix.position_ids, self.cache)
 
-    def _forward(self, input_ids, attention_mask, position_ids) -> torch.Tensor:
-        out = self.model(
-            input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
-            past_key_values=self.cache, use_cache=True,
-        )
-        return out.logits
-
-    def feed(self, ids_BQ: torch.Tensor, block: bool) -> torch.Tensor:
-        """Append q tokens per row; `block=True` lets them all see each other (a media block),
-        otherwise they are causal. Returns logits (B, q, V)."""
+    def feed(self, ids_BQ: torch.Tensor, media_rows_Q2: torch.Tensor, block: bool) -> torch.Tensor:
+        """Append q media codes per row, whose cell and block rows are `media_rows_Q2` (the same
+        for every row); `block=True` lets them all see each other (a media block), otherwise they
+        are causal. Returns logits (B, q, V)."""
         B, q = ids_BQ.shape
         device = ids_BQ.device
         inner = torch.ones(q, q, dtype=torch.bool, device=device)
@@ -95,7 +90,7 @@ class CachedDecoder:
         positions = self.next_position[:, None] + torch.arange(q, device=device)
         self.key_valid = torch.cat([self.key_valid, torch.ones(B, q, dtype=torch.bool, device=device)], 1)
         self.next_position = self.next_position + q
-        self.logits = self._forward(ids_BQ, mask, positions)
+        self.logits = self.model(ids_BQ, media_rows_Q2.to(device).expand(B, q, 2), mask, positions, self.cache)
         return self.logits
 
 
@@ -113,7 +108,7 @@ def _repeat_for_guidance(ids: torch.Tensor, cfg: SamplerConfig) -> torch.Tensor:
 
 @torch.no_grad()
 def sample_media(
-    model: torch.nn.Module,
+    model: StreamModel,
     vocab: Vocabulary,
     media_name: str,
     prompts: Sequence[Sequence[int]],
@@ -133,6 +128,7 @@ def sample_media(
     device = next(model.parameters()).device
     B, N = len(prompts), num_positions
     codes = vocab.range(media_name)
+    media_rows = vocab.position_rows(media_name, num_blocks, N)  # (blocks, N, 2)
     rows = [_prefix(vocab, media_order, media_name, p, first_block, i) for i, p in enumerate(prompts)]
     if cfg.guided:
         rows += [_prefix(vocab, media_order, media_name, [], first_block, i) for i in range(B)]
@@ -148,7 +144,7 @@ def sample_media(
         for b in range(1, num_blocks):
             blocks.append(pick(logits))
             if b < num_blocks - 1:
-                logits = decoder.feed(_repeat_for_guidance(blocks[-1] + codes.offset, cfg), block=True)
+                logits = decoder.feed(_repeat_for_guidance(blocks[-1] + codes.offset, cfg), media_rows[b], block=True)
         return torch.stack(blocks, dim=1)
 
     generated = []  # raster: <bo?> predicts code 0, code n predicts code n+1
@@ -156,7 +152,8 @@ def sample_media(
     for n in range(N):
         generated.append(pick(logits))
         if n < N - 1:
-            logits = decoder.feed(_repeat_for_guidance(generated[-1] + codes.offset, cfg), block=False)
+            logits = decoder.feed(_repeat_for_guidance(generated[-1] + codes.offset, cfg), media_rows[0, n : n + 1],
+                                  block=False)
     return torch.cat(generated, dim=1).unsqueeze(1)
 
 

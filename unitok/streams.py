@@ -9,7 +9,10 @@ A document is ``<bos> … <eos>`` made of text spans and media spans
   ``<boi>`` and the codes of ``k_0`` have no target (``k_T`` is drawn from noise and the span
   length is fixed, so ``<eoi>`` is appended by the sampler);
 - its *reach*: the last position it may attend to. Text is causal (reach = itself); a media
-  code sees its whole block (reach = end of its block), so attention is block-causal.
+  code sees its whole block (reach = end of its block), so attention is block-causal;
+- for media codes, the global ids of its *cell* and *block* rows (`Vocabulary.position_rows`),
+  whose embeddings the model adds to the code's: RoPE alone only tells tokens how far apart
+  they are, not which latent cell or noise step a code holds.
 
 Packed rows add document ids so that documents never see each other. `media_order="raster"`
 is the autoregressive baseline: codes of one clean block in raster order, causal, next-token.
@@ -25,6 +28,7 @@ import torch
 from .vocabulary import Vocabulary
 
 IGNORE = -100
+NO_ROWS = (-1, -1)  # media_rows of a token that is not a media code
 MediaOrder = Literal["timestep", "raster"]
 _NEXT, _NONE = "next", "none"  # target rules besides "ahead by N"
 
@@ -38,9 +42,15 @@ class Stream:
     reach: list[int] = field(default_factory=list)
     target_block: list[int] = field(default_factory=list)  # predicted media block of the target
     # (0 = noisiest predicted block; raster codes all 0), -1 for text targets and no target
+    media_rows: list[tuple[int, int]] = field(default_factory=list)  # (cell row, block row), NO_ROWS for others
 
     def __len__(self) -> int:
         return len(self.input_ids)
+
+    def head(self, length: int) -> "Stream":
+        """The first `length` positions; their targets are kept even where they lie beyond."""
+        return Stream(self.input_ids[:length], self.targets[:length], self.reach[:length],
+                      self.target_block[:length], self.media_rows[:length])
 
 
 class StreamBuilder:
@@ -53,10 +63,13 @@ class StreamBuilder:
         self._rules: list[str | int] = []  # _NEXT, _NONE, or an int offset to the target position
         self._reach: list[int] = []
         self._target_block: list[int] = []
+        self._media_rows: list[tuple[int, int]] = []
 
-    def _append(self, token: int, rule: str | int, reach: int | None = None, target_block: int = -1) -> None:
+    def _append(self, token: int, rule: str | int, reach: int | None = None, target_block: int = -1,
+                media_rows: tuple[int, int] = NO_ROWS) -> None:
         self._reach.append(len(self._ids) if reach is None else reach)
         self._target_block.append(target_block if rule != _NONE else -1)
+        self._media_rows.append(media_rows)
         self._ids.append(int(token))
         self._rules.append(rule)
 
@@ -79,15 +92,17 @@ class StreamBuilder:
         timestep = self.media_order == "timestep"
         self._append(begin, _NONE if timestep else _NEXT)
         flat = blocks.reshape(-1).tolist()
+        rows = [tuple(r) for r in self.vocab.position_rows(name, num_blocks, n).reshape(-1, 2).tolist()]
         for b in range(num_blocks):
             block_end = len(self._ids) + n - 1
             last_block = complete and b == num_blocks - 1
             for i in range(n):
+                j = b * n + i
                 if timestep:
-                    self._append(flat[b * n + i], _NONE if last_block else n, reach=block_end, target_block=b)
+                    self._append(flat[j], _NONE if last_block else n, reach=block_end, target_block=b, media_rows=rows[j])
                 else:
                     last_code = last_block and i == n - 1
-                    self._append(flat[b * n + i], _NONE if last_code else _NEXT, target_block=0)
+                    self._append(flat[j], _NONE if last_code else _NEXT, target_block=0, media_rows=rows[j])
             if b == 0 and not timestep:  # <bo?> predicts the first code
                 self._target_block[-n - 1] = 0
         if complete:
@@ -104,7 +119,7 @@ class StreamBuilder:
                 targets.append(ids[p + 1] if p + 1 < length else IGNORE)
             else:  # ahead by `rule` positions
                 targets.append(ids[p + rule] if p + rule < length else IGNORE)
-        return Stream(list(ids), targets, list(self._reach), list(self._target_block))
+        return Stream(list(ids), targets, list(self._reach), list(self._target_block), list(self._media_rows))
 
 
 @dataclass
@@ -114,6 +129,7 @@ class Batch:
     position_ids: torch.Tensor  # (B, L), restart at 0 in every document
     attention_mask: torch.Tensor  # (B, 1, L, L) bool, True = may attend
     document_ids: torch.Tensor  # (B, L), index of the document in its row, -1 for padding
+    media_rows: torch.Tensor  # (B, L, 2) global ids of each media code's cell and block rows, -1 elsewhere
 
     def to(self, device: torch.device | str) -> "Batch":
         return Batch(**{name: t.to(device) for name, t in vars(self).items()})
@@ -144,6 +160,7 @@ def collate(rows: Sequence[Sequence[Stream]], pad_id: int, length: int | None = 
     position_ids = torch.zeros((B, length), dtype=torch.long)
     reach = torch.arange(length).repeat(B, 1)
     doc = torch.full((B, length), -1, dtype=torch.long)
+    media_rows = torch.full((B, length, 2), -1, dtype=torch.long)
     for r, row in enumerate(rows):
         start = length - row_lengths[r] if pad_side == "left" else 0
         for d, stream in enumerate(row):
@@ -153,8 +170,9 @@ def collate(rows: Sequence[Sequence[Stream]], pad_id: int, length: int | None = 
             position_ids[r, span] = torch.arange(len(stream))
             reach[r, span] = torch.tensor(stream.reach) + start
             doc[r, span] = d
+            media_rows[r, span] = torch.tensor(stream.media_rows).view(-1, 2)
             start += len(stream)
-    return Batch(input_ids, targets, position_ids, attention_mask_4d(reach, doc), doc)
+    return Batch(input_ids, targets, position_ids, attention_mask_4d(reach, doc), doc, media_rows)
 
 
 def pack(streams: Sequence[Stream], max_length: int) -> list[list[Stream]]:

@@ -1,6 +1,10 @@
 """The shared vocabulary: disjoint id ranges for special tokens, text pieces and media codes.
 
-Global id = range offset + local id. The manifest (``vocabulary.json``) is saved
+Global id = range offset + local id. Every media range comes with two *position* ranges,
+``<name>.cells`` (N rows) and ``<name>.blocks`` (T+1 rows): embedding rows that are never
+tokens in a stream but are added to a media code's embedding to say which latent cell and
+which noise step it holds (learned absolute positions; see `model.StreamModel`).
+The manifest (``vocabulary.json``) is saved
 with every model and shard set and records a content hash of every tokenizer,
 so that shards or checkpoints made with other tokenizers are refused.
 """
@@ -11,7 +15,7 @@ import hashlib
 import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Literal, Sequence
+from typing import Literal, NamedTuple, Sequence
 
 import torch
 
@@ -24,10 +28,21 @@ class VocabularyError(ValueError):
     """Ids outside their range, or a manifest that does not match."""
 
 
+class MediaLayout(NamedTuple):
+    """What the vocabulary records of one media tokenizer."""
+
+    name: str  # its range name, e.g. "image"
+    modality: str  # which delimiters wrap its spans
+    codebook_size: int
+    tokenizer_hash: str
+    num_blocks: int  # T + 1
+    num_positions: int  # N
+
+
 @dataclass(frozen=True)
 class TokenRange:
-    name: str  # "special", "text", or the media tokenizer's name (e.g. "image")
-    kind: Literal["special", "text", "media"]
+    name: str  # "special", "text", a media tokenizer's name (e.g. "image"), or "<name>.cells" / "<name>.blocks"
+    kind: Literal["special", "text", "media", "position"]
     offset: int
     size: int
     tokenizer_hash: str | None = None
@@ -49,14 +64,16 @@ class Vocabulary:
                 raise VocabularyError(f"range {b.name!r} starts at {b.offset}, expected {a.end} (ranges must tile)")
 
     @classmethod
-    def build(cls, text_size: int, text_hash: str, media: Sequence[tuple[str, str, int, str]]) -> "Vocabulary":
-        """Lay out special tokens, text pieces, then one range per (name, modality, codebook size, hash)."""
+    def build(cls, text_size: int, text_hash: str, media: Sequence[MediaLayout]) -> "Vocabulary":
+        """Lay out special tokens, text pieces, then per media tokenizer its codes, cells and blocks."""
         ranges = [TokenRange("special", "special", 0, len(SPECIAL_TOKENS))]
         ranges.append(TokenRange("text", "text", ranges[-1].end, text_size, text_hash))
-        for name, modality, size, tokenizer_hash in media:
-            if modality not in MEDIA_DELIMITERS:
-                raise VocabularyError(f"unknown modality {modality!r}; expected one of {list(MEDIA_DELIMITERS)}")
-            ranges.append(TokenRange(name, "media", ranges[-1].end, size, tokenizer_hash, modality))
+        for m in media:
+            if m.modality not in MEDIA_DELIMITERS:
+                raise VocabularyError(f"unknown modality {m.modality!r}; expected one of {list(MEDIA_DELIMITERS)}")
+            for name, kind, size in ((m.name, "media", m.codebook_size), (f"{m.name}.cells", "position", m.num_positions),
+                                     (f"{m.name}.blocks", "position", m.num_blocks)):
+                ranges.append(TokenRange(name, kind, ranges[-1].end, size, m.tokenizer_hash, m.modality))
         return cls(ranges)
 
     # --- lookups -------------------------------------------------------------------------------
@@ -71,6 +88,16 @@ class Vocabulary:
 
     def media_ranges(self) -> list[TokenRange]:
         return [r for r in self.ranges if r.kind == "media"]
+
+    def position_rows(self, name: str, num_blocks: int, num_positions: int) -> torch.Tensor:
+        """(num_blocks, num_positions, 2) global ids of the (cell, block) rows of the codes of a span."""
+        cells, blocks = self.range(f"{name}.cells"), self.range(f"{name}.blocks")
+        if num_blocks > blocks.size or num_positions > cells.size:
+            raise VocabularyError(f"a {name} span has at most {blocks.size} blocks of {cells.size} codes, "
+                                  f"got {num_blocks} of {num_positions}")
+        cell_ids = torch.arange(cells.offset, cells.offset + num_positions).expand(num_blocks, -1)
+        block_ids = torch.arange(blocks.offset, blocks.offset + num_blocks)[:, None].expand(-1, num_positions)
+        return torch.stack([cell_ids, block_ids], dim=-1)
 
     def special_id(self, token: str) -> int:
         if token not in SPECIAL_TOKENS:

@@ -14,7 +14,7 @@ from accelerate import PartialState
 
 from unitok.model import ModelSpec, build_transformer
 from unitok.training.lm import LMTraining, TokenItems, train_lm
-from unitok.vocabulary import Vocabulary
+from unitok.vocabulary import MediaLayout, Vocabulary
 
 
 def tiny_items(vocab: Vocabulary, count: int, seed: int) -> TokenItems:
@@ -33,7 +33,7 @@ def weights_checksum(model: torch.nn.Module) -> str:
 
 
 def main(out: Path, steps: int, stop_after: int | None) -> None:
-    vocab = Vocabulary.build(40, "t", [("image", "image", 64, "h")])
+    vocab = Vocabulary.build(40, "t", [MediaLayout("image", "image", 64, "h", num_blocks=5, num_positions=64)])
     torch.manual_seed(0)
     model = build_transformer(ModelSpec(hidden_size=32, num_layers=1, num_heads=2, intermediate_size=64), vocab)
     initial = weights_checksum(model)

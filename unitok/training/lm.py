@@ -23,9 +23,11 @@ from accelerate import Accelerator
 from accelerate.utils import DataLoaderConfiguration, set_seed
 from safetensors.torch import load_file
 from torch.utils.data import DataLoader
+from transformers import LlamaForCausalLM
 from tqdm.auto import tqdm
 
-from ..streams import IGNORE, Batch, collate, pack, task_document
+from ..model import StreamModel, batch_logits, stream_loss
+from ..streams import IGNORE, Batch, Stream, collate, pack, task_document
 from ..vocabulary import Vocabulary
 from .common import mixed_precision, warmup_cosine
 
@@ -91,9 +93,19 @@ class DocumentMaker:
         for i in indices:
             task = rng.choices(self.task_names, self.task_weights)[0] if rng else self.task_names[0]
             drop = rng is not None and rng.random() < self.cfg.caption_dropout
-            docs.append(task_document(self.vocab, self.cfg.media_order, task, self.items.text_ids[i],
-                                      self.items.media_name, self.items.media_ids[i], drop_text=drop))
+            doc = task_document(self.vocab, self.cfg.media_order, task, self.items.text_ids[i],
+                                self.items.media_name, self.items.media_ids[i], drop_text=drop)
+            docs.append(self._skip_unread_tail(doc, task))
         return docs
+
+    def _skip_unread_tail(self, doc: Stream, task: str) -> Stream:
+        """A text-to-media document ends ``k_1 k_0 <eo?> <eos>``: k_0 has no target and nothing
+        attends to it, and <eo?>'s only target is the certain <eos>. Stopping after k_1 (whose
+        targets, the k_0 codes, stay) spends 1/(T+1) fewer media tokens for the same loss."""
+        num_blocks, n = self.items.media_ids.shape[1:]
+        if not task.startswith("text_to_") or self.cfg.media_order != "timestep" or num_blocks < 2:
+            return doc
+        return doc.head(len(doc) - n - 2)
 
     def batch(self, indices: Sequence[int], step: int, micro: int, rank: int) -> Batch:
         rng = random.Random(hash((self.seed, step, micro, rank)))
@@ -101,9 +113,9 @@ class DocumentMaker:
         return collate(pack(docs, max(len(d) for d in docs)), pad_id=self.vocab.special_id("<pad>"))
 
 
-def train_lm(model: torch.nn.Module, vocab: Vocabulary, train: TokenItems, heldout: TokenItems,
+def train_lm(transformer: LlamaForCausalLM, vocab: Vocabulary, train: TokenItems, heldout: TokenItems,
              cfg: LMTraining, output_dir: str | Path, seed: int = 0, stop_after_step: int | None = None) -> dict:
-    """Train `model` in place; checkpoints under `output_dir/checkpoints`, best weights loaded at the end.
+    """Train `transformer` in place; checkpoints under `output_dir/checkpoints`, best weights loaded at the end.
 
     `stop_after_step` ends the run early, as an interruption would, right after the checkpoint of
     that step (run training in time slices; a later call resumes). Returns the history: held-out
@@ -116,6 +128,7 @@ def train_lm(model: torch.nn.Module, vocab: Vocabulary, train: TokenItems, heldo
         gradient_accumulation_steps=cfg.grad_accum,
         dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True),
     )
+    model = StreamModel(transformer)
     optimizer = torch.optim.AdamW(_param_groups(model, cfg.weight_decay), lr=cfg.learning_rate, betas=(0.9, 0.95))
     scheduler = warmup_cosine(optimizer, cfg.warmup_steps, cfg.steps)
     loader = DataLoader(range(len(train)), batch_size=cfg.batch_size, shuffle=True, drop_last=True,
@@ -135,9 +148,7 @@ def train_lm(model: torch.nn.Module, vocab: Vocabulary, train: TokenItems, heldo
         for micro in range(cfg.grad_accum):
             batch = maker.batch(next(batches), step, micro, accelerator.process_index).to(accelerator.device)
             with accelerator.accumulate(model):
-                logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
-                               position_ids=batch.position_ids).logits
-                loss = F.cross_entropy(logits.flatten(0, 1).float(), batch.targets.flatten(), ignore_index=IGNORE)
+                loss = stream_loss(model, batch)
                 accelerator.backward(loss)
                 if accelerator.sync_gradients:
                     accelerator.clip_grad_norm_(model.parameters(), cfg.grad_clip)
@@ -152,7 +163,7 @@ def train_lm(model: torch.nn.Module, vocab: Vocabulary, train: TokenItems, heldo
             if _improved(state):
                 state["best_step"] = done
                 if accelerator.is_main_process:
-                    accelerator.unwrap_model(model).save_pretrained(output_dir / "best")
+                    accelerator.unwrap_model(model).transformer.save_pretrained(output_dir / "best")
             if _patience_exhausted(state, cfg.early_stopping_patience):
                 state["stopped_early_at"] = done
         if done % cfg.checkpoint_every == 0 or done in (cfg.steps, stop_after_step) or "stopped_early_at" in state:
@@ -162,7 +173,7 @@ def train_lm(model: torch.nn.Module, vocab: Vocabulary, train: TokenItems, heldo
             break
     accelerator.wait_for_everyone()
     progress.close()
-    _load_best(accelerator.unwrap_model(model), output_dir / "best")
+    _load_best(transformer, output_dir / "best")
     return state
 
 
@@ -190,8 +201,7 @@ def heldout_loss(model: torch.nn.Module, vocab: Vocabulary, docs: list, device, 
     total, count, block_sum, block_count = 0.0, 0, {}, {}
     for start in range(0, len(docs), batch_size):
         batch = collate([[d] for d in docs[start:start + batch_size]], vocab.special_id("<pad>")).to(device)
-        logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
-                       position_ids=batch.position_ids).logits
+        logits = batch_logits(model, batch)
         losses = F.cross_entropy(logits.transpose(1, 2).float(), batch.targets, ignore_index=IGNORE, reduction="none")
         labelled = batch.targets != IGNORE
         total += losses[labelled].sum().item()
