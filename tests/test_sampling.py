@@ -48,19 +48,21 @@ def test_cached_block_steps_equal_full_recompute(model, vocab):
         torch.testing.assert_close(cached[k], reference[:, start:start + N], atol=1e-4, rtol=1e-4)
 
 
-def test_greedy_sampler_matches_full_recompute(model, vocab):
-    """Every block the cached sampler picks greedily is the argmax of a full recompute."""
-    first = torch.randint(0, 64, (2, N))
+@pytest.mark.parametrize("given", [1, 2])
+def test_greedy_sampler_matches_full_recompute(model, vocab, given):
+    """Every block the cached sampler picks greedily is the argmax of a full recompute, whether
+    it starts from k_T alone or continues a trajectory from its first `given` blocks."""
+    first = torch.randint(0, 64, (2, given, N))
     greedy = SamplerConfig(gumbel_scale=0.0, guidance_scale=2.0)
     prompts = [text(vocab, [1, 2]), text(vocab, [3])]
     ids = sample_media(model, vocab, "image", prompts, first, BLOCKS, N, "timestep", greedy)
-    assert torch.equal(ids[:, 0], first)
+    assert torch.equal(ids[:, :given], first)
     codes = vocab.range("image")
     g = vocab.to_global("image", ids)
     cond = full_logits(model, vocab, [[1, 2], [3]], g)
     uncond = full_logits(model, vocab, [[], []], g)
     length = cond.shape[1]
-    for k in range(1, BLOCKS):
+    for k in range(given, BLOCKS):
         start = length - 1 - (BLOCKS - k + 1) * N
         guided = uncond[:, start:start + N] + 2.0 * (cond[:, start:start + N] - uncond[:, start:start + N])
         assert torch.equal(guided[..., codes.offset:codes.end].argmax(-1), ids[:, k])
@@ -84,7 +86,7 @@ def test_sampled_ids_stay_in_the_codebook_range(model, vocab):
     with torch.no_grad():
         model.transformer.lm_head.weight[: codes.offset] += 5.0
         model.transformer.lm_head.weight[codes.end:] += 5.0
-    ids = sample_media(model, vocab, "image", [text(vocab, [1])] * 3, torch.zeros(3, N, dtype=torch.long), BLOCKS, N,
+    ids = sample_media(model, vocab, "image", [text(vocab, [1])] * 3, torch.zeros(3, 1, N, dtype=torch.long), BLOCKS, N,
                        "timestep", SamplerConfig(temperature=2.0), torch.Generator().manual_seed(0))
     assert ids.min() >= 0 and ids.max() < 64
 

@@ -61,3 +61,20 @@ def test_text_to_media_training_documents_stop_after_the_last_block_with_targets
         k1 = slice(len(doc) - 4, len(doc))
         assert doc.input_ids[k1] == items.media_ids[0, 1].tolist()
         assert doc.targets[k1] == items.media_ids[0, 2].tolist()
+
+
+def test_first_step_documents_end_after_the_noise_block(vocab):
+    """With first_step_fraction = 1 a training document is caption + <boi> + k_T, whose targets
+    are k_{T-1}; held-out documents (no rng) stay whole so per-block losses stay comparable."""
+    import random
+
+    local = torch.arange(3 * 4).reshape(1, 3, 4)
+    items = TokenItems([vocab.to_global("text", torch.tensor([1, 2])).tolist()], vocab.to_global("image", local), "image")
+    cfg = LMTraining(tasks={"text_to_image": 1.0}, caption_dropout=0.0, first_step_fraction=1.0)
+    maker = DocumentMaker(items, vocab, cfg, seed=0)
+    doc = maker.documents([0], random.Random(0))[0]
+    assert len(doc) == 1 + 2 + 1 + 4  # <bos>, caption, <boi>, k_T
+    assert doc.input_ids[-4:] == items.media_ids[0, 0].tolist()
+    assert doc.targets[-4:] == items.media_ids[0, 1].tolist()
+    heldout = maker.documents([0], None)[0]
+    assert len(heldout) == len(doc) + 4  # whole, less k_0 and the closing tokens

@@ -68,7 +68,7 @@ def bench_sampling(spec: ModelSpec, positions=(64, 256), batches=(1, 64), steps:
         for batch in batches:
             for guidance in (1.0, 3.0):
                 cfg = SamplerConfig(guidance_scale=guidance)
-                first = torch.randint(0, 512, (batch, n))
+                first = torch.randint(0, 512, (batch, 1, n))
                 rdpm = _timed(lambda: sample_media(model, vocab, "image", [prompt] * batch, first, steps + 1, n,
                                                    "timestep", cfg, torch.Generator().manual_seed(0)), repeats)
                 raster = _timed(lambda: sample_media(model, vocab, "image", [prompt] * batch, None, 1, n,

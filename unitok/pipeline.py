@@ -89,13 +89,13 @@ class UniTokPipeline:
                            seed: int = 0) -> torch.Tensor:
         """Local code ids (B, num_blocks, N) for each prompt."""
         tokenizer = self.tokenizer_for(modality)
-        first_block = None
+        first_blocks = None
         if self.media_order == "timestep":
             noise = tokenizer.draw_noise(len(prompts), seeds=[seed + i for i in range(len(prompts))])
-            first_block = tokenizer.quantizer.quantize_noise(noise[:, -1])  # k_T from ε
+            first_blocks = tokenizer.quantizer.quantize_noise(noise[:, -1]).unsqueeze(1)  # k_T from ε, (B, 1, N)
         return sample_media(
             StreamModel(self.transformer), self.vocabulary, tokenizer.name, [self.encode_prompt(p) for p in prompts],
-            first_block, tokenizer.num_blocks, tokenizer.num_positions, self.media_order, sampler,
+            first_blocks, tokenizer.num_blocks, tokenizer.num_positions, self.media_order, sampler,
             generator=torch.Generator().manual_seed(seed),
         )
 

@@ -112,7 +112,7 @@ def sample_media(
     vocab: Vocabulary,
     media_name: str,
     prompts: Sequence[Sequence[int]],
-    first_block: torch.Tensor | None,
+    first_blocks: torch.Tensor | None,
     num_blocks: int,
     num_positions: int,
     media_order: MediaOrder,
@@ -121,17 +121,18 @@ def sample_media(
 ) -> torch.Tensor:
     """Generate media spans after text prompts (global text ids). Returns local ids (B, blocks, N).
 
-    Timestep order: `first_block` (B, N) local ids is k_T (quantized noise); the model predicts
-    the other `num_blocks − 1` blocks, one parallel pass each. Raster order: one block of N codes,
-    one pass per code.
+    Timestep order: `first_blocks` (B, P, N) local ids are the given start of the trajectory:
+    k_T (quantized noise) alone for generation (P = 1), or k_T … k_{T−P+1} of a real item to
+    continue it from noise level T−P+1; the model predicts the other `num_blocks − P` blocks,
+    one parallel pass each. Raster order: one block of N codes, one pass per code.
     """
     device = next(model.parameters()).device
     B, N = len(prompts), num_positions
     codes = vocab.range(media_name)
     media_rows = vocab.position_rows(media_name, num_blocks, N)  # (blocks, N, 2)
-    rows = [_prefix(vocab, media_order, media_name, p, first_block, i) for i, p in enumerate(prompts)]
+    rows = [_prefix(vocab, media_order, media_name, p, first_blocks, i) for i, p in enumerate(prompts)]
     if cfg.guided:
-        rows += [_prefix(vocab, media_order, media_name, [], first_block, i) for i in range(B)]
+        rows += [_prefix(vocab, media_order, media_name, [], first_blocks, i) for i in range(B)]
     batch = collate([[s] for s in rows], pad_id=vocab.special_id("<pad>"), pad_side="left").to(device)
     decoder = CachedDecoder(model, batch)
 
@@ -139,9 +140,9 @@ def sample_media(
         return choose(_guided(logits_BQV, B, cfg)[..., codes.offset:codes.end], cfg, generator)
 
     if media_order == "timestep":
-        blocks = [first_block.to(device)]
-        logits = decoder.logits[:, -N:]  # k_T's positions predict k_{T-1}
-        for b in range(1, num_blocks):
+        blocks = list(first_blocks.to(device).unbind(1))
+        logits = decoder.logits[:, -N:]  # the last given block's positions predict the next block
+        for b in range(len(blocks), num_blocks):
             blocks.append(pick(logits))
             if b < num_blocks - 1:
                 logits = decoder.feed(_repeat_for_guidance(blocks[-1] + codes.offset, cfg), media_rows[b], block=True)
@@ -157,8 +158,8 @@ def sample_media(
     return torch.cat(generated, dim=1).unsqueeze(1)
 
 
-def _prefix(vocab, media_order, media_name, prompt, first_block, row):
+def _prefix(vocab, media_order, media_name, prompt, first_blocks, row):
     builder = StreamBuilder(vocab, media_order).special("<bos>").text(prompt)
     if media_order == "timestep":
-        return builder.media(media_name, vocab.to_global(media_name, first_block[row : row + 1].cpu()), complete=False).build()
+        return builder.media(media_name, vocab.to_global(media_name, first_blocks[row].cpu()), complete=False).build()
     return builder.media(media_name, torch.zeros(0, 0, dtype=torch.long), complete=False).build()

@@ -21,6 +21,7 @@ from ..pipeline import UniTokPipeline
 from ..shards import load_shards
 from ..visualize import labelled_grid, trajectory_grid
 from .classifier import load_or_train_digit_classifier
+from .diagnostics import digit_accuracy_given_first_step, first_step_digit_ce_gain, heldout_media_ids
 from .frechet import frechet_distance
 from .readers import read_color, read_position
 
@@ -46,6 +47,7 @@ def evaluate_recipe(run: "RecipeRun") -> dict:
             "guidance_scale": recipe.eval.sampler.guidance_scale,
             "num_samples": len(items),
         }
+        _add_diagnostics(metrics, run, pipe, items, classifier)
         n = recipe.eval.grid_samples
         labelled_grid(images[:n], [it.caption for it in items[:n]]).save(run.out / "samples.png")
         _trajectory_picture(pipe, ids[: recipe.eval.trajectory_samples], items).save(run.out / "trajectory.png")
@@ -69,6 +71,15 @@ def _lm_metrics(run: "RecipeRun") -> dict:
     best = next(e for e in history["evals"] if e["step"] == history["best_step"])
     return {"heldout_loss": best["loss"], "heldout_ce_per_block": best["ce_per_block"], "best_step": best["step"],
             "steps_trained": history["step"]}
+
+
+def _add_diagnostics(metrics: dict, run: "RecipeRun", pipe: UniTokPipeline, items: list[Item], classifier) -> None:
+    """Split a text→image failure into the first generated step and the refining ones (diagnostics.py)."""
+    media_ids = heldout_media_ids(load_shards(run.out / "shards" / "heldout", pipe.vocabulary), pipe, items)
+    metrics["lm"]["first_step_digit_ce_gain"] = first_step_digit_ce_gain(pipe, items, media_ids)
+    if pipe.tokenizer_for("image").num_blocks > 2:
+        metrics["text_to_image"]["digit_accuracy_given_first_step"] = digit_accuracy_given_first_step(
+            pipe, items, media_ids, run.recipe.eval.sampler, classifier, run.recipe.seed)
 
 
 def _generate(pipe: UniTokPipeline, prompts: list[str], cfg, seed: int) -> torch.Tensor:

@@ -46,6 +46,11 @@ class LMTraining:
     warmup_steps: int = 100
     grad_clip: float = 1.0
     caption_dropout: float = 0.1  # probability a text-to-media caption is dropped (for guidance)
+    # Share of text-to-media documents that end right after k_T, so they train only the first
+    # predicted step (k_T -> k_{T-1}, where the caption's content enters) at about a quarter of
+    # a full document's tokens. Block-causal attention makes their gradients exactly those of
+    # that step in a full document.
+    first_step_fraction: float = 0.0
     checkpoint_every: int = 200
     eval_every: int = 200
     eval_items: int = 256
@@ -57,6 +62,8 @@ class LMTraining:
             raise ValueError("tasks must map task names to non-negative weights with a positive sum")
         if not 0 <= self.caption_dropout < 1:
             raise ValueError("caption_dropout must be in [0, 1)")
+        if not 0 <= self.first_step_fraction <= 1:
+            raise ValueError("first_step_fraction must be in [0, 1]")
 
 
 @dataclass
@@ -95,17 +102,20 @@ class DocumentMaker:
             drop = rng is not None and rng.random() < self.cfg.caption_dropout
             doc = task_document(self.vocab, self.cfg.media_order, task, self.items.text_ids[i],
                                 self.items.media_name, self.items.media_ids[i], drop_text=drop)
-            docs.append(self._skip_unread_tail(doc, task))
+            docs.append(self._trained_part(doc, task, rng))
         return docs
 
-    def _skip_unread_tail(self, doc: Stream, task: str) -> Stream:
+    def _trained_part(self, doc: Stream, task: str, rng: random.Random | None) -> Stream:
         """A text-to-media document ends ``k_1 k_0 <eo?> <eos>``: k_0 has no target and nothing
         attends to it, and <eo?>'s only target is the certain <eos>. Stopping after k_1 (whose
-        targets, the k_0 codes, stay) spends 1/(T+1) fewer media tokens for the same loss."""
+        targets, the k_0 codes, stay) spends 1/(T+1) fewer media tokens for the same loss.
+        A share `first_step_fraction` of training documents stops after k_T instead."""
         num_blocks, n = self.items.media_ids.shape[1:]
         if not task.startswith("text_to_") or self.cfg.media_order != "timestep" or num_blocks < 2:
             return doc
-        return doc.head(len(doc) - n - 2)
+        first_step_only = rng is not None and self.cfg.first_step_fraction > 0 and rng.random() < self.cfg.first_step_fraction
+        dropped_blocks = num_blocks - 1 if first_step_only else 1
+        return doc.head(len(doc) - dropped_blocks * n - 2)
 
     def batch(self, indices: Sequence[int], step: int, micro: int, rank: int) -> Batch:
         rng = random.Random(hash((self.seed, step, micro, rank)))
