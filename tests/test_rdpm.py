@@ -103,26 +103,3 @@ def test_quantized_noise_makes_tokens_depend_on_noise_only_through_k_T():
             ids_from_codes = tokenizer.quantizer(z, tokenizer.quantizer.quantized_noise(noise)).ids_BTN
         assert torch.equal(ids[:, 0], ids_from_codes[:, 0])
         assert torch.equal(ids, ids_from_codes) == same, mode
-
-
-def test_step_codebook_sizes_limit_each_block_in_training_encoding_and_decoding():
-    sizes = (64, 4, 64, 64, 64)  # a coarse first generated step (k_{T-1}), noisiest block first
-    spec = tiny_tokenizer_spec(codebook_per_step=True, step_codebook_sizes=sizes)
-    tokenizer = train_media_tokenizer(spec, digit_images(64), TokenizerTraining(steps=4, batch_size=32, warmup_steps=1))
-    ids = tokenizer.eval().encode_tensor(digit_images(16), seeds=list(range(16)))
-    assert tokenizer.quantizer.block_codebook_sizes() == list(sizes)
-    assert int(ids[:, 1].max()) < 4 and int(ids[:, 2].max()) >= 4  # only block 1 is limited
-    coarse = ids.clone()
-    coarse[0, 1, 0] = 4  # a valid code id, but not for the coarse block
-    with pytest.raises(ValueError, match="block 1 out of range"):
-        tokenizer.decode(coarse)
-
-
-@pytest.mark.parametrize("quantizer, message", [
-    ({"step_codebook_sizes": [64, 4, 64, 64, 64]}, "needs codebook_per_step"),
-    ({"codebook_per_step": True, "step_codebook_sizes": [64, 4]}, "needs 5 sizes"),
-    ({"codebook_per_step": True, "step_codebook_sizes": [64, 1, 64, 64, 64]}, "must lie in"),
-])
-def test_step_codebook_sizes_are_checked_when_the_spec_loads(quantizer, message):
-    with pytest.raises(Exception, match=message):
-        tiny_tokenizer_spec(**quantizer)

@@ -109,12 +109,3 @@ def test_sampler_config_rejects_bad_values():
     for bad in ({"temperature": 0}, {"top_k": 0}, {"top_p": 1.5}, {"gumbel_scale": -1}):
         with pytest.raises(ValueError):
             SamplerConfig(**bad)
-
-
-def test_block_codebook_sizes_limit_each_sampled_block(model, vocab):
-    sizes = [64, 3, 64]
-    with torch.no_grad():  # favour the codes a limited block must not use
-        model.transformer.lm_head.weight[vocab.range("image").offset + 3:] += 5.0
-    ids = sample_media(model, vocab, "image", [text(vocab, [1])] * 4, torch.zeros(4, 1, N, dtype=torch.long), BLOCKS, N,
-                       "timestep", SamplerConfig(), torch.Generator().manual_seed(0), block_codebook_sizes=sizes)
-    assert int(ids[:, 1].max()) < 3 and int(ids[:, 2].max()) >= 3

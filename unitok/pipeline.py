@@ -96,7 +96,7 @@ class UniTokPipeline:
         return sample_media(
             StreamModel(self.transformer), self.vocabulary, tokenizer.name, [self.encode_prompt(p) for p in prompts],
             first_blocks, tokenizer.num_blocks, tokenizer.num_positions, self.media_order, sampler,
-            generator=torch.Generator().manual_seed(seed), block_codebook_sizes=tokenizer.quantizer.block_codebook_sizes(),
+            generator=torch.Generator().manual_seed(seed),
         )
 
     def text_to_image(self, prompt: str | Sequence[str], guidance_scale: float = 3.0, temperature: float = 1.0,

@@ -34,10 +34,6 @@ class QuantizerConfig:
     # itself; its unresolved fine detail then reappears in every block and cannot be predicted.
     noise: Literal["quantized", "gaussian"] = "quantized"
     codebook_per_step: bool = False  # one codebook per step instead of one shared
-    # Codes each block may use, noisiest block (k_T) first; None = all K in every block. A small
-    # size for k_{T-1} makes the first generated step a coarse map that later steps refine.
-    # Needs codebook_per_step.
-    step_codebook_sizes: tuple[int, ...] | None = None
     commitment_weight: float = 0.25
     ema_decay: float = 0.99  # EMA codebook and σ_t updates
     dead_code_threshold: float = 0.5  # EMA use count below which a code is restarted
@@ -49,14 +45,6 @@ class QuantizerConfig:
             raise ValueError("codebook_size must be >= 2")
         if not 0.0 < self.ema_decay < 1.0:
             raise ValueError("ema_decay must be in (0, 1)")
-        if self.step_codebook_sizes is not None:
-            if not self.codebook_per_step:
-                raise ValueError("step_codebook_sizes needs codebook_per_step: true")
-            if len(self.step_codebook_sizes) != self.steps + 1:
-                raise ValueError(f"step_codebook_sizes needs {self.steps + 1} sizes (one per block), "
-                                 f"got {len(self.step_codebook_sizes)}")
-            if not all(2 <= k <= self.codebook_size for k in self.step_codebook_sizes):
-                raise ValueError(f"step_codebook_sizes must lie in [2, codebook_size = {self.codebook_size}]")
 
 
 def alpha_bar_schedule(kind: str, steps: int) -> torch.Tensor:
@@ -101,14 +89,8 @@ class RDPMQuantizer(nn.Module):
     def num_blocks(self) -> int:
         return self.config.steps + 1
 
-    def active_codes(self, t: int) -> int:
-        """How many codes step t may use (the first ones of its codebook)."""
-        sizes = self.config.step_codebook_sizes
-        return sizes[self.steps - t] if sizes is not None else self.config.codebook_size
-
     def _codebook_for_step(self, t: int) -> torch.Tensor:
-        """Step t's usable codes, (K_t, C)."""
-        return self.codebook[t if self.config.codebook_per_step else 0, : self.active_codes(t)]
+        return self.codebook[t if self.config.codebook_per_step else 0]
 
     # --- forward trajectory ----------------------------------------------------------------------
     @property
@@ -179,17 +161,12 @@ class RDPMQuantizer(nn.Module):
     def check_ids(self, ids_BTN: torch.Tensor) -> None:
         if ids_BTN.dim() != 3 or ids_BTN.shape[1] != self.num_blocks:
             raise ValueError(f"expected ids of shape (B, {self.num_blocks}, N), got {tuple(ids_BTN.shape)}")
-        for b, K in enumerate(self.block_codebook_sizes()):
-            block = ids_BTN[:, b]
-            if block.numel() and (int(block.min()) < 0 or int(block.max()) >= K):
-                raise ValueError(
-                    f"code ids of block {b} out of range [0, {K}): min {int(block.min())}, max {int(block.max())}"
-                    " (global vocabulary ids must be converted to local ids first)"
-                )
-
-    def block_codebook_sizes(self) -> list[int]:
-        """Usable codes per block, noisiest block (k_T) first."""
-        return [self.active_codes(self.steps - b) for b in range(self.num_blocks)]
+        K = self.config.codebook_size
+        if ids_BTN.numel() and (int(ids_BTN.min()) < 0 or int(ids_BTN.max()) >= K):
+            raise ValueError(
+                f"code ids out of range [0, {K}): min {int(ids_BTN.min())}, max {int(ids_BTN.max())}"
+                " (global vocabulary ids must be converted to local ids first)"
+            )
 
     def states(self, ids_BTN: torch.Tensor) -> list[torch.Tensor]:
         """Running states [s_T, …, s_0] from blocks [k_T, …, k_0]; each (B, C, N)."""
@@ -224,28 +201,23 @@ class RDPMQuantizer(nn.Module):
     def _update_codebook(self, t: int, residual_BCN: torch.Tensor, ids_BN: torch.Tensor) -> None:
         """EMA k-means step on residual/σ_t, then restart codes whose use fell below the threshold."""
         g = t if self.config.codebook_per_step else 0
-        K = self.active_codes(t)
-        codebook, ema_count, ema_sum = self.codebook[g, :K], self.ema_count[g, :K], self.ema_sum[g, :K]  # views
         decay = self.config.ema_decay
         x = (residual_BCN / self.step_scale[t]).transpose(1, 2).reshape(-1, residual_BCN.shape[1])  # (B·N, C)
         ids = ids_BN.reshape(-1)
-        counts = torch.bincount(ids, minlength=K).type_as(x)  # (K,)
+        counts = torch.bincount(ids, minlength=self.config.codebook_size).type_as(x)  # (K,)
         C = x.shape[1]  # per-code sums via bincount: index_add_ is ~100x slower on CPU here
         flat = (ids[:, None] * C + torch.arange(C, device=x.device)).reshape(-1)
-        sums = torch.bincount(flat, weights=x.reshape(-1), minlength=K * C).view(-1, C).type_as(x)
-        ema_count.mul_(decay).add_(counts, alpha=1 - decay)
-        ema_sum.mul_(decay).add_(sums, alpha=1 - decay)
-        codebook.copy_(ema_sum / ema_count.clamp_min(1e-5).unsqueeze(-1))
-        dead = ema_count < self.config.dead_code_threshold
+        sums = torch.bincount(flat, weights=x.reshape(-1), minlength=counts.numel() * C).view(-1, C).type_as(x)
+        self.ema_count[g].mul_(decay).add_(counts, alpha=1 - decay)
+        self.ema_sum[g].mul_(decay).add_(sums, alpha=1 - decay)
+        self.codebook[g] = self.ema_sum[g] / self.ema_count[g].clamp_min(1e-5).unsqueeze(-1)
+        dead = self.ema_count[g] < self.config.dead_code_threshold
         if dead.any():
             picks = torch.randint(0, x.shape[0], (int(dead.sum()),), device=x.device)
-            codebook[dead] = x[picks]
-            ema_sum[dead] = x[picks]
-            ema_count[dead] = 1.0
+            self.codebook[g, dead] = x[picks]
+            self.ema_sum[g, dead] = x[picks]
+            self.ema_count[g, dead] = 1.0
 
     def codebook_usage(self, ids_BTN: torch.Tensor) -> float:
-        """Fraction of the usable codes used at least once in `ids` (per step with per-step codebooks)."""
-        if not self.config.codebook_per_step:
-            return torch.unique(ids_BTN).numel() / self.config.codebook_size
-        used = sum(torch.unique(ids_BTN[:, b]).numel() for b in range(self.num_blocks))
-        return used / sum(self.block_codebook_sizes())
+        """Fraction of the K codes used at least once in `ids`."""
+        return torch.unique(ids_BTN).numel() / self.config.codebook_size

@@ -118,7 +118,6 @@ def sample_media(
     media_order: MediaOrder,
     cfg: SamplerConfig,
     generator: torch.Generator | None = None,
-    block_codebook_sizes: Sequence[int] | None = None,
 ) -> torch.Tensor:
     """Generate media spans after text prompts (global text ids). Returns local ids (B, blocks, N).
 
@@ -126,7 +125,6 @@ def sample_media(
     k_T (quantized noise) alone for generation (P = 1), or k_T … k_{T−P+1} of a real item to
     continue it from noise level T−P+1; the model predicts the other `num_blocks − P` blocks,
     one parallel pass each. Raster order: one block of N codes, one pass per code.
-    `block_codebook_sizes` limits block b to the first codes of the range (default: all).
     """
     device = next(model.parameters()).device
     B, N = len(prompts), num_positions
@@ -138,16 +136,14 @@ def sample_media(
     batch = collate([[s] for s in rows], pad_id=vocab.special_id("<pad>"), pad_side="left").to(device)
     decoder = CachedDecoder(model, batch)
 
-    sizes = list(block_codebook_sizes or [codes.size] * num_blocks)
-
-    def pick(logits_BQV: torch.Tensor, b: int) -> torch.Tensor:
-        return choose(_guided(logits_BQV, B, cfg)[..., codes.offset:codes.offset + sizes[b]], cfg, generator)
+    def pick(logits_BQV: torch.Tensor) -> torch.Tensor:
+        return choose(_guided(logits_BQV, B, cfg)[..., codes.offset:codes.end], cfg, generator)
 
     if media_order == "timestep":
         blocks = list(first_blocks.to(device).unbind(1))
         logits = decoder.logits[:, -N:]  # the last given block's positions predict the next block
         for b in range(len(blocks), num_blocks):
-            blocks.append(pick(logits, b))
+            blocks.append(pick(logits))
             if b < num_blocks - 1:
                 logits = decoder.feed(_repeat_for_guidance(blocks[-1] + codes.offset, cfg), media_rows[b], block=True)
         return torch.stack(blocks, dim=1)
@@ -155,7 +151,7 @@ def sample_media(
     generated = []  # raster: <bo?> predicts code 0, code n predicts code n+1
     logits = decoder.logits[:, -1:]
     for n in range(N):
-        generated.append(pick(logits, 0))
+        generated.append(pick(logits))
         if n < N - 1:
             logits = decoder.feed(_repeat_for_guidance(generated[-1] + codes.offset, cfg), media_rows[0, n : n + 1],
                                   block=False)

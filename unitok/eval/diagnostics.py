@@ -60,6 +60,6 @@ def digit_accuracy_given_first_step(pipe: UniTokPipeline, items: list[Item], med
     prompts = [pipe.encode_prompt(it.caption) for it in items]
     ids = sample_media(StreamModel(pipe.transformer), pipe.vocabulary, tokenizer.name, prompts, media_ids[:, :2],
                        tokenizer.num_blocks, tokenizer.num_positions, pipe.media_order, sampler,
-                       torch.Generator().manual_seed(seed), tokenizer.quantizer.block_codebook_sizes())
+                       torch.Generator().manual_seed(seed))
     images = np.stack([np.asarray(im) for im in tokenizer.decode(ids)])
     return float((classifier.predict(images) == np.array([it.scene.digit for it in items])).mean())
