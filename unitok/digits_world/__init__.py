@@ -2,6 +2,7 @@
 
 from unitok.digits_world.images import (
     digit_pixels,
+    image_file,
     position_centers,
     real_renders,
     render_array,
@@ -42,6 +43,7 @@ __all__ = [
     "digit_pixels",
     "digit_pools",
     "heldout_color",
+    "image_file",
     "load_digit_images",
     "parse_caption",
     "position_centers",

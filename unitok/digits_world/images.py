@@ -69,6 +69,11 @@ def real_renders(items: Sequence[Item | Scene], image_size: int = 32) -> np.ndar
     return out
 
 
+def image_file(item: Item) -> str:
+    """Where `write_image_folder` puts an item's image, relative to the folder (its shard key)."""
+    return f"images/{item.key}.png"
+
+
 def write_image_folder(items: Sequence[Item], directory: str | os.PathLike, image_size: int = 32) -> Path:
     """Write ``directory/images/<key>.png`` and ``directory/captions.jsonl``; returns ``directory``.
 
@@ -80,7 +85,7 @@ def write_image_folder(items: Sequence[Item], directory: str | os.PathLike, imag
     (directory / "images").mkdir(parents=True, exist_ok=True)
     lines = []
     for item in items:
-        file = f"images/{item.key}.png"
+        file = image_file(item)
         render_scene(item.scene, image_size).save(directory / file, compress_level=1)
         record = {
             "file": file,

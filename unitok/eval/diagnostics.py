@@ -14,7 +14,7 @@ import re
 import numpy as np
 import torch
 
-from ..digits_world import DIGIT_WORDS, Item
+from ..digits_world import DIGIT_WORDS, Item, image_file
 from ..model import StreamModel
 from ..pipeline import UniTokPipeline
 from ..sampling import SamplerConfig, sample_media
@@ -27,7 +27,7 @@ def heldout_media_ids(shards, pipe: UniTokPipeline, items: list[Item]) -> torch.
     tokenizer = pipe.tokenizer_for("image")
     row_of = {key: row for row, key in enumerate(shards["key"])}
     media = TokenItems.from_dataset(shards, tokenizer.num_blocks).media_ids
-    rows = [row_of[f"images/{item.key}.png"] for item in items]
+    rows = [row_of[image_file(item)] for item in items]
     return pipe.vocabulary.to_local(tokenizer.name, media[rows])
 
 

@@ -113,7 +113,8 @@ class DocumentMaker:
         num_blocks, n = self.items.media_ids.shape[1:]
         if not task.startswith("text_to_") or self.cfg.media_order != "timestep" or num_blocks < 2:
             return doc
-        first_step_only = rng is not None and self.cfg.first_step_fraction > 0 and rng.random() < self.cfg.first_step_fraction
+        fraction = self.cfg.first_step_fraction
+        first_step_only = rng is not None and fraction > 0 and rng.random() < fraction
         dropped_blocks = num_blocks - 1 if first_step_only else 1
         return doc.head(len(doc) - dropped_blocks * n - 2)
 
