@@ -48,3 +48,12 @@ def test_shipped_recipes_and_specs_load():
     for recipe in sorted(Path(__file__).parent.parent.glob("recipes/*.yaml")):
         loaded = load_recipe(recipe)
         assert loaded.recipe.name and loaded.model_spec.hidden_size > 0
+
+
+def test_first_step_fraction_outside_zero_one_is_refused_with_its_field(tmp_path):
+    path = write_tiny_recipe(tmp_path)
+    data = yaml.safe_load(path.read_text())
+    data["lm"]["first_step_fraction"] = 1.5
+    path.write_text(yaml.safe_dump(data))
+    with pytest.raises(ConfigError, match=r"lm: first_step_fraction must be in \[0, 1\]"):
+        load_recipe(path)
