@@ -23,7 +23,8 @@ def test_every_stage_leaves_its_output(tiny_run):
     for key in ("psnr_db", "codebook_usage", "plain_vq_psnr_db"):
         assert key in metrics["tokenizer"]
     for key in ("digit_accuracy", "color_accuracy", "unseen_combo_digit_accuracy", "real_digit_accuracy",
-                "fid", "fid_real_floor", "exact_copy_fraction", "digit_accuracy_given_first_step"):
+                "fid", "fid_real_floor", "exact_copy_fraction", "digit_accuracy_given_first_step",
+                "digit_accuracy_factorized_first_step"):
         assert key in metrics["text_to_image"]
     assert len(metrics["lm"]["heldout_ce_per_block"]) == 4  # T = 4 predicted blocks, noisiest first
     assert np.isfinite(metrics["lm"]["first_step_digit_ce_gain"])

@@ -5,11 +5,16 @@
   digit at all, whatever the sampler does afterwards.
 - `digit_accuracy_given_first_step`: digit accuracy when ``k_T`` and ``k_{T−1}`` are the item's
   own tokens and the model generates only the rest: what the later, refining steps achieve.
+- `digit_accuracy_factorized_first_step`: the same, but each cell's ``(k_T, k_{T−1})`` is taken
+  from a random training item of the same digit, position and size. That is a first step whose
+  cells are drawn independently, each from the data's own distribution: the ceiling of a
+  parallel first step, however well the model learns its per-cell distributions.
 """
 
 from __future__ import annotations
 
 import re
+from collections import defaultdict
 
 import numpy as np
 import torch
@@ -22,8 +27,8 @@ from ..streams import task_document
 from ..training.lm import TokenItems, heldout_loss
 
 
-def heldout_media_ids(shards, pipe: UniTokPipeline, items: list[Item]) -> torch.Tensor:
-    """(n, blocks, N) local ids of `items` from the held-out shard set (keyed by image file)."""
+def media_ids_of(shards, pipe: UniTokPipeline, items: list[Item]) -> torch.Tensor:
+    """(n, blocks, N) local ids of `items` from a shard set (keyed by image file)."""
     tokenizer = pipe.tokenizer_for("image")
     row_of = {key: row for row, key in enumerate(shards["key"])}
     media = TokenItems.from_dataset(shards, tokenizer.num_blocks).media_ids
@@ -56,9 +61,46 @@ def first_step_digit_ce_gain(pipe: UniTokPipeline, items: list[Item], media_ids:
 def digit_accuracy_given_first_step(pipe: UniTokPipeline, items: list[Item], media_ids: torch.Tensor,
                                     sampler: SamplerConfig, classifier, seed: int) -> float:
     """Digit accuracy of samples that keep the item's own ``k_T, k_{T−1}`` and generate the rest."""
+    return _digit_accuracy_continuing(pipe, items, media_ids[:, :2], sampler, classifier, seed)
+
+
+def digit_accuracy_factorized_first_step(pipe: UniTokPipeline, items: list[Item], train_items: list[Item],
+                                         train_media_ids: torch.Tensor, sampler: SamplerConfig, classifier,
+                                         seed: int) -> float:
+    """Digit accuracy of samples whose first two blocks are a per-cell collage of training items of
+    the item's digit, position and size (`factorized_first_blocks`), the model generating the rest."""
+    first = factorized_first_blocks(items, train_items, train_media_ids, seed)
+    return _digit_accuracy_continuing(pipe, items, first, sampler, classifier, seed)
+
+
+def factorized_first_blocks(items: list[Item], train_items: list[Item], train_media_ids: torch.Tensor,
+                            seed: int) -> torch.Tensor:
+    """(n, 2, N) local ids: for every cell, ``(k_T, k_{T−1})`` of its own random donor among the
+    training items that look like the item (same digit, position and size). The pair comes from
+    one donor, so each cell's noise and first step stay consistent."""
+    donors_of = defaultdict(list)
+    for row, it in enumerate(train_items):
+        donors_of[_looks(it)].append(row)
+    generator = torch.Generator().manual_seed(seed)
+    N = train_media_ids.shape[2]
+    cells = torch.arange(N)
+    blocks = []
+    for it in items:
+        pool = torch.tensor(donors_of[_looks(it)])
+        donors = pool[torch.randint(len(pool), (N,), generator=generator)]
+        blocks.append(train_media_ids[donors, :2, cells].T)  # (N, 2) -> (2, N)
+    return torch.stack(blocks)
+
+
+def _looks(item: Item) -> tuple:
+    return item.scene.digit, item.scene.position, item.scene.size
+
+
+def _digit_accuracy_continuing(pipe: UniTokPipeline, items: list[Item], first_blocks: torch.Tensor,
+                               sampler: SamplerConfig, classifier, seed: int) -> float:
     tokenizer = pipe.tokenizer_for("image")
     prompts = [pipe.encode_prompt(it.caption) for it in items]
-    ids = sample_media(StreamModel(pipe.transformer), pipe.vocabulary, tokenizer.name, prompts, media_ids[:, :2],
+    ids = sample_media(StreamModel(pipe.transformer), pipe.vocabulary, tokenizer.name, prompts, first_blocks,
                        tokenizer.num_blocks, tokenizer.num_positions, pipe.media_order, sampler,
                        torch.Generator().manual_seed(seed))
     images = np.stack([np.asarray(im) for im in tokenizer.decode(ids)])

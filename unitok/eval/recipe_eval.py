@@ -21,7 +21,8 @@ from ..pipeline import UniTokPipeline
 from ..shards import load_shards
 from ..visualize import labelled_grid, trajectory_grid
 from .classifier import load_or_train_digit_classifier
-from .diagnostics import digit_accuracy_given_first_step, first_step_digit_ce_gain, heldout_media_ids
+from .diagnostics import (digit_accuracy_factorized_first_step, digit_accuracy_given_first_step,
+                          first_step_digit_ce_gain, media_ids_of)
 from .frechet import frechet_distance
 from .readers import read_color, read_position
 
@@ -35,7 +36,8 @@ def evaluate_recipe(run: "RecipeRun") -> dict:
     metrics = {"tokenizer": _tokenizer_metrics(run), "lm": _lm_metrics(run)}
     world = recipe.data.digits_world
     if world is not None:
-        items = build_digits_world(world)["heldout"][: recipe.eval.num_samples]
+        splits = build_digits_world(world)
+        items = splits["heldout"][: recipe.eval.num_samples]
         ids = _generate(pipe, [it.caption for it in items], recipe.eval, recipe.seed)
         images = pipe.tokenizer_for("image").decode(ids)
         classifier = load_or_train_digit_classifier(run.out / "eval" / "classifier", world, recipe.eval.classifier_steps)
@@ -47,7 +49,7 @@ def evaluate_recipe(run: "RecipeRun") -> dict:
             "guidance_scale": recipe.eval.sampler.guidance_scale,
             "num_samples": len(items),
         }
-        _add_diagnostics(metrics, run, pipe, items, classifier)
+        _add_diagnostics(metrics, run, pipe, items, splits["train"], classifier)
         n = recipe.eval.grid_samples
         labelled_grid(images[:n], [it.caption for it in items[:n]]).save(run.out / "samples.png")
         _trajectory_picture(pipe, ids[: recipe.eval.trajectory_samples], items).save(run.out / "trajectory.png")
@@ -73,13 +75,18 @@ def _lm_metrics(run: "RecipeRun") -> dict:
             "steps_trained": history["step"]}
 
 
-def _add_diagnostics(metrics: dict, run: "RecipeRun", pipe: UniTokPipeline, items: list[Item], classifier) -> None:
+def _add_diagnostics(metrics: dict, run: "RecipeRun", pipe: UniTokPipeline, items: list[Item],
+                     train_items: list[Item], classifier) -> None:
     """Split a text→image failure into the first generated step and the refining ones (diagnostics.py)."""
-    media_ids = heldout_media_ids(load_shards(run.out / "shards" / "heldout", pipe.vocabulary), pipe, items)
+    shards = {split: load_shards(run.out / "shards" / split, pipe.vocabulary) for split in ("train", "heldout")}
+    media_ids = media_ids_of(shards["heldout"], pipe, items)
     metrics["lm"]["first_step_digit_ce_gain"] = first_step_digit_ce_gain(pipe, items, media_ids)
     if pipe.tokenizer_for("image").num_blocks > 2:
+        sampler, seed = run.recipe.eval.sampler, run.recipe.seed
         metrics["text_to_image"]["digit_accuracy_given_first_step"] = digit_accuracy_given_first_step(
-            pipe, items, media_ids, run.recipe.eval.sampler, classifier, run.recipe.seed)
+            pipe, items, media_ids, sampler, classifier, seed)
+        metrics["text_to_image"]["digit_accuracy_factorized_first_step"] = digit_accuracy_factorized_first_step(
+            pipe, items, train_items, media_ids_of(shards["train"], pipe, train_items), sampler, classifier, seed)
 
 
 def _generate(pipe: UniTokPipeline, prompts: list[str], cfg, seed: int) -> torch.Tensor:
