@@ -20,7 +20,7 @@ from einops import rearrange
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from .adapters import ImageAdapter, ImageConfig, MediaAdapter
+from .adapters import AudioAdapter, AudioConfig, ImageAdapter, ImageConfig, MediaAdapter
 from .autoencoders import Autoencoder2d, AutoencoderConfig
 from .config import from_dict, load_config, to_dict
 from .rdpm import QuantizerConfig, QuantizerOutput, RDPMQuantizer
@@ -34,15 +34,20 @@ WEIGHTS_NAME = "model.safetensors"
 class TokenizerSpec:
     """A media tokenizer's architecture (``tokenizers/*.yaml``)."""
 
-    modality: Literal["image"]
+    modality: Literal["image", "audio"]
     name: str = "image"  # its range name in the vocabulary
     image: ImageConfig | None = None
+    audio: AudioConfig | None = None
     autoencoder: AutoencoderConfig = field(default_factory=AutoencoderConfig)
     quantizer: QuantizerConfig = field(default_factory=QuantizerConfig)
 
     def __post_init__(self):
         if getattr(self, self.modality) is None:
             raise ValueError(f"modality {self.modality!r} needs a `{self.modality}:` section")
+        channels = build_adapter(self).input_shape[0]
+        if self.autoencoder.in_channels != channels:
+            raise ValueError(f"autoencoder.in_channels is {self.autoencoder.in_channels}, but {self.modality} "
+                             f"tensors have {channels} channel(s)")
 
     @classmethod
     def load(cls, path: str | Path) -> "TokenizerSpec":
@@ -52,6 +57,8 @@ class TokenizerSpec:
 def build_adapter(spec: TokenizerSpec) -> MediaAdapter:
     if spec.modality == "image":
         return ImageAdapter(spec.image)
+    if spec.modality == "audio":
+        return AudioAdapter(spec.audio)
     raise ValueError(f"no adapter for modality {spec.modality!r}")
 
 

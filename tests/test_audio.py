@@ -1,0 +1,111 @@
+"""Audio: DTMF digits world, the Goertzel decoder, the audio adapter (decord, log-mel, Griffin-Lim)
+and an audio RDPM tokenizer built from its spec."""
+
+import random
+import wave
+
+import numpy as np
+import pytest
+import torch
+
+from unitok.adapters import Audio, AudioAdapter, AudioConfig, MediaError
+from unitok.digits_world.tones import ToneClip, dtmf_waveform, parse_tone_caption, sample_tone_clip, tone_caption
+from unitok.eval.dtmf import decode_dtmf
+from unitok.media_tokenizer import MediaTokenizer, TokenizerSpec
+
+SPEC = "tokenizers/audio-rdpm-dtmf.yaml"
+
+
+@pytest.fixture(scope="module")
+def adapter():
+    return AudioAdapter(TokenizerSpec.load(SPEC).audio)
+
+
+def clips(n, seed=0):
+    rng = random.Random(seed)
+    return [sample_tone_clip(rng, tuple(rng.randrange(10) for _ in range(rng.randint(1, 3)))) for _ in range(n)]
+
+
+def test_goertzel_decodes_every_dialled_sequence_exactly():
+    for clip in clips(200):
+        assert decode_dtmf(dtmf_waveform(clip, 8000), 8000) == clip.digits
+    repeated = ToneClip((6, 6, 0), (0.1, 0.1, 0.1), (0.06, 0.06, 0.06), (0.5, 0.3, 0.8))
+    assert decode_dtmf(dtmf_waveform(repeated, 8000), 8000) == (6, 6, 0)  # a pause separates equal keys
+    assert decode_dtmf(np.zeros(8000, dtype=np.float32), 8000) == ()
+    noise = np.random.default_rng(0).normal(0, 0.3, 8000).astype(np.float32)
+    assert decode_dtmf(noise, 8000) == ()  # loud noise is not a key
+
+
+def test_tone_captions_name_the_digits_in_order():
+    rng = random.Random(0)
+    for digits in ((4,), (4, 7), (1, 0, 9)):
+        for _ in range(10):
+            assert parse_tone_caption(tone_caption(digits, rng)) == digits
+
+
+def test_mel_normalisation_round_trips_inside_its_range(adapter):
+    db = torch.linspace(adapter.config.floor_db, adapter.config.ceil_db, 50)
+    unit = adapter.db_to_unit(db)
+    assert unit.min() >= -1 and unit.max() <= 1
+    assert torch.allclose(adapter.unit_to_db(unit), db, atol=1e-4)
+    assert adapter.db_to_unit(torch.tensor([-200.0, 99.0])).tolist() == [-1.0, 1.0]  # clamped, never outside
+
+
+def test_dtmf_clip_survives_spectrogram_and_griffin_lim(adapter):
+    batch = clips(12, seed=1)
+    x = torch.stack([adapter.preprocess(Audio(dtmf_waveform(c, 8000), 8000)) for c in batch])
+    assert x.shape == (12, *adapter.input_shape) and x.min() >= -1 and x.max() <= 1
+    audio = adapter.postprocess(x)
+    assert all(a.sample_rate == 8000 and len(a.samples) == adapter.config.samples for a in audio)
+    assert [decode_dtmf(a.samples, 8000) for a in audio] == [c.digits for c in batch]
+
+
+def test_files_are_read_through_decord_and_resampled(adapter, tmp_path):
+    clip = clips(1, seed=2)[0]
+    for rate in (8000, 16000):
+        Audio(dtmf_waveform(clip, rate), rate).save(tmp_path / f"clip{rate}.wav")
+        loaded = adapter.load(tmp_path / f"clip{rate}.wav")
+        assert loaded.sample_rate == 8000 and abs(len(loaded.samples) - len(dtmf_waveform(clip, 8000))) <= 1
+        assert decode_dtmf(loaded.samples, 8000) == clip.digits
+    with open(tmp_path / "clip16000.wav", "rb") as handle:  # an open file works like a path
+        assert decode_dtmf(adapter.load(handle).samples, 8000) == clip.digits
+    with wave.open(str(tmp_path / "clip8000.wav")) as written:
+        assert (written.getnchannels(), written.getsampwidth(), written.getframerate()) == (1, 2, 8000)
+
+
+@pytest.mark.parametrize("content", [b"", b"RIFF\x00\x00\x00\x00WAVEjunk", b"this is a text file, not audio\n" * 20])
+def test_unreadable_audio_is_a_clear_error_naming_the_file(adapter, tmp_path, content):
+    path = tmp_path / "broken.wav"
+    path.write_bytes(content)
+    with pytest.raises(MediaError, match="broken.wav"):
+        adapter.load(path)
+
+
+def test_wrong_in_memory_audio_is_refused(adapter):
+    with pytest.raises(MediaError, match="16000 Hz"):
+        adapter.preprocess(Audio(np.zeros(100, dtype=np.float32), 16000))
+    with pytest.raises(MediaError, match="1-D"):
+        adapter.preprocess(np.zeros((2, 100), dtype=np.float32))
+
+
+def test_audio_tokenizer_encodes_deterministically_and_round_trips(tmp_path):
+    torch.manual_seed(0)
+    tokenizer = MediaTokenizer(TokenizerSpec.load(SPEC)).eval()
+    assert (tokenizer.num_positions, tokenizer.num_blocks) == (8 * 16, 5)
+    audio = [Audio(dtmf_waveform(c, 8000), 8000) for c in clips(3, seed=3)]
+    ids = tokenizer.encode(audio, seed=[0, 1, 2])
+    assert ids.shape == (3, 5, 128) and int(ids.max()) < 512
+    assert torch.equal(ids, tokenizer.encode(audio, seed=[0, 1, 2]))
+    assert not torch.equal(ids[0, 0], tokenizer.encode(audio[:1], seed=[7])[0, 0])  # k_T follows the seed
+    decoded = tokenizer.decode(ids)
+    assert len(decoded) == 3 and all(len(a.samples) == tokenizer.adapter.config.samples for a in decoded)
+    assert all(np.array_equal(a.samples, b.samples) for a, b in zip(decoded, tokenizer.decode(ids)))  # deterministic
+    tokenizer.save_pretrained(tmp_path / "audio")
+    assert torch.equal(MediaTokenizer.from_pretrained(tmp_path / "audio").encode(audio, seed=[0, 1, 2]), ids)
+
+
+def test_audio_spec_with_image_channels_fails_naming_the_field(tmp_path):
+    text = open(SPEC).read().replace("in_channels: 1", "in_channels: 3")
+    (tmp_path / "bad.yaml").write_text(text)
+    with pytest.raises(ValueError, match="in_channels"):
+        TokenizerSpec.load(tmp_path / "bad.yaml")
