@@ -1,6 +1,7 @@
 """Audio: DTMF digits world, the Goertzel decoder, the audio adapter (decord, log-mel, Griffin-Lim)
 and an audio RDPM tokenizer built from its spec."""
 
+import json
 import random
 import wave
 
@@ -9,7 +10,8 @@ import pytest
 import torch
 
 from unitok.adapters import Audio, AudioAdapter, AudioConfig, MediaError
-from unitok.digits_world.tones import ToneClip, dtmf_waveform, parse_tone_caption, sample_tone_clip, tone_caption
+from unitok.digits_world.tones import (ToneClip, audio_file, build_tone_world, dtmf_waveform, is_heldout_pair,
+                                      parse_tone_caption, sample_tone_clip, tone_caption, write_audio_folder)
 from unitok.eval.dtmf import decode_dtmf
 from unitok.media_tokenizer import MediaTokenizer, TokenizerSpec
 
@@ -109,3 +111,24 @@ def test_audio_spec_with_image_channels_fails_naming_the_field(tmp_path):
     (tmp_path / "bad.yaml").write_text(text)
     with pytest.raises(ValueError, match="in_channels"):
         TokenizerSpec.load(tmp_path / "bad.yaml")
+
+
+def test_tone_world_is_deterministic_and_holds_out_digit_pairs():
+    world = build_tone_world(seed=0, train_clips=400, heldout_clips=60)
+    assert world == build_tone_world(seed=0, train_clips=400, heldout_clips=60)
+    for item in world["train"]:
+        assert not any(is_heldout_pair(a, b) for a, b in zip(item.clip.digits, item.clip.digits[1:]))
+        assert parse_tone_caption(item.caption) == item.clip.digits
+    unseen = [it for it in world["heldout"] if it.unseen_combo]
+    assert len(unseen) == 30
+    assert all(any(is_heldout_pair(a, b) for a, b in zip(it.clip.digits, it.clip.digits[1:])) for it in unseen)
+    assert {d for it in world["train"] for d in it.clip.digits} == set(range(10))
+
+
+def test_audio_folder_is_read_back_by_the_adapter(adapter, tmp_path):
+    items = build_tone_world(seed=1, train_clips=4, heldout_clips=0)["train"]
+    root = write_audio_folder(items, tmp_path / "tones")
+    records = [json.loads(line) for line in (root / "captions.jsonl").read_text().splitlines()]
+    assert [r["file"] for r in records] == [audio_file(it) for it in items]
+    for record, item in zip(records, items):
+        assert decode_dtmf(adapter.load(root / record["file"]).samples, 8000) == item.clip.digits

@@ -7,8 +7,11 @@ transformer cannot rely on fixed timing. Everything is deterministic by seed.
 
 from __future__ import annotations
 
+import json
+import os
 import random
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
@@ -94,3 +97,78 @@ def tone_caption(digits: tuple[int, ...], rng: random.Random) -> str:
 def parse_tone_caption(text: str) -> tuple[int, ...]:
     """The dialled digits named in a tone caption, in order."""
     return tuple(int(ch) for ch in text if ch.isdigit())
+
+
+# ----------------------------------------------------------------------------- splits
+
+
+@dataclass(frozen=True)
+class ToneItem:
+    """A captioned DTMF clip of one split; ``key`` is a stable id such as "train-000123"."""
+
+    clip: ToneClip
+    caption: str
+    key: str
+    unseen_combo: bool
+
+
+def is_heldout_pair(first: int, second: int) -> bool:
+    """Ordered digit pairs never dialled one after the other in training (10 of the 100)."""
+    return (first + 3 * second) % 10 == 7
+
+
+def _has_heldout_pair(digits: tuple[int, ...]) -> bool:
+    return any(is_heldout_pair(a, b) for a, b in zip(digits, digits[1:]))
+
+
+def _sample_digits(rng: random.Random, want_unseen: bool) -> tuple[int, ...]:
+    """1–3 digits; with `want_unseen` a sequence holding a held-out pair, else one free of them."""
+    while True:
+        digits = tuple(rng.randrange(10) for _ in range(rng.randint(2 if want_unseen else 1, MAX_DIGITS)))
+        if _has_heldout_pair(digits) == want_unseen:
+            return digits
+
+
+def build_tone_world(seed: int, train_clips: int, heldout_clips: int) -> dict[str, list[ToneItem]]:
+    """The "train" and "heldout" splits; identical items for the same arguments.
+
+    Training clips never dial a held-out pair of consecutive digits; every other held-out clip
+    (half) does, which tests whether digits learned apart are dialled in new orders.
+    """
+    splits: dict[str, list[ToneItem]] = {}
+    for split, n_clips in (("train", train_clips), ("heldout", heldout_clips)):
+        rng = random.Random(f"digits-world-tones/{seed}/{split}")
+        items = []
+        for i in range(n_clips):
+            unseen = split == "heldout" and i % 2 == 0
+            clip = sample_tone_clip(rng, _sample_digits(rng, unseen))
+            items.append(ToneItem(clip, tone_caption(clip.digits, rng), f"{split}-{i:06d}", unseen))
+        splits[split] = items
+    return splits
+
+
+def audio_file(item: ToneItem) -> str:
+    """The item's path inside a folder written by `write_audio_folder`."""
+    return f"audio/{item.key}.wav"
+
+
+def write_audio_folder(items: list[ToneItem], directory: str | os.PathLike, sample_rate: int = 8000) -> Path:
+    """Write ``directory/audio/<key>.wav`` and ``directory/captions.jsonl``; returns ``directory``.
+
+    Each jsonl line is {"file": "audio/<key>.wav", "caption", "key", "digits", "unseen_combo"};
+    the jsonl is written last and atomically, like `write_image_folder`'s.
+    """
+    from ..adapters.audio import Audio  # the adapter writes the WAV files its loader reads back
+
+    directory = Path(directory)
+    (directory / "audio").mkdir(parents=True, exist_ok=True)
+    lines = []
+    for item in items:
+        Audio(dtmf_waveform(item.clip, sample_rate), sample_rate).save(directory / audio_file(item))
+        record = {"file": audio_file(item), "caption": item.caption, "key": item.key,
+                  "digits": list(item.clip.digits), "unseen_combo": item.unseen_combo}
+        lines.append(json.dumps(record) + "\n")
+    tmp = directory / "captions.jsonl.tmp"
+    tmp.write_text("".join(lines), encoding="utf-8")
+    os.replace(tmp, directory / "captions.jsonl")
+    return directory
