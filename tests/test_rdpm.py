@@ -1,10 +1,12 @@
 """RDPM quantizer and image tokenizer: round trips, determinism, the trajectory, bad ids."""
 
+import dataclasses
+
 import pytest
 import torch
 
 from unitok.digits_world import DigitsWorldConfig, build_digits_world, real_renders
-from unitok.media_tokenizer import MediaTokenizer
+from unitok.media_tokenizer import MediaTokenizer, TokenizerSpec
 from unitok.rdpm import alpha_bar_schedule
 from unitok.training.tokenizer import TokenizerTraining, tokenizer_metrics, train_media_tokenizer
 
@@ -80,6 +82,19 @@ def test_save_and_load_round_trip(tmp_path, trained_tokenizer):
     x = digit_images(4)
     assert torch.equal(loaded.encode_tensor(x, [0, 1, 2, 3]), trained_tokenizer.encode_tensor(x, [0, 1, 2, 3]))
     assert loaded.content_hash() == trained_tokenizer.content_hash()
+
+
+def test_a_new_modality_section_keeps_saved_content_hashes(tiny_tokenizer):
+    """A spec that gains an (absent) modality section must hash as before, or every saved
+    tokenizer, vocabulary and shard set would be refused after the upgrade."""
+    extended = dataclasses.make_dataclass("ExtendedSpec", [("video", object, None)], bases=(TokenizerSpec,), frozen=True)
+    before = tiny_tokenizer.content_hash()
+    spec = tiny_tokenizer.spec
+    try:
+        tiny_tokenizer.spec = extended(**{f.name: getattr(spec, f.name) for f in dataclasses.fields(spec)})
+        assert tiny_tokenizer.content_hash() == before
+    finally:
+        tiny_tokenizer.spec = spec
 
 
 def test_encode_accepts_images_and_paths(tmp_path, tiny_tokenizer):

@@ -165,7 +165,9 @@ class MediaTokenizer(nn.Module):
     # --- persistence ---------------------------------------------------------------------------
     def content_hash(self) -> str:
         """Hash of config and weights: shards and vocabularies record it to detect a swapped tokenizer."""
-        h = hashlib.sha256(json.dumps(to_dict(self.spec), sort_keys=True).encode())
+        # Absent modality sections (None) stay out, so adding a modality keeps every saved hash.
+        spec = {key: value for key, value in to_dict(self.spec).items() if value is not None}
+        h = hashlib.sha256(json.dumps(spec, sort_keys=True).encode())
         for key, tensor in sorted(self.state_dict().items()):
             h.update(key.encode())
             h.update(tensor.detach().cpu().contiguous().numpy().tobytes())

@@ -86,3 +86,22 @@ def _bridge_dropouts(keys: np.ndarray) -> np.ndarray:
         if 1 < right - left <= MAX_DROPOUT_FRAMES + 1 and keys[left] == keys[right]:
             keys[left + 1 : right] = keys[left]
     return keys
+
+
+def dtmf_roundtrip_accuracy(tokenizer, items, seed: int = 0, batch_size: int = 64) -> float:
+    """Share of clips whose digits survive encode → ids → decode → vocoder → Goertzel exactly.
+
+    `tokenizer` is an audio `MediaTokenizer`; `items` are digits-world `ToneItem`s.
+    """
+    from ..adapters.audio import Audio
+    from ..digits_world.tones import dtmf_waveform
+
+    rate = tokenizer.adapter.config.sample_rate
+    correct = 0
+    for start in range(0, len(items), batch_size):
+        batch = items[start : start + batch_size]
+        clips = [Audio(dtmf_waveform(it.clip, rate), rate) for it in batch]
+        ids = tokenizer.encode(clips, seed=[seed + start + i for i in range(len(batch))])
+        decoded = tokenizer.decode(ids)
+        correct += sum(decode_dtmf(a.samples, rate) == it.clip.digits for a, it in zip(decoded, batch))
+    return correct / max(len(items), 1)
