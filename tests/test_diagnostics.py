@@ -37,3 +37,6 @@ def test_factorized_first_blocks_take_each_cell_pair_from_one_lookalike_donor():
             assert train[row].scene.size == it.scene.size
         assert len(set(donors[0].tolist())) > 1  # cells are drawn independently, not one donor for the image
     assert torch.equal(first, factorized_first_blocks(asked, train, media, seed=0))
+    # A look no training item has (a centred 7) borrows from the items of its digit.
+    centred = factorized_first_blocks([item(200, 7, "center", "small")], train, media, seed=0)[0] // 1000
+    assert all(train[row].scene.digit == 7 for row in centred[0].tolist())

@@ -76,17 +76,21 @@ def digit_accuracy_factorized_first_step(pipe: UniTokPipeline, items: list[Item]
 def factorized_first_blocks(items: list[Item], train_items: list[Item], train_media_ids: torch.Tensor,
                             seed: int) -> torch.Tensor:
     """(n, 2, N) local ids: for every cell, ``(k_T, k_{T−1})`` of its own random donor among the
-    training items that look like the item (same digit, position and size). The pair comes from
-    one donor, so each cell's noise and first step stay consistent."""
+    training items that look like the item (same digit, position and size; same digit where a
+    small world has no such item). The pair comes from one donor, so each cell's noise and first
+    step stay consistent."""
     donors_of = defaultdict(list)
     for row, it in enumerate(train_items):
         donors_of[_looks(it)].append(row)
+        donors_of[it.scene.digit].append(row)
     generator = torch.Generator().manual_seed(seed)
     N = train_media_ids.shape[2]
     cells = torch.arange(N)
     blocks = []
     for it in items:
-        pool = torch.tensor(donors_of[_looks(it)])
+        pool = torch.tensor(donors_of.get(_looks(it)) or donors_of[it.scene.digit])
+        if len(pool) == 0:
+            raise ValueError(f"no training item shows digit {it.scene.digit}")
         donors = pool[torch.randint(len(pool), (N,), generator=generator)]
         blocks.append(train_media_ids[donors, :2, cells].T)  # (N, 2) -> (2, N)
     return torch.stack(blocks)
