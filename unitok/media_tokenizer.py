@@ -30,6 +30,10 @@ CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
 
 
+# A modality is an adapter class plus a TokenizerSpec section named after it.
+ADAPTERS: dict[str, type[MediaAdapter]] = {"image": ImageAdapter, "audio": AudioAdapter}
+
+
 @dataclass(frozen=True)
 class TokenizerSpec:
     """A media tokenizer's architecture (``tokenizers/*.yaml``)."""
@@ -44,7 +48,7 @@ class TokenizerSpec:
     def __post_init__(self):
         if getattr(self, self.modality) is None:
             raise ValueError(f"modality {self.modality!r} needs a `{self.modality}:` section")
-        channels = build_adapter(self).input_shape[0]
+        channels = ADAPTERS[self.modality].channels
         if self.autoencoder.in_channels != channels:
             raise ValueError(f"autoencoder.in_channels is {self.autoencoder.in_channels}, but {self.modality} "
                              f"tensors have {channels} channel(s)")
@@ -55,11 +59,8 @@ class TokenizerSpec:
 
 
 def build_adapter(spec: TokenizerSpec) -> MediaAdapter:
-    if spec.modality == "image":
-        return ImageAdapter(spec.image)
-    if spec.modality == "audio":
-        return AudioAdapter(spec.audio)
-    raise ValueError(f"no adapter for modality {spec.modality!r}")
+    """The spec's adapter, configured by its section of the same name (``image:``, ``audio:``)."""
+    return ADAPTERS[spec.modality](getattr(spec, spec.modality))
 
 
 class MediaTokenizer(nn.Module):

@@ -98,6 +98,7 @@ class GriffinLimVocoder(torch.nn.Module):
 class AudioAdapter(MediaAdapter):
     modality = "audio"
     file_extensions = (".wav", ".flac", ".mp3", ".ogg", ".m4a", ".aac", ".opus", ".wma")
+    channels = 1  # one log-mel spectrogram
 
     def __init__(self, config: AudioConfig, vocoder: Vocoder | None = None):
         self.config = config
@@ -107,7 +108,7 @@ class AudioAdapter(MediaAdapter):
 
     @property
     def input_shape(self) -> tuple[int, ...]:
-        return (1, self.config.n_mels, self.config.frames)
+        return (self.channels, self.config.n_mels, self.config.frames)
 
     def load(self, path: str | Path | Any) -> Audio:
         """Decode with decord (any container/codec its FFmpeg knows), mono, at the spec's rate."""

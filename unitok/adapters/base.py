@@ -20,6 +20,7 @@ class MediaError(ValueError):
 class MediaAdapter(ABC):
     modality: ClassVar[str]
     file_extensions: ClassVar[tuple[str, ...]]
+    channels: ClassVar[int]  # leading dim of `input_shape`: what the autoencoder's in_channels must be
 
     @abstractmethod
     def load(self, path: str | Path) -> Any:
@@ -36,7 +37,7 @@ class MediaAdapter(ABC):
     @property
     @abstractmethod
     def input_shape(self) -> tuple[int, ...]:
-        """Shape of one preprocessed item, e.g. (3, 32, 32)."""
+        """Shape of one preprocessed item, e.g. (3, 32, 32); starts with `channels`."""
 
     def to_tensor(self, media: Any) -> torch.Tensor:
         """A file (path or open binary file) or an in-memory object -> the autoencoder's input."""

@@ -26,13 +26,14 @@ class ImageConfig:
 class ImageAdapter(MediaAdapter):
     modality = "image"
     file_extensions = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff")
+    channels = 3
 
     def __init__(self, config: ImageConfig):
         self.config = config
 
     @property
     def input_shape(self) -> tuple[int, ...]:
-        return (3, self.config.size, self.config.size)
+        return (self.channels, self.config.size, self.config.size)
 
     def load(self, path: str | Path) -> Image.Image:
         try:
