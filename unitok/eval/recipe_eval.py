@@ -38,6 +38,7 @@ def evaluate_recipe(run: "RecipeRun") -> dict:
     if world is not None:
         splits = build_digits_world(world)
         items = splits["heldout"][: recipe.eval.num_samples]
+        shards = {split: load_shards(run.out / "shards" / split, pipe.vocabulary) for split in ("train", "heldout")}
         ids = _generate(pipe, [it.caption for it in items], recipe.eval, recipe.seed)
         images = pipe.tokenizer_for("image").decode(ids)
         classifier = load_or_train_digit_classifier(run.out / "eval" / "classifier", world, recipe.eval.classifier_steps)
@@ -45,11 +46,11 @@ def evaluate_recipe(run: "RecipeRun") -> dict:
                                                                             classifier, world, recipe.seed)
         metrics["text_to_image"] = {
             **text_to_image_scores(images, items, classifier, world),
-            "exact_copy_fraction": exact_copy_fraction(ids, run, pipe),
+            "exact_copy_fraction": exact_copy_fraction(ids, shards["train"], pipe),
             "guidance_scale": recipe.eval.sampler.guidance_scale,
             "num_samples": len(items),
         }
-        _add_diagnostics(metrics, run, pipe, items, splits["train"], classifier)
+        _add_diagnostics(metrics, run, pipe, shards, items, splits["train"], classifier)
         n = recipe.eval.grid_samples
         labelled_grid(images[:n], [it.caption for it in items[:n]]).save(run.out / "samples.png")
         _trajectory_picture(pipe, ids[: recipe.eval.trajectory_samples], items).save(run.out / "trajectory.png")
@@ -75,10 +76,9 @@ def _lm_metrics(run: "RecipeRun") -> dict:
             "steps_trained": history["step"]}
 
 
-def _add_diagnostics(metrics: dict, run: "RecipeRun", pipe: UniTokPipeline, items: list[Item],
+def _add_diagnostics(metrics: dict, run: "RecipeRun", pipe: UniTokPipeline, shards: dict, items: list[Item],
                      train_items: list[Item], classifier) -> None:
     """Split a text→image failure into the first generated step and the refining ones (diagnostics.py)."""
-    shards = {split: load_shards(run.out / "shards" / split, pipe.vocabulary) for split in ("train", "heldout")}
     media_ids = media_ids_of(shards["heldout"], pipe, items)
     metrics["lm"]["first_step_digit_ce_gain"] = first_step_digit_ce_gain(pipe, items, media_ids)
     if pipe.tokenizer_for("image").num_blocks > 2:
@@ -138,10 +138,9 @@ def _other_real_renders(items: list[Item], world) -> np.ndarray:
     return real_renders(scenes, world.image_size)
 
 
-def exact_copy_fraction(ids: torch.Tensor, run: "RecipeRun", pipe: UniTokPipeline) -> float:
-    """Share of generated clean blocks (k_0, local ids) identical to a training item's clean block."""
+def exact_copy_fraction(ids: torch.Tensor, train, pipe: UniTokPipeline) -> float:
+    """Share of generated clean blocks (k_0, local ids) identical to a clean block of `train` (shards)."""
     tokenizer = pipe.tokenizer_for("image")
-    train = load_shards(run.out / "shards" / "train", pipe.vocabulary)
     offset = pipe.vocabulary.range(tokenizer.name).offset
     seen = {tuple(row[-tokenizer.num_positions:]) for row in train["media_ids"]}
     clean = (ids[:, -1] + offset).tolist()
