@@ -12,7 +12,7 @@ import torch
 from unitok.adapters import Audio, AudioAdapter, AudioConfig, MediaError
 from unitok.digits_world.tones import (ToneClip, audio_file, build_tone_world, dtmf_waveform, is_heldout_pair,
                                       parse_tone_caption, sample_tone_clip, tone_caption, write_audio_folder)
-from unitok.eval.dtmf import decode_dtmf
+from unitok.eval.dtmf import decode_dtmf, dtmf_roundtrip_accuracy
 from unitok.media_tokenizer import MediaTokenizer, TokenizerSpec
 
 SPEC = "tokenizers/audio-rdpm-dtmf.yaml"
@@ -132,3 +132,34 @@ def test_audio_folder_is_read_back_by_the_adapter(adapter, tmp_path):
     assert [r["file"] for r in records] == [audio_file(it) for it in items]
     for record, item in zip(records, items):
         assert decode_dtmf(adapter.load(root / record["file"]).samples, 8000) == item.clip.digits
+
+
+class _FakeAudioTokenizer:
+    """Encode keeps the clips, decode returns them, silencing every odd one: the scorer must count 1 in 2."""
+
+    def __init__(self, adapter):
+        self.adapter = adapter
+        self.seeds = []
+
+    def encode(self, clips, seed):
+        self.seeds += list(seed)
+        return clips
+
+    def decode(self, clips):
+        return [c if i % 2 == 0 else Audio(np.zeros_like(c.samples), c.sample_rate) for i, c in enumerate(clips)]
+
+
+def test_dtmf_roundtrip_accuracy_counts_exact_sequences_with_one_seed_per_clip(adapter):
+    items = build_tone_world(seed=3, train_clips=10, heldout_clips=0)["train"]
+    fake = _FakeAudioTokenizer(adapter)
+    assert dtmf_roundtrip_accuracy(fake, items, seed=5, batch_size=4) == 0.5  # batches of 4: items 0, 2, 4, … survive
+    assert fake.seeds == list(range(5, 15))
+
+
+@pytest.mark.parametrize("edit, field", [("floor_db: -60.0", "floor_db: 40.0"), ("f_max: 1700.0", "f_max: 9000.0")])
+def test_bad_audio_section_fails_at_load_naming_the_file_and_section(tmp_path, edit, field):
+    text = open(SPEC).read()
+    assert edit in text
+    (tmp_path / "bad.yaml").write_text(text.replace(edit, field))
+    with pytest.raises(ValueError, match=r"bad\.yaml: audio: "):
+        TokenizerSpec.load(tmp_path / "bad.yaml")

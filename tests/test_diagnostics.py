@@ -1,6 +1,7 @@
 """Diagnostics: the digit-swapped caption names another digit and changes nothing else; the
 factorized first step draws every cell from a training item that looks like the prompt's."""
 
+import pytest
 import torch
 
 from unitok.digits_world import Item, Scene, parse_caption
@@ -40,3 +41,10 @@ def test_factorized_first_blocks_take_each_cell_pair_from_one_lookalike_donor():
     # A look no training item has (a centred 7) borrows from the items of its digit.
     centred = factorized_first_blocks([item(200, 7, "center", "small")], train, media, seed=0)[0] // 1000
     assert all(train[row].scene.digit == 7 for row in centred[0].tolist())
+
+
+def test_factorized_first_blocks_refuse_a_digit_no_training_item_shows():
+    train = [Item(Scene(1, "red", "left", "small", digit_index=0), caption="", key="train-0", unseen_combo=False)]
+    asked = [Item(Scene(7, "red", "left", "small", digit_index=1), caption="", key="heldout-0", unseen_combo=False)]
+    with pytest.raises(ValueError, match="digit 7"):
+        factorized_first_blocks(asked, train, torch.zeros(1, 5, 4, dtype=torch.long), seed=0)
