@@ -22,6 +22,14 @@ TINY_SPEC = {
     "autoencoder": {"patch_size": 2, "channels": [16, 32], "latent_channels": 8},
     "quantizer": {"steps": 4, "codebook_size": 64},
 }
+TINY_AUDIO_SPEC = {
+    "modality": "audio",
+    "name": "audio",
+    "audio": {"sample_rate": 8000, "frames": 32, "n_fft": 256, "hop_length": 128, "n_mels": 16,
+              "f_min": 500.0, "f_max": 1700.0, "griffin_lim_iters": 4},
+    "autoencoder": {"in_channels": 1, "patch_size": 2, "channels": [16], "latent_channels": 4},
+    "quantizer": {"steps": 2, "codebook_size": 32},
+}
 TINY_MODEL = ModelSpec(hidden_size=64, num_layers=2, num_heads=2, intermediate_size=128, max_position_embeddings=512)
 
 
@@ -55,8 +63,8 @@ def write_tiny_recipe(folder: Path, **overrides) -> Path:
     recipe = {
         "name": "tiny",
         "output_dir": str(folder / "run"),
-        "data": {"digits_world": {"train_scenes": 160, "heldout_scenes": 24}},
-        "tokenizer": {"spec": str(spec_path), "training": {"steps": 30, "batch_size": 32, "warmup_steps": 5}},
+        "data": {"image": {"digits_world": {"train_scenes": 160, "heldout_scenes": 24}}},
+        "tokenizers": {"image": {"spec": str(spec_path), "training": {"steps": 30, "batch_size": 32, "warmup_steps": 5}}},
         "text_bpe": {"vocab_size": 300},
         "shards": {"items_per_shard": 64},
         "model": str(model_path),
@@ -68,6 +76,35 @@ def write_tiny_recipe(folder: Path, **overrides) -> Path:
     path = folder / "recipe.yaml"
     path.write_text(yaml.safe_dump(recipe))
     return path
+
+
+def write_tiny_multimodal_recipe(folder: Path, **overrides) -> Path:
+    """The tiny recipe with an audio tokenizer and both directions for images and audio."""
+    audio_spec = folder / "tiny-audio.yaml"
+    audio_spec.write_text(yaml.safe_dump(TINY_AUDIO_SPEC))
+    path = write_tiny_recipe(folder)
+    recipe = yaml.safe_load(path.read_text())
+    recipe["data"]["audio"] = {"digits_world": {"train_clips": 64, "heldout_clips": 8}}
+    recipe["tokenizers"]["audio"] = {"spec": str(audio_spec), "plain_vq_baseline": False,
+                                     "training": {"steps": 20, "batch_size": 16, "warmup_steps": 5}}
+    recipe["lm"]["tasks"] = {"text_to_image": 1.0, "image_to_text": 0.5, "text_to_audio": 1.0, "audio_to_text": 0.5,
+                             "text": 0.2}
+    recipe["lm"]["loss_weights"] = {"audio": 2.0}
+    recipe["eval"]["samplers"] = {"audio": {"guidance_scale": 2.0, "top_k": 8}}
+    for key, value in overrides.items():
+        recipe[key] = {**recipe[key], **value} if isinstance(value, dict) else value
+    path.write_text(yaml.safe_dump(recipe))
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_multimodal_run(tmp_path_factory) -> Path:
+    """Runs the tiny image + audio recipe once (all stages); returns its output folder."""
+    from unitok.recipe import RecipeRun, load_recipe
+
+    folder = tmp_path_factory.mktemp("tiny-multimodal")
+    RecipeRun(load_recipe(write_tiny_multimodal_recipe(folder)), log=lambda _: None).run()
+    return folder / "run"
 
 
 @pytest.fixture(scope="session")

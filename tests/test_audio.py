@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from unitok.adapters import Audio, AudioAdapter, AudioConfig, MediaError
-from unitok.digits_world.tones import (ToneClip, audio_file, build_tone_world, dtmf_waveform, is_heldout_pair,
+from unitok.digits_world.tones import (ToneClip, ToneWorldConfig, audio_file, build_tone_world, dtmf_waveform, is_heldout_pair,
                                       parse_tone_caption, sample_tone_clip, tone_caption, write_audio_folder)
 from unitok.eval.dtmf import decode_dtmf, dtmf_roundtrip_accuracy
 from unitok.media_tokenizer import MediaTokenizer, TokenizerSpec
@@ -114,8 +114,8 @@ def test_audio_spec_with_image_channels_fails_naming_the_field(tmp_path):
 
 
 def test_tone_world_is_deterministic_and_holds_out_digit_pairs():
-    world = build_tone_world(seed=0, train_clips=400, heldout_clips=60)
-    assert world == build_tone_world(seed=0, train_clips=400, heldout_clips=60)
+    world = build_tone_world(ToneWorldConfig(seed=0, train_clips=400, heldout_clips=60))
+    assert world == build_tone_world(ToneWorldConfig(seed=0, train_clips=400, heldout_clips=60))
     for item in world["train"]:
         assert not any(is_heldout_pair(a, b) for a, b in zip(item.clip.digits, item.clip.digits[1:]))
         assert parse_tone_caption(item.caption) == item.clip.digits
@@ -126,7 +126,7 @@ def test_tone_world_is_deterministic_and_holds_out_digit_pairs():
 
 
 def test_audio_folder_is_read_back_by_the_adapter(adapter, tmp_path):
-    items = build_tone_world(seed=1, train_clips=4, heldout_clips=0)["train"]
+    items = build_tone_world(ToneWorldConfig(seed=1, train_clips=4, heldout_clips=0))["train"]
     root = write_audio_folder(items, tmp_path / "tones")
     records = [json.loads(line) for line in (root / "captions.jsonl").read_text().splitlines()]
     assert [r["file"] for r in records] == [audio_file(it) for it in items]
@@ -150,7 +150,7 @@ class _FakeAudioTokenizer:
 
 
 def test_dtmf_roundtrip_accuracy_counts_exact_sequences_with_one_seed_per_clip(adapter):
-    items = build_tone_world(seed=3, train_clips=10, heldout_clips=0)["train"]
+    items = build_tone_world(ToneWorldConfig(seed=3, train_clips=10, heldout_clips=0))["train"]
     fake = _FakeAudioTokenizer(adapter)
     assert dtmf_roundtrip_accuracy(fake, items, seed=5, batch_size=4) == 0.5  # batches of 4: items 0, 2, 4, … survive
     assert fake.seeds == list(range(5, 15))

@@ -28,7 +28,7 @@ def make_folder(tiny_run, tmp_path, n=6):
     """A caption folder copied from the tiny run's held-out images, plus bad files."""
     folder = tmp_path / "photos"
     folder.mkdir()
-    source = tiny_run / "data" / "heldout"
+    source = tiny_run / "data" / "image" / "heldout"
     rows = [json.loads(line) for line in (source / "captions.jsonl").read_text().splitlines()][:n]
     for row in rows:
         shutil.copy(source / row["file"], folder / f"{row['key']}.png")

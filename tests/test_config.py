@@ -11,13 +11,14 @@ from .conftest import write_tiny_recipe
 
 def test_every_problem_is_reported_with_its_path(tmp_path):
     path = write_tiny_recipe(tmp_path, lm={"steps": "ten", "learing_rate": 1e-3},
-                             tokenizer={"training": {"batch_size": 1.5}})
+                             tokenizers={"image": {"spec": str(tmp_path / "tiny-tokenizer.yaml"),
+                                                   "training": {"batch_size": 1.5}}})
     with pytest.raises(ConfigError) as err:
         load_recipe(path)
     message = str(err.value)
     assert f"{path}: lm.steps: expected int, got str 'ten'" in message
     assert f"{path}: lm.learing_rate: unknown field" in message
-    assert "tokenizer.training.batch_size: expected int, got float 1.5" in message
+    assert "tokenizers.image.training.batch_size: expected int, got float 1.5" in message
 
 
 def test_bad_value_in_a_referenced_spec_names_that_file(tmp_path):
@@ -26,7 +27,7 @@ def test_bad_value_in_a_referenced_spec_names_that_file(tmp_path):
     data = yaml.safe_load(spec.read_text())
     data["quantizer"]["schedule"] = "sigmoid"
     spec.write_text(yaml.safe_dump(data))
-    with pytest.raises(ConfigError, match=r"tokenizer\.spec: .*tiny-tokenizer.yaml: quantizer.schedule: expected one of \['cosine', 'linear'\]"):
+    with pytest.raises(ConfigError, match=r"tokenizers\.image\.spec: .*tiny-tokenizer.yaml: quantizer.schedule: expected one of \['cosine', 'linear'\]"):
         load_recipe(path)
 
 

@@ -16,12 +16,12 @@ from .conftest import write_tiny_recipe
 def test_every_stage_leaves_its_output(tiny_run):
     for path in ("model/unitok_pipeline.json", "model/vocabulary.json", "model/transformer/model.safetensors",
                  "model/image_tokenizer/model.safetensors", "model/text_tokenizer/spm.model",
-                 "samples.png", "trajectory.png", "metrics.json", "shards/train/manifest.json"):
+                 "samples.png", "trajectory.png", "metrics.json", "shards/image/train/manifest.json"):
         assert (tiny_run / path).is_file(), path
     assert not list((tiny_run / "model").rglob("*.bin")) and not list((tiny_run / "model").rglob("*.pkl"))
     metrics = json.loads((tiny_run / "metrics.json").read_text())
     for key in ("psnr_db", "codebook_usage", "plain_vq_psnr_db"):
-        assert key in metrics["tokenizer"]
+        assert key in metrics["image_tokenizer"]
     for key in ("digit_accuracy", "color_accuracy", "unseen_combo_digit_accuracy", "real_digit_accuracy",
                 "fid", "fid_real_floor", "exact_copy_fraction", "digit_accuracy_given_first_step",
                 "digit_accuracy_factorized_first_step"):

@@ -4,10 +4,11 @@ import pytest
 import torch
 
 from unitok.model import StreamModel, batch_logits, build_transformer
-from unitok.sampling import CachedDecoder, SamplerConfig, choose, sample_media
+from unitok.sampling import CachedDecoder, SamplerConfig, choose, sample_media, sample_text
 from unitok.streams import StreamBuilder, collate
+from unitok.vocabulary import MediaLayout, Vocabulary
 
-from .conftest import TINY_MODEL
+from .conftest import TINY_MODEL, image_layout
 
 N, BLOCKS = 4, 3
 
@@ -89,6 +90,49 @@ def test_sampled_ids_stay_in_the_codebook_range(model, vocab):
     ids = sample_media(model, vocab, "image", [text(vocab, [1])] * 3, torch.zeros(3, 1, N, dtype=torch.long), BLOCKS, N,
                        "timestep", SamplerConfig(temperature=2.0), torch.Generator().manual_seed(0))
     assert ids.min() >= 0 and ids.max() < 64
+
+
+def test_each_media_span_stays_in_its_own_range_when_there_are_several():
+    vocab = Vocabulary.build(40, "t", [image_layout(), MediaLayout("audio", "audio", 32, "a", num_blocks=3, num_positions=N)])
+    torch.manual_seed(0)
+    model = StreamModel(build_transformer(TINY_MODEL, vocab)).eval()
+    audio = vocab.range("audio")
+    with torch.no_grad():  # every other id, the image codes included, is favoured
+        model.transformer.lm_head.weight[: audio.offset] += 5.0
+        model.transformer.lm_head.weight[audio.end:] += 5.0
+    ids = sample_media(model, vocab, "audio", [text(vocab, [1])] * 3, torch.zeros(3, 1, N, dtype=torch.long), 3, N,
+                       "timestep", SamplerConfig(temperature=2.0), torch.Generator().manual_seed(0))
+    assert ids.shape == (3, 3, N) and ids.min() >= 0 and ids.max() < audio.size
+
+
+def test_text_after_a_media_span_is_text_only_and_equals_full_recompute(model, vocab):
+    """Greedy media→text with the KV cache picks what a full forward of the growing stream picks,
+    among text ids and <eos> only, even when the model favours media codes."""
+    with torch.no_grad():
+        codes = vocab.range("image")
+        model.transformer.lm_head.weight[codes.offset : codes.end] += 5.0
+    blocks = vocab.to_global("image", torch.randint(0, 64, (2, BLOCKS, N), generator=torch.Generator().manual_seed(1)))
+    prefixes = [StreamBuilder(vocab, "timestep").special("<bos>").media("image", b, trained=False).build() for b in blocks]
+    got = sample_text(model, vocab, prefixes, 6, SamplerConfig(gumbel_scale=0.0))
+    allowed = torch.full((model.transformer.config.vocab_size,), float("-inf"))
+    text_range = vocab.range("text")
+    allowed[text_range.offset : text_range.end] = 0.0
+    allowed[vocab.special_id("<eos>")] = 0.0
+    for b, row in zip(blocks, got):
+        expected = []
+        while len(expected) < 6:
+            stream = (StreamBuilder(vocab, "timestep").special("<bos>").media("image", b, trained=False)
+                      .text([text_range.offset + t for t in expected]).build())
+            with torch.no_grad():
+                logits = batch_logits(model, collate([[stream]], pad_id=0))[0, -1]
+            best = int((logits + allowed).argmax())
+            if best == vocab.special_id("<eos>"):
+                break
+            expected.append(best - text_range.offset)
+        assert row == expected and all(0 <= t < text_range.size for t in row)
+    assert any(got), "the check saw text, not only <eos>"
+    with pytest.raises(ValueError, match="guidance_scale applies to text→media"):
+        sample_text(model, vocab, prefixes, 2, SamplerConfig(guidance_scale=2.0))
 
 
 def test_choose_top_k_top_p_and_seeded_gumbel():

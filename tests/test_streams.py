@@ -83,6 +83,9 @@ def test_caption_dropout_and_media_to_text(vocab):
     to_text = task_document(vocab, "timestep", "image_to_text", [10, 11], "image", media_blocks(vocab))
     eoi = to_text.input_ids.index(vocab.special_id("<eoi>"))
     assert to_text.targets[eoi] == 10 and to_text.targets[eoi + 1] == 11
+    assert to_text.targets[eoi + 2] == vocab.special_id("<eos>") and to_text.targets[-1] == IGNORE
+    boi = to_text.input_ids.index(vocab.special_id("<boi>"))
+    assert all(t == IGNORE for t in to_text.targets[boi:eoi]), "the media span is the condition, not trained"
     mask = collate([[to_text]], pad_id=0).attention_mask[0, 0]
     assert mask[eoi + 1, : eoi + 1].all(), "text after the span sees the whole media span"
 

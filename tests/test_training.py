@@ -52,7 +52,7 @@ def test_text_to_media_training_documents_stop_after_the_last_block_with_targets
     full = task_document(vocab, "timestep", "text_to_image", items.text_ids[0], "image", items.media_ids[0])
     for order, expected_length in (("timestep", len(full) - 4 - 2), ("raster", None)):
         cfg = LMTraining(tasks={"text_to_image": 1.0}, media_order=order, caption_dropout=0.0)
-        doc = DocumentMaker(items, vocab, cfg, seed=0).documents([0], None)[0]
+        doc = DocumentMaker({"image": items}, vocab, cfg, seed=0).document("text_to_image", "image", 0, None)
         if order == "raster":  # one block, which is also the last: nothing to drop
             assert doc.input_ids[-1] == vocab.special_id("<eos>")
             continue
@@ -71,10 +71,10 @@ def test_first_step_documents_end_after_the_noise_block(vocab):
     local = torch.arange(3 * 4).reshape(1, 3, 4)
     items = TokenItems([vocab.to_global("text", torch.tensor([1, 2])).tolist()], vocab.to_global("image", local), "image")
     cfg = LMTraining(tasks={"text_to_image": 1.0}, caption_dropout=0.0, first_step_fraction=1.0)
-    maker = DocumentMaker(items, vocab, cfg, seed=0)
-    doc = maker.documents([0], random.Random(0))[0]
+    maker = DocumentMaker({"image": items}, vocab, cfg, seed=0)
+    doc = maker.document("text_to_image", "image", 0, random.Random(0))
     assert len(doc) == 1 + 2 + 1 + 4  # <bos>, caption, <boi>, k_T
     assert doc.input_ids[-4:] == items.media_ids[0, 0].tolist()
     assert doc.targets[-4:] == items.media_ids[0, 1].tolist()
-    heldout = maker.documents([0], None)[0]
+    heldout = maker.heldout_documents(1)["text_to_image"][0]
     assert len(heldout) == len(doc) + 4  # whole, less k_0 and the closing tokens

@@ -61,15 +61,22 @@ def build_parser() -> argparse.ArgumentParser:
     tokenize.add_argument("--strict", action="store_true", help="fail on the first bad item instead of skipping it")
     tokenize.set_defaults(command=cmd_tokenize)
 
-    generate = commands.add_parser("generate", help="generate an image from a text prompt")
+    generate = commands.add_parser("generate", help="generate media from text prompts, or text from media files")
     generate.add_argument("model", type=Path, help="a saved pipeline folder")
-    generate.add_argument("--prompt", required=True, action="append", help="text prompt (repeat for several)")
-    generate.add_argument("--out", type=Path, required=True, help="output PNG (with several prompts: NAME-0.png, …)")
-    generate.add_argument("--guidance-scale", type=float, default=3.0)
+    generate.add_argument("--modality", choices=["image", "audio", "video", "text"], default="image",
+                          help="what to generate: media from --prompt, or text (a caption) from --input")
+    generate.add_argument("--prompt", action="append", help="text prompt (repeat for several)")
+    generate.add_argument("--input", type=Path, action="append", help="media file to describe, with --modality text "
+                                                                      "(repeat for several)")
+    generate.add_argument("--out", type=Path, help="output file for media, e.g. x.png or x.wav "
+                                                   "(several prompts: NAME-0.ext, …)")
+    generate.add_argument("--guidance-scale", type=float, default=3.0, help="classifier-free guidance (text→media)")
     generate.add_argument("--temperature", type=float, default=1.0)
     generate.add_argument("--top-k", type=int, default=None)
     generate.add_argument("--top-p", type=float, default=None)
-    generate.add_argument("--gumbel-scale", type=float, default=1.0, help="1 = sample, 0 = greedy")
+    generate.add_argument("--gumbel-scale", type=float, default=None,
+                          help="1 = sample, 0 = greedy (default: 1 for media, 0 for text)")
+    generate.add_argument("--max-new-tokens", type=int, default=32, help="longest caption (media→text)")
     generate.add_argument("--seed", type=int, default=0)
     generate.set_defaults(command=cmd_generate)
 
@@ -126,14 +133,24 @@ def cmd_tokenize(args) -> int:
 def cmd_generate(args) -> int:
     from .pipeline import UniTokPipeline
 
+    sampler = {"temperature": args.temperature, "top_k": args.top_k, "top_p": args.top_p, "seed": args.seed}
+    if args.modality == "text":
+        if not args.input or args.prompt:
+            raise ValueError("--modality text describes media: pass --input FILE (and no --prompt)")
+        pipe = UniTokPipeline.from_pretrained(args.model)
+        captions = pipe.media_to_text(pipe.modality_of_file(args.input[0]), [str(p) for p in args.input],
+                                      max_new_tokens=args.max_new_tokens, gumbel_scale=args.gumbel_scale or 0.0,
+                                      **sampler)
+        for path, caption in zip(args.input, captions):
+            print(f"{path}\t{caption}")
+        return 0
+    if not args.prompt or not args.out or args.input:
+        raise ValueError(f"--modality {args.modality} generates from text: pass --prompt TEXT and --out FILE")
     pipe = UniTokPipeline.from_pretrained(args.model)
-    out = pipe.text_to_image(args.prompt, guidance_scale=args.guidance_scale, temperature=args.temperature,
-                             top_k=args.top_k, top_p=args.top_p, gumbel_scale=args.gumbel_scale, seed=args.seed)
-    paths = [args.out] if len(out.images) == 1 else [args.out.with_name(f"{args.out.stem}-{i}{args.out.suffix}")
-                                                      for i in range(len(out.images))]
-    for image, path in zip(out.images, paths):
-        path.parent.mkdir(parents=True, exist_ok=True)
-        image.save(path)
+    gumbel = 1.0 if args.gumbel_scale is None else args.gumbel_scale
+    out = pipe.text_to_media(args.modality, args.prompt, guidance_scale=args.guidance_scale, gumbel_scale=gumbel,
+                             **sampler)
+    for path in out.save(args.out):
         print(path)
     return 0
 

@@ -97,7 +97,15 @@ def batch_logits(model: nn.Module, batch: Batch) -> torch.Tensor:
     return model(batch.input_ids, batch.media_rows, batch.attention_mask, batch.position_ids)
 
 
-def stream_loss(model: nn.Module, batch: Batch) -> torch.Tensor:
-    """Mean cross-entropy over every labelled position (targets are already aligned: no shift)."""
-    logits = batch_logits(model, batch)
-    return F.cross_entropy(logits.flatten(0, 1).float(), batch.targets.flatten(), ignore_index=IGNORE)
+def stream_loss(model: nn.Module, batch: Batch, target_weights: torch.Tensor | None = None) -> torch.Tensor:
+    """Mean cross-entropy over every labelled position (targets are already aligned: no shift).
+
+    With `target_weights` (V,), the weighted mean in which a position counts by its target id's
+    weight (per-modality loss weights, see `training.lm.loss_weight_table`).
+    """
+    logits_NV, targets_N = batch_logits(model, batch).flatten(0, 1).float(), batch.targets.flatten()
+    if target_weights is None:
+        return F.cross_entropy(logits_NV, targets_N, ignore_index=IGNORE)
+    losses_N = F.cross_entropy(logits_NV, targets_N, ignore_index=IGNORE, reduction="none")
+    weights_N = target_weights[targets_N.clamp_min(0)] * (targets_N != IGNORE)
+    return (losses_N * weights_N).sum() / weights_N.sum().clamp_min(1e-8)

@@ -7,7 +7,8 @@ Saved like a diffusers pipeline: an index file plus one subfolder per component:
       vocabulary.json          the shared vocabulary manifest
       transformer/             transformers `save_pretrained` (config.json + model.safetensors)
       text_tokenizer/          sentencepiece model + config.json
-      image_tokenizer/         config.json + model.safetensors
+      image_tokenizer/         config.json + model.safetensors (one folder per media tokenizer)
+      audio_tokenizer/
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence
 
 import torch
 from PIL import Image
@@ -23,8 +24,8 @@ from transformers import LlamaForCausalLM
 
 from .media_tokenizer import MediaTokenizer
 from .model import StreamModel
-from .sampling import SamplerConfig, sample_media
-from .streams import MediaOrder
+from .sampling import SamplerConfig, sample_media, sample_text
+from .streams import MediaOrder, StreamBuilder
 from .text_bpe import TextBPE
 from .vocabulary import Vocabulary, VocabularyError
 
@@ -32,9 +33,29 @@ INDEX_NAME = "unitok_pipeline.json"
 
 
 @dataclass
-class ImagePipelineOutput:
-    images: list[Image.Image]
+class MediaPipelineOutput:
+    """Generated media (PIL images, `Audio` clips, …), one per prompt, and their code ids."""
+
+    media: list[Any]
     token_ids: torch.Tensor  # (B, num_blocks, N) local code ids, blocks [k_T … k_0]
+
+    @property
+    def images(self) -> list[Any]:
+        return self.media
+
+    @property
+    def audios(self) -> list[Any]:
+        return self.media
+
+    def save(self, path: str | Path) -> list[Path]:
+        """Save to `path` (one item) or to NAME-0.ext, NAME-1.ext, … (several); returns the paths."""
+        path = Path(path)
+        paths = [path] if len(self.media) == 1 else [path.with_name(f"{path.stem}-{i}{path.suffix}")
+                                                     for i in range(len(self.media))]
+        for item, target in zip(self.media, paths):
+            target.parent.mkdir(parents=True, exist_ok=True)
+            item.save(target)
+        return paths
 
 
 class UniTokPipeline:
@@ -80,6 +101,15 @@ class UniTokPipeline:
                 return tokenizer
         raise ValueError(f"this pipeline has no {modality} tokenizer (it has {list(self.media_tokenizers)})")
 
+    def modality_of_file(self, path: str | Path) -> str:
+        """The modality of this pipeline's tokenizer that reads files like `path` (by extension)."""
+        suffix = Path(path).suffix.lower()
+        for tokenizer in self.media_tokenizers.values():
+            if suffix in tokenizer.adapter.file_extensions:
+                return tokenizer.modality
+        known = sorted({e for t in self.media_tokenizers.values() for e in t.adapter.file_extensions})
+        raise ValueError(f"{path}: no tokenizer of this pipeline reads {suffix or 'extension-less'} files ({known})")
+
     def encode_prompt(self, prompt: str) -> list[int]:
         local = torch.tensor(self.text_tokenizer.encode(prompt), dtype=torch.long)
         return self.vocabulary.to_global("text", local).tolist()
@@ -99,14 +129,51 @@ class UniTokPipeline:
             generator=torch.Generator().manual_seed(seed),
         )
 
-    def text_to_image(self, prompt: str | Sequence[str], guidance_scale: float = 3.0, temperature: float = 1.0,
-                      top_k: int | None = None, top_p: float | None = None, gumbel_scale: float = 1.0,
-                      seed: int = 0) -> ImagePipelineOutput:
-        """Generate one image per prompt. Same seed, same prompts -> the same images."""
+    def text_to_media(self, modality: str, prompt: str | Sequence[str], guidance_scale: float = 3.0,
+                      temperature: float = 1.0, top_k: int | None = None, top_p: float | None = None,
+                      gumbel_scale: float = 1.0, seed: int = 0) -> MediaPipelineOutput:
+        """Generate one item of `modality` per prompt. Same seed, same prompts -> the same items."""
         prompts = _check_prompts(prompt)
         sampler = SamplerConfig(guidance_scale, temperature, top_k, top_p, gumbel_scale)
-        ids = self.generate_media_ids("image", prompts, sampler, seed)
-        return ImagePipelineOutput(self.tokenizer_for("image").decode(ids), ids.cpu())
+        ids = self.generate_media_ids(modality, prompts, sampler, seed)
+        return MediaPipelineOutput(self.tokenizer_for(modality).decode(ids), ids.cpu())
+
+    def text_to_image(self, prompt: str | Sequence[str], **sampler) -> MediaPipelineOutput:
+        """Images for prompts; sampler options as in `text_to_media`."""
+        return self.text_to_media("image", prompt, **sampler)
+
+    def text_to_audio(self, prompt: str | Sequence[str], **sampler) -> MediaPipelineOutput:
+        """Audio clips for prompts (save as WAV); sampler options as in `text_to_media`."""
+        return self.text_to_media("audio", prompt, **sampler)
+
+    @torch.no_grad()
+    def media_to_text(self, modality: str, media: Any | Sequence[Any], max_new_tokens: int = 32,
+                      temperature: float = 1.0, top_k: int | None = None, top_p: float | None = None,
+                      gumbel_scale: float = 0.0, seed: int = 0) -> str | list[str]:
+        """Describe media (objects or file paths) in text: the media is tokenized with `seed`, then
+        text is sampled after its whole span (greedy by default: `gumbel_scale=0`). One item in,
+        one string out; a list in, a list out."""
+        items = list(media) if isinstance(media, (list, tuple)) else [media]
+        if not items:
+            raise ValueError("media: expected an item or a non-empty list of items")
+        tokenizer = self.tokenizer_for(modality)
+        ids = tokenizer.encode(items, seed=[seed + i for i in range(len(items))]).cpu()
+        prefixes = [StreamBuilder(self.vocabulary, self.media_order).special("<bos>")
+                    .media(tokenizer.name, self.vocabulary.to_global(tokenizer.name, item_ids), trained=False).build()
+                    for item_ids in ids]
+        sampler = SamplerConfig(1.0, temperature, top_k, top_p, gumbel_scale)
+        texts = sample_text(StreamModel(self.transformer), self.vocabulary, prefixes, max_new_tokens, sampler,
+                            generator=torch.Generator().manual_seed(seed))
+        decoded = [self.text_tokenizer.decode(t) for t in texts]
+        return decoded if isinstance(media, (list, tuple)) else decoded[0]
+
+    def image_to_text(self, image: Any | Sequence[Any], **sampler) -> str | list[str]:
+        """Captions for images (PIL images or paths); options as in `media_to_text`."""
+        return self.media_to_text("image", image, **sampler)
+
+    def audio_to_text(self, audio: Any | Sequence[Any], **sampler) -> str | list[str]:
+        """Captions for audio clips (`Audio` objects or paths to any file decord reads)."""
+        return self.media_to_text("audio", audio, **sampler)
 
     # --- persistence ---------------------------------------------------------------------------
     def save_pretrained(self, directory: str | Path) -> None:

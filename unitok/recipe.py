@@ -17,19 +17,21 @@ from typing import Callable
 import torch
 
 from .config import ConfigError, config_hash, from_dict, load_config, to_dict
-from .digits_world import DigitsWorldConfig, build_digits_world, write_image_folder
+from .digits_world import DigitsWorldConfig, ToneWorldConfig, write_world_folders
 from .media_tokenizer import MediaTokenizer, TokenizerSpec
 from .model import ModelSpec, build_transformer
 from .pipeline import UniTokPipeline
 from .sampling import SamplerConfig
 from .shards import ShardWriter, TokenizeSettings, load_shards
-from .sources import folder_items, read_caption_manifest
+from .sources import SourceItem, folder_items
 from .text_bpe import TextBPE, TextBPEConfig
+from .streams import task_modality
 from .training.lm import LMTraining, TokenItems, train_lm
 from .training.tokenizer import TokenizerTraining, tokenizer_metrics, train_media_tokenizer
 from .vocabulary import Vocabulary
 
 STAGE_NAME = "stage.json"
+STAGES = ("data", "tokenizer", "text_bpe", "shards", "lm", "eval")
 
 
 @dataclass(frozen=True)
@@ -40,15 +42,34 @@ class FolderData:
     captions: str | None = None
 
 
-@dataclass(frozen=True)
-class DataSection:
-    digits_world: DigitsWorldConfig | None = None  # the embedded default
-    train: FolderData | None = None  # or your own folders
-    heldout: FolderData | None = None
+class _OneSource:
+    """A modality's data: the embedded digits world, or both a train and a held-out folder."""
 
     def __post_init__(self):
         if (self.digits_world is None) == (self.train is None or self.heldout is None):
             raise ValueError("set either `digits_world` or both `train` and `heldout` folders")
+
+
+@dataclass(frozen=True)
+class ImageData(_OneSource):
+    digits_world: DigitsWorldConfig | None = None
+    train: FolderData | None = None
+    heldout: FolderData | None = None
+
+
+@dataclass(frozen=True)
+class AudioData(_OneSource):
+    digits_world: ToneWorldConfig | None = None
+    train: FolderData | None = None
+    heldout: FolderData | None = None
+
+
+@dataclass(frozen=True)
+class DataSection:
+    """Items per modality; every modality with a tokenizer needs its section."""
+
+    image: ImageData | None = None
+    audio: AudioData | None = None
 
 
 @dataclass(frozen=True)
@@ -58,14 +79,22 @@ class TokenizerSection:
     plain_vq_baseline: bool = True  # also train a T = 0 tokenizer the same way, for the rate-distortion report
 
 
+# Text→media samples with classifier-free guidance; media→text greedily.
+DEFAULT_SAMPLERS = {"media": SamplerConfig(guidance_scale=3.0), "text": SamplerConfig(gumbel_scale=0.0)}
+
+
 @dataclass(frozen=True)
 class EvalSection:
-    num_samples: int = 500  # held-out prompts to generate from
+    num_samples: int = 500  # held-out items per evaluated direction
     batch_size: int = 100
-    sampler: SamplerConfig = field(default_factory=lambda: SamplerConfig(guidance_scale=3.0))
+    samplers: dict[str, SamplerConfig] = field(default_factory=dict)  # "image", "audio", … or "text" (media→text)
     grid_samples: int = 40
     trajectory_samples: int = 4
     classifier_steps: int = 500
+
+    def sampler_for(self, modality: str) -> SamplerConfig:
+        """The sampler for generating `modality` ("text" for media→text)."""
+        return self.samplers.get(modality, DEFAULT_SAMPLERS["text" if modality == "text" else "media"])
 
 
 @dataclass(frozen=True)
@@ -73,7 +102,7 @@ class Recipe:
     name: str
     output_dir: str
     data: DataSection
-    tokenizer: TokenizerSection
+    tokenizers: dict[str, TokenizerSection]  # modality -> its tokenizer; the vocabulary keeps this order
     model: str  # path to a models/*.yaml spec
     lm: LMTraining
     seed: int = 0
@@ -86,30 +115,47 @@ class Recipe:
 class LoadedRecipe:
     recipe: Recipe
     path: Path
-    tokenizer_spec: TokenizerSpec
+    tokenizer_specs: dict[str, TokenizerSpec]  # modality -> spec
     model_spec: ModelSpec
 
     @property
     def out(self) -> Path:
         return Path(self.recipe.output_dir)
 
+    @property
+    def modalities(self) -> list[str]:
+        return list(self.recipe.tokenizers)
+
 
 def load_recipe(path: str | Path) -> LoadedRecipe:
     """Read a recipe and the specs it names; every problem is reported with its file and field."""
     path = Path(path)
     recipe = load_config(path, Recipe)
-    errors, specs = [], {}
-    for field_name, cls in (("tokenizer.spec", TokenizerSpec), ("model", ModelSpec)):
-        ref = recipe.tokenizer.spec if field_name == "tokenizer.spec" else recipe.model
+    errors, specs, model_spec = [], {}, None
+    for modality, section in recipe.tokenizers.items():
+        where = f"{path}: tokenizers.{modality}"
         try:
-            specs[field_name] = load_config(resolve_spec_path(ref, path), cls)
+            specs[modality] = load_config(resolve_spec_path(section.spec, path), TokenizerSpec)
         except ConfigError as err:
-            errors.append(f"{path}: {field_name}: {err}")
-    if recipe.lm.media_order == "raster" and "tokenizer.spec" in specs and specs["tokenizer.spec"].quantizer.steps:
-        errors.append(f"{path}: lm.media_order: raster needs a tokenizer with quantizer.steps = 0")
+            errors.append(f"{where}.spec: {err}")
+            continue
+        if specs[modality].modality != modality:
+            errors.append(f"{where}: the spec {section.spec} is for {specs[modality].modality}, not {modality}")
+        if getattr(recipe.data, modality, None) is None:
+            errors.append(f"{path}: data.{modality}: missing; the {modality} tokenizer needs train and held-out items")
+        if recipe.lm.media_order == "raster" and specs[modality].quantizer.steps:
+            errors.append(f"{where}: lm.media_order: raster needs a tokenizer with quantizer.steps = 0")
+    if not recipe.tokenizers:
+        errors.append(f"{path}: tokenizers: name at least one media tokenizer")
+    errors += [f"{path}: lm.tasks: {task} needs a {m} tokenizer" for task, m in
+               ((t, task_modality(t)) for t in recipe.lm.tasks) if m is not None and m not in recipe.tokenizers]
+    try:
+        model_spec = load_config(resolve_spec_path(recipe.model, path), ModelSpec)
+    except ConfigError as err:
+        errors.append(f"{path}: model: {err}")
     if errors:
         raise ConfigError("\n".join(errors))
-    return LoadedRecipe(recipe, path, specs["tokenizer.spec"], specs["model"])
+    return LoadedRecipe(recipe, path, specs, model_spec)
 
 
 def resolve_spec_path(ref: str, recipe_path: Path) -> Path:
@@ -154,94 +200,107 @@ class RecipeRun:
         self.loaded, self.recipe, self.out, self.log = loaded, loaded.recipe, loaded.out, log
 
     def run(self, stop_after: str | None = None) -> None:
-        for name in ("data", "tokenizer", "text_bpe", "shards", "lm", "eval"):
+        for name in STAGES:
             getattr(self, f"stage_{name}")()
             if name == stop_after:
                 return
 
     # data -------------------------------------------------------------------------------------
-    def data_dirs(self) -> dict[str, tuple[Path, Path | None]]:
-        data = self.recipe.data
+    def data_dirs(self, modality: str) -> dict[str, tuple[Path, Path | None]]:
+        """{split: (folder, caption manifest or None for the folder's own)} of one modality."""
+        data = getattr(self.recipe.data, modality)
         if data.digits_world is not None:
-            return {split: (self.out / "data" / split, None) for split in ("train", "heldout")}
+            return {split: (self.out / "data" / modality / split, None) for split in ("train", "heldout")}
         return {split: (Path(f.dir), Path(f.captions) if f.captions else None)
                 for split, f in (("train", data.train), ("heldout", data.heldout))}
 
+    def split_items(self, modality: str, split: str) -> list[SourceItem]:
+        folder, captions = self.data_dirs(modality)[split]
+        return list(folder_items(folder, captions))
+
+    def split_tensors(self, modality: str, split: str, tokenizer: MediaTokenizer) -> torch.Tensor:
+        """The split's media preprocessed by `tokenizer`'s adapter, stacked (M, C, …)."""
+        return torch.stack([tokenizer.adapter.to_tensor(item.load()) for item in self.split_items(modality, split)])
+
     def stage_data(self) -> None:
-        world = self.recipe.data.digits_world
-        if world is None:
-            return
+        for modality in self.loaded.modalities:
+            world = getattr(self.recipe.data, modality).digits_world
+            if world is not None:
+                folders = {split: folder for split, (folder, _) in self.data_dirs(modality).items()}
+                run_stage(self.out / "data" / modality, config_hash(world),
+                          lambda w=world, f=folders: write_world_folders(w, f), self.log)
 
-        def render():
-            items = build_digits_world(world)
-            for split, (folder, _) in self.data_dirs().items():
-                write_image_folder(items[split], folder, world.image_size)
-
-        run_stage(self.out / "data", config_hash(world), render, self.log)
-
-    def load_split_tensors(self, split: str, tokenizer: MediaTokenizer) -> torch.Tensor:
-        folder, captions = self.data_dirs()[split]
-        return torch.stack([tokenizer.adapter.to_tensor(item.load()) for item in folder_items(folder, captions)])
+    def data_key(self, modality: str) -> str:
+        data = getattr(self.recipe.data, modality)
+        return stage_key(self.out / "data" / modality) if data.digits_world is not None else config_hash(data)
 
     # tokenizers -------------------------------------------------------------------------------
-    def data_key(self) -> str:
-        world = self.recipe.data.digits_world
-        return stage_key(self.out / "data") if world is not None else config_hash(self.recipe.data)
-
     def stage_tokenizer(self) -> None:
-        spec, training = self.loaded.tokenizer_spec, self.recipe.tokenizer.training
-        folder = self.out / "tokenizers"
+        """One stage per modality: its tokenizer (and plain-VQ baseline) in ``tokenizers/<modality>/``."""
+        for modality, section in self.recipe.tokenizers.items():
+            spec, folder = self.loaded.tokenizer_specs[modality], self.out / "tokenizers" / modality
 
-        def train():
-            probe = MediaTokenizer(spec)
-            train_x = self.load_split_tensors("train", probe)
-            heldout_x = self.load_split_tensors("heldout", probe)
-            metrics = {}
-            variants = {spec.name: spec}
-            if self.recipe.tokenizer.plain_vq_baseline:
-                variants["plain_vq"] = _plain_vq(spec)
-            for label, variant in variants.items():
-                tokenizer = train_media_tokenizer(variant, train_x, training, self.recipe.seed, desc=f"tokenizer:{label}")
-                tokenizer.save_pretrained(folder / label)
-                metrics[label] = tokenizer_metrics(tokenizer, heldout_x, self.recipe.seed)
-                self.log(f"  {label}: {metrics[label]}")
-            (folder / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+            def train(spec=spec, section=section, folder=folder, modality=modality):
+                probe = MediaTokenizer(spec)
+                inputs = {split: self.split_tensors(modality, split, probe) for split in ("train", "heldout")}
+                variants = {spec.name: (spec, folder)}
+                if section.plain_vq_baseline:
+                    variants["plain_vq"] = (_plain_vq(spec), folder / "plain_vq")
+                metrics = {}
+                for label, (variant, target) in variants.items():
+                    tokenizer = train_media_tokenizer(variant, inputs["train"], section.training, self.recipe.seed,
+                                                      desc=f"tokenizer:{modality}:{label}")
+                    tokenizer.save_pretrained(target)
+                    metrics[label] = tokenizer_metrics(tokenizer, inputs["heldout"], self.recipe.seed)
+                    self.log(f"  {modality}/{label}: {metrics[label]}")
+                (folder / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
 
-        run_stage(folder, config_hash(self.data_key(), spec, training, self.recipe.seed,
-                                      self.recipe.tokenizer.plain_vq_baseline), train, self.log)
+            run_stage(folder, config_hash(self.data_key(modality), spec, section.training, self.recipe.seed,
+                                          section.plain_vq_baseline), train, self.log)
 
-    def media_tokenizer(self) -> MediaTokenizer:
-        return MediaTokenizer.from_pretrained(self.out / "tokenizers" / self.loaded.tokenizer_spec.name)
+    def media_tokenizers(self) -> dict[str, MediaTokenizer]:
+        """modality -> trained tokenizer, in the recipe's order."""
+        return {m: MediaTokenizer.from_pretrained(self.out / "tokenizers" / m) for m in self.loaded.modalities}
 
     # text BPE + vocabulary --------------------------------------------------------------------
     def stage_text_bpe(self) -> None:
+        """One BPE over the captions of every modality's training items."""
         folder = self.out / "text_tokenizer"
 
         def train():
-            train_dir, captions = self.data_dirs()["train"]
-            texts = [item.caption for item in folder_items(train_dir, captions) if item.caption]
+            texts = [item.caption for m in self.loaded.modalities for item in self.split_items(m, "train") if item.caption]
             TextBPE.train(texts, self.recipe.text_bpe).save_pretrained(folder)
 
-        run_stage(folder, config_hash(self.data_key(), self.recipe.text_bpe), train, self.log)
+        data_keys = [self.data_key(m) for m in self.loaded.modalities]
+        run_stage(folder, config_hash(*data_keys, self.recipe.text_bpe), train, self.log)
 
     def vocabulary(self) -> Vocabulary:
-        tokenizer = self.media_tokenizer()
         text = TextBPE.from_pretrained(self.out / "text_tokenizer")
-        return Vocabulary.build(text.vocab_size, text.content_hash(), [tokenizer.layout()])
+        return Vocabulary.build(text.vocab_size, text.content_hash(),
+                                [tokenizer.layout() for tokenizer in self.media_tokenizers().values()])
 
     # shards -----------------------------------------------------------------------------------
+    def shard_dir(self, modality: str, split: str) -> Path:
+        return self.out / "shards" / modality / split
+
     def stage_shards(self) -> None:
         folder = self.out / "shards"
         vocab = self.vocabulary()
 
         def tokenize():
-            tokenizer, text = self.media_tokenizer(), TextBPE.from_pretrained(self.out / "text_tokenizer")
-            for split, (data_dir, captions) in self.data_dirs().items():
-                writer = ShardWriter(folder / split, tokenizer, text, vocab, self.recipe.shards)
-                totals = writer.write(folder_items(data_dir, captions))
-                self.log(f"  shards/{split}: {totals}")
+            text = TextBPE.from_pretrained(self.out / "text_tokenizer")
+            for modality, tokenizer in self.media_tokenizers().items():
+                for split, (data_dir, captions) in self.data_dirs(modality).items():
+                    writer = ShardWriter(self.shard_dir(modality, split), tokenizer, text, vocab, self.recipe.shards)
+                    self.log(f"  shards/{modality}/{split}: {writer.write(folder_items(data_dir, captions))}")
 
-        run_stage(folder, config_hash(self.data_key(), vocab.hash, self.recipe.shards), tokenize, self.log)
+        data_keys = [self.data_key(m) for m in self.loaded.modalities]
+        run_stage(folder, config_hash(*data_keys, vocab.hash, self.recipe.shards), tokenize, self.log)
+
+    def token_items(self, split: str, vocab: Vocabulary) -> dict[str, TokenItems]:
+        """modality -> the split's shard rows as tensors."""
+        return {m: TokenItems.from_dataset(load_shards(self.shard_dir(m, split), vocab), tokenizer.num_blocks)
+                for m, tokenizer in self.media_tokenizers().items()}
 
     # transformer ------------------------------------------------------------------------------
     def stage_lm(self) -> None:
@@ -249,14 +308,13 @@ class RecipeRun:
         vocab = self.vocabulary()
 
         def train():
-            tokenizer = self.media_tokenizer()
-            items = {split: TokenItems.from_dataset(load_shards(self.out / "shards" / split, vocab), tokenizer.num_blocks)
-                     for split in ("train", "heldout")}
             model = build_transformer(self.loaded.model_spec, vocab)
-            history = train_lm(model, vocab, items["train"], items["heldout"], self.recipe.lm, folder, self.recipe.seed)
+            history = train_lm(model, vocab, self.token_items("train", vocab), self.token_items("heldout", vocab),
+                               self.recipe.lm, folder, self.recipe.seed)
             (folder / "history.json").write_text(json.dumps(history, indent=2) + "\n")
-            pipeline = UniTokPipeline(model, TextBPE.from_pretrained(self.out / "text_tokenizer"),
-                                      {tokenizer.name: tokenizer}, vocab, self.recipe.lm.media_order)
+            tokenizers = {tokenizer.name: tokenizer for tokenizer in self.media_tokenizers().values()}
+            pipeline = UniTokPipeline(model, TextBPE.from_pretrained(self.out / "text_tokenizer"), tokenizers, vocab,
+                                      self.recipe.lm.media_order)
             pipeline.save_pretrained(self.out / "model")
 
         run_stage(folder, config_hash(stage_key(self.out / "shards"), self.loaded.model_spec, self.recipe.lm,

@@ -10,6 +10,9 @@ block by the attention backend, silently giving wrong logits.
 
 Classifier-free guidance runs conditional and unconditional (caption dropped) rows in one batch.
 Logits outside the span's codebook range are never sampled: we sample from that slice only.
+
+Media→text (`sample_text`) is ordinary next-token sampling after a whole media span, over the
+text range and ``<eos>`` only.
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ import torch
 from transformers import DynamicCache
 
 from .model import StreamModel
-from .streams import Batch, MediaOrder, StreamBuilder, collate
+from .streams import NO_ROWS, Batch, MediaOrder, Stream, StreamBuilder, collate
 from .vocabulary import Vocabulary
 
 
@@ -163,3 +166,34 @@ def _prefix(vocab, media_order, media_name, prompt, first_blocks, row):
     if media_order == "timestep":
         return builder.media(media_name, vocab.to_global(media_name, first_blocks[row].cpu()), complete=False).build()
     return builder.media(media_name, torch.zeros(0, 0, dtype=torch.long), complete=False).build()
+
+
+@torch.no_grad()
+def sample_text(model: StreamModel, vocab: Vocabulary, prefixes: Sequence[Stream], max_new_tokens: int,
+                cfg: SamplerConfig, generator: torch.Generator | None = None) -> list[list[int]]:
+    """Continue each prefix (e.g. ``<bos> <boi> k_T … k_0 <eoi>``) with text until ``<eos>``.
+
+    Returns the local text ids of each row, ``<eos>`` excluded; ids outside the text range are
+    never drawn.
+    """
+    if cfg.guided:
+        raise ValueError("guidance_scale applies to text→media; media→text sampling takes 1.0")
+    device = next(model.parameters()).device
+    batch = collate([[s] for s in prefixes], pad_id=vocab.special_id("<pad>"), pad_side="left").to(device)
+    decoder = CachedDecoder(model, batch)
+    text, eos = vocab.range("text"), vocab.special_id("<eos>")
+    blocked = torch.full((decoder.logits.shape[-1],), float("-inf"), device=device)
+    blocked[text.offset : text.end] = 0.0
+    blocked[eos] = 0.0
+    rows: list[list[int]] = [[] for _ in prefixes]
+    finished = torch.zeros(len(prefixes), dtype=torch.bool, device=device)
+    logits = decoder.logits[:, -1]
+    for step in range(max_new_tokens):
+        ids = choose(logits + blocked, cfg, generator)  # (B,)
+        for row in (~finished & (ids != eos)).nonzero().flatten().tolist():
+            rows[row].append(int(ids[row]) - text.offset)
+        finished |= ids == eos
+        if finished.all() or step == max_new_tokens - 1:
+            break
+        logits = decoder.feed(ids[:, None], torch.tensor([NO_ROWS]), block=False)[:, -1]
+    return rows

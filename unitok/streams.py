@@ -82,15 +82,17 @@ class StreamBuilder:
             self._append(token, _NEXT)
         return self
 
-    def media(self, name: str, blocks: torch.Tensor, complete: bool = True) -> "StreamBuilder":
+    def media(self, name: str, blocks: torch.Tensor, complete: bool = True, trained: bool = True) -> "StreamBuilder":
         """A media span from global ids `blocks` (num_blocks, N): ``<bo?> k_T … [k_0 <eo?>]``.
 
         `complete=False` leaves the span open (a sampling prefix holding only the blocks so far).
+        `trained=False` gives its codes no targets (the media of a media→text document is the
+        condition, not the task); ``<eo?>`` still predicts what follows.
         """
         begin, end = self.vocab.delimiters(name)
         num_blocks, n = blocks.shape
         timestep = self.media_order == "timestep"
-        self._append(begin, _NONE if timestep else _NEXT)
+        self._append(begin, _NONE if timestep or not trained else _NEXT)
         flat = blocks.reshape(-1).tolist()
         rows = [tuple(r) for r in self.vocab.position_rows(name, num_blocks, n).reshape(-1, 2).tolist()]
         for b in range(num_blocks):
@@ -99,11 +101,12 @@ class StreamBuilder:
             for i in range(n):
                 j = b * n + i
                 if timestep:
-                    self._append(flat[j], _NONE if last_block else n, reach=block_end, target_block=b, media_rows=rows[j])
+                    rule = _NONE if last_block or not trained else n
+                    self._append(flat[j], rule, reach=block_end, target_block=b, media_rows=rows[j])
                 else:
                     last_code = last_block and i == n - 1
-                    self._append(flat[j], _NONE if last_code else _NEXT, target_block=0, media_rows=rows[j])
-            if b == 0 and not timestep:  # <bo?> predicts the first code
+                    self._append(flat[j], _NONE if last_code or not trained else _NEXT, target_block=0, media_rows=rows[j])
+            if b == 0 and not timestep and trained:  # <bo?> predicts the first code
                 self._target_block[-n - 1] = 0
         if complete:
             self._append(end, _NEXT)
@@ -190,20 +193,31 @@ def pack(streams: Sequence[Stream], max_length: int) -> list[list[Stream]]:
     return rows
 
 
+def task_modality(task: str) -> str | None:
+    """The media modality a task involves: ``text_to_audio`` and ``audio_to_text`` -> "audio";
+    ``text`` (caption-only documents) -> None."""
+    if task == "text":
+        return None
+    if task.startswith("text_to_"):
+        return task.removeprefix("text_to_")
+    if task.endswith("_to_text"):
+        return task.removesuffix("_to_text")
+    raise ValueError(f"unknown task {task!r}; expected text_to_<modality>, <modality>_to_text or text")
+
+
 def task_document(vocab: Vocabulary, media_order: MediaOrder, task: str, text_ids: Sequence[int],
                   media_name: str | None = None, media_blocks: torch.Tensor | None = None,
                   drop_text: bool = False) -> Stream:
     """One training document for `task`: ``text_to_<modality>``, ``<modality>_to_text`` or ``text``.
 
     `drop_text` removes the caption of a text-to-media document (classifier-free guidance).
+    In a media-to-text document only the text is trained; it sees the whole media span.
     """
     builder = StreamBuilder(vocab, media_order).special("<bos>")
-    if task == "text":
+    if task_modality(task) is None:
         builder.text(text_ids)
     elif task.startswith("text_to_"):
         builder.text([] if drop_text else text_ids).media(media_name, media_blocks)
-    elif task.endswith("_to_text"):
-        builder.media(media_name, media_blocks).text(text_ids)
     else:
-        raise ValueError(f"unknown task {task!r}; expected text_to_<modality>, <modality>_to_text or text")
+        builder.media(media_name, media_blocks, trained=False).text(text_ids)
     return builder.special("<eos>", rule=_NONE).build()

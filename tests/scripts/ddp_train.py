@@ -39,7 +39,7 @@ def main(out: Path, steps: int, stop_after: int | None) -> None:
     initial = weights_checksum(model)
     cfg = LMTraining(steps=steps, batch_size=4, warmup_steps=1, checkpoint_every=2, eval_every=2, eval_items=8,
                      learning_rate=1e-2)
-    history = train_lm(model, vocab, tiny_items(vocab, 64, 1), tiny_items(vocab, 8, 2), cfg, out, seed=0,
+    history = train_lm(model, vocab, {"image": tiny_items(vocab, 64, 1)}, {"image": tiny_items(vocab, 8, 2)}, cfg, out, seed=0,
                        stop_after_step=stop_after)
     state = PartialState()  # after training: the Accelerator inside train_lm set up the processes
     (out / f"rank-{state.process_index}.json").write_text(json.dumps(

@@ -19,6 +19,7 @@ from typing import Any, Protocol
 
 import numpy as np
 import torch
+from PIL import Image
 from torchaudio.transforms import GriffinLim, InverseMelScale, MelSpectrogram
 
 from .base import MediaAdapter, MediaError
@@ -136,6 +137,11 @@ class AudioAdapter(MediaAdapter):
         mel_power = 10 ** (self.unit_to_db(tensor.detach().float().cpu()[:, 0]) / 10)  # (B, n_mels, frames)
         waves = self.vocoder(mel_power).clamp(-1, 1)
         return [Audio(w.numpy().astype(np.float32), self.config.sample_rate) for w in waves]
+
+    def picture(self, tensor: torch.Tensor) -> list[Image.Image]:
+        """Spectrograms as grey images: low frequencies at the bottom, time left to right."""
+        levels = ((tensor.detach().float().cpu().clamp(-1, 1)[:, 0] + 1) * 127.5).round().to(torch.uint8)
+        return [Image.fromarray(level.flip(0).numpy()).convert("RGB") for level in levels]
 
     def db_to_unit(self, db: torch.Tensor) -> torch.Tensor:
         lo, hi = self.config.floor_db, self.config.ceil_db

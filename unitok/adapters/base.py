@@ -34,6 +34,10 @@ class MediaAdapter(ABC):
     def postprocess(self, tensor: torch.Tensor) -> list[Any]:
         """A batch of autoencoder outputs -> in-memory objects that can be saved as files."""
 
+    def picture(self, tensor: torch.Tensor) -> list[Any]:
+        """A batch of autoencoder outputs as PIL images for people (trajectory grids)."""
+        return self.postprocess(tensor)
+
     @property
     @abstractmethod
     def input_shape(self) -> tuple[int, ...]:

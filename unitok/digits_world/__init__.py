@@ -1,4 +1,7 @@
-"""Digits world: the embedded default dataset (real sklearn digits as coloured, captioned scenes)."""
+"""Digits world: the embedded default dataset: real sklearn digits as coloured, captioned scenes
+(images) and the same digits dialled as DTMF tones (audio)."""
+
+from pathlib import Path
 
 from unitok.digits_world.images import (
     digit_pixels,
@@ -27,6 +30,20 @@ from unitok.digits_world.scenes import (
     parse_caption,
     sample_scene,
 )
+from unitok.digits_world.tones import ToneWorldConfig, build_tone_world, write_audio_folder
+
+
+def write_world_folders(world: DigitsWorldConfig | ToneWorldConfig, folders: dict[str, Path]) -> None:
+    """Render one modality of digits world into caption folders, one per split ("train", "heldout")."""
+    if isinstance(world, ToneWorldConfig):
+        splits = build_tone_world(world)
+        for split, folder in folders.items():
+            write_audio_folder(splits[split], folder, world.sample_rate)
+    else:
+        splits = build_digits_world(world)
+        for split, folder in folders.items():
+            write_image_folder(splits[split], folder, world.image_size)
+
 
 __all__ = [
     "COLORS",
@@ -34,10 +51,12 @@ __all__ = [
     "DIGIT_WORDS",
     "POSITIONS",
     "SIZES",
+    "ToneWorldConfig",
     "DigitsWorldConfig",
     "Item",
     "Scene",
     "build_digits_world",
+    "build_tone_world",
     "canonical_caption",
     "caption_for",
     "digit_pixels",
@@ -51,5 +70,7 @@ __all__ = [
     "render_array",
     "render_scene",
     "sample_scene",
+    "write_audio_folder",
     "write_image_folder",
+    "write_world_folders",
 ]

@@ -129,15 +129,31 @@ def _sample_digits(rng: random.Random, want_unseen: bool) -> tuple[int, ...]:
             return digits
 
 
-def build_tone_world(seed: int, train_clips: int, heldout_clips: int) -> dict[str, list[ToneItem]]:
-    """The "train" and "heldout" splits; identical items for the same arguments.
+@dataclass(frozen=True)
+class ToneWorldConfig:
+    """The audio part of digits world (a recipe's ``data.audio.digits_world``)."""
+
+    seed: int = 0
+    train_clips: int = 4000
+    heldout_clips: int = 300
+    sample_rate: int = 8000  # of the WAV files written; the tokenizer spec resamples to its own rate
+
+    def __post_init__(self) -> None:
+        if self.train_clips < 0 or self.heldout_clips < 0:
+            raise ValueError("train_clips and heldout_clips must be non-negative")
+        if self.sample_rate < 2 * max(COLUMN_HZ) + 1:
+            raise ValueError(f"sample_rate {self.sample_rate} cannot hold the {max(COLUMN_HZ)} Hz tones")
+
+
+def build_tone_world(world: ToneWorldConfig) -> dict[str, list[ToneItem]]:
+    """The "train" and "heldout" splits; identical items for the same config.
 
     Training clips never dial a held-out pair of consecutive digits; every other held-out clip
     (half) does, which tests whether digits learned apart are dialled in new orders.
     """
     splits: dict[str, list[ToneItem]] = {}
-    for split, n_clips in (("train", train_clips), ("heldout", heldout_clips)):
-        rng = random.Random(f"digits-world-tones/{seed}/{split}")
+    for split, n_clips in (("train", world.train_clips), ("heldout", world.heldout_clips)):
+        rng = random.Random(f"digits-world-tones/{world.seed}/{split}")
         items = []
         for i in range(n_clips):
             unseen = split == "heldout" and i % 2 == 0

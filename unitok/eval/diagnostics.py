@@ -52,7 +52,7 @@ def first_step_digit_ce_gain(pipe: UniTokPipeline, items: list[Item], media_ids:
     def first_step_ce(captions: list[str]) -> float:
         docs = [task_document(vocab, pipe.media_order, "text_to_image", pipe.encode_prompt(c), tokenizer.name, b)
                 for c, b in zip(captions, blocks)]
-        return heldout_loss(model, vocab, docs, pipe.device)["ce_per_block"][0]
+        return heldout_loss(model, vocab, {"text_to_image": docs}, pipe.device)["ce_per_block"][0]
 
     swapped = [other_digit_caption(it.caption, it.scene.digit) for it in items]
     return first_step_ce(swapped) - first_step_ce([it.caption for it in items])

@@ -1,7 +1,8 @@
-"""Evaluate a trained recipe: tokenizer, LM held-out loss, and text→image scores on digits world.
+"""Evaluate a trained recipe: tokenizers, LM held-out loss, and every trained direction on digits world.
 
-Writes ``metrics.json`` (keys as documented in docs/BENCHMARKS.md), ``samples.png`` (held-out
-prompts) and ``trajectory.png`` (D(s_t) at every step) into the recipe's output folder.
+Writes ``metrics.json`` (keys as documented in docs/BENCHMARKS.md) into the recipe's output folder,
+with ``samples.png`` and ``trajectory.png`` (D(s_t) at every step) for text→image, and
+``audio_samples/*.wav`` and ``audio_trajectory.png`` (spectrograms) for text→audio.
 """
 
 from __future__ import annotations
@@ -15,14 +16,16 @@ import torch
 from PIL import Image
 from tqdm.auto import tqdm
 
-from ..digits_world import Item, build_digits_world, digit_pools, parse_caption, real_renders
+from ..digits_world import Item, build_digits_world, digit_pools, image_file, parse_caption, real_renders
+from ..digits_world.tones import ToneItem, audio_file, build_tone_world, parse_tone_caption
 from ..media_tokenizer import MediaTokenizer
-from ..pipeline import UniTokPipeline
+from ..pipeline import MediaPipelineOutput, UniTokPipeline
 from ..shards import load_shards
 from ..visualize import labelled_grid, trajectory_grid
 from .classifier import load_or_train_digit_classifier
 from .diagnostics import (digit_accuracy_factorized_first_step, digit_accuracy_given_first_step,
                           first_step_digit_ce_gain, media_ids_of)
+from .dtmf import decode_dtmf, dtmf_roundtrip_accuracy
 from .frechet import frechet_distance
 from .readers import read_color, read_position
 
@@ -31,37 +34,74 @@ if TYPE_CHECKING:
 
 
 def evaluate_recipe(run: "RecipeRun") -> dict:
-    recipe = run.recipe
     pipe = UniTokPipeline.from_pretrained(run.out / "model")
-    metrics = {"tokenizer": _tokenizer_metrics(run), "lm": _lm_metrics(run)}
-    world = recipe.data.digits_world
-    if world is not None:
-        splits = build_digits_world(world)
-        items = splits["heldout"][: recipe.eval.num_samples]
-        shards = {split: load_shards(run.out / "shards" / split, pipe.vocabulary) for split in ("train", "heldout")}
-        ids = _generate(pipe, [it.caption for it in items], recipe.eval, recipe.seed)
-        images = pipe.tokenizer_for("image").decode(ids)
-        classifier = load_or_train_digit_classifier(run.out / "eval" / "classifier", world, recipe.eval.classifier_steps)
-        metrics["tokenizer"]["recon_digit_accuracy"] = recon_digit_accuracy(pipe.tokenizer_for("image"), items,
-                                                                            classifier, world, recipe.seed)
-        metrics["text_to_image"] = {
-            **text_to_image_scores(images, items, classifier, world),
-            "exact_copy_fraction": exact_copy_fraction(ids, shards["train"], pipe),
-            "guidance_scale": recipe.eval.sampler.guidance_scale,
-            "num_samples": len(items),
-        }
-        _add_diagnostics(metrics, run, pipe, shards, items, splits["train"], classifier)
-        n = recipe.eval.grid_samples
-        labelled_grid(images[:n], [it.caption for it in items[:n]]).save(run.out / "samples.png")
-        _trajectory_picture(pipe, ids[: recipe.eval.trajectory_samples], items).save(run.out / "trajectory.png")
+    metrics = {"lm": _lm_metrics(run)}
+    for modality in run.loaded.modalities:
+        metrics[f"{modality}_tokenizer"] = _tokenizer_metrics(run, modality)
+        world = getattr(run.recipe.data, modality).digits_world
+        if world is not None:
+            WORLD_EVALUATORS[modality](run, pipe, world, metrics)
     (run.out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
     run.log(json.dumps(metrics, indent=2))
     return metrics
 
 
-def _tokenizer_metrics(run: "RecipeRun") -> dict:
-    measured = json.loads((run.out / "tokenizers" / "metrics.json").read_text())
-    main = measured[run.loaded.tokenizer_spec.name]
+def _trains(run: "RecipeRun", task: str) -> bool:
+    return run.recipe.lm.tasks.get(task, 0) > 0
+
+
+def _evaluate_images(run: "RecipeRun", pipe: UniTokPipeline, world, metrics: dict) -> None:
+    recipe = run.recipe
+    splits = build_digits_world(world)
+    items = splits["heldout"][: recipe.eval.num_samples]
+    tokenizer = pipe.tokenizer_for("image")
+    classifier = load_or_train_digit_classifier(run.out / "eval" / "classifier", world, recipe.eval.classifier_steps)
+    metrics["image_tokenizer"]["recon_digit_accuracy"] = recon_digit_accuracy(tokenizer, items, classifier, world,
+                                                                              recipe.seed)
+    if _trains(run, "text_to_image"):
+        shards = {split: load_shards(run.shard_dir("image", split), pipe.vocabulary) for split in ("train", "heldout")}
+        ids = _generate(pipe, "image", [it.caption for it in items], recipe.eval, recipe.seed)
+        images = tokenizer.decode(ids)
+        metrics["text_to_image"] = {
+            **text_to_image_scores(images, items, classifier, world),
+            "exact_copy_fraction": exact_copy_fraction(ids, shards["train"], pipe),
+            "guidance_scale": recipe.eval.sampler_for("image").guidance_scale,
+            "num_samples": len(items),
+        }
+        _add_diagnostics(metrics, run, pipe, shards, items, splits["train"], classifier)
+        n = recipe.eval.grid_samples
+        labelled_grid(images[:n], [it.caption for it in items[:n]]).save(run.out / "samples.png")
+        _trajectory_picture(tokenizer, ids[: recipe.eval.trajectory_samples], items).save(run.out / "trajectory.png")
+    if _trains(run, "image_to_text"):
+        folder = run.data_dirs("image")["heldout"][0]
+        captions = _describe(pipe, "image", [folder / image_file(it) for it in items], recipe.eval, recipe.seed)
+        metrics["image_to_text"] = {**image_to_text_scores(captions, items), "num_samples": len(items)}
+
+
+def _evaluate_audio(run: "RecipeRun", pipe: UniTokPipeline, world, metrics: dict) -> None:
+    recipe = run.recipe
+    items = build_tone_world(world)["heldout"][: recipe.eval.num_samples]
+    tokenizer = pipe.tokenizer_for("audio")
+    metrics["audio_tokenizer"]["dtmf_roundtrip_accuracy"] = dtmf_roundtrip_accuracy(tokenizer, items, recipe.seed)
+    if _trains(run, "text_to_audio"):
+        ids = _generate(pipe, "audio", [it.caption for it in items], recipe.eval, recipe.seed)
+        clips = tokenizer.decode(ids)
+        metrics["text_to_audio"] = {**text_to_audio_scores(clips, items), "num_samples": len(items)}
+        MediaPipelineOutput(clips[: recipe.eval.grid_samples], ids).save(run.out / "audio_samples" / "sample.wav")
+        _trajectory_picture(tokenizer, ids[: recipe.eval.trajectory_samples], items).save(
+            run.out / "audio_trajectory.png")
+    if _trains(run, "audio_to_text"):
+        folder = run.data_dirs("audio")["heldout"][0]
+        captions = _describe(pipe, "audio", [folder / audio_file(it) for it in items], recipe.eval, recipe.seed)
+        metrics["audio_to_text"] = {**audio_to_text_scores(captions, items), "num_samples": len(items)}
+
+
+WORLD_EVALUATORS = {"image": _evaluate_images, "audio": _evaluate_audio}
+
+
+def _tokenizer_metrics(run: "RecipeRun", modality: str) -> dict:
+    measured = json.loads((run.out / "tokenizers" / modality / "metrics.json").read_text())
+    main = measured[run.loaded.tokenizer_specs[modality].name]
     result = {"psnr_db": main["psnr_db"], "codebook_usage": main["codebook_usage"]}
     if "plain_vq" in measured:
         result["plain_vq_psnr_db"] = measured["plain_vq"]["psnr_db"]
@@ -72,8 +112,8 @@ def _tokenizer_metrics(run: "RecipeRun") -> dict:
 def _lm_metrics(run: "RecipeRun") -> dict:
     history = json.loads((run.out / "lm" / "history.json").read_text())
     best = next(e for e in history["evals"] if e["step"] == history["best_step"])
-    return {"heldout_loss": best["loss"], "heldout_ce_per_block": best["ce_per_block"], "best_step": best["step"],
-            "steps_trained": history["step"]}
+    return {"heldout_loss": best["loss"], "heldout_ce_per_block": best["ce_per_block"],
+            "heldout_loss_per_task": best["loss_per_task"], "best_step": best["step"], "steps_trained": history["step"]}
 
 
 def _add_diagnostics(metrics: dict, run: "RecipeRun", pipe: UniTokPipeline, shards: dict, items: list[Item],
@@ -82,19 +122,52 @@ def _add_diagnostics(metrics: dict, run: "RecipeRun", pipe: UniTokPipeline, shar
     media_ids = media_ids_of(shards["heldout"], pipe, items)
     metrics["lm"]["first_step_digit_ce_gain"] = first_step_digit_ce_gain(pipe, items, media_ids)
     if pipe.tokenizer_for("image").num_blocks > 2:
-        sampler, seed = run.recipe.eval.sampler, run.recipe.seed
+        sampler, seed = run.recipe.eval.sampler_for("image"), run.recipe.seed
         metrics["text_to_image"]["digit_accuracy_given_first_step"] = digit_accuracy_given_first_step(
             pipe, items, media_ids, sampler, classifier, seed)
         metrics["text_to_image"]["digit_accuracy_factorized_first_step"] = digit_accuracy_factorized_first_step(
             pipe, items, train_items, media_ids_of(shards["train"], pipe, train_items), sampler, classifier, seed)
 
 
-def _generate(pipe: UniTokPipeline, prompts: list[str], cfg, seed: int) -> torch.Tensor:
+def _generate(pipe: UniTokPipeline, modality: str, prompts: list[str], cfg, seed: int) -> torch.Tensor:
     chunks = []
-    for start in tqdm(range(0, len(prompts), cfg.batch_size), desc="generate"):
+    for start in tqdm(range(0, len(prompts), cfg.batch_size), desc=f"text→{modality}"):
         batch = prompts[start:start + cfg.batch_size]
-        chunks.append(pipe.generate_media_ids("image", batch, cfg.sampler, seed=seed + start))
+        chunks.append(pipe.generate_media_ids(modality, batch, cfg.sampler_for(modality), seed=seed + start))
     return torch.cat(chunks)
+
+
+def _describe(pipe: UniTokPipeline, modality: str, files: list, cfg, seed: int) -> list[str]:
+    sampler = cfg.sampler_for("text")
+    captions = []
+    for start in tqdm(range(0, len(files), cfg.batch_size), desc=f"{modality}→text"):
+        captions += pipe.media_to_text(modality, files[start:start + cfg.batch_size], temperature=sampler.temperature,
+                                       top_k=sampler.top_k, top_p=sampler.top_p, gumbel_scale=sampler.gumbel_scale,
+                                       seed=seed + start)
+    return captions
+
+
+def image_to_text_scores(captions: list[str], items: list[Item]) -> dict:
+    """Digit and colour read from generated captions against the held-out scenes they describe."""
+    read = [parse_caption(c) for c in captions]
+    digit_ok = np.array([r["digit"] == it.scene.digit for r, it in zip(read, items)])
+    color_ok = np.array([r["color"] == it.scene.color for r, it in zip(read, items)])
+    return {"digit_color_accuracy": float((digit_ok & color_ok).mean()), "digit_accuracy": float(digit_ok.mean()),
+            "color_accuracy": float(color_ok.mean()), "examples": captions[:5]}
+
+
+def text_to_audio_scores(clips, items: list[ToneItem]) -> dict:
+    """Exact dialled sequence read back by the Goertzel decoder, overall and on unseen digit pairs."""
+    ok = np.array([decode_dtmf(c.samples, c.sample_rate) == it.clip.digits for c, it in zip(clips, items)])
+    unseen = np.array([it.unseen_combo for it in items])
+    return {"dtmf_sequence_accuracy": float(ok.mean()),
+            "unseen_pair_accuracy": float(ok[unseen].mean()) if unseen.any() else None}
+
+
+def audio_to_text_scores(captions: list[str], items: list[ToneItem]) -> dict:
+    """Digit sequence named by generated captions against the held-out clips they describe."""
+    ok = np.array([parse_tone_caption(c) == it.clip.digits for c, it in zip(captions, items)])
+    return {"digit_accuracy": float(ok.mean()), "examples": captions[:5]}
 
 
 def recon_digit_accuracy(tokenizer: MediaTokenizer, items: list[Item], classifier, world, seed: int) -> float:
@@ -147,9 +220,9 @@ def exact_copy_fraction(ids: torch.Tensor, train, pipe: UniTokPipeline) -> float
     return float(np.mean([tuple(c) in seen for c in clean]))
 
 
-def _trajectory_picture(pipe: UniTokPipeline, ids: torch.Tensor, items: list[Item]):
-    tokenizer = pipe.tokenizer_for("image")
-    states = tokenizer.decode_states(ids)  # T+1 tensors (B, 3, H, W), noisiest first
-    rows = [[tokenizer.adapter.postprocess(s[i : i + 1])[0] for s in states] for i in range(len(ids))]
+def _trajectory_picture(tokenizer: MediaTokenizer, ids: torch.Tensor, items: list):
+    """D(s_t) for t = T … 0 of a few generated items, as pictures (spectrograms for audio)."""
+    states = tokenizer.decode_states(ids)  # T+1 tensors (B, C, …), noisiest first
+    rows = [[tokenizer.adapter.picture(s[i : i + 1])[0] for s in states] for i in range(len(ids))]
     steps = tokenizer.num_blocks - 1
     return trajectory_grid(rows, [it.caption for it in items[: len(ids)]], [f"t={steps - b}" for b in range(len(states))])

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..config import config_hash, from_dict, load_config, to_dict
+from ..config import ConfigError, config_hash, from_dict, load_config, to_dict
 from ..digits_world import build_digits_world
 from ..media_tokenizer import MediaTokenizer, TokenizerSpec
 from ..recipe import RecipeRun, load_recipe, resolve_spec_path, run_stage
@@ -38,6 +38,7 @@ class TokenizerSweep:
     recipe: str  # path to a recipe, relative to the sweep file or the working directory
     output_dir: str
     variants: dict[str, dict[str, Any]] = field(default_factory=dict)  # name -> overrides of the spec
+    modality: str = "image"  # which of the recipe's tokenizers to vary
 
     def __post_init__(self):
         if not self.variants:
@@ -60,14 +61,17 @@ def run_tokenizer_sweep(path: str | Path, log=print) -> dict[str, dict]:
     path = Path(path)
     sweep = load_config(path, TokenizerSweep)
     run = RecipeRun(load_recipe(resolve_spec_path(sweep.recipe, path)), log)
-    specs = {name: variant_spec(run.loaded.tokenizer_spec, overrides, f"{path}: variants.{name}")
-             for name, overrides in sweep.variants.items()}
+    modality = sweep.modality
+    if modality not in run.loaded.tokenizer_specs:
+        raise ConfigError(f"{path}: modality: the recipe has no {modality} tokenizer (it has {run.loaded.modalities})")
+    base = run.loaded.tokenizer_specs[modality]
+    specs = {name: variant_spec(base, overrides, f"{path}: variants.{name}") for name, overrides in sweep.variants.items()}
     run.stage_data()
     out = Path(sweep.output_dir)
-    training, seed = run.recipe.tokenizer.training, run.recipe.seed
-    probe = MediaTokenizer(run.loaded.tokenizer_spec)
-    train_x, heldout_x = run.load_split_tensors("train", probe), run.load_split_tensors("heldout", probe)
-    world = run.recipe.data.digits_world
+    training, seed = run.recipe.tokenizers[modality].training, run.recipe.seed
+    probe = MediaTokenizer(base)
+    train_x, heldout_x = (run.split_tensors(modality, split, probe) for split in ("train", "heldout"))
+    world = run.recipe.data.image.digits_world if modality == "image" else None
     if world is not None:  # built once: every variant is read by the same classifier on the same scenes
         items = build_digits_world(world)["heldout"]
         classifier = load_or_train_digit_classifier(out / "classifier", world, run.recipe.eval.classifier_steps)
@@ -84,7 +88,7 @@ def run_tokenizer_sweep(path: str | Path, log=print) -> dict[str, dict]:
         log(f"  {name}: {row}")
 
     for name, spec in specs.items():
-        run_stage(out / name, config_hash(run.data_key(), spec, training, seed), lambda: measure(name, spec), log)
+        run_stage(out / name, config_hash(run.data_key(modality), spec, training, seed), lambda: measure(name, spec), log)
     results = {name: json.loads((out / name / METRICS_FILE).read_text()) for name in specs}
     (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
     (out / "results.md").write_text(results_table(results))

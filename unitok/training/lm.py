@@ -15,19 +15,19 @@ import random
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal, Sequence
+from typing import Iterator, Literal, Sequence
 
 import torch
 import torch.nn.functional as F
 from accelerate import Accelerator
 from accelerate.utils import DataLoaderConfiguration, set_seed
 from safetensors.torch import load_file
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Sampler
 from transformers import LlamaForCausalLM
 from tqdm.auto import tqdm
 
 from ..model import StreamModel, batch_logits, stream_loss
-from ..streams import IGNORE, Batch, Stream, collate, pack, task_document
+from ..streams import IGNORE, Batch, Stream, collate, pack, task_document, task_modality
 from ..vocabulary import Vocabulary
 from .common import mixed_precision, warmup_cosine
 
@@ -51,6 +51,9 @@ class LMTraining:
     # a full document's tokens. Block-causal attention makes their gradients exactly those of
     # that step in a full document.
     first_step_fraction: float = 0.0
+    # Loss weight per target kind: "text" (text and special tokens) or a modality ("image", …);
+    # unlisted kinds weigh 1. The loss is the weighted mean over labelled positions.
+    loss_weights: dict[str, float] = field(default_factory=dict)
     checkpoint_every: int = 200
     eval_every: int = 200
     eval_items: int = 256
@@ -64,6 +67,14 @@ class LMTraining:
             raise ValueError("caption_dropout must be in [0, 1)")
         if not 0 <= self.first_step_fraction <= 1:
             raise ValueError("first_step_fraction must be in [0, 1]")
+        for task in self.tasks:
+            task_modality(task)  # raises on an unknown task name
+        if any(w < 0 for w in self.loss_weights.values()):
+            raise ValueError("loss_weights must be non-negative")
+
+    def modalities(self) -> set[str]:
+        """The media modalities the tasks with a positive weight need items of."""
+        return {task_modality(t) for t, w in self.tasks.items() if w > 0} - {None}
 
 
 @dataclass
@@ -86,31 +97,81 @@ class TokenItems:
         return len(self.text_ids)
 
 
+class MixtureSampler(Sampler[int]):
+    """Indices into pools laid end to end. An epoch has as many draws as there are items; each
+    draw picks a pool by its weight, then that pool's next item in a seeded shuffle (cycled).
+    Seeded by seed + epoch, so a resumed run draws what an uninterrupted one would; with a single
+    pool an epoch is exactly the seeded permutation of a seedable `RandomSampler`."""
+
+    def __init__(self, pool_sizes: Sequence[int], pool_weights: Sequence[float], seed: int):
+        self.sizes, self.weights, self.seed, self.epoch = list(pool_sizes), list(pool_weights), seed, 0
+        self.offsets = [sum(self.sizes[:p]) for p in range(len(self.sizes))]
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return sum(self.sizes)
+
+    def __iter__(self) -> Iterator[int]:
+        generator = torch.Generator().manual_seed(self.seed + self.epoch)
+        if len(self.sizes) == 1:
+            yield from torch.randperm(self.sizes[0], generator=generator).tolist()
+            return
+        pools = torch.multinomial(torch.tensor(self.weights, dtype=torch.float64), len(self), replacement=True,
+                                  generator=generator).tolist()
+        orders = [torch.randperm(size, generator=generator).tolist() for size in self.sizes]
+        drawn = [0] * len(self.sizes)
+        for p in pools:
+            yield self.offsets[p] + orders[p][drawn[p] % self.sizes[p]]
+            drawn[p] += 1
+
+
 class DocumentMaker:
-    """Item indices -> a training batch; caption dropout and task draws are seeded by the step,
-    so a resumed run builds exactly the batches an uninterrupted one would."""
+    """Indices into the pools (one `TokenItems` per modality, laid end to end) -> documents.
 
-    def __init__(self, items: TokenItems, vocab: Vocabulary, cfg: LMTraining, seed: int):
-        self.items, self.vocab, self.cfg, self.seed = items, vocab, cfg, seed
-        self.task_names = list(cfg.tasks)
-        self.task_weights = list(cfg.tasks.values())
+    Each pool serves the tasks of its modality; caption-only ``text`` documents come from every
+    pool in proportion to its size. A pool is drawn with the summed weight of what it serves and
+    the task by its weight within the pool, so task shares follow `cfg.tasks`. Caption dropout
+    and task draws are seeded by the step, so a resumed run builds exactly the same batches.
+    """
 
-    def documents(self, indices: Sequence[int], rng: random.Random | None):
-        docs = []
-        for i in indices:
-            task = rng.choices(self.task_names, self.task_weights)[0] if rng else self.task_names[0]
-            drop = rng is not None and rng.random() < self.cfg.caption_dropout
-            doc = task_document(self.vocab, self.cfg.media_order, task, self.items.text_ids[i],
-                                self.items.media_name, self.items.media_ids[i], drop_text=drop)
-            docs.append(self._trained_part(doc, task, rng))
-        return docs
+    def __init__(self, pools: dict[str, TokenItems], vocab: Vocabulary, cfg: LMTraining, seed: int):
+        missing = cfg.modalities() - set(pools)
+        if missing:
+            raise ValueError(f"tasks {sorted(cfg.tasks)} need {sorted(missing)} items, which the shards do not hold")
+        self.pools, self.vocab, self.cfg, self.seed = pools, vocab, cfg, seed
+        self.modalities = list(pools)
+        total = sum(len(items) for items in pools.values())
+        self.pool_tasks = {m: {t: w * (len(pools[m]) / total if task_modality(t) is None else 1)
+                               for t, w in cfg.tasks.items() if task_modality(t) in (m, None)}
+                           for m in self.modalities}
 
-    def _trained_part(self, doc: Stream, task: str, rng: random.Random | None) -> Stream:
+    def sampler(self) -> MixtureSampler:
+        return MixtureSampler([len(self.pools[m]) for m in self.modalities],
+                              [sum(self.pool_tasks[m].values()) for m in self.modalities], self.seed)
+
+    def locate(self, index: int) -> tuple[str, int]:
+        """A sampler index -> (modality, index in that pool)."""
+        for modality in self.modalities:
+            if index < len(self.pools[modality]):
+                return modality, index
+            index -= len(self.pools[modality])
+        raise IndexError(f"index beyond the {sum(map(len, self.pools.values()))} items of the pools")
+
+    def document(self, task: str, modality: str, i: int, rng: random.Random | None) -> Stream:
+        items = self.pools[modality]
+        drop = rng is not None and rng.random() < self.cfg.caption_dropout
+        doc = task_document(self.vocab, self.cfg.media_order, task, items.text_ids[i], items.media_name,
+                            items.media_ids[i], drop_text=drop)
+        return self._trained_part(doc, task, items, rng)
+
+    def _trained_part(self, doc: Stream, task: str, items: TokenItems, rng: random.Random | None) -> Stream:
         """A text-to-media document ends ``k_1 k_0 <eo?> <eos>``: k_0 has no target and nothing
         attends to it, and <eo?>'s only target is the certain <eos>. Stopping after k_1 (whose
         targets, the k_0 codes, stay) spends 1/(T+1) fewer media tokens for the same loss.
         A share `first_step_fraction` of training documents stops after k_T instead."""
-        num_blocks, n = self.items.media_ids.shape[1:]
+        num_blocks, n = items.media_ids.shape[1:]
         if not task.startswith("text_to_") or self.cfg.media_order != "timestep" or num_blocks < 2:
             return doc
         fraction = self.cfg.first_step_fraction
@@ -120,13 +181,43 @@ class DocumentMaker:
 
     def batch(self, indices: Sequence[int], step: int, micro: int, rank: int) -> Batch:
         rng = random.Random(hash((self.seed, step, micro, rank)))
-        docs = self.documents(indices, rng)
+        docs = []
+        for index in indices:
+            modality, i = self.locate(index)
+            tasks = self.pool_tasks[modality]
+            docs.append(self.document(rng.choices(list(tasks), list(tasks.values()))[0], modality, i, rng))
         return collate(pack(docs, max(len(d) for d in docs)), pad_id=self.vocab.special_id("<pad>"))
 
+    def heldout_documents(self, count: int) -> dict[str, list[Stream]]:
+        """Whole documents for every task with a positive weight, `count` in all, split evenly."""
+        tasks = [t for t, w in self.cfg.tasks.items() if w > 0]
+        per_task = max(1, count // len(tasks))
+        docs = {}
+        for task in tasks:
+            modality = task_modality(task) or self.modalities[0]
+            docs[task] = [self.document(task, modality, i, None) for i in range(min(per_task, len(self.pools[modality])))]
+        return docs
 
-def train_lm(transformer: LlamaForCausalLM, vocab: Vocabulary, train: TokenItems, heldout: TokenItems,
-             cfg: LMTraining, output_dir: str | Path, seed: int = 0, stop_after_step: int | None = None) -> dict:
-    """Train `transformer` in place; checkpoints under `output_dir/checkpoints`, best weights loaded at the end.
+
+def loss_weight_table(vocab: Vocabulary, weights: dict[str, float], size: int) -> torch.Tensor | None:
+    """(size,) weight of each target id for `stream_loss`; None when every weight is 1."""
+    kinds = {"text"} | {r.modality for r in vocab.media_ranges()}
+    unknown = set(weights) - kinds
+    if unknown:
+        raise ValueError(f"loss_weights has {sorted(unknown)}; expected some of {sorted(kinds)}")
+    if all(w == 1 for w in weights.values()):
+        return None
+    table = torch.full((size,), weights.get("text", 1.0))
+    for r in vocab.media_ranges():
+        table[r.offset : r.end] = weights.get(r.modality, 1.0)
+    return table
+
+
+def train_lm(transformer: LlamaForCausalLM, vocab: Vocabulary, train: dict[str, TokenItems],
+             heldout: dict[str, TokenItems], cfg: LMTraining, output_dir: str | Path, seed: int = 0,
+             stop_after_step: int | None = None) -> dict:
+    """Train `transformer` in place on items by modality; checkpoints under `output_dir/checkpoints`,
+    best weights loaded at the end.
 
     `stop_after_step` ends the run early, as an interruption would, right after the checkpoint of
     that step (run training in time slices; a later call resumes). Returns the history: held-out
@@ -142,13 +233,14 @@ def train_lm(transformer: LlamaForCausalLM, vocab: Vocabulary, train: TokenItems
     model = StreamModel(transformer)
     optimizer = torch.optim.AdamW(_param_groups(model, cfg.weight_decay), lr=cfg.learning_rate, betas=(0.9, 0.95))
     scheduler = warmup_cosine(optimizer, cfg.warmup_steps, cfg.steps)
-    loader = DataLoader(range(len(train)), batch_size=cfg.batch_size, shuffle=True, drop_last=True,
-                        collate_fn=list, generator=torch.Generator().manual_seed(seed))
-    model, optimizer, loader, scheduler = accelerator.prepare(model, optimizer, loader, scheduler)
     maker = DocumentMaker(train, vocab, cfg, seed)
+    loader = DataLoader(range(sum(map(len, train.values()))), batch_size=cfg.batch_size, sampler=maker.sampler(),
+                        drop_last=True, collate_fn=list)
+    model, optimizer, loader, scheduler = accelerator.prepare(model, optimizer, loader, scheduler)
+    weights = loss_weight_table(vocab, cfg.loss_weights, transformer.config.vocab_size)
     checkpoints = output_dir / "checkpoints"
     state = _resume(accelerator, checkpoints)
-    eval_docs = DocumentMaker(heldout, vocab, cfg, seed).documents(range(min(cfg.eval_items, len(heldout))), None)
+    eval_docs = DocumentMaker(heldout, vocab, cfg, seed).heldout_documents(cfg.eval_items)
 
     step = state["step"]
     batches = _batches_from(loader, accelerator, start_micro_step=step * cfg.grad_accum)
@@ -159,7 +251,7 @@ def train_lm(transformer: LlamaForCausalLM, vocab: Vocabulary, train: TokenItems
         for micro in range(cfg.grad_accum):
             batch = maker.batch(next(batches), step, micro, accelerator.process_index).to(accelerator.device)
             with accelerator.accumulate(model):
-                loss = stream_loss(model, batch)
+                loss = stream_loss(model, batch, None if weights is None else weights.to(accelerator.device))
                 accelerator.backward(loss)
                 if accelerator.sync_gradients:
                     accelerator.clip_grad_norm_(model.parameters(), cfg.grad_clip)
@@ -206,27 +298,33 @@ def _batches_from(loader, accelerator: Accelerator, start_micro_step: int):
 
 
 @torch.no_grad()
-def heldout_loss(model: torch.nn.Module, vocab: Vocabulary, docs: list, device, batch_size: int = 16) -> dict:
-    """Held-out cross-entropy overall and per target media block (noisiest first)."""
+def heldout_loss(model: torch.nn.Module, vocab: Vocabulary, docs_by_task: dict[str, list[Stream]], device,
+                 batch_size: int = 16) -> dict:
+    """Held-out cross-entropy (unweighted) overall, per task, and per target media block (noisiest first)."""
     model.eval()
-    total, count, block_sum, block_count = 0.0, 0, {}, {}
-    for start in range(0, len(docs), batch_size):
-        batch = collate([[d] for d in docs[start:start + batch_size]], vocab.special_id("<pad>")).to(device)
-        logits = batch_logits(model, batch)
-        losses = F.cross_entropy(logits.transpose(1, 2).float(), batch.targets, ignore_index=IGNORE, reduction="none")
-        labelled = batch.targets != IGNORE
-        total += losses[labelled].sum().item()
-        count += int(labelled.sum())
-        target_block = torch.full_like(batch.targets, -1)
-        for row, doc in enumerate(docs[start:start + batch_size]):
-            target_block[row, : len(doc)] = torch.tensor(doc.target_block)
-        for block in target_block.unique().tolist():
-            if block >= 0:
-                mask = target_block == block
-                block_sum[block] = block_sum.get(block, 0.0) + losses[mask].sum().item()
-                block_count[block] = block_count.get(block, 0) + int(mask.sum())
+    task_sum, task_count, block_sum, block_count = {}, {}, {}, {}
+    for task, docs in docs_by_task.items():
+        task_sum[task], task_count[task] = 0.0, 0
+        for start in range(0, len(docs), batch_size):
+            batch = collate([[d] for d in docs[start:start + batch_size]], vocab.special_id("<pad>")).to(device)
+            logits = batch_logits(model, batch)
+            losses = F.cross_entropy(logits.transpose(1, 2).float(), batch.targets, ignore_index=IGNORE,
+                                     reduction="none")
+            labelled = batch.targets != IGNORE
+            task_sum[task] += losses[labelled].sum().item()
+            task_count[task] += int(labelled.sum())
+            target_block = torch.full_like(batch.targets, -1)
+            for row, doc in enumerate(docs[start:start + batch_size]):
+                target_block[row, : len(doc)] = torch.tensor(doc.target_block)
+            for block in target_block.unique().tolist():
+                if block >= 0:
+                    mask = target_block == block
+                    block_sum[block] = block_sum.get(block, 0.0) + losses[mask].sum().item()
+                    block_count[block] = block_count.get(block, 0) + int(mask.sum())
     per_block = [block_sum[b] / block_count[b] for b in sorted(block_sum)]
-    return {"loss": total / max(count, 1), "ce_per_block": per_block}
+    per_task = {t: task_sum[t] / max(task_count[t], 1) for t in task_sum}
+    total = sum(task_sum.values()) / max(sum(task_count.values()), 1)
+    return {"loss": total, "ce_per_block": per_block, "loss_per_task": per_task}
 
 
 def _improved(state: dict) -> bool:

@@ -1,0 +1,78 @@
+"""One model for images and audio: the tiny two-modality recipe end to end, every direction."""
+
+import json
+
+import pytest
+import torch
+
+from unitok import UniTokPipeline
+from unitok.adapters.audio import Audio
+from unitok.cli import main
+from unitok.config import ConfigError
+from unitok.recipe import load_recipe
+
+from .conftest import write_tiny_multimodal_recipe
+
+
+def test_every_direction_is_evaluated(tiny_multimodal_run):
+    metrics = json.loads((tiny_multimodal_run / "metrics.json").read_text())
+    assert 0 <= metrics["audio_tokenizer"]["dtmf_roundtrip_accuracy"] <= 1
+    assert 0 <= metrics["text_to_audio"]["dtmf_sequence_accuracy"] <= 1
+    assert 0 <= metrics["audio_to_text"]["digit_accuracy"] <= 1
+    assert 0 <= metrics["image_to_text"]["digit_color_accuracy"] <= metrics["image_to_text"]["digit_accuracy"]
+    assert "digit_accuracy" in metrics["text_to_image"] and "psnr_db" in metrics["image_tokenizer"]
+    assert set(metrics["lm"]["heldout_loss_per_task"]) == {"text_to_image", "image_to_text", "text_to_audio",
+                                                           "audio_to_text", "text"}
+    for path in ("samples.png", "trajectory.png", "audio_trajectory.png", "audio_samples/sample-0.wav",
+                 "model/audio_tokenizer/model.safetensors", "shards/audio/heldout/manifest.json"):
+        assert (tiny_multimodal_run / path).is_file(), path
+
+
+def test_one_vocabulary_holds_both_codebooks(tiny_multimodal_run):
+    pipe = UniTokPipeline.from_pretrained(tiny_multimodal_run / "model")
+    media = {r.name: r for r in pipe.vocabulary.media_ranges()}
+    assert set(media) == {"image", "audio"} and media["image"].modality == "image"
+    spans = [set(range(r.offset, r.end)) for r in pipe.vocabulary.ranges]
+    assert sum(map(len, spans)) == len(set().union(*spans)) == pipe.vocabulary.size
+    assert media["audio"].size == pipe.tokenizer_for("audio").codebook_size
+
+
+def test_pipeline_generates_audio_and_describes_both_modalities(tiny_multimodal_run, tmp_path):
+    pipe = UniTokPipeline.from_pretrained(tiny_multimodal_run / "model")
+    out = pipe.text_to_audio("dial 4 7", seed=0)
+    assert out.token_ids.shape[0] == 1 and out.token_ids.max() < pipe.tokenizer_for("audio").codebook_size
+    (path,) = out.save(tmp_path / "dial47.wav")
+    adapter = pipe.tokenizer_for("audio").adapter
+    assert isinstance(adapter.load(path), Audio)
+    again = pipe.text_to_audio("dial 4 7", seed=0)
+    assert torch.equal(out.token_ids, again.token_ids), "same seed, same clip"
+
+    caption = pipe.audio_to_text(str(path))
+    assert isinstance(caption, str)
+    assert pipe.audio_to_text([str(path), str(path)]) == [caption, caption], "greedy captions are deterministic"
+    image = pipe.text_to_image("a red 7", seed=0).images[0]
+    assert isinstance(pipe.image_to_text(image), str)
+
+
+def test_generate_cli_for_audio_and_media_to_text(tiny_multimodal_run, tmp_path, capsys):
+    model = str(tiny_multimodal_run / "model")
+    wav = tmp_path / "tones.wav"
+    assert main(["generate", model, "--modality", "audio", "--prompt", "dial 1 2", "--out", str(wav)]) == 0
+    assert wav.is_file()
+    assert main(["generate", model, "--modality", "text", "--input", str(wav)]) == 0
+    assert capsys.readouterr().out.splitlines()[-1].split("\t")[0] == str(wav), "FILE<tab>caption"
+    assert main(["generate", model, "--modality", "text", "--input", str(tmp_path / "x.xyz")]) == 1
+    assert "no tokenizer of this pipeline reads .xyz files" in capsys.readouterr().err
+    assert main(["generate", model, "--modality", "audio", "--prompt", "dial 1"]) == 1
+    assert "pass --prompt TEXT and --out FILE" in capsys.readouterr().err
+
+
+def test_recipe_refuses_a_task_without_its_tokenizer_and_a_spec_of_another_modality(tmp_path):
+    path = write_tiny_multimodal_recipe(tmp_path, lm={"tasks": {"text_to_video": 1.0}})
+    with pytest.raises(ConfigError, match="lm.tasks: text_to_video needs a video tokenizer"):
+        load_recipe(path)
+    path = write_tiny_multimodal_recipe(tmp_path)
+    recipe = path.read_text().replace("tiny-audio.yaml", "tiny-tokenizer.yaml")
+    path.write_text(recipe)
+    with pytest.raises(ConfigError, match="tokenizers.audio: the spec .* is for image, not audio"):
+        load_recipe(path)
