@@ -30,6 +30,13 @@ TINY_AUDIO_SPEC = {
     "autoencoder": {"in_channels": 1, "patch_size": 2, "channels": [16], "latent_channels": 4},
     "quantizer": {"steps": 2, "codebook_size": 32},
 }
+TINY_VIDEO_SPEC = {
+    "modality": "video",
+    "name": "video",
+    "video": {"frames": 4, "size": 32},
+    "autoencoder": {"patch_size": 2, "channels": [16, 16], "temporal_levels": 1, "latent_channels": 4},
+    "quantizer": {"steps": 2, "codebook_size": 32},
+}
 TINY_MODEL = ModelSpec(hidden_size=64, num_layers=2, num_heads=2, intermediate_size=128, max_position_embeddings=512)
 
 
@@ -79,16 +86,18 @@ def write_tiny_recipe(folder: Path, **overrides) -> Path:
 
 
 def write_tiny_multimodal_recipe(folder: Path, **overrides) -> Path:
-    """The tiny recipe with an audio tokenizer and both directions for images and audio."""
-    audio_spec = folder / "tiny-audio.yaml"
-    audio_spec.write_text(yaml.safe_dump(TINY_AUDIO_SPEC))
+    """The tiny recipe with audio and video tokenizers and both directions for every modality."""
     path = write_tiny_recipe(folder)
     recipe = yaml.safe_load(path.read_text())
-    recipe["data"]["audio"] = {"digits_world": {"train_clips": 64, "heldout_clips": 8}}
-    recipe["tokenizers"]["audio"] = {"spec": str(audio_spec), "plain_vq_baseline": False,
-                                     "training": {"steps": 20, "batch_size": 16, "warmup_steps": 5}}
+    for modality, spec, world in (("audio", TINY_AUDIO_SPEC, {"train_clips": 64, "heldout_clips": 8}),
+                                  ("video", TINY_VIDEO_SPEC, {"train_clips": 64, "heldout_clips": 8, "frames": 4})):
+        spec_path = folder / f"tiny-{modality}.yaml"
+        spec_path.write_text(yaml.safe_dump(spec))
+        recipe["data"][modality] = {"digits_world": world}
+        recipe["tokenizers"][modality] = {"spec": str(spec_path), "plain_vq_baseline": False,
+                                          "training": {"steps": 20, "batch_size": 16, "warmup_steps": 5}}
     recipe["lm"]["tasks"] = {"text_to_image": 1.0, "image_to_text": 0.5, "text_to_audio": 1.0, "audio_to_text": 0.5,
-                             "text": 0.2}
+                             "text_to_video": 1.0, "video_to_text": 0.5, "text": 0.2}
     recipe["lm"]["loss_weights"] = {"audio": 2.0}
     recipe["eval"]["samplers"] = {"audio": {"guidance_scale": 2.0, "top_k": 8}}
     for key, value in overrides.items():
@@ -99,7 +108,7 @@ def write_tiny_multimodal_recipe(folder: Path, **overrides) -> Path:
 
 @pytest.fixture(scope="session")
 def tiny_multimodal_run(tmp_path_factory) -> Path:
-    """Runs the tiny image + audio recipe once (all stages); returns its output folder."""
+    """Runs the tiny image + audio + video recipe once (all stages); returns its output folder."""
     from unitok.recipe import RecipeRun, load_recipe
 
     folder = tmp_path_factory.mktemp("tiny-multimodal")

@@ -1,9 +1,10 @@
-"""One model for images and audio: the tiny two-modality recipe end to end, every direction."""
+"""One model for images, audio and video: the tiny three-modality recipe end to end, every direction."""
 
 import json
 
 import pytest
 import torch
+import yaml
 
 from unitok import UniTokPipeline
 from unitok.adapters.audio import Audio
@@ -21,17 +22,23 @@ def test_every_direction_is_evaluated(tiny_multimodal_run):
     assert 0 <= metrics["audio_to_text"]["digit_accuracy"] <= 1
     assert 0 <= metrics["image_to_text"]["digit_color_accuracy"] <= metrics["image_to_text"]["digit_accuracy"]
     assert "digit_accuracy" in metrics["text_to_image"] and "psnr_db" in metrics["image_tokenizer"]
+    for key in ("digit_accuracy", "direction_accuracy", "color_accuracy"):
+        assert 0 <= metrics["text_to_video"][key] <= 1
+    assert 0 <= metrics["video_to_text"]["digit_direction_accuracy"] <= 1
+    assert 0 <= metrics["video_tokenizer"]["recon_digit_direction_accuracy"] <= 1
     assert set(metrics["lm"]["heldout_loss_per_task"]) == {"text_to_image", "image_to_text", "text_to_audio",
-                                                           "audio_to_text", "text"}
+                                                           "audio_to_text", "text_to_video", "video_to_text", "text"}
     for path in ("samples.png", "trajectory.png", "audio_trajectory.png", "audio_samples/sample-0.wav",
-                 "model/audio_tokenizer/model.safetensors", "shards/audio/heldout/manifest.json"):
+                 "video_samples.png", "video_trajectory.png", "video_samples/sample-0.gif",
+                 "model/audio_tokenizer/model.safetensors", "model/video_tokenizer/model.safetensors",
+                 "shards/audio/heldout/manifest.json", "data/video/train/videos/train-000000.mp4"):
         assert (tiny_multimodal_run / path).is_file(), path
 
 
-def test_one_vocabulary_holds_both_codebooks(tiny_multimodal_run):
+def test_one_vocabulary_holds_the_three_codebooks(tiny_multimodal_run):
     pipe = UniTokPipeline.from_pretrained(tiny_multimodal_run / "model")
     media = {r.name: r for r in pipe.vocabulary.media_ranges()}
-    assert set(media) == {"image", "audio"} and media["image"].modality == "image"
+    assert set(media) == {"image", "audio", "video"} and all(r.modality == name for name, r in media.items())
     spans = [set(range(r.offset, r.end)) for r in pipe.vocabulary.ranges]
     assert sum(map(len, spans)) == len(set().union(*spans)) == pipe.vocabulary.size
     assert media["audio"].size == pipe.tokenizer_for("audio").codebook_size
@@ -52,6 +59,10 @@ def test_pipeline_generates_audio_and_describes_both_modalities(tiny_multimodal_
     assert pipe.audio_to_text([str(path), str(path)]) == [caption, caption], "greedy captions are deterministic"
     image = pipe.text_to_image("a red 7", seed=0).images[0]
     assert isinstance(pipe.image_to_text(image), str)
+    clip = pipe.text_to_video("a blue 3 moving right", seed=0)
+    assert clip.videos[0].frames.shape == (4, 32, 32, 3)
+    mp4, gif = clip.save(tmp_path / "three.mp4")[0], clip.save(tmp_path / "three.gif")[0]
+    assert gif.is_file() and isinstance(pipe.video_to_text(str(mp4)), str)
 
 
 def test_generate_cli_for_audio_and_media_to_text(tiny_multimodal_run, tmp_path, capsys):
@@ -68,7 +79,10 @@ def test_generate_cli_for_audio_and_media_to_text(tiny_multimodal_run, tmp_path,
 
 
 def test_recipe_refuses_a_task_without_its_tokenizer_and_a_spec_of_another_modality(tmp_path):
-    path = write_tiny_multimodal_recipe(tmp_path, lm={"tasks": {"text_to_video": 1.0}})
+    path = write_tiny_multimodal_recipe(tmp_path)
+    recipe = yaml.safe_load(path.read_text())
+    del recipe["tokenizers"]["video"]
+    path.write_text(yaml.safe_dump(recipe))
     with pytest.raises(ConfigError, match="lm.tasks: text_to_video needs a video tokenizer"):
         load_recipe(path)
     path = write_tiny_multimodal_recipe(tmp_path)

@@ -1,5 +1,9 @@
 """Convolutional autoencoders that map media to a latent grid and back.
 
+One architecture for 2D inputs (images, spectrograms: ``(B, C, H, W)``) and 3D inputs (video:
+``(B, C, F, H, W)``); only the convolution type changes. Every level halves the spatial size; in
+3D the first `temporal_levels` levels also halve the frame count (spatio-temporal downsampling).
+
 The encoder ends in a non-affine BatchNorm so the latent has unit scale per channel: the RDPM
 trajectory mixes it with unit Gaussian noise, and without a fixed scale the encoder could make
 the noise negligible by growing the latent.
@@ -10,7 +14,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+from einops.layers.torch import Rearrange
 from torch import nn
+
+CONVS = {2: nn.Conv2d, 3: nn.Conv3d}
+BATCH_NORMS = {2: nn.BatchNorm2d, 3: nn.BatchNorm3d}
+# Space-to-depth stems: p×p spatial patches become channels (time is never patched).
+PATCH_IN = {2: "b c (h ph) (w pw) -> b (c ph pw) h w", 3: "b c f (h ph) (w pw) -> b (c ph pw) f h w"}
+PATCH_OUT = {2: "b (c ph pw) h w -> b c (h ph) (w pw)", 3: "b (c ph pw) f h w -> b c f (h ph) (w pw)"}
 
 
 @dataclass(frozen=True)
@@ -20,79 +31,102 @@ class AutoencoderConfig:
     channels: tuple[int, ...] = (32, 64)  # width per resolution level; each level halves the size
     latent_channels: int = 8
     blocks_per_level: int = 1
+    temporal_levels: int = 0  # video only: how many of the first levels also halve the frame count
 
     def __post_init__(self):
         if not self.channels:
             raise ValueError("channels must list at least one level")
+        if not 0 <= self.temporal_levels <= len(self.channels):
+            raise ValueError(f"temporal_levels must be in [0, {len(self.channels)}] (one per level at most)")
 
     @property
     def downsample_factor(self) -> int:
+        """Spatial: input height (and width) over latent height."""
         return self.patch_size * 2 ** len(self.channels)
 
+    def downsample_factors(self, dims: int) -> tuple[int, ...]:
+        """Per axis of a `dims`-D input (frames first for video)."""
+        if dims == 2:
+            return (self.downsample_factor,) * 2
+        return (2 ** self.temporal_levels, self.downsample_factor, self.downsample_factor)
 
-class ResBlock2d(nn.Module):
-    def __init__(self, channels: int):
+
+class ResBlock(nn.Module):
+    def __init__(self, channels: int, dims: int):
         super().__init__()
+        conv = CONVS[dims]
         self.body = nn.Sequential(
             nn.GroupNorm(8, channels),
             nn.SiLU(),
-            nn.Conv2d(channels, channels, 3, padding=1),
+            conv(channels, channels, 3, padding=1),
             nn.GroupNorm(8, channels),
             nn.SiLU(),
-            nn.Conv2d(channels, channels, 3, padding=1),
+            conv(channels, channels, 3, padding=1),
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return x + self.body(x)
 
 
-class Encoder2d(nn.Module):
-    """(B, in, H, W) -> (B, latent, H/2^L, W/2^L)."""
+def _halves_time(cfg: AutoencoderConfig, dims: int, level: int) -> bool:
+    return dims == 3 and level < cfg.temporal_levels
 
-    def __init__(self, cfg: AutoencoderConfig):
+
+class Encoder(nn.Module):
+    """(B, in, [F,] H, W) -> (B, latent, [F/2^t,] H/f, W/f)."""
+
+    def __init__(self, cfg: AutoencoderConfig, dims: int):
         super().__init__()
-        p = cfg.patch_size
-        layers: list[nn.Module] = [nn.PixelUnshuffle(p), nn.Conv2d(cfg.in_channels * p * p, cfg.channels[0], 3, padding=1)]
+        conv, p = CONVS[dims], cfg.patch_size
+        layers: list[nn.Module] = [Rearrange(PATCH_IN[dims], ph=p, pw=p),
+                                   conv(cfg.in_channels * p * p, cfg.channels[0], 3, padding=1)]
         width = cfg.channels[0]
-        for level_width in cfg.channels:
-            layers.append(nn.Conv2d(width, level_width, 4, stride=2, padding=1))  # downsample x2
+        for level, level_width in enumerate(cfg.channels):
+            if dims == 2 or _halves_time(cfg, dims, level):  # downsample x2 on every axis
+                layers.append(conv(width, level_width, 4, stride=2, padding=1))
+            else:  # video level that keeps the frame count
+                layers.append(conv(width, level_width, (3, 4, 4), stride=(1, 2, 2), padding=1))
             width = level_width
-            layers += [ResBlock2d(width) for _ in range(cfg.blocks_per_level)]
-        layers += [nn.GroupNorm(8, width), nn.SiLU(), nn.Conv2d(width, cfg.latent_channels, 1)]
-        layers.append(nn.BatchNorm2d(cfg.latent_channels, affine=False))
+            layers += [ResBlock(width, dims) for _ in range(cfg.blocks_per_level)]
+        layers += [nn.GroupNorm(8, width), nn.SiLU(), conv(width, cfg.latent_channels, 1)]
+        layers.append(BATCH_NORMS[dims](cfg.latent_channels, affine=False))
         self.net = nn.Sequential(*layers)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x)
 
 
-class Decoder2d(nn.Module):
-    """(B, latent, h, w) -> (B, in, h·2^L, w·2^L)."""
+class Decoder(nn.Module):
+    """(B, latent, [f,] h, w) -> (B, in, [F,] H, W), mirroring `Encoder`."""
 
-    def __init__(self, cfg: AutoencoderConfig):
+    def __init__(self, cfg: AutoencoderConfig, dims: int):
         super().__init__()
+        conv, p = CONVS[dims], cfg.patch_size
         widths = list(reversed(cfg.channels))
-        layers: list[nn.Module] = [nn.Conv2d(cfg.latent_channels, widths[0], 3, padding=1)]
+        layers: list[nn.Module] = [conv(cfg.latent_channels, widths[0], 3, padding=1)]
         width = widths[0]
-        for level_width in widths:
-            layers += [ResBlock2d(width) for _ in range(cfg.blocks_per_level)]
-            layers += [nn.Upsample(scale_factor=2, mode="nearest"), nn.Conv2d(width, level_width, 3, padding=1)]
+        for index, level_width in enumerate(widths):
+            level = len(widths) - 1 - index  # the encoder level this one undoes
+            scale = 2 if dims == 2 or _halves_time(cfg, dims, level) else (1, 2, 2)
+            layers += [ResBlock(width, dims) for _ in range(cfg.blocks_per_level)]
+            layers += [nn.Upsample(scale_factor=scale, mode="nearest"), conv(width, level_width, 3, padding=1)]
             width = level_width
-        p = cfg.patch_size
-        layers += [nn.GroupNorm(8, width), nn.SiLU(), nn.Conv2d(width, cfg.in_channels * p * p, 3, padding=1)]
-        layers.append(nn.PixelShuffle(p))
+        layers += [nn.GroupNorm(8, width), nn.SiLU(), conv(width, cfg.in_channels * p * p, 3, padding=1)]
+        layers.append(Rearrange(PATCH_OUT[dims], ph=p, pw=p))
         self.net = nn.Sequential(*layers)
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         return self.net(z)
 
 
-class Autoencoder2d(nn.Module):
-    def __init__(self, cfg: AutoencoderConfig):
+class Autoencoder(nn.Module):
+    def __init__(self, cfg: AutoencoderConfig, dims: int = 2):
         super().__init__()
-        self.config = cfg
-        self.encoder = Encoder2d(cfg)
-        self.decoder = Decoder2d(cfg)
+        if dims not in CONVS:
+            raise ValueError(f"autoencoders take 2D or 3D inputs, not {dims}D")
+        self.config, self.dims = cfg, dims
+        self.encoder = Encoder(cfg, dims)
+        self.decoder = Decoder(cfg, dims)
 
     def encode(self, x: torch.Tensor) -> torch.Tensor:
         return self.encoder(x)

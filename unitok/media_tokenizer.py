@@ -20,8 +20,8 @@ from einops import rearrange
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from .adapters import AudioAdapter, AudioConfig, ImageAdapter, ImageConfig, MediaAdapter
-from .autoencoders import Autoencoder2d, AutoencoderConfig
+from .adapters import AudioAdapter, AudioConfig, ImageAdapter, ImageConfig, MediaAdapter, VideoAdapter, VideoConfig
+from .autoencoders import Autoencoder, AutoencoderConfig
 from .config import from_dict, load_config, to_dict
 from .rdpm import QuantizerConfig, QuantizerOutput, RDPMQuantizer
 from .vocabulary import MediaLayout
@@ -31,27 +31,30 @@ WEIGHTS_NAME = "model.safetensors"
 
 
 # A modality is an adapter class plus a TokenizerSpec section named after it.
-ADAPTERS: dict[str, type[MediaAdapter]] = {"image": ImageAdapter, "audio": AudioAdapter}
+ADAPTERS: dict[str, type[MediaAdapter]] = {"image": ImageAdapter, "audio": AudioAdapter, "video": VideoAdapter}
 
 
 @dataclass(frozen=True)
 class TokenizerSpec:
     """A media tokenizer's architecture (``tokenizers/*.yaml``)."""
 
-    modality: Literal["image", "audio"]
+    modality: Literal["image", "audio", "video"]
     name: str = "image"  # its range name in the vocabulary
     image: ImageConfig | None = None
     audio: AudioConfig | None = None
+    video: VideoConfig | None = None
     autoencoder: AutoencoderConfig = field(default_factory=AutoencoderConfig)
     quantizer: QuantizerConfig = field(default_factory=QuantizerConfig)
 
     def __post_init__(self):
         if getattr(self, self.modality) is None:
             raise ValueError(f"modality {self.modality!r} needs a `{self.modality}:` section")
-        channels = ADAPTERS[self.modality].channels
-        if self.autoencoder.in_channels != channels:
+        adapter = ADAPTERS[self.modality]
+        if self.autoencoder.in_channels != adapter.channels:
             raise ValueError(f"autoencoder.in_channels is {self.autoencoder.in_channels}, but {self.modality} "
-                             f"tensors have {channels} channel(s)")
+                             f"tensors have {adapter.channels} channel(s)")
+        if self.autoencoder.temporal_levels and adapter.dims != 3:
+            raise ValueError(f"autoencoder.temporal_levels needs frames; {self.modality} tensors have none")
 
     @classmethod
     def load(cls, path: str | Path) -> "TokenizerSpec":
@@ -68,10 +71,11 @@ class MediaTokenizer(nn.Module):
         super().__init__()
         self.spec = spec
         self.adapter = build_adapter(spec)
-        self.autoencoder = Autoencoder2d(spec.autoencoder)
+        dims = self.adapter.dims
+        self.autoencoder = Autoencoder(spec.autoencoder, dims)
         self.quantizer = RDPMQuantizer(spec.quantizer, spec.autoencoder.latent_channels)
-        factor = spec.autoencoder.downsample_factor
-        self.latent_shape = tuple(size // factor for size in self.adapter.input_shape[1:])
+        factors = spec.autoencoder.downsample_factors(dims)
+        self.latent_shape = tuple(size // f for size, f in zip(self.adapter.input_shape[1:], factors))
 
     # --- sizes ---------------------------------------------------------------------------------
     @property

@@ -9,6 +9,7 @@ Saved like a diffusers pipeline: an index file plus one subfolder per component:
       text_tokenizer/          sentencepiece model + config.json
       image_tokenizer/         config.json + model.safetensors (one folder per media tokenizer)
       audio_tokenizer/
+      video_tokenizer/
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ INDEX_NAME = "unitok_pipeline.json"
 
 @dataclass
 class MediaPipelineOutput:
-    """Generated media (PIL images, `Audio` clips, …), one per prompt, and their code ids."""
+    """Generated media (PIL images, `Audio` or `Video` clips), one per prompt, and their code ids."""
 
     media: list[Any]
     token_ids: torch.Tensor  # (B, num_blocks, N) local code ids, blocks [k_T … k_0]
@@ -45,6 +46,10 @@ class MediaPipelineOutput:
 
     @property
     def audios(self) -> list[Any]:
+        return self.media
+
+    @property
+    def videos(self) -> list[Any]:
         return self.media
 
     def save(self, path: str | Path) -> list[Path]:
@@ -146,6 +151,10 @@ class UniTokPipeline:
         """Audio clips for prompts (save as WAV); sampler options as in `text_to_media`."""
         return self.text_to_media("audio", prompt, **sampler)
 
+    def text_to_video(self, prompt: str | Sequence[str], **sampler) -> MediaPipelineOutput:
+        """Video clips for prompts (save as MP4 or GIF); sampler options as in `text_to_media`."""
+        return self.text_to_media("video", prompt, **sampler)
+
     @torch.no_grad()
     def media_to_text(self, modality: str, media: Any | Sequence[Any], max_new_tokens: int = 32,
                       temperature: float = 1.0, top_k: int | None = None, top_p: float | None = None,
@@ -174,6 +183,10 @@ class UniTokPipeline:
     def audio_to_text(self, audio: Any | Sequence[Any], **sampler) -> str | list[str]:
         """Captions for audio clips (`Audio` objects or paths to any file decord reads)."""
         return self.media_to_text("audio", audio, **sampler)
+
+    def video_to_text(self, video: Any | Sequence[Any], **sampler) -> str | list[str]:
+        """Captions for video clips (`Video` objects or paths to any file decord reads)."""
+        return self.media_to_text("video", video, **sampler)
 
     # --- persistence ---------------------------------------------------------------------------
     def save_pretrained(self, directory: str | Path) -> None:

@@ -17,7 +17,7 @@ from typing import Callable
 import torch
 
 from .config import ConfigError, config_hash, from_dict, load_config, to_dict
-from .digits_world import DigitsWorldConfig, ToneWorldConfig, write_world_folders
+from .digits_world import ClipWorldConfig, DigitsWorldConfig, ToneWorldConfig, write_world_folders
 from .media_tokenizer import MediaTokenizer, TokenizerSpec
 from .model import ModelSpec, build_transformer
 from .pipeline import UniTokPipeline
@@ -65,11 +65,19 @@ class AudioData(_OneSource):
 
 
 @dataclass(frozen=True)
+class VideoData(_OneSource):
+    digits_world: ClipWorldConfig | None = None
+    train: FolderData | None = None
+    heldout: FolderData | None = None
+
+
+@dataclass(frozen=True)
 class DataSection:
     """Items per modality; every modality with a tokenizer needs its section."""
 
     image: ImageData | None = None
     audio: AudioData | None = None
+    video: VideoData | None = None
 
 
 @dataclass(frozen=True)

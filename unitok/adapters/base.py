@@ -21,6 +21,7 @@ class MediaAdapter(ABC):
     modality: ClassVar[str]
     file_extensions: ClassVar[tuple[str, ...]]
     channels: ClassVar[int]  # leading dim of `input_shape`: what the autoencoder's in_channels must be
+    dims: ClassVar[int] = 2  # axes after the channels: 2 (H, W) or 3 (frames, H, W)
 
     @abstractmethod
     def load(self, path: str | Path) -> Any:

@@ -1,5 +1,5 @@
 """Digits world: the embedded default dataset: real sklearn digits as coloured, captioned scenes
-(images) and the same digits dialled as DTMF tones (audio)."""
+(images), the same digits dialled as DTMF tones (audio) and moving in short clips (video)."""
 
 from pathlib import Path
 
@@ -30,15 +30,20 @@ from unitok.digits_world.scenes import (
     parse_caption,
     sample_scene,
 )
+from unitok.digits_world.clips import ClipWorldConfig, build_clip_world, write_video_folder
 from unitok.digits_world.tones import ToneWorldConfig, build_tone_world, write_audio_folder
 
 
-def write_world_folders(world: DigitsWorldConfig | ToneWorldConfig, folders: dict[str, Path]) -> None:
+def write_world_folders(world: DigitsWorldConfig | ToneWorldConfig | ClipWorldConfig, folders: dict[str, Path]) -> None:
     """Render one modality of digits world into caption folders, one per split ("train", "heldout")."""
     if isinstance(world, ToneWorldConfig):
         splits = build_tone_world(world)
         for split, folder in folders.items():
             write_audio_folder(splits[split], folder, world.sample_rate)
+    elif isinstance(world, ClipWorldConfig):
+        splits = build_clip_world(world)
+        for split, folder in folders.items():
+            write_video_folder(splits[split], folder, world)
     else:
         splits = build_digits_world(world)
         for split, folder in folders.items():
@@ -46,6 +51,7 @@ def write_world_folders(world: DigitsWorldConfig | ToneWorldConfig, folders: dic
 
 
 __all__ = [
+    "ClipWorldConfig",
     "COLORS",
     "COLOR_NAMES",
     "DIGIT_WORDS",
@@ -55,6 +61,7 @@ __all__ = [
     "DigitsWorldConfig",
     "Item",
     "Scene",
+    "build_clip_world",
     "build_digits_world",
     "build_tone_world",
     "canonical_caption",
@@ -72,5 +79,6 @@ __all__ = [
     "sample_scene",
     "write_audio_folder",
     "write_image_folder",
+    "write_video_folder",
     "write_world_folders",
 ]

@@ -35,7 +35,7 @@ def position_centers(image_size: int) -> dict[str, float]:
 
 
 @lru_cache(maxsize=None)
-def _digit_alpha(digit_index: int, pixels: int) -> np.ndarray:
+def digit_alpha(digit_index: int, pixels: int) -> np.ndarray:
     """(pixels, pixels) float32 alpha in [0, 1]: one real digit resized bilinearly."""
     images, _ = load_digit_images()
     resized = Image.fromarray(images[digit_index]).resize((pixels, pixels), Image.BILINEAR)
@@ -50,7 +50,7 @@ def render_array(scene: Scene, image_size: int = 32) -> np.ndarray:
     x0 = round(position_centers(image_size)[scene.position] - pixels / 2)
     y0 = round((image_size - pixels) / 2 + scene.jitter_y * image_size / 32)
     canvas = np.zeros((image_size, image_size, 3), dtype=np.float32)
-    alpha = _digit_alpha(scene.digit_index, pixels)[:, :, None]  # (P, P, 1)
+    alpha = digit_alpha(scene.digit_index, pixels)[:, :, None]  # (P, P, 1)
     canvas[y0 : y0 + pixels, x0 : x0 + pixels] = alpha * np.asarray(COLORS[scene.color], dtype=np.float32)
     return np.rint(canvas).astype(np.uint8)
 

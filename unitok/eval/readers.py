@@ -1,4 +1,5 @@
-"""Pixel readers for digits world images: colour, position and size read straight from the pixels.
+"""Pixel readers for digits world images and clips: colour, position, size and motion direction
+read straight from the pixels.
 
 They are exact on clean renders and tolerant of the blur and speckle of generated samples:
 only pixels with clear ink count, and position and size use the ink's centroid and the extent
@@ -53,13 +54,20 @@ def read_color(image: Image.Image | np.ndarray) -> str:
     return list(COLORS)[int(np.argmin(((_PALETTE - chroma) ** 2).sum(axis=1)))]
 
 
+def _ink_centroid(weights: np.ndarray) -> tuple[float, float]:
+    """(x, y) in pixels of the ink-weighted centre."""
+    x = np.arange(weights.shape[1]) + 0.5  # pixel centres
+    y = np.arange(weights.shape[0]) + 0.5
+    total = weights.sum()
+    return float((weights.sum(axis=0) * x).sum() / total), float((weights.sum(axis=1) * y).sum() / total)
+
+
 def read_position(image: Image.Image | np.ndarray) -> str:
     """left / center / right from the ink centroid's x, split halfway between the renderer's centres."""
     weights = _ink_weights(image)
     if weights is None:
         return BLANK
-    x = np.arange(weights.shape[1]) + 0.5  # pixel centres
-    centroid_x = float((weights.sum(axis=0) * x).sum() / weights.sum())
+    centroid_x, _ = _ink_centroid(weights)
     centers = position_centers(weights.shape[1])
     if centroid_x < (centers["left"] + centers["center"]) / 2:
         return "left"
@@ -88,3 +96,15 @@ def read_size(image: Image.Image | np.ndarray) -> str:
 def read_attributes(image: Image.Image | np.ndarray) -> dict[str, str]:
     """{"color", "position", "size"} read from one image."""
     return {"color": read_color(image), "position": read_position(image), "size": read_size(image)}
+
+
+def read_direction(frames: np.ndarray) -> str:
+    """left / right / up / down: the dominant axis and sign of the ink centroid's path from the
+    first to the last frame with ink, in (F, H, W, 3) uint8 frames."""
+    centroids = [_ink_centroid(w) for w in map(_ink_weights, frames) if w is not None]
+    if len(centroids) < 2:
+        return BLANK
+    dx, dy = np.subtract(centroids[-1], centroids[0])
+    if abs(dx) >= abs(dy):
+        return "right" if dx > 0 else "left"
+    return "down" if dy > 0 else "up"

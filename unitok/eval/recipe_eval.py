@@ -1,8 +1,9 @@
 """Evaluate a trained recipe: tokenizers, LM held-out loss, and every trained direction on digits world.
 
 Writes ``metrics.json`` (keys as documented in docs/BENCHMARKS.md) into the recipe's output folder,
-with ``samples.png`` and ``trajectory.png`` (D(s_t) at every step) for text→image, and
-``audio_samples/*.wav`` and ``audio_trajectory.png`` (spectrograms) for text→audio.
+with ``samples.png`` and ``trajectory.png`` (D(s_t) at every step) for text→image,
+``audio_samples/*.wav`` and ``audio_trajectory.png`` (spectrograms) for text→audio, and
+``video_samples.png``, ``video_samples/*.gif`` and ``video_trajectory.png`` for text→video.
 """
 
 from __future__ import annotations
@@ -17,6 +18,8 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from ..digits_world import Item, build_digits_world, digit_pools, image_file, parse_caption, real_renders
+from ..adapters.video import Video
+from ..digits_world.clips import ClipItem, build_clip_world, parse_clip_caption, render_clip, video_file
 from ..digits_world.tones import ToneItem, audio_file, build_tone_world, parse_tone_caption
 from ..media_tokenizer import MediaTokenizer
 from ..pipeline import MediaPipelineOutput, UniTokPipeline
@@ -27,7 +30,7 @@ from .diagnostics import (digit_accuracy_factorized_first_step, digit_accuracy_g
                           first_step_digit_ce_gain, media_ids_of)
 from .dtmf import decode_dtmf, dtmf_roundtrip_accuracy
 from .frechet import frechet_distance
-from .readers import read_color, read_position
+from .readers import read_color, read_direction, read_position
 
 if TYPE_CHECKING:
     from ..recipe import RecipeRun
@@ -96,7 +99,32 @@ def _evaluate_audio(run: "RecipeRun", pipe: UniTokPipeline, world, metrics: dict
         metrics["audio_to_text"] = {**audio_to_text_scores(captions, items), "num_samples": len(items)}
 
 
-WORLD_EVALUATORS = {"image": _evaluate_images, "audio": _evaluate_audio}
+def _evaluate_video(run: "RecipeRun", pipe: UniTokPipeline, world, metrics: dict) -> None:
+    recipe = run.recipe
+    items = build_clip_world(world)["heldout"][: recipe.eval.num_samples]
+    tokenizer = pipe.tokenizer_for("video")
+    classifier = load_or_train_digit_classifier(run.out / "eval" / "classifier", world.image_world(),
+                                                recipe.eval.classifier_steps)
+    real = [Video(render_clip(it.clip, world), world.fps) for it in items]
+    reconstructed = tokenizer.decode(tokenizer.encode(real, seed=[recipe.seed + i for i in range(len(real))]))
+    metrics["video_tokenizer"]["recon_digit_direction_accuracy"] = text_to_video_scores(
+        reconstructed, items, classifier)["digit_direction_accuracy"]
+    if _trains(run, "text_to_video"):
+        ids = _generate(pipe, "video", [it.caption for it in items], recipe.eval, recipe.seed)
+        clips = tokenizer.decode(ids)
+        metrics["text_to_video"] = {**text_to_video_scores(clips, items, classifier), "num_samples": len(items)}
+        n = recipe.eval.grid_samples
+        labelled_grid(tokenizer.adapter.picture(tokenizer.decode_tensor(ids[:n])), [it.caption for it in items[:n]],
+                      columns=2, scale=2).save(run.out / "video_samples.png")
+        MediaPipelineOutput(clips[: recipe.eval.trajectory_samples], ids).save(run.out / "video_samples" / "sample.gif")
+        _video_trajectory(tokenizer, ids[:1], items[0].caption).save(run.out / "video_trajectory.png")
+    if _trains(run, "video_to_text"):
+        folder = run.data_dirs("video")["heldout"][0]
+        captions = _describe(pipe, "video", [folder / video_file(it) for it in items], recipe.eval, recipe.seed)
+        metrics["video_to_text"] = {**video_to_text_scores(captions, items), "num_samples": len(items)}
+
+
+WORLD_EVALUATORS = {"image": _evaluate_images, "audio": _evaluate_audio, "video": _evaluate_video}
 
 
 def _tokenizer_metrics(run: "RecipeRun", modality: str) -> dict:
@@ -164,6 +192,29 @@ def text_to_audio_scores(clips, items: list[ToneItem]) -> dict:
             "unseen_pair_accuracy": float(ok[unseen].mean()) if unseen.any() else None}
 
 
+def text_to_video_scores(clips, items: list[ClipItem], classifier) -> dict:
+    """Digit by a majority of per-frame classifier reads, direction from the ink centroid's path,
+    colour from the middle frame, against what the prompts asked for."""
+    digits = np.array([np.bincount(classifier.predict(c.frames), minlength=10).argmax() for c in clips])
+    digit_ok = digits == np.array([it.clip.digit for it in items])
+    direction_ok = np.array([read_direction(c.frames) == it.clip.direction for c, it in zip(clips, items)])
+    color_ok = np.array([read_color(c.frames[len(c.frames) // 2]) == it.clip.color for c, it in zip(clips, items)])
+    unseen = np.array([it.unseen_combo for it in items])
+    return {"digit_accuracy": float(digit_ok.mean()), "direction_accuracy": float(direction_ok.mean()),
+            "digit_direction_accuracy": float((digit_ok & direction_ok).mean()),
+            "color_accuracy": float(color_ok.mean()),
+            "unseen_combo_direction_accuracy": float(direction_ok[unseen].mean()) if unseen.any() else None}
+
+
+def video_to_text_scores(captions: list[str], items: list[ClipItem]) -> dict:
+    """Digit and direction named by generated captions against the held-out clips they describe."""
+    read = [parse_clip_caption(c) for c in captions]
+    digit_ok = np.array([r["digit"] == it.clip.digit for r, it in zip(read, items)])
+    direction_ok = np.array([r["direction"] == it.clip.direction for r, it in zip(read, items)])
+    return {"digit_direction_accuracy": float((digit_ok & direction_ok).mean()), "digit_accuracy": float(digit_ok.mean()),
+            "direction_accuracy": float(direction_ok.mean()), "examples": captions[:5]}
+
+
 def audio_to_text_scores(captions: list[str], items: list[ToneItem]) -> dict:
     """Digit sequence named by generated captions against the held-out clips they describe."""
     ok = np.array([parse_tone_caption(c) == it.clip.digits for c, it in zip(captions, items)])
@@ -226,3 +277,13 @@ def _trajectory_picture(tokenizer: MediaTokenizer, ids: torch.Tensor, items: lis
     rows = [[tokenizer.adapter.picture(s[i : i + 1])[0] for s in states] for i in range(len(ids))]
     steps = tokenizer.num_blocks - 1
     return trajectory_grid(rows, [it.caption for it in items[: len(ids)]], [f"t={steps - b}" for b in range(len(states))])
+
+
+def _video_trajectory(tokenizer: MediaTokenizer, ids: torch.Tensor, caption: str):
+    """One generated clip: a row of frames of D(s_t) for every t, noisiest on top."""
+    states = tokenizer.decode_states(ids)  # T+1 tensors (1, 3, F, H, W)
+    steps = tokenizer.num_blocks - 1
+    rows = [[Image.fromarray(f) for f in tokenizer.adapter.postprocess(s)[0].frames] for s in states]
+    frames = len(rows[0])
+    return trajectory_grid(rows, [f"t={steps - b}: {caption}" if b == 0 else f"t={steps - b}" for b in range(len(rows))],
+                           [f"frame {f}" for f in range(frames)])

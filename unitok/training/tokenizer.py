@@ -36,7 +36,9 @@ def train_media_tokenizer(spec: TokenizerSpec, inputs: torch.Tensor, cfg: Tokeni
     """Fit a tokenizer on preprocessed inputs (M, C, …) in [-1, 1]; returns it in eval mode."""
     set_seed(seed)
     accelerator = Accelerator(mixed_precision=mixed_precision(cfg.mixed_precision))
-    tokenizer = MediaTokenizer(spec).to(memory_format=torch.channels_last)  # ~2x faster convs on CPU
+    tokenizer = MediaTokenizer(spec)
+    memory_format = torch.channels_last if tokenizer.adapter.dims == 2 else torch.channels_last_3d
+    tokenizer = tokenizer.to(memory_format=memory_format)  # ~2x faster convs on CPU
     optimizer = torch.optim.AdamW(tokenizer.parameters(), lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
     scheduler = warmup_cosine(optimizer, cfg.warmup_steps, cfg.steps)
     loader = DataLoader(TensorDataset(inputs), batch_size=cfg.batch_size, shuffle=True, drop_last=True,
@@ -48,7 +50,7 @@ def train_media_tokenizer(spec: TokenizerSpec, inputs: torch.Tensor, cfg: Tokeni
     tokenizer.train()
     for _ in progress:
         (x,) = next(batches)
-        x = x.contiguous(memory_format=torch.channels_last)
+        x = x.contiguous(memory_format=memory_format)
         reconstruction, out = tokenizer(x)
         mse = F.mse_loss(reconstruction.float(), x.float())
         loss = mse + beta * out.commitment_loss
