@@ -62,6 +62,17 @@ def test_dtmf_clip_survives_spectrogram_and_griffin_lim(adapter):
     assert [decode_dtmf(a.samples, 8000) for a in audio] == [c.digits for c in batch]
 
 
+def test_spectrogram_errors_stay_small_through_the_vocoder(adapter):
+    """A decoder is never exact: with errors of 3 % of the range on every mel cell, the tones must
+    still decode (an ill-conditioned mel inversion turns such errors into clipping noise)."""
+    batch = clips(12, seed=3)
+    x = torch.stack([adapter.preprocess(Audio(dtmf_waveform(c, 8000), 8000)) for c in batch])
+    noisy = x + 0.03 * torch.randn(x.shape, generator=torch.Generator().manual_seed(0))
+    audio = adapter.postprocess(noisy)
+    assert [decode_dtmf(a.samples, 8000) for a in audio] == [c.digits for c in batch]
+    assert max(float(np.abs(a.samples).max()) for a in audio) < 1.0, "no clipping"
+
+
 def test_files_are_read_through_decord_and_resampled(adapter, tmp_path):
     clip = clips(1, seed=2)[0]
     for rate in (8000, 16000):
@@ -156,7 +167,7 @@ def test_dtmf_roundtrip_accuracy_counts_exact_sequences_with_one_seed_per_clip(a
     assert fake.seeds == list(range(5, 15))
 
 
-@pytest.mark.parametrize("edit, field", [("floor_db: -60.0", "floor_db: 40.0"), ("f_max: 1700.0", "f_max: 9000.0")])
+@pytest.mark.parametrize("edit, field", [("floor_db: -60.0", "floor_db: 40.0"), ("f_max: 1600.0", "f_max: 9000.0")])
 def test_bad_audio_section_fails_at_load_naming_the_file_and_section(tmp_path, edit, field):
     text = open(SPEC).read()
     assert edit in text
