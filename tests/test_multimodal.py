@@ -90,3 +90,18 @@ def test_recipe_refuses_a_task_without_its_tokenizer_and_a_spec_of_another_modal
     path.write_text(recipe)
     with pytest.raises(ConfigError, match="tokenizers.audio: the spec .* is for image, not audio"):
         load_recipe(path)
+
+
+def test_tokenize_cli_takes_audio_and_video_folders(tiny_multimodal_run, tmp_path, capsys):
+    import datasets
+
+    model = str(tiny_multimodal_run / "model")
+    for modality in ("audio", "video"):
+        source = tiny_multimodal_run / "data" / modality / "heldout"
+        out = tmp_path / modality
+        assert main(["tokenize", "--tokenizer", model, "--input", str(source), "--modality", modality,
+                     "--out", str(out)]) == 0
+        rows = datasets.load_dataset("parquet", data_files=str(out / "shard-*.parquet"), split="train")
+        assert len(rows) == 8 and set(rows["media"]) == {modality}
+    assert main(["tokenize", "--tokenizer", model, "--input", str(source), "--out", str(tmp_path / "x")]) == 1
+    assert "tokenizers: pass --modality" in capsys.readouterr().err

@@ -53,7 +53,8 @@ def build_parser() -> argparse.ArgumentParser:
     tokenize.add_argument("--split", default="train")
     tokenize.add_argument("--media-column", default="image")
     tokenize.add_argument("--text-column", default=None, help="caption column (default: caption or text)")
-    tokenize.add_argument("--modality", default="image")
+    tokenize.add_argument("--modality", choices=["image", "audio", "video"],
+                          help="which of the pipeline's tokenizers to use (needed when it has several)")
     tokenize.add_argument("--out", type=Path, required=True, help="output shard folder")
     tokenize.add_argument("--items-per-shard", type=int, default=1024)
     tokenize.add_argument("--seed", type=int, default=0, help="base seed of the RDPM noise draws")
@@ -122,8 +123,11 @@ def cmd_tokenize(args) -> int:
         items = folder_items(args.input, args.captions)
     else:
         items = dataset_items(args.dataset, args.data_dir, args.split, args.media_column, args.text_column)
-    writer = ShardWriter(args.out, pipe.tokenizer_for(args.modality), pipe.text_tokenizer, pipe.vocabulary,
-                         settings, strict=args.strict)
+    modalities = [t.modality for t in pipe.media_tokenizers.values()]
+    if args.modality is None and len(modalities) > 1:
+        raise ValueError(f"this pipeline has {', '.join(modalities)} tokenizers: pass --modality")
+    writer = ShardWriter(args.out, pipe.tokenizer_for(args.modality or modalities[0]), pipe.text_tokenizer,
+                         pipe.vocabulary, settings, strict=args.strict)
     totals = writer.write(items)
     print(f"wrote {totals['items']} items in {totals['shards']} shards to {args.out}; "
           f"skipped {totals['errors']} bad inputs (see {args.out / 'errors.jsonl'})")
