@@ -1,6 +1,7 @@
 """The tiny recipe end to end: tokenizer -> BPE -> shards -> LM -> pipeline -> generate -> eval."""
 
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -71,3 +72,20 @@ def test_changed_lm_config_redoes_only_downstream_stages(tmp_path):
     assert [line.split()[0] for line in logs] == ["[skip]"] * 4 + ["[redo]", "[run]"]
     history = json.loads((tmp_path / "run" / "lm" / "history.json").read_text())
     assert history["step"] == 3
+
+
+def test_lm_stage_starts_from_the_same_weights_whatever_ran_before(tmp_path):
+    """Redoing only the LM stage (after a kill, or with earlier stages reused) trains the same
+    model as a run of every stage: its initial weights depend on the recipe's seed alone."""
+    from safetensors.torch import load_file
+
+    recipe = write_tiny_recipe(tmp_path, lm={"steps": 2, "checkpoint_every": 1, "eval_every": 1})
+    RecipeRun(load_recipe(recipe), log=lambda _: None).run(stop_after="lm")
+    weights = tmp_path / "run" / "model" / "transformer" / "model.safetensors"
+    first = load_file(str(weights))
+    for stage in ("lm", "model"):
+        shutil.rmtree(tmp_path / "run" / stage)
+    torch.manual_seed(123)  # whatever the process did before
+    RecipeRun(load_recipe(recipe), log=lambda _: None).run(stop_after="lm")
+    second = load_file(str(weights))
+    assert first.keys() == second.keys() and all(torch.equal(first[k], second[k]) for k in first)

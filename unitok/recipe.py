@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Callable
 
 import torch
+from accelerate.utils import set_seed
 
 from .config import ConfigError, config_hash, from_dict, load_config, to_dict
 from .digits_world import ClipWorldConfig, DigitsWorldConfig, ToneWorldConfig, write_world_folders
@@ -316,6 +317,7 @@ class RecipeRun:
         vocab = self.vocabulary()
 
         def train():
+            set_seed(self.recipe.seed)  # the initial weights depend on the recipe only, not on earlier stages
             model = build_transformer(self.loaded.model_spec, vocab)
             history = train_lm(model, vocab, self.token_items("train", vocab), self.token_items("heldout", vocab),
                                self.recipe.lm, folder, self.recipe.seed)
