@@ -159,9 +159,9 @@ class UniTokPipeline:
     def media_to_text(self, modality: str, media: Any | Sequence[Any], max_new_tokens: int = 32,
                       temperature: float = 1.0, top_k: int | None = None, top_p: float | None = None,
                       gumbel_scale: float = 0.0, seed: int = 0) -> str | list[str]:
-        """Describe media (objects or file paths) in text: the media is tokenized with `seed`, then
-        text is sampled after its whole span (greedy by default: `gumbel_scale=0`). One item in,
-        one string out; a list in, a list out."""
+        """Describe media (objects or file paths) in text: item i is tokenized with noise seed
+        `seed + i`, then text is sampled after its whole span (greedy by default: `gumbel_scale=0`).
+        One item in, one string out; a list in, a list out."""
         items = list(media) if isinstance(media, (list, tuple)) else [media]
         if not items:
             raise ValueError("media: expected an item or a non-empty list of items")
