@@ -105,3 +105,9 @@ def test_video_tokenizer_from_its_spec_encodes_deterministically(world):
 def test_temporal_levels_are_refused_for_images():
     with pytest.raises(ValueError, match="temporal_levels needs frames"):
         TokenizerSpec(modality="image", image=ImageConfig(), autoencoder=AutoencoderConfig(temporal_levels=1))
+
+
+def test_clip_world_config_refuses_bad_values_at_load():
+    for bad in ({"heldout_digit_fraction": 1.5}, {"image_size": 8}, {"frames": 1}, {"frames": 40}, {"train_clips": -1}):
+        with pytest.raises(ValueError):
+            ClipWorldConfig(**bad)

@@ -138,19 +138,19 @@ def cmd_generate(args) -> int:
     from .pipeline import UniTokPipeline
 
     sampler = {"temperature": args.temperature, "top_k": args.top_k, "top_p": args.top_p, "seed": args.seed}
-    if args.modality == "text":
-        if not args.input or args.prompt:
-            raise ValueError("--modality text describes media: pass --input FILE (and no --prompt)")
-        pipe = UniTokPipeline.from_pretrained(args.model)
+    describe = args.modality == "text"
+    if describe and (not args.input or args.prompt):
+        raise ValueError("--modality text describes media: pass --input FILE (and no --prompt)")
+    if not describe and (not args.prompt or not args.out or args.input):
+        raise ValueError(f"--modality {args.modality} generates from text: pass --prompt TEXT and --out FILE")
+    pipe = UniTokPipeline.from_pretrained(args.model)
+    if describe:
         captions = pipe.media_to_text(pipe.modality_of_file(args.input[0]), [str(p) for p in args.input],
                                       max_new_tokens=args.max_new_tokens, gumbel_scale=args.gumbel_scale or 0.0,
                                       **sampler)
         for path, caption in zip(args.input, captions):
             print(f"{path}\t{caption}")
         return 0
-    if not args.prompt or not args.out or args.input:
-        raise ValueError(f"--modality {args.modality} generates from text: pass --prompt TEXT and --out FILE")
-    pipe = UniTokPipeline.from_pretrained(args.model)
     gumbel = 1.0 if args.gumbel_scale is None else args.gumbel_scale
     out = pipe.text_to_media(args.modality, args.prompt, guidance_scale=args.guidance_scale, gumbel_scale=gumbel,
                              **sampler)

@@ -43,8 +43,13 @@ class FolderData:
     captions: str | None = None
 
 
-class _OneSource:
-    """A modality's data: the embedded digits world, or both a train and a held-out folder."""
+@dataclass(frozen=True)
+class _MediaData:
+    """A modality's data: the embedded digits world (the subclass says which part), or both a
+    train and a held-out folder."""
+
+    train: FolderData | None = None
+    heldout: FolderData | None = None
 
     def __post_init__(self):
         if (self.digits_world is None) == (self.train is None or self.heldout is None):
@@ -52,24 +57,18 @@ class _OneSource:
 
 
 @dataclass(frozen=True)
-class ImageData(_OneSource):
+class ImageData(_MediaData):
     digits_world: DigitsWorldConfig | None = None
-    train: FolderData | None = None
-    heldout: FolderData | None = None
 
 
 @dataclass(frozen=True)
-class AudioData(_OneSource):
+class AudioData(_MediaData):
     digits_world: ToneWorldConfig | None = None
-    train: FolderData | None = None
-    heldout: FolderData | None = None
 
 
 @dataclass(frozen=True)
-class VideoData(_OneSource):
+class VideoData(_MediaData):
     digits_world: ClipWorldConfig | None = None
-    train: FolderData | None = None
-    heldout: FolderData | None = None
 
 
 @dataclass(frozen=True)
@@ -306,10 +305,10 @@ class RecipeRun:
         data_keys = [self.data_key(m) for m in self.loaded.modalities]
         run_stage(folder, config_hash(*data_keys, vocab.hash, self.recipe.shards), tokenize, self.log)
 
-    def token_items(self, split: str, vocab: Vocabulary) -> dict[str, TokenItems]:
+    def token_items(self, split: str, vocab: Vocabulary, tokenizers: dict[str, MediaTokenizer]) -> dict[str, TokenItems]:
         """modality -> the split's shard rows as tensors."""
         return {m: TokenItems.from_dataset(load_shards(self.shard_dir(m, split), vocab), tokenizer.num_blocks)
-                for m, tokenizer in self.media_tokenizers().items()}
+                for m, tokenizer in tokenizers.items()}
 
     # transformer ------------------------------------------------------------------------------
     def stage_lm(self) -> None:
@@ -317,14 +316,14 @@ class RecipeRun:
         vocab = self.vocabulary()
 
         def train():
+            tokenizers = self.media_tokenizers()
             set_seed(self.recipe.seed)  # the initial weights depend on the recipe only, not on earlier stages
             model = build_transformer(self.loaded.model_spec, vocab)
-            history = train_lm(model, vocab, self.token_items("train", vocab), self.token_items("heldout", vocab),
-                               self.recipe.lm, folder, self.recipe.seed)
+            history = train_lm(model, vocab, self.token_items("train", vocab, tokenizers),
+                               self.token_items("heldout", vocab, tokenizers), self.recipe.lm, folder, self.recipe.seed)
             (folder / "history.json").write_text(json.dumps(history, indent=2) + "\n")
-            tokenizers = {tokenizer.name: tokenizer for tokenizer in self.media_tokenizers().values()}
-            pipeline = UniTokPipeline(model, TextBPE.from_pretrained(self.out / "text_tokenizer"), tokenizers, vocab,
-                                      self.recipe.lm.media_order)
+            pipeline = UniTokPipeline(model, TextBPE.from_pretrained(self.out / "text_tokenizer"),
+                                      {t.name: t for t in tokenizers.values()}, vocab, self.recipe.lm.media_order)
             pipeline.save_pretrained(self.out / "model")
 
         run_stage(folder, config_hash(stage_key(self.out / "shards"), self.loaded.model_spec, self.recipe.lm,

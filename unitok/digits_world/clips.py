@@ -47,6 +47,7 @@ class ClipWorldConfig:
     heldout_digit_fraction: float = 0.2  # as for images: the same split of real digit images
 
     def __post_init__(self) -> None:
+        self.image_world()  # the image world's checks: digit split fraction, frame size
         if self.train_clips < 0 or self.heldout_clips < 0:
             raise ValueError("train_clips and heldout_clips must be non-negative")
         if self.frames < 2:

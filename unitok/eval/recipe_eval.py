@@ -76,8 +76,7 @@ def _evaluate_images(run: "RecipeRun", pipe: UniTokPipeline, world, metrics: dic
         labelled_grid(images[:n], [it.caption for it in items[:n]]).save(run.out / "samples.png")
         _trajectory_picture(tokenizer, ids[: recipe.eval.trajectory_samples], items).save(run.out / "trajectory.png")
     if _trains(run, "image_to_text"):
-        folder = run.data_dirs("image")["heldout"][0]
-        captions = _describe(pipe, "image", [folder / image_file(it) for it in items], recipe.eval, recipe.seed)
+        captions = _describe_heldout(run, pipe, "image", items, image_file)
         metrics["image_to_text"] = {**image_to_text_scores(captions, items), "num_samples": len(items)}
 
 
@@ -94,8 +93,7 @@ def _evaluate_audio(run: "RecipeRun", pipe: UniTokPipeline, world, metrics: dict
         _trajectory_picture(tokenizer, ids[: recipe.eval.trajectory_samples], items).save(
             run.out / "audio_trajectory.png")
     if _trains(run, "audio_to_text"):
-        folder = run.data_dirs("audio")["heldout"][0]
-        captions = _describe(pipe, "audio", [folder / audio_file(it) for it in items], recipe.eval, recipe.seed)
+        captions = _describe_heldout(run, pipe, "audio", items, audio_file)
         metrics["audio_to_text"] = {**audio_to_text_scores(captions, items), "num_samples": len(items)}
 
 
@@ -119,8 +117,7 @@ def _evaluate_video(run: "RecipeRun", pipe: UniTokPipeline, world, metrics: dict
         MediaPipelineOutput(clips[: recipe.eval.trajectory_samples], ids).save(run.out / "video_samples" / "sample.gif")
         _video_trajectory(tokenizer, ids[:1], items[0].caption).save(run.out / "video_trajectory.png")
     if _trains(run, "video_to_text"):
-        folder = run.data_dirs("video")["heldout"][0]
-        captions = _describe(pipe, "video", [folder / video_file(it) for it in items], recipe.eval, recipe.seed)
+        captions = _describe_heldout(run, pipe, "video", items, video_file)
         metrics["video_to_text"] = {**video_to_text_scores(captions, items), "num_samples": len(items)}
 
 
@@ -165,7 +162,11 @@ def _generate(pipe: UniTokPipeline, modality: str, prompts: list[str], cfg, seed
     return torch.cat(chunks)
 
 
-def _describe(pipe: UniTokPipeline, modality: str, files: list, cfg, seed: int) -> list[str]:
+def _describe_heldout(run: "RecipeRun", pipe: UniTokPipeline, modality: str, items: list, file_of) -> list[str]:
+    """Captions generated for the held-out files of `items` (`file_of(item)`: path in the folder)."""
+    cfg, seed = run.recipe.eval, run.recipe.seed
+    folder = run.data_dirs(modality)["heldout"][0]
+    files = [folder / file_of(it) for it in items]
     sampler = cfg.sampler_for("text")
     captions = []
     for start in tqdm(range(0, len(files), cfg.batch_size), desc=f"{modality}→text"):
