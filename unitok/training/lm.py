@@ -345,6 +345,7 @@ def _checkpoint(accelerator: Accelerator, root: Path, state: dict) -> None:
     final = root / f"step-{state['step']:07d}"
     tmp = root / f".tmp-step-{state['step']:07d}"
     accelerator.save_state(str(tmp), safe_serialization=True)
+    accelerator.wait_for_everyone()  # every rank has written its RNG state into tmp before it is renamed
     if accelerator.is_main_process:
         (tmp / PROGRESS_NAME).write_text(json.dumps(state, indent=2))
         if final.exists():
