@@ -11,6 +11,7 @@ import yaml
 from unitok.media_tokenizer import MediaTokenizer, TokenizerSpec
 from unitok.config import from_dict
 from unitok.model import ModelSpec
+from unitok.rdpm import QuantizerConfig, RDPMQuantizer
 from unitok.vocabulary import MediaLayout, Vocabulary
 
 REPO = Path(__file__).resolve().parent.parent
@@ -41,8 +42,22 @@ TINY_MODEL = ModelSpec(hidden_size=64, num_layers=2, num_heads=2, intermediate_s
 
 
 def image_layout(tokenizer_hash: str = "imagehash") -> MediaLayout:
-    """An image range of 64 codes, for spans of up to 5 blocks of 64 positions."""
-    return MediaLayout("image", "image", 64, tokenizer_hash, num_blocks=5, num_positions=64)
+    """An image range of 64 codes, for spans of up to 5 blocks of 64 positions, C = 4."""
+    return MediaLayout("image", "image", 64, tokenizer_hash, num_blocks=5, num_positions=64, latent_channels=4)
+
+
+def _image_quantizer() -> RDPMQuantizer:
+    """A random quantizer matching `image_layout`, for the running states of its codes."""
+    torch.manual_seed(1234)
+    return RDPMQuantizer(QuantizerConfig(steps=4, codebook_size=64), latent_channels=4)
+
+
+IMAGE_QUANTIZER = _image_quantizer()
+
+
+def span_states(vocab: Vocabulary, blocks: torch.Tensor) -> torch.Tensor:
+    """Running states (b, N, 4) of a span's global image ids (b, N), from `IMAGE_QUANTIZER`."""
+    return IMAGE_QUANTIZER.running_states(vocab.to_local("image", blocks)[None])[0]
 
 
 def tiny_tokenizer_spec(**quantizer) -> TokenizerSpec:

@@ -1,11 +1,12 @@
-"""StreamModel: media codes enter with their cell and block rows, everything else as plain tokens."""
+"""StreamModel: media codes enter with their cell, block and state rows, everything else as plain tokens."""
 
+import pytest
 import torch
 
 from unitok.model import StreamModel, batch_logits, build_transformer
 from unitok.streams import StreamBuilder, collate
 
-from .conftest import TINY_MODEL
+from .conftest import TINY_MODEL, span_states
 
 
 def test_media_codes_get_their_cell_and_block_rows_and_text_does_not(vocab):
@@ -14,7 +15,8 @@ def test_media_codes_get_their_cell_and_block_rows_and_text_does_not(vocab):
     model = StreamModel(transformer)
     text = vocab.to_global("text", torch.tensor([1, 2, 3])).tolist()
     blocks = vocab.to_global("image", torch.zeros(2, 4, dtype=torch.long))  # the same code everywhere
-    batch = collate([[StreamBuilder(vocab).special("<bos>").text(text).media("image", blocks).build()]], pad_id=0)
+    batch = collate([[StreamBuilder(vocab).special("<bos>").text(text).media("image", blocks, span_states(vocab, blocks)).build()]],
+                    pad_id=0)
     boi = 4
     with torch.no_grad():
         ours = batch_logits(model, batch)
@@ -27,3 +29,27 @@ def test_media_codes_get_their_cell_and_block_rows_and_text_does_not(vocab):
     rows = batch.media_rows[0, boi + 1 : boi + 9]
     assert rows[:, 0].unique().numel() == 4 and rows[:, 1].unique().numel() == 2
     assert (batch.media_rows[0, : boi + 1] == -1).all() and (batch.media_rows[0, boi + 9 :] == -1).all()
+
+
+def test_media_codes_carry_their_running_state_and_text_before_them_does_not(vocab):
+    """Two spans with the same codes but other running states differ from the span on, not before;
+    a state of the wrong width is refused when the stream is built."""
+    torch.manual_seed(0)
+    model = StreamModel(build_transformer(TINY_MODEL, vocab).eval())
+    text = vocab.to_global("text", torch.tensor([1, 2, 3])).tolist()
+    blocks = vocab.to_global("image", torch.randint(0, 64, (2, 4)))
+    states = span_states(vocab, blocks)
+
+    def logits(span_states):
+        stream = StreamBuilder(vocab).special("<bos>").text(text).media("image", blocks, span_states).build()
+        batch = collate([[stream]], pad_id=0)
+        assert torch.equal(batch.media_states[0, 5:13], span_states.reshape(8, 4))
+        with torch.no_grad():
+            return batch_logits(model, batch)
+
+    ours, other = logits(states), logits(states + 1.0)
+    boi = 4
+    torch.testing.assert_close(ours[:, : boi + 1], other[:, : boi + 1])
+    assert (ours[:, boi + 1 :] - other[:, boi + 1 :]).abs().amax(-1).min() > 1e-4
+    with pytest.raises(ValueError, match="with 4 latent channels"):
+        StreamBuilder(vocab).media("image", blocks, states[..., :2])

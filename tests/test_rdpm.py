@@ -118,3 +118,16 @@ def test_quantized_noise_makes_tokens_depend_on_noise_only_through_k_T():
             ids_from_codes = tokenizer.quantizer(z, tokenizer.quantizer.quantized_noise(noise)).ids_BTN
         assert torch.equal(ids[:, 0], ids_from_codes[:, 0])
         assert torch.equal(ids, ids_from_codes) == same, mode
+
+
+def test_running_states_of_a_trajectory_prefix_are_its_states(tiny_tokenizer):
+    """`running_states` of the first b blocks (what the LM's media inputs carry, also while
+    sampling block by block) equals the decoder's states s_T … s_{T−b+1}; bad ids are refused."""
+    ids = tiny_tokenizer.encode_tensor(torch.rand(2, 3, 32, 32), seeds=[0, 1])
+    full = torch.stack(tiny_tokenizer.quantizer.states(ids), dim=1).transpose(2, 3)  # (B, T+1, N, C)
+    torch.testing.assert_close(tiny_tokenizer.quantizer.running_states(ids), full)
+    torch.testing.assert_close(tiny_tokenizer.quantizer.running_states(ids[:, :2]), full[:, :2])
+    with pytest.raises(ValueError, match="out of range"):
+        tiny_tokenizer.quantizer.running_states(ids[:, :2] + 64)
+    with pytest.raises(ValueError, match="b ≤ 5"):
+        tiny_tokenizer.quantizer.running_states(torch.cat([ids, ids], dim=1))

@@ -8,7 +8,9 @@ from unitok.sampling import CachedDecoder, SamplerConfig, choose, sample_media, 
 from unitok.streams import StreamBuilder, collate
 from unitok.vocabulary import MediaLayout, Vocabulary
 
-from .conftest import TINY_MODEL, image_layout
+from .conftest import IMAGE_QUANTIZER, TINY_MODEL, image_layout, span_states
+
+states = IMAGE_QUANTIZER.running_states
 
 N, BLOCKS = 4, 3
 
@@ -24,7 +26,7 @@ def text(vocab, ids):
 
 
 def full_logits(model, vocab, prompts, blocks, order="timestep"):
-    streams = [StreamBuilder(vocab, order).special("<bos>").text(text(vocab, p)).media("image", b).build()
+    streams = [StreamBuilder(vocab, order).special("<bos>").text(text(vocab, p)).media("image", b, span_states(vocab, b)).build()
                for p, b in zip(prompts, blocks)]
     batch = collate([[s] for s in streams], pad_id=0, pad_side="left")
     with torch.no_grad():
@@ -34,14 +36,15 @@ def full_logits(model, vocab, prompts, blocks, order="timestep"):
 def test_cached_block_steps_equal_full_recompute(model, vocab):
     prompts = [[1, 2, 3], [4]]  # different lengths: exercises left padding
     blocks = [vocab.to_global("image", torch.randint(0, 64, (BLOCKS, N))) for _ in prompts]
-    prefix = [StreamBuilder(vocab).special("<bos>").text(text(vocab, p)).media("image", b[:1], complete=False).build()
+    prefix = [StreamBuilder(vocab).special("<bos>").text(text(vocab, p)).media("image", b[:1], span_states(vocab, b[:1]), complete=False).build()
               for p, b in zip(prompts, blocks)]
     with torch.no_grad():
         decoder = CachedDecoder(model, collate([[s] for s in prefix], pad_id=0, pad_side="left"))
         cached = [decoder.logits[:, -N:]]
         for k in range(1, BLOCKS):
             rows = vocab.position_rows("image", BLOCKS, N)[k]
-            cached.append(decoder.feed(torch.stack([b[k] for b in blocks]), rows, block=True))
+            fed_states = torch.stack([span_states(vocab, b[: k + 1])[k] for b in blocks])
+            cached.append(decoder.feed(torch.stack([b[k] for b in blocks]), rows, fed_states, block=True))
     reference = full_logits(model, vocab, prompts, blocks)
     length = reference.shape[1]
     for k in range(BLOCKS):
@@ -56,22 +59,22 @@ def test_greedy_sampler_matches_full_recompute(model, vocab, given):
     first = torch.randint(0, 64, (2, given, N))
     greedy = SamplerConfig(gumbel_scale=0.0, guidance_scale=2.0)
     prompts = [text(vocab, [1, 2]), text(vocab, [3])]
-    ids = sample_media(model, vocab, "image", prompts, first, BLOCKS, N, "timestep", greedy)
+    ids = sample_media(model, vocab, "image", prompts, first, BLOCKS, N, "timestep", greedy, states)
     assert torch.equal(ids[:, :given], first)
     codes = vocab.range("image")
     g = vocab.to_global("image", ids)
     cond = full_logits(model, vocab, [[1, 2], [3]], g)
     uncond = full_logits(model, vocab, [[], []], g)
-    length = cond.shape[1]
     for k in range(given, BLOCKS):
-        start = length - 1 - (BLOCKS - k + 1) * N
-        guided = uncond[:, start:start + N] + 2.0 * (cond[:, start:start + N] - uncond[:, start:start + N])
+        # block k - 1 predicts block k; both streams end with <eoi> but differ in length
+        predicting = slice(-1 - (BLOCKS - k + 1) * N, -1 - (BLOCKS - k) * N)
+        guided = uncond[:, predicting] + 2.0 * (cond[:, predicting] - uncond[:, predicting])
         assert torch.equal(guided[..., codes.offset:codes.end].argmax(-1), ids[:, k])
 
 
 def test_raster_sampler_matches_full_recompute(model, vocab):
     greedy = SamplerConfig(gumbel_scale=0.0)
-    ids = sample_media(model, vocab, "image", [text(vocab, [5, 6])], None, 1, N, "raster", greedy)
+    ids = sample_media(model, vocab, "image", [text(vocab, [5, 6])], None, 1, N, "raster", greedy, states)
     assert ids.shape == (1, 1, N)
     codes = vocab.range("image")
     logits = full_logits(model, vocab, [[5, 6]], [vocab.to_global("image", ids[0])], order="raster")
@@ -88,12 +91,13 @@ def test_sampled_ids_stay_in_the_codebook_range(model, vocab):
         model.transformer.lm_head.weight[: codes.offset] += 5.0
         model.transformer.lm_head.weight[codes.end:] += 5.0
     ids = sample_media(model, vocab, "image", [text(vocab, [1])] * 3, torch.zeros(3, 1, N, dtype=torch.long), BLOCKS, N,
-                       "timestep", SamplerConfig(temperature=2.0), torch.Generator().manual_seed(0))
+                       "timestep", SamplerConfig(temperature=2.0), states, torch.Generator().manual_seed(0))
     assert ids.min() >= 0 and ids.max() < 64
 
 
 def test_each_media_span_stays_in_its_own_range_when_there_are_several():
-    vocab = Vocabulary.build(40, "t", [image_layout(), MediaLayout("audio", "audio", 32, "a", num_blocks=3, num_positions=N)])
+    vocab = Vocabulary.build(40, "t", [image_layout(), MediaLayout("audio", "audio", 32, "a", num_blocks=3, num_positions=N,
+                                                                         latent_channels=4)])
     torch.manual_seed(0)
     model = StreamModel(build_transformer(TINY_MODEL, vocab)).eval()
     audio = vocab.range("audio")
@@ -101,7 +105,7 @@ def test_each_media_span_stays_in_its_own_range_when_there_are_several():
         model.transformer.lm_head.weight[: audio.offset] += 5.0
         model.transformer.lm_head.weight[audio.end:] += 5.0
     ids = sample_media(model, vocab, "audio", [text(vocab, [1])] * 3, torch.zeros(3, 1, N, dtype=torch.long), 3, N,
-                       "timestep", SamplerConfig(temperature=2.0), torch.Generator().manual_seed(0))
+                       "timestep", SamplerConfig(temperature=2.0), states, torch.Generator().manual_seed(0))
     assert ids.shape == (3, 3, N) and ids.min() >= 0 and ids.max() < audio.size
 
 
@@ -112,7 +116,7 @@ def test_text_after_a_media_span_is_text_only_and_equals_full_recompute(model, v
         codes = vocab.range("image")
         model.transformer.lm_head.weight[codes.offset : codes.end] += 5.0
     blocks = vocab.to_global("image", torch.randint(0, 64, (2, BLOCKS, N), generator=torch.Generator().manual_seed(1)))
-    prefixes = [StreamBuilder(vocab, "timestep").special("<bos>").media("image", b, trained=False).build() for b in blocks]
+    prefixes = [StreamBuilder(vocab, "timestep").special("<bos>").media("image", b, span_states(vocab, b), trained=False).build() for b in blocks]
     got = sample_text(model, vocab, prefixes, 6, SamplerConfig(gumbel_scale=0.0))
     allowed = torch.full((model.transformer.config.vocab_size,), float("-inf"))
     text_range = vocab.range("text")
@@ -121,7 +125,7 @@ def test_text_after_a_media_span_is_text_only_and_equals_full_recompute(model, v
     for b, row in zip(blocks, got):
         expected = []
         while len(expected) < 6:
-            stream = (StreamBuilder(vocab, "timestep").special("<bos>").media("image", b, trained=False)
+            stream = (StreamBuilder(vocab, "timestep").special("<bos>").media("image", b, span_states(vocab, b), trained=False)
                       .text([text_range.offset + t for t in expected]).build())
             with torch.no_grad():
                 logits = batch_logits(model, collate([[stream]], pad_id=0))[0, -1]

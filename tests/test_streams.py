@@ -4,6 +4,8 @@ import torch
 
 from unitok.streams import IGNORE, StreamBuilder, collate, pack, task_document
 
+from .conftest import span_states
+
 N, BLOCKS = 3, 4  # 3 positions per block, T = 3
 
 
@@ -13,7 +15,8 @@ def media_blocks(vocab):
 
 
 def text_to_image(vocab, text=(10, 11, 12)):
-    return task_document(vocab, "timestep", "text_to_image", list(text), "image", media_blocks(vocab))
+    blocks = media_blocks(vocab)
+    return task_document(vocab, "timestep", "text_to_image", list(text), "image", blocks, span_states(vocab, blocks))
 
 
 def layout(vocab, stream):
@@ -78,9 +81,11 @@ def test_packed_documents_never_see_each_other(vocab):
 
 
 def test_caption_dropout_and_media_to_text(vocab):
-    dropped = task_document(vocab, "timestep", "text_to_image", [10, 11], "image", media_blocks(vocab), drop_text=True)
+    blocks = media_blocks(vocab)
+    dropped = task_document(vocab, "timestep", "text_to_image", [10, 11], "image", blocks, span_states(vocab, blocks),
+                            drop_text=True)
     assert dropped.input_ids[:2] == [vocab.special_id("<bos>"), vocab.special_id("<boi>")]
-    to_text = task_document(vocab, "timestep", "image_to_text", [10, 11], "image", media_blocks(vocab))
+    to_text = task_document(vocab, "timestep", "image_to_text", [10, 11], "image", blocks, span_states(vocab, blocks))
     eoi = to_text.input_ids.index(vocab.special_id("<eoi>"))
     assert to_text.targets[eoi] == 10 and to_text.targets[eoi + 1] == 11
     assert to_text.targets[eoi + 2] == vocab.special_id("<eos>") and to_text.targets[-1] == IGNORE
@@ -92,7 +97,7 @@ def test_caption_dropout_and_media_to_text(vocab):
 
 def test_raster_order_is_causal_next_token(vocab):
     block = vocab.to_global("image", torch.arange(N).reshape(1, N))
-    stream = StreamBuilder(vocab, "raster").special("<bos>").text([10]).media("image", block).build()
+    stream = StreamBuilder(vocab, "raster").special("<bos>").text([10]).media("image", block, span_states(vocab, block)).build()
     boi = stream.input_ids.index(vocab.special_id("<boi>"))
     assert stream.targets[boi] == int(block[0, 0])
     assert [stream.targets[boi + 1 + n] for n in range(N - 1)] == block[0, 1:].tolist()

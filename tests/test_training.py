@@ -11,6 +11,8 @@ import torch
 from unitok.streams import task_document
 from unitok.training.lm import DocumentMaker, LMTraining, TokenItems
 
+from .conftest import span_states
+
 SCRIPT = Path(__file__).parent / "scripts" / "ddp_train.py"
 
 
@@ -48,8 +50,11 @@ def test_text_to_media_training_documents_stop_after_the_last_block_with_targets
     """k_0, <eoi> and <eos> are dropped from text-to-image training documents: the codes of k_1
     still predict k_0, every other target is as in the full stream, and nothing is lost."""
     local = torch.arange(3 * 4).reshape(1, 3, 4)  # one item: 3 blocks of 4 distinct codes
-    items = TokenItems([vocab.to_global("text", torch.tensor([1, 2])).tolist()], vocab.to_global("image", local), "image")
-    full = task_document(vocab, "timestep", "text_to_image", items.text_ids[0], "image", items.media_ids[0])
+    media = vocab.to_global("image", local)
+    items = TokenItems([vocab.to_global("text", torch.tensor([1, 2])).tolist()], media, span_states(vocab, media[0])[None],
+                       "image")
+    full = task_document(vocab, "timestep", "text_to_image", items.text_ids[0], "image", items.media_ids[0],
+                         items.media_states[0])
     for order, expected_length in (("timestep", len(full) - 4 - 2), ("raster", None)):
         cfg = LMTraining(tasks={"text_to_image": 1.0}, media_order=order, caption_dropout=0.0)
         doc = DocumentMaker({"image": items}, vocab, cfg, seed=0).document("text_to_image", "image", 0, None)
@@ -69,7 +74,9 @@ def test_first_step_documents_end_after_the_noise_block(vocab):
     import random
 
     local = torch.arange(3 * 4).reshape(1, 3, 4)
-    items = TokenItems([vocab.to_global("text", torch.tensor([1, 2])).tolist()], vocab.to_global("image", local), "image")
+    media = vocab.to_global("image", local)
+    items = TokenItems([vocab.to_global("text", torch.tensor([1, 2])).tolist()], media, span_states(vocab, media[0])[None],
+                       "image")
     cfg = LMTraining(tasks={"text_to_image": 1.0}, caption_dropout=0.0, first_step_fraction=1.0)
     maker = DocumentMaker({"image": items}, vocab, cfg, seed=0)
     doc = maker.document("text_to_image", "image", 0, random.Random(0))

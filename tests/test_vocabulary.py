@@ -40,13 +40,14 @@ def test_manifest_round_trip_and_tampering(tmp_path, vocab):
 
 
 def test_position_rows_are_their_own_ranges(vocab):
-    """Every code of a span gets the row of its cell and of its block; spans larger than the
-    layout are refused."""
-    rows = vocab.position_rows("image", 3, 4)  # (blocks, N, 2)
-    cells, blocks = vocab.range("image.cells"), vocab.range("image.blocks")
-    assert rows.shape == (3, 4, 2)
+    """Every code of a span gets the row of its cell, of its block and the first of its modality's
+    C state rows; spans larger than the layout are refused."""
+    rows = vocab.position_rows("image", 3, 4)  # (blocks, N, 3)
+    cells, blocks, state = vocab.range("image.cells"), vocab.range("image.blocks"), vocab.range("image.state")
+    assert rows.shape == (3, 4, 3)
     assert rows[..., 0].tolist() == [list(range(cells.offset, cells.offset + 4))] * 3
     assert rows[..., 1].tolist() == [[blocks.offset + b] * 4 for b in range(3)]
+    assert (rows[..., 2] == state.offset).all() and state.size == 4 and state.end == vocab.size
     assert cells.offset >= vocab.range("image").end and vocab.range("image").kind == "media"
     with pytest.raises(VocabularyError, match="at most 5 blocks of 64"):
         vocab.position_rows("image", 6, 4)

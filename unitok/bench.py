@@ -20,6 +20,7 @@ from pathlib import Path
 import torch
 
 from .model import ModelSpec, StreamModel, build_transformer, stream_loss
+from .rdpm import QuantizerConfig, RDPMQuantizer
 from .sampling import SamplerConfig, sample_media
 from .streams import collate, task_document
 from .vocabulary import MediaLayout, Vocabulary
@@ -52,27 +53,32 @@ def _timed(fn, repeats: int) -> float:
     return statistics.median(times)
 
 
-def _setup(spec: ModelSpec, num_blocks: int, num_positions: int, codebook: int = 512, text: int = 512):
-    """A vocabulary with one image range of spans up to `num_blocks` × `num_positions`, and a random model."""
-    vocab = Vocabulary.build(text, "bench", [MediaLayout("image", "image", codebook, "bench", num_blocks, num_positions)])
+def _setup(spec: ModelSpec, num_blocks: int, num_positions: int, codebook: int = 512, text: int = 512,
+           latent_channels: int = 4):
+    """A vocabulary with one image range of spans up to `num_blocks` × `num_positions`, a random
+    model, and a random quantizer for the codes' running states."""
+    vocab = Vocabulary.build(text, "bench", [MediaLayout("image", "image", codebook, "bench", num_blocks, num_positions,
+                                                         latent_channels)])
     torch.manual_seed(0)
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    return vocab, StreamModel(build_transformer(spec, vocab)).to(device).eval()
+    quantizer = RDPMQuantizer(QuantizerConfig(steps=num_blocks - 1, codebook_size=codebook), latent_channels)
+    return vocab, StreamModel(build_transformer(spec, vocab)).to(device).eval(), quantizer.to(device)
 
 
 def bench_sampling(spec: ModelSpec, positions=(64, 256), batches=(1, 64), steps: int = 10, repeats: int = 2) -> list[dict]:
-    vocab, model = _setup(spec, steps + 1, max(positions))
+    vocab, model, quantizer = _setup(spec, steps + 1, max(positions))
     prompt = (torch.arange(8) + vocab.range("text").offset).tolist()
     rows = []
     for n in positions:
         for batch in batches:
             for guidance in (1.0, 3.0):
                 cfg = SamplerConfig(guidance_scale=guidance)
-                first = torch.randint(0, 512, (batch, 1, n))
-                rdpm = _timed(lambda: sample_media(model, vocab, "image", [prompt] * batch, first, steps + 1, n,
-                                                   "timestep", cfg, torch.Generator().manual_seed(0)), repeats)
-                raster = _timed(lambda: sample_media(model, vocab, "image", [prompt] * batch, None, 1, n,
-                                                     "raster", cfg, torch.Generator().manual_seed(0)), repeats)
+                first = torch.randint(0, 512, (batch, 1, n), device=quantizer.codebook.device)
+                rdpm = _timed(lambda: sample_media(model, vocab, "image", [prompt] * batch, first, steps + 1, n, "timestep",
+                                                   cfg, quantizer.running_states, torch.Generator().manual_seed(0)), repeats)
+                raster = _timed(lambda: sample_media(model, vocab, "image", [prompt] * batch, None, 1, n, "raster",
+                                                     cfg, quantizer.running_states, torch.Generator().manual_seed(0)),
+                                repeats)
                 rows.append({
                     "positions": n, "batch": batch, "guidance": guidance > 1,
                     "rdpm_s_per_image": rdpm / batch, "raster_s_per_image": raster / batch,
@@ -87,16 +93,17 @@ def bench_sampling(spec: ModelSpec, positions=(64, 256), batches=(1, 64), steps:
 
 def bench_training(spec: ModelSpec, positions: int = 64, steps: int = 10, batch: int = 8, repeats: int = 3) -> dict:
     """One optimizer step on mixed streams vs a plain causal-LM step, same shapes, interleaved."""
-    vocab, model = _setup(spec, steps + 1, positions)
+    vocab, model, quantizer = _setup(spec, steps + 1, positions)
     model.train()
     device = next(model.parameters()).device
     g = torch.Generator().manual_seed(0)
     docs = []
     for i in range(batch):
         text = (torch.randint(0, 512, (10,), generator=g) + vocab.range("text").offset).tolist()
-        media = torch.randint(0, 512, (steps + 1, positions), generator=g) + vocab.range("image").offset
+        media = torch.randint(0, 512, (1, steps + 1, positions), generator=g)
+        states = quantizer.running_states(media.to(device))[0].cpu()
         task = "text_to_image" if i % 4 else "image_to_text"  # mixed directions in one batch
-        docs.append(task_document(vocab, "timestep", task, text, "image", media))
+        docs.append(task_document(vocab, "timestep", task, text, "image", media[0] + vocab.range("image").offset, states))
     ours = collate([[d] for d in docs], vocab.special_id("<pad>")).to(device)
     plain_ids = ours.input_ids.clone()
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)

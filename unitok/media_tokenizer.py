@@ -110,7 +110,7 @@ class MediaTokenizer(nn.Module):
     def layout(self) -> MediaLayout:
         """What the shared vocabulary records of this tokenizer."""
         return MediaLayout(self.name, self.modality, self.codebook_size, self.content_hash(),
-                           self.num_blocks, self.num_positions)
+                           self.num_blocks, self.num_positions, self.spec.autoencoder.latent_channels)
 
     # --- tensors -------------------------------------------------------------------------------
     def latent(self, x: torch.Tensor) -> torch.Tensor:

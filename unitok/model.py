@@ -73,28 +73,33 @@ def build_transformer(spec: ModelSpec, vocab: Vocabulary) -> LlamaForCausalLM:
 
 class StreamModel(nn.Module):
     """The transformer with unitok's input rule: a media code enters as the sum of the embeddings
-    of its code, its latent cell and its noise step (`Batch.media_rows`); every other token as
-    its own embedding. The extra rows live in the transformer's embedding table, so its
-    `save_pretrained` holds the whole model, and the sum is taken inside `forward`, where
-    DDP and FSDP expect every use of a parameter."""
+    of its code, its latent cell and its noise step (`Batch.media_rows`), plus its running RDPM
+    state ``s_t`` (C floats, `Batch.media_states`) times its modality's C state rows, a learned
+    linear map; every other token as its own embedding. The extra rows live in the transformer's
+    embedding table, so its `save_pretrained` holds the whole model, and the sum is taken inside
+    `forward`, where DDP and FSDP expect every use of a parameter."""
 
     def __init__(self, transformer: LlamaForCausalLM):
         super().__init__()
         self.transformer = transformer
 
-    def forward(self, input_ids: torch.Tensor, media_rows: torch.Tensor, attention_mask: torch.Tensor,
-                position_ids: torch.Tensor, past_key_values=None) -> torch.Tensor:
+    def forward(self, input_ids: torch.Tensor, media_rows: torch.Tensor, media_states: torch.Tensor,
+                attention_mask: torch.Tensor, position_ids: torch.Tensor, past_key_values=None) -> torch.Tensor:
         """Logits (B, L, V); `past_key_values` (a `DynamicCache`) is extended in place."""
         table = self.transformer.get_input_embeddings()
-        has_rows = (media_rows >= 0).unsqueeze(-1)  # (B, L, 2, 1)
-        embeds = table(input_ids) + (table(media_rows.clamp_min(0)) * has_rows).sum(dim=2)  # (B, L, H)
+        rows = media_rows.clamp_min(0)
+        has_rows = (media_rows[..., :2] >= 0).unsqueeze(-1)  # (B, L, 2, 1)
+        embeds = table(input_ids) + (table(rows[..., :2]) * has_rows).sum(dim=2)  # (B, L, H)
+        last_row = table.num_embeddings - 1
+        for c in range(media_states.shape[-1]):  # states are 0 off media codes and beyond a modality's C
+            embeds = embeds + media_states[..., c, None].to(embeds.dtype) * table((rows[..., 2] + c).clamp_max(last_row))
         return self.transformer(inputs_embeds=embeds, attention_mask=attention_mask, position_ids=position_ids,
                                 past_key_values=past_key_values, use_cache=past_key_values is not None).logits
 
 
 def batch_logits(model: nn.Module, batch: Batch) -> torch.Tensor:
     """(B, L, V) logits of a `StreamModel`, also when accelerate has wrapped it (DDP, FSDP)."""
-    return model(batch.input_ids, batch.media_rows, batch.attention_mask, batch.position_ids)
+    return model(batch.input_ids, batch.media_rows, batch.media_states, batch.attention_mask, batch.position_ids)
 
 
 def stream_loss(model: nn.Module, batch: Batch, target_weights: torch.Tensor | None = None) -> torch.Tensor:

@@ -131,7 +131,7 @@ class UniTokPipeline:
         return sample_media(
             StreamModel(self.transformer), self.vocabulary, tokenizer.name, [self.encode_prompt(p) for p in prompts],
             first_blocks, tokenizer.num_blocks, tokenizer.num_positions, self.media_order, sampler,
-            generator=torch.Generator().manual_seed(seed),
+            tokenizer.quantizer.running_states, generator=torch.Generator().manual_seed(seed),
         )
 
     def text_to_media(self, modality: str, prompt: str | Sequence[str], guidance_scale: float = 3.0,
@@ -166,10 +166,12 @@ class UniTokPipeline:
         if not items:
             raise ValueError("media: expected an item or a non-empty list of items")
         tokenizer = self.tokenizer_for(modality)
-        ids = tokenizer.encode(items, seed=[seed + i for i in range(len(items))]).cpu()
+        ids = tokenizer.encode(items, seed=[seed + i for i in range(len(items))])
+        states = tokenizer.quantizer.running_states(ids).cpu()
         prefixes = [StreamBuilder(self.vocabulary, self.media_order).special("<bos>")
-                    .media(tokenizer.name, self.vocabulary.to_global(tokenizer.name, item_ids), trained=False).build()
-                    for item_ids in ids]
+                    .media(tokenizer.name, self.vocabulary.to_global(tokenizer.name, item_ids), item_states,
+                           trained=False).build()
+                    for item_ids, item_states in zip(ids.cpu(), states)]
         sampler = SamplerConfig(1.0, temperature, top_k, top_p, gumbel_scale)
         texts = sample_text(StreamModel(self.transformer), self.vocabulary, prefixes, max_new_tokens, sampler,
                             generator=torch.Generator().manual_seed(seed))

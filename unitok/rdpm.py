@@ -161,21 +161,31 @@ class RDPMQuantizer(nn.Module):
     def check_ids(self, ids_BTN: torch.Tensor) -> None:
         if ids_BTN.dim() != 3 or ids_BTN.shape[1] != self.num_blocks:
             raise ValueError(f"expected ids of shape (B, {self.num_blocks}, N), got {tuple(ids_BTN.shape)}")
+        self._check_code_range(ids_BTN)
+
+    def _check_code_range(self, ids: torch.Tensor) -> None:
         K = self.config.codebook_size
-        if ids_BTN.numel() and (int(ids_BTN.min()) < 0 or int(ids_BTN.max()) >= K):
+        if ids.numel() and (int(ids.min()) < 0 or int(ids.max()) >= K):
             raise ValueError(
-                f"code ids out of range [0, {K}): min {int(ids_BTN.min())}, max {int(ids_BTN.max())}"
+                f"code ids out of range [0, {K}): min {int(ids.min())}, max {int(ids.max())}"
                 " (global vocabulary ids must be converted to local ids first)"
             )
 
     def states(self, ids_BTN: torch.Tensor) -> list[torch.Tensor]:
         """Running states [s_T, …, s_0] from blocks [k_T, …, k_0]; each (B, C, N)."""
         self.check_ids(ids_BTN)
-        states, state = [], 0.0
-        for b in range(self.num_blocks):
-            state = state + self.code_vectors(ids_BTN[:, b], self.steps - b)
-            states.append(state)
-        return states
+        return list(self.running_states(ids_BTN).transpose(2, 3).unbind(1))
+
+    def running_states(self, ids_BbN: torch.Tensor) -> torch.Tensor:
+        """(B, b, N, C): the states s_T, …, s_{T−b+1} after each of the first b ≤ T+1 blocks
+        [k_T, …]; what a code's transformer input carries (`model.StreamModel`)."""
+        if ids_BbN.dim() != 3 or ids_BbN.shape[1] > self.num_blocks:
+            raise ValueError(f"expected ids of shape (B, b ≤ {self.num_blocks}, N), got {tuple(ids_BbN.shape)}")
+        self._check_code_range(ids_BbN)
+        steps = [self.code_vectors(ids_BbN[:, b], self.steps - b) for b in range(ids_BbN.shape[1])]  # each (B, C, N)
+        if not steps:
+            return ids_BbN.new_zeros(*ids_BbN.shape, self.codebook.shape[-1], dtype=self.codebook.dtype)
+        return torch.stack(steps, dim=1).cumsum(dim=1).transpose(2, 3)
 
     def dequantize(self, ids_BTN: torch.Tensor) -> torch.Tensor:
         """s_0 (B, C, N): the sum of every step's scaled code vectors."""

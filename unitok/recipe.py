@@ -307,7 +307,7 @@ class RecipeRun:
 
     def token_items(self, split: str, vocab: Vocabulary, tokenizers: dict[str, MediaTokenizer]) -> dict[str, TokenItems]:
         """modality -> the split's shard rows as tensors."""
-        return {m: TokenItems.from_dataset(load_shards(self.shard_dir(m, split), vocab), tokenizer.num_blocks)
+        return {m: TokenItems.from_dataset(load_shards(self.shard_dir(m, split), vocab), tokenizer, vocab)
                 for m, tokenizer in tokenizers.items()}
 
     # transformer ------------------------------------------------------------------------------

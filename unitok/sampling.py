@@ -8,6 +8,9 @@ Cached multi-token steps always get an explicit 4D mask ``(B, 1, q, past + q)`` 
 position ids: with ``attention_mask=None`` a multi-token step would be made causal inside the
 block by the attention backend, silently giving wrong logits.
 
+Every fed block carries its running states (`code_states`, the tokenizer's
+`RDPMQuantizer.running_states`), as in training.
+
 Classifier-free guidance runs conditional and unconditional (caption dropped) rows in one batch.
 Logits outside the span's codebook range are never sampled: we sample from that slice only.
 
@@ -18,7 +21,7 @@ text range and ``<eos>`` only.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Callable, Sequence
 
 import torch
 from transformers import DynamicCache
@@ -26,6 +29,8 @@ from transformers import DynamicCache
 from .model import StreamModel
 from .streams import NO_ROWS, Batch, MediaOrder, Stream, StreamBuilder, collate
 from .vocabulary import Vocabulary
+
+CodeStates = Callable[[torch.Tensor], torch.Tensor]  # local ids (B, b, N) -> running states (B, b, N, C)
 
 
 @dataclass(frozen=True)
@@ -77,12 +82,14 @@ class CachedDecoder:
         self.cache = DynamicCache()
         self.key_valid = prefix.document_ids >= 0  # (B, L): False for left padding
         self.next_position = prefix.position_ids.max(dim=1).values + 1  # (B,)
-        self.logits = model(prefix.input_ids, prefix.media_rows, prefix.attention_mask, prefix.position_ids, self.cache)
+        self.logits = model(prefix.input_ids, prefix.media_rows, prefix.media_states, prefix.attention_mask,
+                            prefix.position_ids, self.cache)
 
-    def feed(self, ids_BQ: torch.Tensor, media_rows_Q2: torch.Tensor, block: bool) -> torch.Tensor:
-        """Append q media codes per row, whose cell and block rows are `media_rows_Q2` (the same
-        for every row); `block=True` lets them all see each other (a media block), otherwise they
-        are causal. Returns logits (B, q, V)."""
+    def feed(self, ids_BQ: torch.Tensor, media_rows_Q3: torch.Tensor, states_BQS: torch.Tensor,
+             block: bool) -> torch.Tensor:
+        """Append q tokens per row, whose input rows are `media_rows_Q3` (the same for every row)
+        and running states `states_BQS` (width 0 for text); `block=True` lets them all see each
+        other (a media block), otherwise they are causal. Returns logits (B, q, V)."""
         B, q = ids_BQ.shape
         device = ids_BQ.device
         inner = torch.ones(q, q, dtype=torch.bool, device=device)
@@ -93,7 +100,8 @@ class CachedDecoder:
         positions = self.next_position[:, None] + torch.arange(q, device=device)
         self.key_valid = torch.cat([self.key_valid, torch.ones(B, q, dtype=torch.bool, device=device)], 1)
         self.next_position = self.next_position + q
-        self.logits = self.model(ids_BQ, media_rows_Q2.to(device).expand(B, q, 2), mask, positions, self.cache)
+        self.logits = self.model(ids_BQ, media_rows_Q3.to(device).expand(B, q, 3), states_BQS.to(device), mask,
+                                 positions, self.cache)
         return self.logits
 
 
@@ -105,8 +113,8 @@ def _guided(logits: torch.Tensor, batch: int, cfg: SamplerConfig) -> torch.Tenso
     return uncond + cfg.guidance_scale * (cond - uncond)
 
 
-def _repeat_for_guidance(ids: torch.Tensor, cfg: SamplerConfig) -> torch.Tensor:
-    return torch.cat([ids, ids]) if cfg.guided else ids
+def _repeat_for_guidance(x: torch.Tensor, cfg: SamplerConfig) -> torch.Tensor:
+    return torch.cat([x, x]) if cfg.guided else x
 
 
 @torch.no_grad()
@@ -120,6 +128,7 @@ def sample_media(
     num_positions: int,
     media_order: MediaOrder,
     cfg: SamplerConfig,
+    code_states: CodeStates,
     generator: torch.Generator | None = None,
 ) -> torch.Tensor:
     """Generate media spans after text prompts (global text ids). Returns local ids (B, blocks, N).
@@ -128,14 +137,16 @@ def sample_media(
     k_T (quantized noise) alone for generation (P = 1), or k_T … k_{T−P+1} of a real item to
     continue it from noise level T−P+1; the model predicts the other `num_blocks − P` blocks,
     one parallel pass each. Raster order: one block of N codes, one pass per code.
+    `code_states` gives the running states of the codes fed back (the tokenizer's quantizer).
     """
     device = next(model.parameters()).device
     B, N = len(prompts), num_positions
     codes = vocab.range(media_name)
     media_rows = vocab.position_rows(media_name, num_blocks, N)  # (blocks, N, 2)
-    rows = [_prefix(vocab, media_order, media_name, p, first_blocks, i) for i, p in enumerate(prompts)]
+    first_states = code_states(first_blocks) if media_order == "timestep" else None
+    rows = [_prefix(vocab, media_order, media_name, p, first_blocks, first_states, i) for i, p in enumerate(prompts)]
     if cfg.guided:
-        rows += [_prefix(vocab, media_order, media_name, [], first_blocks, i) for i in range(B)]
+        rows += [_prefix(vocab, media_order, media_name, [], first_blocks, first_states, i) for i in range(B)]
     batch = collate([[s] for s in rows], pad_id=vocab.special_id("<pad>"), pad_side="left").to(device)
     decoder = CachedDecoder(model, batch)
 
@@ -148,7 +159,9 @@ def sample_media(
         for b in range(len(blocks), num_blocks):
             blocks.append(pick(logits))
             if b < num_blocks - 1:
-                logits = decoder.feed(_repeat_for_guidance(blocks[-1] + codes.offset, cfg), media_rows[b], block=True)
+                states = code_states(torch.stack(blocks, dim=1))[:, -1]  # (B, N, C)
+                logits = decoder.feed(_repeat_for_guidance(blocks[-1] + codes.offset, cfg), media_rows[b],
+                                      _repeat_for_guidance(states, cfg), block=True)
         return torch.stack(blocks, dim=1)
 
     generated = []  # raster: <bo?> predicts code 0, code n predicts code n+1
@@ -156,16 +169,19 @@ def sample_media(
     for n in range(N):
         generated.append(pick(logits))
         if n < N - 1:
+            states = code_states(generated[-1][:, None])[:, 0]  # (B, 1, C): a one-block trajectory's state is its code
             logits = decoder.feed(_repeat_for_guidance(generated[-1] + codes.offset, cfg), media_rows[0, n : n + 1],
-                                  block=False)
+                                  _repeat_for_guidance(states, cfg), block=False)
     return torch.cat(generated, dim=1).unsqueeze(1)
 
 
-def _prefix(vocab, media_order, media_name, prompt, first_blocks, row):
+def _prefix(vocab, media_order, media_name, prompt, first_blocks, first_states, row):
     builder = StreamBuilder(vocab, media_order).special("<bos>").text(prompt)
     if media_order == "timestep":
-        return builder.media(media_name, vocab.to_global(media_name, first_blocks[row].cpu()), complete=False).build()
-    return builder.media(media_name, torch.zeros(0, 0, dtype=torch.long), complete=False).build()
+        return builder.media(media_name, vocab.to_global(media_name, first_blocks[row].cpu()), first_states[row].cpu(),
+                             complete=False).build()
+    no_states = torch.zeros(0, 0, vocab.range(f"{media_name}.state").size)
+    return builder.media(media_name, torch.zeros(0, 0, dtype=torch.long), no_states, complete=False).build()
 
 
 @torch.no_grad()
@@ -195,5 +211,5 @@ def sample_text(model: StreamModel, vocab: Vocabulary, prefixes: Sequence[Stream
         finished |= ids == eos
         if finished.all() or step == max_new_tokens - 1:
             break
-        logits = decoder.feed(ids[:, None], torch.tensor([NO_ROWS]), block=False)[:, -1]
+        logits = decoder.feed(ids[:, None], torch.tensor([NO_ROWS]), torch.zeros(len(ids), 1, 0), block=False)[:, -1]
     return rows

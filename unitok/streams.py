@@ -10,9 +10,13 @@ A document is ``<bos> … <eos>`` made of text spans and media spans
   length is fixed, so ``<eoi>`` is appended by the sampler);
 - its *reach*: the last position it may attend to. Text is causal (reach = itself); a media
   code sees its whole block (reach = end of its block), so attention is block-causal;
-- for media codes, the global ids of its *cell* and *block* rows (`Vocabulary.position_rows`),
-  whose embeddings the model adds to the code's: RoPE alone only tells tokens how far apart
-  they are, not which latent cell or noise step a code holds.
+- for media codes, the global ids of its *cell*, *block* and *state* rows
+  (`Vocabulary.position_rows`), whose embeddings the model adds to the code's: RoPE alone only
+  tells tokens how far apart they are, not which latent cell or noise step a code holds;
+- for media codes, the RDPM running state ``s_t`` at its cell after its block (C floats, from
+  the tokenizer's `RDPMQuantizer.running_states`), which weighs the state rows. A single code
+  is mostly quantized noise; the state is what the tokenizer's decoder sees, so the model
+  need not learn to add up codes across blocks to know what a span holds.
 
 Packed rows add document ids so that documents never see each other. `media_order="raster"`
 is the autoregressive baseline: codes of one clean block in raster order, causal, next-token.
@@ -28,7 +32,7 @@ import torch
 from .vocabulary import Vocabulary
 
 IGNORE = -100
-NO_ROWS = (-1, -1)  # media_rows of a token that is not a media code
+NO_ROWS = (-1, -1, -1)  # media_rows of a token that is not a media code
 MediaOrder = Literal["timestep", "raster"]
 _NEXT, _NONE = "next", "none"  # target rules besides "ahead by N"
 
@@ -42,7 +46,8 @@ class Stream:
     reach: list[int] = field(default_factory=list)
     target_block: list[int] = field(default_factory=list)  # predicted media block of the target
     # (0 = noisiest predicted block; raster codes all 0), -1 for text targets and no target
-    media_rows: list[tuple[int, int]] = field(default_factory=list)  # (cell row, block row), NO_ROWS for others
+    media_rows: list[tuple[int, int, int]] = field(default_factory=list)  # (cell, block, state) rows, NO_ROWS for others
+    media_states: list[list[float]] = field(default_factory=list)  # the running state (C floats), [] for others
 
     def __len__(self) -> int:
         return len(self.input_ids)
@@ -50,7 +55,7 @@ class Stream:
     def head(self, length: int) -> "Stream":
         """The first `length` positions; their targets are kept even where they lie beyond."""
         return Stream(self.input_ids[:length], self.targets[:length], self.reach[:length],
-                      self.target_block[:length], self.media_rows[:length])
+                      self.target_block[:length], self.media_rows[:length], self.media_states[:length])
 
 
 class StreamBuilder:
@@ -63,13 +68,15 @@ class StreamBuilder:
         self._rules: list[str | int] = []  # _NEXT, _NONE, or an int offset to the target position
         self._reach: list[int] = []
         self._target_block: list[int] = []
-        self._media_rows: list[tuple[int, int]] = []
+        self._media_rows: list[tuple[int, int, int]] = []
+        self._media_states: list[list[float]] = []
 
     def _append(self, token: int, rule: str | int, reach: int | None = None, target_block: int = -1,
-                media_rows: tuple[int, int] = NO_ROWS) -> None:
+                media_rows: tuple[int, int, int] = NO_ROWS, media_state: list[float] | None = None) -> None:
         self._reach.append(len(self._ids) if reach is None else reach)
         self._target_block.append(target_block if rule != _NONE else -1)
         self._media_rows.append(media_rows)
+        self._media_states.append(media_state or [])
         self._ids.append(int(token))
         self._rules.append(rule)
 
@@ -82,8 +89,10 @@ class StreamBuilder:
             self._append(token, _NEXT)
         return self
 
-    def media(self, name: str, blocks: torch.Tensor, complete: bool = True, trained: bool = True) -> "StreamBuilder":
-        """A media span from global ids `blocks` (num_blocks, N): ``<bo?> k_T … [k_0 <eo?>]``.
+    def media(self, name: str, blocks: torch.Tensor, states: torch.Tensor, complete: bool = True,
+              trained: bool = True) -> "StreamBuilder":
+        """A media span from global ids `blocks` (num_blocks, N) and their running states
+        (num_blocks, N, C): ``<bo?> k_T … [k_0 <eo?>]``.
 
         `complete=False` leaves the span open (a sampling prefix holding only the blocks so far).
         `trained=False` gives its codes no targets (the media of a media→text document is the
@@ -91,10 +100,15 @@ class StreamBuilder:
         """
         begin, end = self.vocab.delimiters(name)
         num_blocks, n = blocks.shape
+        width = self.vocab.range(f"{name}.state").size
+        if states.shape != (num_blocks, n, width):
+            raise ValueError(f"{name} states of shape {tuple(states.shape)} do not match blocks of shape "
+                             f"{tuple(blocks.shape)} with {width} latent channels")
         timestep = self.media_order == "timestep"
         self._append(begin, _NONE if timestep or not trained else _NEXT)
         flat = blocks.reshape(-1).tolist()
-        rows = [tuple(r) for r in self.vocab.position_rows(name, num_blocks, n).reshape(-1, 2).tolist()]
+        rows = [tuple(r) for r in self.vocab.position_rows(name, num_blocks, n).reshape(-1, 3).tolist()]
+        flat_states = states.flatten(0, 1).tolist()
         for b in range(num_blocks):
             block_end = len(self._ids) + n - 1
             last_block = complete and b == num_blocks - 1
@@ -102,10 +116,12 @@ class StreamBuilder:
                 j = b * n + i
                 if timestep:
                     rule = _NONE if last_block or not trained else n
-                    self._append(flat[j], rule, reach=block_end, target_block=b, media_rows=rows[j])
+                    self._append(flat[j], rule, reach=block_end, target_block=b, media_rows=rows[j],
+                                 media_state=flat_states[j])
                 else:
                     last_code = last_block and i == n - 1
-                    self._append(flat[j], _NONE if last_code or not trained else _NEXT, target_block=0, media_rows=rows[j])
+                    self._append(flat[j], _NONE if last_code or not trained else _NEXT, target_block=0, media_rows=rows[j],
+                                 media_state=flat_states[j])
             if b == 0 and not timestep and trained:  # <bo?> predicts the first code
                 self._target_block[-n - 1] = 0
         if complete:
@@ -122,7 +138,8 @@ class StreamBuilder:
                 targets.append(ids[p + 1] if p + 1 < length else IGNORE)
             else:  # ahead by `rule` positions
                 targets.append(ids[p + rule] if p + rule < length else IGNORE)
-        return Stream(list(ids), targets, list(self._reach), list(self._target_block), list(self._media_rows))
+        return Stream(list(ids), targets, list(self._reach), list(self._target_block), list(self._media_rows),
+                      list(self._media_states))
 
 
 @dataclass
@@ -132,7 +149,8 @@ class Batch:
     position_ids: torch.Tensor  # (B, L), restart at 0 in every document
     attention_mask: torch.Tensor  # (B, 1, L, L) bool, True = may attend
     document_ids: torch.Tensor  # (B, L), index of the document in its row, -1 for padding
-    media_rows: torch.Tensor  # (B, L, 2) global ids of each media code's cell and block rows, -1 elsewhere
+    media_rows: torch.Tensor  # (B, L, 3) global ids of each media code's cell, block and first state row, -1 elsewhere
+    media_states: torch.Tensor  # (B, L, S) each media code's running state, zero-padded to the widest; 0 elsewhere
 
     def to(self, device: torch.device | str) -> "Batch":
         return Batch(**{name: t.to(device) for name, t in vars(self).items()})
@@ -163,7 +181,9 @@ def collate(rows: Sequence[Sequence[Stream]], pad_id: int, length: int | None = 
     position_ids = torch.zeros((B, length), dtype=torch.long)
     reach = torch.arange(length).repeat(B, 1)
     doc = torch.full((B, length), -1, dtype=torch.long)
-    media_rows = torch.full((B, length, 2), -1, dtype=torch.long)
+    media_rows = torch.full((B, length, 3), -1, dtype=torch.long)
+    width = max((len(state) for row in rows for stream in row for state in stream.media_states), default=0)
+    media_states = torch.zeros((B, length, width))
     for r, row in enumerate(rows):
         start = length - row_lengths[r] if pad_side == "left" else 0
         for d, stream in enumerate(row):
@@ -173,9 +193,13 @@ def collate(rows: Sequence[Sequence[Stream]], pad_id: int, length: int | None = 
             position_ids[r, span] = torch.arange(len(stream))
             reach[r, span] = torch.tensor(stream.reach) + start
             doc[r, span] = d
-            media_rows[r, span] = torch.tensor(stream.media_rows).view(-1, 2)
+            media_rows[r, span] = torch.tensor(stream.media_rows).view(-1, 3)
+            coded = [p for p, state in enumerate(stream.media_states) if state]
+            if coded:
+                padded = [stream.media_states[p] + [0.0] * (width - len(stream.media_states[p])) for p in coded]
+                media_states[r, torch.tensor(coded) + start] = torch.tensor(padded)
             start += len(stream)
-    return Batch(input_ids, targets, position_ids, attention_mask_4d(reach, doc), doc, media_rows)
+    return Batch(input_ids, targets, position_ids, attention_mask_4d(reach, doc), doc, media_rows, media_states)
 
 
 def pack(streams: Sequence[Stream], max_length: int) -> list[list[Stream]]:
@@ -207,7 +231,7 @@ def task_modality(task: str) -> str | None:
 
 def task_document(vocab: Vocabulary, media_order: MediaOrder, task: str, text_ids: Sequence[int],
                   media_name: str | None = None, media_blocks: torch.Tensor | None = None,
-                  drop_text: bool = False) -> Stream:
+                  media_states: torch.Tensor | None = None, drop_text: bool = False) -> Stream:
     """One training document for `task`: ``text_to_<modality>``, ``<modality>_to_text`` or ``text``.
 
     `drop_text` removes the caption of a text-to-media document (classifier-free guidance).
@@ -217,7 +241,7 @@ def task_document(vocab: Vocabulary, media_order: MediaOrder, task: str, text_id
     if task_modality(task) is None:
         builder.text(text_ids)
     elif task.startswith("text_to_"):
-        builder.text([] if drop_text else text_ids).media(media_name, media_blocks)
+        builder.text([] if drop_text else text_ids).media(media_name, media_blocks, media_states)
     else:
-        builder.media(media_name, media_blocks, trained=False).text(text_ids)
+        builder.media(media_name, media_blocks, media_states, trained=False).text(text_ids)
     return builder.special("<eos>", rule=_NONE).build()

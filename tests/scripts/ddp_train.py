@@ -20,8 +20,9 @@ from unitok.vocabulary import MediaLayout, Vocabulary
 def tiny_items(vocab: Vocabulary, count: int, seed: int) -> TokenItems:
     g = torch.Generator().manual_seed(seed)
     text = [(torch.randint(0, 30, (5,), generator=g) + vocab.range("text").offset).tolist() for _ in range(count)]
-    media = torch.randint(0, 64, (count, 3, 4), generator=g) + vocab.range("image").offset
-    return TokenItems(text, media, "image")
+    media = torch.randint(0, 64, (count, 3, 4), generator=g)
+    states = torch.randn(count, 3, 4, 2, generator=g)  # any running states of width C = 2
+    return TokenItems(text, media + vocab.range("image").offset, states, "image")
 
 
 def weights_checksum(model: torch.nn.Module) -> str:
@@ -33,7 +34,7 @@ def weights_checksum(model: torch.nn.Module) -> str:
 
 
 def main(out: Path, steps: int, stop_after: int | None) -> None:
-    vocab = Vocabulary.build(40, "t", [MediaLayout("image", "image", 64, "h", num_blocks=5, num_positions=64)])
+    vocab = Vocabulary.build(40, "t", [MediaLayout("image", "image", 64, "h", num_blocks=5, num_positions=64, latent_channels=2)])
     torch.manual_seed(0)
     model = build_transformer(ModelSpec(hidden_size=32, num_layers=1, num_heads=2, intermediate_size=64), vocab)
     initial = weights_checksum(model)

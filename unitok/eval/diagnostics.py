@@ -1,4 +1,5 @@
-"""Where text→image goes wrong, measured on held-out digits-world items and their own tokens.
+"""Where text→image goes wrong, measured on held-out digits-world items and their own tokens,
+and whether media→text reads the media at all.
 
 - `first_step_digit_ce_gain`: how much worse the LM predicts the first generated block
   ``k_{T−1}`` when the caption names another digit. About 0 means the model does not read the
@@ -9,6 +10,9 @@
   from a random training item of the same digit, position and size. That is a first step whose
   cells are drawn independently, each from the data's own distribution: the ceiling of a
   parallel first step, however well the model learns its per-cell distributions.
+- `caption_ce_gain_from_media`: how much worse the LM predicts held-out captions after another
+  item's media span than after its own (nats per caption token). About 0 means the captions do
+  not depend on the media.
 """
 
 from __future__ import annotations
@@ -31,7 +35,7 @@ def media_ids_of(shards, pipe: UniTokPipeline, items: list[Item]) -> torch.Tenso
     """(n, blocks, N) local ids of `items` from a shard set (keyed by image file)."""
     tokenizer = pipe.tokenizer_for("image")
     row_of = {key: row for row, key in enumerate(shards["key"])}
-    media = TokenItems.from_dataset(shards, tokenizer.num_blocks).media_ids
+    media = TokenItems.from_dataset(shards, tokenizer, pipe.vocabulary).media_ids
     rows = [row_of[image_file(item)] for item in items]
     return pipe.vocabulary.to_local(tokenizer.name, media[rows])
 
@@ -48,10 +52,11 @@ def first_step_digit_ce_gain(pipe: UniTokPipeline, items: list[Item], media_ids:
     tokenizer = pipe.tokenizer_for("image")
     model, vocab = StreamModel(pipe.transformer), pipe.vocabulary
     blocks = vocab.to_global(tokenizer.name, media_ids)
+    states = tokenizer.quantizer.running_states(media_ids.to(tokenizer.device)).cpu()
 
     def first_step_ce(captions: list[str]) -> float:
-        docs = [task_document(vocab, pipe.media_order, "text_to_image", pipe.encode_prompt(c), tokenizer.name, b)
-                for c, b in zip(captions, blocks)]
+        docs = [task_document(vocab, pipe.media_order, "text_to_image", pipe.encode_prompt(c), tokenizer.name, b, s)
+                for c, b, s in zip(captions, blocks, states)]
         return heldout_loss(model, vocab, {"text_to_image": docs}, pipe.device)["ce_per_block"][0]
 
     swapped = [other_digit_caption(it.caption, it.scene.digit) for it in items]
@@ -106,6 +111,22 @@ def _digit_accuracy_continuing(pipe: UniTokPipeline, items: list[Item], first_bl
     prompts = [pipe.encode_prompt(it.caption) for it in items]
     ids = sample_media(StreamModel(pipe.transformer), pipe.vocabulary, tokenizer.name, prompts, first_blocks,
                        tokenizer.num_blocks, tokenizer.num_positions, pipe.media_order, sampler,
-                       torch.Generator().manual_seed(seed))
+                       tokenizer.quantizer.running_states, torch.Generator().manual_seed(seed))
     images = np.stack([np.asarray(im) for im in tokenizer.decode(ids)])
     return float((classifier.predict(images) == np.array([it.scene.digit for it in items])).mean())
+
+
+def caption_ce_gain_from_media(pipe: UniTokPipeline, modality: str, shards, count: int) -> float:
+    """Caption cross-entropy after the next item's span minus after the item's own, over `count`
+    held-out shard rows (a `<modality>_to_text` diagnostic)."""
+    tokenizer, vocab = pipe.tokenizer_for(modality), pipe.vocabulary
+    items = TokenItems.from_dataset(shards.select(range(min(count, len(shards)))), tokenizer, vocab)
+    task = f"{modality}_to_text"
+
+    def caption_ce(media_of: list[int]) -> float:
+        docs = [task_document(vocab, pipe.media_order, task, text, items.media_name, items.media_ids[m],
+                              items.media_states[m]) for text, m in zip(items.text_ids, media_of)]
+        return heldout_loss(StreamModel(pipe.transformer), vocab, {task: docs}, pipe.device)["loss"]
+
+    own = list(range(len(items)))
+    return caption_ce(own[1:] + own[:1]) - caption_ce(own)

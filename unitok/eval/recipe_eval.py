@@ -26,8 +26,8 @@ from ..pipeline import MediaPipelineOutput, UniTokPipeline
 from ..shards import load_shards
 from ..visualize import labelled_grid, trajectory_grid
 from .classifier import load_or_train_digit_classifier
-from .diagnostics import (digit_accuracy_factorized_first_step, digit_accuracy_given_first_step,
-                          first_step_digit_ce_gain, media_ids_of)
+from .diagnostics import (caption_ce_gain_from_media, digit_accuracy_factorized_first_step,
+                          digit_accuracy_given_first_step, first_step_digit_ce_gain, media_ids_of)
 from .dtmf import decode_dtmf, dtmf_roundtrip_accuracy
 from .frechet import frechet_distance
 from .readers import read_color, read_direction, read_position
@@ -76,8 +76,7 @@ def _evaluate_images(run: "RecipeRun", pipe: UniTokPipeline, world, metrics: dic
         labelled_grid(images[:n], [it.caption for it in items[:n]]).save(run.out / "samples.png")
         _trajectory_picture(tokenizer, ids[: recipe.eval.trajectory_samples], items).save(run.out / "trajectory.png")
     if _trains(run, "image_to_text"):
-        captions = _describe_heldout(run, pipe, "image", items, image_file)
-        metrics["image_to_text"] = {**image_to_text_scores(captions, items), "num_samples": len(items)}
+        metrics["image_to_text"] = _media_to_text_metrics(run, pipe, "image", items, image_file, image_to_text_scores)
 
 
 def _evaluate_audio(run: "RecipeRun", pipe: UniTokPipeline, world, metrics: dict) -> None:
@@ -93,8 +92,7 @@ def _evaluate_audio(run: "RecipeRun", pipe: UniTokPipeline, world, metrics: dict
         _trajectory_picture(tokenizer, ids[: recipe.eval.trajectory_samples], items).save(
             run.out / "audio_trajectory.png")
     if _trains(run, "audio_to_text"):
-        captions = _describe_heldout(run, pipe, "audio", items, audio_file)
-        metrics["audio_to_text"] = {**audio_to_text_scores(captions, items), "num_samples": len(items)}
+        metrics["audio_to_text"] = _media_to_text_metrics(run, pipe, "audio", items, audio_file, audio_to_text_scores)
 
 
 def _evaluate_video(run: "RecipeRun", pipe: UniTokPipeline, world, metrics: dict) -> None:
@@ -117,8 +115,7 @@ def _evaluate_video(run: "RecipeRun", pipe: UniTokPipeline, world, metrics: dict
         MediaPipelineOutput(clips[: recipe.eval.trajectory_samples], ids).save(run.out / "video_samples" / "sample.gif")
         _video_trajectory(tokenizer, ids[:1], items[0].caption).save(run.out / "video_trajectory.png")
     if _trains(run, "video_to_text"):
-        captions = _describe_heldout(run, pipe, "video", items, video_file)
-        metrics["video_to_text"] = {**video_to_text_scores(captions, items), "num_samples": len(items)}
+        metrics["video_to_text"] = _media_to_text_metrics(run, pipe, "video", items, video_file, video_to_text_scores)
 
 
 WORLD_EVALUATORS = {"image": _evaluate_images, "audio": _evaluate_audio, "video": _evaluate_video}
@@ -160,6 +157,15 @@ def _generate(pipe: UniTokPipeline, modality: str, prompts: list[str], cfg, seed
         batch = prompts[start:start + cfg.batch_size]
         chunks.append(pipe.generate_media_ids(modality, batch, cfg.sampler_for(modality), seed=seed + start))
     return torch.cat(chunks)
+
+
+def _media_to_text_metrics(run: "RecipeRun", pipe: UniTokPipeline, modality: str, items: list, file_of,
+                           scores) -> dict:
+    """Scores of captions generated for held-out `items`, and whether captions read the media."""
+    heldout = load_shards(run.shard_dir(modality, "heldout"), pipe.vocabulary)
+    return {**scores(_describe_heldout(run, pipe, modality, items, file_of), items),
+            "caption_ce_gain_from_media": caption_ce_gain_from_media(pipe, modality, heldout, len(items)),
+            "num_samples": len(items)}
 
 
 def _describe_heldout(run: "RecipeRun", pipe: UniTokPipeline, modality: str, items: list, file_of) -> list[str]:

@@ -79,19 +79,25 @@ class LMTraining:
 
 @dataclass
 class TokenItems:
-    """Shard rows held as tensors: one caption and one media span per item."""
+    """Shard rows held as tensors: one caption and one media span per item, with its running states."""
 
     text_ids: list[list[int]]
     media_ids: torch.Tensor  # (M, num_blocks, N) global ids
+    media_states: torch.Tensor  # (M, num_blocks, N, C) the tokenizer's running states of those codes
     media_name: str
 
     @classmethod
-    def from_dataset(cls, dataset, num_blocks: int) -> "TokenItems":
-        media = torch.tensor(dataset["media_ids"], dtype=torch.long)
+    def from_dataset(cls, dataset, tokenizer, vocab: Vocabulary) -> "TokenItems":
+        """Rows of one shard set, made by `tokenizer` (a `MediaTokenizer`) in `vocab`."""
         names = set(dataset.unique("media"))
         if len(names) != 1:
             raise ValueError(f"expected one media range per shard set, found {sorted(names)}")
-        return cls(list(dataset["text_ids"]), media.reshape(len(media), num_blocks, -1), names.pop())
+        name = names.pop()
+        media = torch.tensor(dataset["media_ids"], dtype=torch.long)
+        media = media.reshape(len(media), tokenizer.num_blocks, -1)
+        with torch.no_grad():
+            states = tokenizer.quantizer.running_states(vocab.to_local(name, media).to(tokenizer.device)).cpu()
+        return cls(list(dataset["text_ids"]), media, states, name)
 
     def __len__(self) -> int:
         return len(self.text_ids)
@@ -163,7 +169,7 @@ class DocumentMaker:
         items = self.pools[modality]
         drop = rng is not None and rng.random() < self.cfg.caption_dropout
         doc = task_document(self.vocab, self.cfg.media_order, task, items.text_ids[i], items.media_name,
-                            items.media_ids[i], drop_text=drop)
+                            items.media_ids[i], items.media_states[i], drop_text=drop)
         return self._trained_part(doc, task, items, rng)
 
     def _trained_part(self, doc: Stream, task: str, items: TokenItems, rng: random.Random | None) -> Stream:
