@@ -142,7 +142,7 @@ def sample_media(
     device = next(model.parameters()).device
     B, N = len(prompts), num_positions
     codes = vocab.range(media_name)
-    media_rows = vocab.position_rows(media_name, num_blocks, N)  # (blocks, N, 2)
+    media_rows = vocab.position_rows(media_name, num_blocks, N)  # (blocks, N, 3)
     first_states = code_states(first_blocks) if media_order == "timestep" else None
     rows = [_prefix(vocab, media_order, media_name, p, first_blocks, first_states, i) for i, p in enumerate(prompts)]
     if cfg.guided:
