@@ -90,9 +90,12 @@ class StreamModel(nn.Module):
         rows = media_rows.clamp_min(0)
         has_rows = (media_rows[..., :2] >= 0).unsqueeze(-1)  # (B, L, 2, 1)
         embeds = table(input_ids) + (table(rows[..., :2]) * has_rows).sum(dim=2)  # (B, L, H)
-        last_row = table.num_embeddings - 1
-        for c in range(media_states.shape[-1]):  # states are 0 off media codes and beyond a modality's C
-            embeds = embeds + media_states[..., c, None].to(embeds.dtype) * table((rows[..., 2] + c).clamp_max(last_row))
+        coded = media_rows[..., 2] >= 0  # (B, L): media codes, the only positions with a state
+        state_rows = rows[..., 2][coded, None] + torch.arange(media_states.shape[-1], device=rows.device)  # (M, S)
+        # states are zero-padded beyond a modality's C, so rows past its state range weigh nothing
+        from_state = torch.einsum("ms,msh->mh", media_states[coded].to(embeds.dtype),
+                                  table(state_rows.clamp_max(table.num_embeddings - 1)))
+        embeds = embeds.index_put((coded,), from_state, accumulate=True)
         return self.transformer(inputs_embeds=embeds, attention_mask=attention_mask, position_ids=position_ids,
                                 past_key_values=past_key_values, use_cache=past_key_values is not None).logits
 
