@@ -68,23 +68,7 @@ def build_transformer(spec: ModelSpec, vocab: Vocabulary) -> LlamaForCausalLM:
         eos_token_id=vocab.special_id("<eos>"),
         attn_implementation="sdpa",
     )
-    transformer = LlamaForCausalLM(config)
-    _init_state_rows(transformer, vocab)
-    return transformer
-
-
-def _init_state_rows(transformer: LlamaForCausalLM, vocab: Vocabulary) -> None:
-    """Start each modality's C state rows at std 1/sqrt(C), like a default `nn.Linear(C, H)`.
-
-    The running state has about unit scale per channel, so its term then starts near unit scale
-    per hidden unit. At the table's std (0.02) it is drowned, and captions trained on the digits
-    world never came to depend on the media they follow (docs/RDPM.md, "Streams, labels and attention").
-    """
-    table = transformer.get_input_embeddings().weight
-    with torch.no_grad():
-        for r in vocab.ranges:
-            if r.kind == "state":
-                table[r.offset : r.end].normal_(0.0, r.size**-0.5)
+    return LlamaForCausalLM(config)
 
 
 class StreamModel(nn.Module):
