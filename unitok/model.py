@@ -84,8 +84,8 @@ class StreamModel(nn.Module):
         self.transformer = transformer
 
     def forward(self, input_ids: torch.Tensor, media_rows: torch.Tensor, media_states: torch.Tensor,
-                attention_mask: torch.Tensor, position_ids: torch.Tensor, past_key_values=None) -> torch.Tensor:
-        """Logits (B, L, V); `past_key_values` (a `DynamicCache`) is extended in place."""
+                attention_mask: torch.Tensor, position_ids: torch.Tensor, cache=None) -> torch.Tensor:
+        """Logits (B, L, V); `cache` (a `DynamicCache`) is extended in place."""
         table = self.transformer.get_input_embeddings()
         rows = media_rows.clamp_min(0)
         has_rows = (media_rows[..., :2] >= 0).unsqueeze(-1)  # (B, L, 2, 1)
@@ -97,7 +97,7 @@ class StreamModel(nn.Module):
                                   table(state_rows.clamp_max(table.num_embeddings - 1)))
         embeds = embeds.index_put((coded,), from_state, accumulate=True)
         return self.transformer(inputs_embeds=embeds, attention_mask=attention_mask, position_ids=position_ids,
-                                past_key_values=past_key_values, use_cache=past_key_values is not None).logits
+                                cache=cache, use_cache=cache is not None).logits
 
 
 def batch_logits(model: nn.Module, batch: Batch) -> torch.Tensor:
