@@ -10,14 +10,14 @@ from PIL import Image
 
 from unitok.cli import main
 
-COMMANDS = ["train", "tokenize", "generate", "eval", "sweep", "bench"]
+COMMANDS = ["train", "tokenize", "generate", "eval", "sweep", "bench", "shards", "shards inspect", "shards verify"]
 
 
 def run_cli(*args):
     return subprocess.run([sys.executable, "-m", "unitok", *map(str, args)], capture_output=True, text=True)
 
 
-@pytest.mark.parametrize("command", [[]] + [[c] for c in COMMANDS])
+@pytest.mark.parametrize("command", [[]] + [c.split() for c in COMMANDS])
 def test_help_everywhere(command, capsys):
     with pytest.raises(SystemExit) as exit_info:
         main([*command, "--help"])

@@ -7,6 +7,9 @@ instead of N: it wins on latency, and can lose on throughput — the table shows
 
 Training: tokens/s of one optimizer step on mixed streams (4D block-causal masks, unitok's loss)
 against a plain `transformers` causal-LM step (``labels=``, causal mask) of the same size and length.
+Tokenize: items/s of `unitok tokenize` (source, shard writer, parquet, manifest) against the raw
+decode + encode of the same items in the same process (no shards, no bookkeeping), and with 2
+local workers against 1, on digits-world images and the quickstart's image tokenizer.
 Speed does not depend on training, so models have random weights (the quickstart's size).
 """
 
@@ -14,6 +17,7 @@ from __future__ import annotations
 
 import platform
 import statistics
+import tempfile
 import time
 from pathlib import Path
 
@@ -26,6 +30,7 @@ from .streams import collate, task_document
 from .vocabulary import MediaLayout, Vocabulary
 
 QUICKSTART_MODEL = Path(__file__).resolve().parent.parent / "models" / "tiny.yaml"
+QUICKSTART_IMAGE_TOKENIZER = Path(__file__).resolve().parent.parent / "tokenizers" / "image-rdpm-32.yaml"
 
 
 def _machine() -> dict:
@@ -132,15 +137,63 @@ def bench_training(spec: ModelSpec, positions: int = 64, steps: int = 10, batch:
     return result
 
 
+def bench_tokenize(items: int = 1024, items_per_shard: int = 128, batch: int = 64) -> dict:
+    """`unitok tokenize` on a folder of digits-world images, against a bare decode + encode loop."""
+    from .digits_world import DigitsWorldConfig, build_digits_world, write_image_folder
+    from .media_tokenizer import MediaTokenizer, TokenizerSpec
+    from .shards import ShardWriter, TokenizeSettings, item_seed
+    from .sources import FolderSource
+    from .text_bpe import TextBPE, TextBPEConfig
+
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        world = build_digits_world(DigitsWorldConfig(train_scenes=items, heldout_scenes=1))
+        write_image_folder(world["train"], tmp / "images")
+        source = FolderSource(tmp / "images")
+        torch.manual_seed(0)
+        tokenizer = MediaTokenizer(TokenizerSpec.load(QUICKSTART_IMAGE_TOKENIZER)).eval()
+        text = TextBPE.train([item.caption for item in world["train"]], TextBPEConfig(vocab_size=320))
+        vocab = Vocabulary.build(text.vocab_size, text.content_hash(), [tokenizer.layout()])
+        settings = TokenizeSettings(items_per_shard=items_per_shard, batch_size=batch)
+
+        def raw():
+            for start in range(0, len(source), batch):
+                chunk = [source[i] for i in range(start, min(len(source), start + batch))]
+                x = torch.stack([tokenizer.adapter.to_tensor(item.open()) for item in chunk])
+                with torch.no_grad():
+                    tokenizer.encode_tensor(x, [item_seed(0, item.key, 0) for item in chunk])
+                for item in chunk:
+                    text.encode(item.caption)
+
+        def tokenize(workers):
+            out = tmp / f"shards-{workers}-{time.monotonic_ns()}"
+            ShardWriter(out, tokenizer, text, vocab, settings).write(source, workers=workers)
+
+        seconds = {"raw": [], 1: [], 2: []}
+        for _ in range(2):  # interleaved, so drift in machine load hits every side alike
+            for side, fn in (("raw", raw), (1, lambda: tokenize(1)), (2, lambda: tokenize(2))):
+                seconds[side].append(_timed(fn, 1))
+    per_s = {side: items / statistics.median(times) for side, times in seconds.items()}
+    result = {"items": items, "items_per_shard": items_per_shard, "raw_decode_encode_items_per_s": per_s["raw"],
+              "tokenize_items_per_s": per_s[1], "tokenize_2_workers_items_per_s": per_s[2],
+              "tokenize_vs_raw_ratio": per_s[1] / per_s["raw"], "workers_2_vs_1_speedup": per_s[2] / per_s[1]}
+    print(f"  tokenize: raw {per_s['raw']:.0f} items/s, unitok tokenize {per_s[1]:.0f} items/s "
+          f"(ratio {result['tokenize_vs_raw_ratio']:.2f}), 2 workers {per_s[2]:.0f} items/s "
+          f"(speedup {result['workers_2_vs_1_speedup']:.2f})")
+    return result
+
+
 def run_bench(quick: bool = False) -> dict:
     spec = ModelSpec.load(QUICKSTART_MODEL)
     if quick:  # smoke test sizes
         spec = ModelSpec(hidden_size=32, num_layers=1, num_heads=2, intermediate_size=64)
         rows = bench_sampling(spec, positions=(8, 16), batches=(1, 2), steps=3, repeats=1)
         training = bench_training(spec, positions=8, steps=3, batch=2, repeats=1)
+        tokenize = bench_tokenize(items=32, items_per_shard=8, batch=8)
     else:
         rows = bench_sampling(spec)
         training = bench_training(spec)
+        tokenize = bench_tokenize()
 
     def speedup(n, batch):
         return next(r["speedup"] for r in rows if r["positions"] == n and r["batch"] == batch and not r["guidance"])
@@ -157,4 +210,5 @@ def run_bench(quick: bool = False) -> dict:
             "rows": rows,
         },
         "training": training,
+        "tokenize": tokenize,
     }

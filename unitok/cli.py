@@ -1,4 +1,4 @@
-"""The `unitok` command line: train, tokenize, generate, eval, sweep, bench.
+"""The `unitok` command line: train, tokenize, shards, generate, eval, sweep, bench.
 
 Every failure the user can fix ends with one line on stderr (``unitok: error: …``) and exit 1.
 """
@@ -43,24 +43,41 @@ def build_parser() -> argparse.ArgumentParser:
                        help="stop after this stage")
     train.set_defaults(command=cmd_train)
 
-    tokenize = commands.add_parser("tokenize", help="turn media with captions into token shards (parquet)")
+    tokenize = commands.add_parser(
+        "tokenize", help="turn media with captions (or a text corpus) into token shards (parquet)",
+        description="Tokenize a folder, a datasets dataset or a text corpus into a resumable parquet shard set. "
+                    "Bad inputs are skipped and listed in OUT/errors.jsonl. Under `accelerate launch -m unitok "
+                    "tokenize …` every rank writes its own shards.")
     tokenize.add_argument("--tokenizer", type=Path, required=True, help="a saved pipeline folder (e.g. runs/quickstart/model)")
     source = tokenize.add_mutually_exclusive_group(required=True)
-    source.add_argument("--input", type=Path, help="folder of media files")
+    source.add_argument("--input", type=Path, help="folder of media files, or a text corpus (.txt, .jsonl, .csv)")
     source.add_argument("--dataset", help="a Hugging Face datasets name or builder, e.g. imagefolder")
-    tokenize.add_argument("--captions", type=Path, help="JSONL/CSV with file,caption (default: the folder's metadata.jsonl)")
+    tokenize.add_argument("--captions", type=Path, help="JSONL/CSV with file,caption (default: the folder's "
+                                                        "metadata.jsonl, else sidecar .txt files)")
     tokenize.add_argument("--data-dir", help="data_dir for --dataset (e.g. an imagefolder layout)")
     tokenize.add_argument("--split", default="train")
     tokenize.add_argument("--media-column", default="image")
     tokenize.add_argument("--text-column", default=None, help="caption column (default: caption or text)")
     tokenize.add_argument("--modality", choices=["image", "audio", "video"],
                           help="which of the pipeline's tokenizers to use (needed when it has several)")
+    tokenize.add_argument("--task", help="the rows' default training task (default: text_to_<modality>, or text)")
     tokenize.add_argument("--out", type=Path, required=True, help="output shard folder")
     tokenize.add_argument("--items-per-shard", type=int, default=1024)
     tokenize.add_argument("--seed", type=int, default=0, help="base seed of the RDPM noise draws")
     tokenize.add_argument("--noise-draws", type=int, default=1, help="noise draws (token sequences) per item")
+    tokenize.add_argument("--workers", type=int, default=1, help="local worker processes (CPU)")
     tokenize.add_argument("--strict", action="store_true", help="fail on the first bad item instead of skipping it")
     tokenize.set_defaults(command=cmd_tokenize)
+
+    shards = commands.add_parser("shards", help="inspect or verify a shard set")
+    shard_commands = shards.add_subparsers(title="commands", required=True, metavar="COMMAND")
+    inspect = shard_commands.add_parser("inspect", help="counts, tokenizers, tasks, token lengths, errors")
+    inspect.add_argument("dir", type=Path)
+    inspect.add_argument("--json", action="store_true", help="print the summary as JSON")
+    inspect.set_defaults(command=cmd_shards_inspect)
+    verify = shard_commands.add_parser("verify", help="re-read every shard; check counts, hashes and id ranges")
+    verify.add_argument("dir", type=Path)
+    verify.set_defaults(command=cmd_shards_verify)
 
     generate = commands.add_parser("generate", help="generate media from text prompts, or text from media files")
     generate.add_argument("model", type=Path, help="a saved pipeline folder")
@@ -113,24 +130,56 @@ def cmd_eval(args) -> int:
 
 
 def cmd_tokenize(args) -> int:
-    from .pipeline import UniTokPipeline
+    from .pipeline import PipelineTokenizers
     from .shards import ShardWriter, TokenizeSettings
-    from .sources import dataset_items, folder_items
+    from .sources import DatasetSource, FolderSource, TextSource
 
-    pipe = UniTokPipeline.from_pretrained(args.tokenizer)
+    tokenizers = PipelineTokenizers.from_pretrained(args.tokenizer)
     settings = TokenizeSettings(items_per_shard=args.items_per_shard, seed=args.seed, noise_draws=args.noise_draws)
-    if args.input:
-        items = folder_items(args.input, args.captions)
+    media_tokenizer = None
+    if args.input and args.input.is_file():
+        source = TextSource(args.input, args.text_column)
     else:
-        items = dataset_items(args.dataset, args.data_dir, args.split, args.media_column, args.text_column)
-    modalities = [t.modality for t in pipe.media_tokenizers.values()]
-    if args.modality is None and len(modalities) > 1:
-        raise ValueError(f"this pipeline has {', '.join(modalities)} tokenizers: pass --modality")
-    writer = ShardWriter(args.out, pipe.tokenizer_for(args.modality or modalities[0]), pipe.text_tokenizer,
-                         pipe.vocabulary, settings, strict=args.strict)
-    totals = writer.write(items)
+        source = (FolderSource(args.input, args.captions) if args.input else
+                  DatasetSource(args.dataset, args.split, args.media_column, args.text_column, args.data_dir))
+        media_tokenizer = tokenizers.for_modality(args.modality)
+    writer = ShardWriter(args.out, media_tokenizer, tokenizers.text, tokenizers.vocabulary, settings,
+                         task=args.task, strict=args.strict)
+    totals = writer.write(source, workers=args.workers)
+    reasons = ", ".join(f"{n} {reason}" for reason, n in totals["error_reasons"].items())
     print(f"wrote {totals['items']} items in {totals['shards']} shards to {args.out}; "
-          f"skipped {totals['errors']} bad inputs (see {args.out / 'errors.jsonl'})")
+          f"skipped {totals['errors']} bad inputs" + (f" ({reasons}; see {args.out / 'errors.jsonl'})" if reasons else ""))
+    return 0
+
+
+def cmd_shards_inspect(args) -> int:
+    from .shards import inspect_shards
+
+    summary = inspect_shards(args.dir)
+    if args.json:
+        print(json.dumps(summary, indent=2))
+        return 0
+    totals = summary["totals"]
+    print(f"{summary['dir']}: {totals['items']} rows, {totals['tokens']} tokens in {totals['shards']} shards "
+          f"from {totals['source_items']} source items ({json.dumps(summary['source'])})")
+    print(f"tokenizers: {json.dumps(summary['tokenizers'])}; vocabulary {summary['vocabulary_hash']}")
+    print(f"tasks: {json.dumps(summary['tasks'])}; media: {json.dumps(summary['media'])}")
+    print("tokens per row:")
+    for b in summary["token_length_histogram"]:
+        print(f"  {b['from']:>6} – {b['to']:<6} {b['rows']:>8}")
+    print(f"errors: {totals['errors']} " + json.dumps(totals["error_reasons"]))
+    return 0
+
+
+def cmd_shards_verify(args) -> int:
+    from .shards import ShardError, verify_shards
+
+    problems = verify_shards(args.dir)
+    for problem in problems:
+        print(problem)
+    if problems:
+        raise ShardError(f"{args.dir}: {len(problems)} problem(s); first: {problems[0]}")
+    print(f"{args.dir}: every shard matches its manifest")
     return 0
 
 

@@ -101,10 +101,7 @@ class UniTokPipeline:
 
     # --- generation ----------------------------------------------------------------------------
     def tokenizer_for(self, modality: str) -> MediaTokenizer:
-        for tokenizer in self.media_tokenizers.values():
-            if tokenizer.modality == modality:
-                return tokenizer
-        raise ValueError(f"this pipeline has no {modality} tokenizer (it has {list(self.media_tokenizers)})")
+        return find_tokenizer(self.media_tokenizers, modality)
 
     def modality_of_file(self, path: str | Path) -> str:
         """The modality of this pipeline's tokenizer that reads files like `path` (by extension)."""
@@ -208,19 +205,53 @@ class UniTokPipeline:
 
     @classmethod
     def from_pretrained(cls, directory: str | Path, device: str | torch.device | None = None) -> "UniTokPipeline":
-        directory = Path(directory)
-        index_path = directory / INDEX_NAME
-        if not index_path.is_file():
-            raise FileNotFoundError(f"{directory}: no {INDEX_NAME}; not a saved UniTokPipeline")
-        index = json.loads(index_path.read_text())
+        index = _read_index(directory)
+        tokenizers = PipelineTokenizers.from_pretrained(directory)
         pipe = cls(
-            transformer=LlamaForCausalLM.from_pretrained(directory / index["transformer"], use_safetensors=True),
-            text_tokenizer=TextBPE.from_pretrained(directory / index["text_tokenizer"]),
-            media_tokenizers={n: MediaTokenizer.from_pretrained(directory / f) for n, f in index["media_tokenizers"].items()},
-            vocabulary=Vocabulary.load(directory),
+            transformer=LlamaForCausalLM.from_pretrained(Path(directory) / index["transformer"], use_safetensors=True),
+            text_tokenizer=tokenizers.text, media_tokenizers=tokenizers.media, vocabulary=tokenizers.vocabulary,
             media_order=index["media_order"],
         )
         return pipe.to(device) if device is not None else pipe
+
+
+@dataclass
+class PipelineTokenizers:
+    """A saved pipeline's tokenizers and vocabulary without its transformer: what `unitok tokenize` needs."""
+
+    text: TextBPE
+    media: dict[str, MediaTokenizer]  # range name -> tokenizer
+    vocabulary: Vocabulary
+
+    @classmethod
+    def from_pretrained(cls, directory: str | Path) -> "PipelineTokenizers":
+        directory, index = Path(directory), _read_index(directory)
+        return cls(TextBPE.from_pretrained(directory / index["text_tokenizer"]),
+                   {n: MediaTokenizer.from_pretrained(directory / f) for n, f in index["media_tokenizers"].items()},
+                   Vocabulary.load(directory))
+
+    def for_modality(self, modality: str | None) -> MediaTokenizer:
+        """The tokenizer of `modality`; None is allowed when there is only one."""
+        if modality is None:
+            if len(self.media) > 1:
+                raise ValueError(f"this pipeline has {', '.join(t.modality for t in self.media.values())} "
+                                 "tokenizers: pass --modality")
+            return next(iter(self.media.values()))
+        return find_tokenizer(self.media, modality)
+
+
+def find_tokenizer(tokenizers: dict[str, MediaTokenizer], modality: str) -> MediaTokenizer:
+    for tokenizer in tokenizers.values():
+        if tokenizer.modality == modality:
+            return tokenizer
+    raise ValueError(f"this pipeline has no {modality} tokenizer (it has {list(tokenizers)})")
+
+
+def _read_index(directory: str | Path) -> dict:
+    index_path = Path(directory) / INDEX_NAME
+    if not index_path.is_file():
+        raise FileNotFoundError(f"{directory}: no {INDEX_NAME}; not a saved UniTokPipeline")
+    return json.loads(index_path.read_text())
 
 
 def _check_prompts(prompt: str | Sequence[str]) -> list[str]:

@@ -24,7 +24,7 @@ from .model import ModelSpec, build_transformer
 from .pipeline import UniTokPipeline
 from .sampling import SamplerConfig
 from .shards import ShardWriter, TokenizeSettings, load_shards
-from .sources import SourceItem, folder_items
+from .sources import FolderSource, SourceItem
 from .text_bpe import TextBPE, TextBPEConfig
 from .streams import task_modality
 from .training.lm import LMTraining, TokenItems, train_lm
@@ -224,11 +224,11 @@ class RecipeRun:
 
     def split_items(self, modality: str, split: str) -> list[SourceItem]:
         folder, captions = self.data_dirs(modality)[split]
-        return list(folder_items(folder, captions))
+        return list(FolderSource(folder, captions))
 
     def split_tensors(self, modality: str, split: str, tokenizer: MediaTokenizer) -> torch.Tensor:
         """The split's media preprocessed by `tokenizer`'s adapter, stacked (M, C, …)."""
-        return torch.stack([tokenizer.adapter.to_tensor(item.load()) for item in self.split_items(modality, split)])
+        return torch.stack([tokenizer.adapter.to_tensor(item.open()) for item in self.split_items(modality, split)])
 
     def stage_data(self) -> None:
         for modality in self.loaded.modalities:
@@ -300,7 +300,7 @@ class RecipeRun:
             for modality, tokenizer in self.media_tokenizers().items():
                 for split, (data_dir, captions) in self.data_dirs(modality).items():
                     writer = ShardWriter(self.shard_dir(modality, split), tokenizer, text, vocab, self.recipe.shards)
-                    self.log(f"  shards/{modality}/{split}: {writer.write(folder_items(data_dir, captions))}")
+                    self.log(f"  shards/{modality}/{split}: {writer.write(FolderSource(data_dir, captions))}")
 
         data_keys = [self.data_key(m) for m in self.loaded.modalities]
         run_stage(folder, config_hash(*data_keys, vocab.hash, self.recipe.shards), tokenize, self.log)

@@ -1,47 +1,58 @@
-"""Token shards: `datasets`-readable parquet files plus a manifest, written atomically.
+"""Token shards: `datasets`-readable parquet files plus a manifest, written atomically, in parallel.
 
 Layout of a shard set::
 
-    shard-00000.parquet …      rows: key, caption, text_ids, media, media_ids, seed
+    shard-00000.parquet …      rows: key, caption, task, text_ids, media, media_ids, seed, draw
+    records/shard-00000.json   one per finished shard: items, source range, errors, sha256
     vocabulary.json            the vocabulary every id refers to
-    manifest.json              vocabulary hash, tokenizer hashes, settings, finished shards
+    manifest.json              identity (vocabulary and tokenizer hashes, settings, source),
+                               the finished shards, totals
     errors.jsonl               one line per skipped input: key and reason
 
-Items are cut into shards of a fixed count in source order. A shard is written to a temporary
-name and renamed when complete, then recorded in the manifest (also written atomically), so a
-killed run resumes by skipping recorded shards: no duplicates, no half-written files.
+Shard i holds source items [i·S, (i+1)·S) (S = items_per_shard), whoever tokenizes it: a local
+worker (``--workers N``) or a rank under ``accelerate launch`` (rank r takes shards r, r+W, …).
+A shard is written to a temporary name and renamed when complete, then its record is written
+(also atomically). Re-running skips shards with a record, so a killed run finishes the rest with
+no duplicates and no half-written files; the main process merges the records into the manifest.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import multiprocessing
 import os
+from collections import Counter
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from dataclasses import dataclass
 from itertools import islice
 from pathlib import Path
-from typing import Iterable, Iterator, Sequence
+from typing import Callable, Iterable, Iterator
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
+from accelerate import PartialState
 from tqdm.auto import tqdm
 
 from .adapters import MediaError
 from .media_tokenizer import MediaTokenizer
-from .sources import SourceItem
+from .sources import Source, SourceItem
 from .text_bpe import TextBPE
 from .vocabulary import Vocabulary
 
 MANIFEST_NAME = "manifest.json"
 ERRORS_NAME = "errors.jsonl"
+RECORDS_DIR = "records"
 SCHEMA = pa.schema([
     ("key", pa.string()),
     ("caption", pa.string()),
+    ("task", pa.string()),
     ("text_ids", pa.list_(pa.int32())),
-    ("media", pa.string()),
+    ("media", pa.string()),  # the media range name, "" for a text-only item
     ("media_ids", pa.list_(pa.int32())),  # global ids, blocks [k_T … k_0] flattened (num_blocks · N)
-    ("seed", pa.int64()),
+    ("seed", pa.int64()),  # the RDPM noise seed of this row's draw
+    ("draw", pa.int32()),
 ])
 
 
@@ -57,6 +68,10 @@ class TokenizeSettings:
     batch_size: int = 64
     require_caption: bool = True
 
+    def __post_init__(self):
+        if min(self.items_per_shard, self.noise_draws, self.batch_size) < 1:
+            raise ValueError("items_per_shard, noise_draws and batch_size must be >= 1")
+
 
 def item_seed(base_seed: int, key: str, draw: int) -> int:
     """The noise seed of one draw of one item: depends on nothing but these, so runs agree."""
@@ -64,97 +79,233 @@ def item_seed(base_seed: int, key: str, draw: int) -> int:
     return int.from_bytes(digest[:7], "little")
 
 
-def _write_json_atomic(path: Path, data: dict) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2) + "\n")
+def shard_name(index: int) -> str:
+    return f"shard-{index:05d}.parquet"
+
+
+def _tmp_path(path: Path) -> Path:
+    """A temporary name of this process: a worker orphaned by a killed run never shares it."""
+    return path.with_name(f"{path.name}.{os.getpid()}.tmp")
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    tmp = _tmp_path(path)
+    tmp.write_text(text)
     os.replace(tmp, path)
 
 
+def _write_json_atomic(path: Path, data: dict) -> None:
+    _write_atomic(path, json.dumps(data, indent=2) + "\n")
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+@dataclass
+class ShardJob:
+    """Everything that tokenizes one shard; forked workers inherit it (nothing is pickled)."""
+
+    out_dir: Path
+    source: Source
+    tokenizer: MediaTokenizer | None  # None for a text-only corpus
+    text_bpe: TextBPE
+    vocab: Vocabulary
+    settings: TokenizeSettings
+    task: str
+    strict: bool
+
+    @property
+    def num_shards(self) -> int:
+        return -(-len(self.source) // self.settings.items_per_shard)
+
+    def item_range(self, index: int) -> range:
+        size = self.settings.items_per_shard
+        return range(index * size, min(len(self.source), (index + 1) * size))
+
+    def record_path(self, index: int) -> Path:
+        return self.out_dir / RECORDS_DIR / f"shard-{index:05d}.json"
+
+    def run(self, index: int, progress: Callable[[int], None]) -> None:
+        """Tokenize shard `index`, write it, then its record; both atomically."""
+        items = [self.source[i] for i in self.item_range(index)]
+        loaded, errors = [], []
+        for item in items:
+            try:
+                loaded.append((item, self._load(item)))
+            except MediaError as err:
+                reason = str(err).removeprefix(f"{item.media}: ")  # the key already names the file
+                if self.strict:
+                    raise ShardError(f"{item.key}: {reason}") from None
+                errors.append({"key": item.key, "reason": reason})
+            progress(1)
+        rows = self._rows(loaded)
+        record = {"file": None, "items": len(rows), "source_items": [items[0].key, items[-1].key],
+                  "source_range": [self.item_range(index).start, self.item_range(index).stop], "errors": errors}
+        if rows:  # a shard of only bad inputs leaves no file (empty parquet trips readers)
+            path = self.out_dir / shard_name(index)
+            tmp = _tmp_path(path)
+            pq.write_table(pa.Table.from_pylist(rows, schema=SCHEMA), tmp)
+            os.replace(tmp, path)
+            record |= {"file": path.name, "sha256": file_sha256(path),
+                       "tokens": sum(len(r["text_ids"]) + len(r["media_ids"]) for r in rows)}
+        _write_json_atomic(self.record_path(index), record)
+
+    def _load(self, item: SourceItem) -> torch.Tensor | None:
+        if self.settings.require_caption and not (item.caption or "").strip():
+            raise MediaError("missing caption")
+        return None if self.tokenizer is None else self.tokenizer.adapter.to_tensor(item.open())
+
+    def _rows(self, loaded: list[tuple[SourceItem, torch.Tensor | None]]) -> list[dict]:
+        rows = []
+        for draw in range(self.settings.noise_draws if self.tokenizer else 1):
+            for batch in _chunks(loaded, self.settings.batch_size):
+                seeds = [item_seed(self.settings.seed, item.key, draw) for item, _ in batch]
+                for (item, _), seed, media_ids in zip(batch, seeds, self._media_ids(batch, seeds)):
+                    text = self.vocab.to_global("text", torch.tensor(self.text_bpe.encode(item.caption or ""),
+                                                                     dtype=torch.long))
+                    rows.append({"key": item.key, "caption": item.caption, "task": self.task,
+                                 "text_ids": text.tolist(), "media": self.tokenizer.name if self.tokenizer else "",
+                                 "media_ids": media_ids, "seed": seed, "draw": draw})
+        return rows
+
+    def _media_ids(self, batch: list[tuple[SourceItem, torch.Tensor | None]], seeds: list[int]) -> list[list[int]]:
+        if self.tokenizer is None:
+            return [[] for _ in batch]
+        with torch.no_grad():
+            ids = self.tokenizer.encode_tensor(torch.stack([x for _, x in batch]).to(self.tokenizer.device), seeds)
+        return self.vocab.to_global(self.tokenizer.name, ids.flatten(1).cpu()).tolist()
+
+
 class ShardWriter:
-    def __init__(self, out_dir: str | Path, tokenizer: MediaTokenizer, text_bpe: TextBPE, vocab: Vocabulary,
-                 settings: TokenizeSettings, strict: bool = False):
+    """Tokenizes a `Source` into a shard set; `task` is what training does with its rows by default
+    (``text_to_<modality>``, or ``text`` for a text-only corpus without a media tokenizer)."""
+
+    def __init__(self, out_dir: str | Path, tokenizer: MediaTokenizer | None, text_bpe: TextBPE, vocab: Vocabulary,
+                 settings: TokenizeSettings, task: str | None = None, strict: bool = False):
         self.out_dir = Path(out_dir)
         self.tokenizer, self.text_bpe, self.vocab, self.settings = tokenizer, text_bpe, vocab, settings
+        self.task = task or (f"text_to_{tokenizer.modality}" if tokenizer else "text")
         self.strict = strict
-        self.identity = {
-            "vocabulary_hash": vocab.hash,
-            "tokenizers": {tokenizer.name: tokenizer.content_hash(), "text": text_bpe.content_hash()},
-            "settings": vars(settings) | {"media": tokenizer.name},
-        }
-        self.manifest = self._open()
 
-    def _open(self) -> dict:
-        self.out_dir.mkdir(parents=True, exist_ok=True)
+    def identity(self, source: Source) -> dict:
+        """What must match for a re-run to add to an existing shard set."""
+        tokenizers = {"text": self.text_bpe.content_hash()}
+        if self.tokenizer is not None:
+            tokenizers[self.tokenizer.name] = self.tokenizer.content_hash()
+        return {"vocabulary_hash": self.vocab.hash, "tokenizers": tokenizers,
+                "settings": vars(self.settings) | {"media": self.tokenizer.name if self.tokenizer else "",
+                                                   "task": self.task},
+                "source": source.describe()}
+
+    def write(self, source: Source, workers: int = 1) -> dict:
+        """Tokenize every shard of `source` that has no record yet; returns the manifest's totals."""
+        if len(source) == 0:
+            raise ShardError("the source has no items")
+        state = PartialState()
+        job = ShardJob(self.out_dir, source, self.tokenizer, self.text_bpe, self.vocab, self.settings, self.task,
+                       self.strict)
+        with state.main_process_first():  # the main process creates the set; the others then check it
+            self._open(self.identity(source), clean=state.is_main_process)
+        todo = [i for i in range(state.process_index, job.num_shards, state.num_processes)
+                if not job.record_path(i).is_file()]
+        total = sum(len(job.item_range(i)) for i in todo)
+        with tqdm(total=total, desc=f"tokenize {self.out_dir.name}", unit="item",
+                  disable=not state.is_local_main_process) as progress:
+            run_shards(job, todo, workers, progress.update)
+        state.wait_for_everyone()
+        if state.is_main_process:
+            self._finish(job)
+        state.wait_for_everyone()
+        return read_manifest(self.out_dir)["totals"]
+
+    def _open(self, identity: dict, clean: bool) -> None:
+        (self.out_dir / RECORDS_DIR).mkdir(parents=True, exist_ok=True)
         path = self.out_dir / MANIFEST_NAME
         if path.is_file():
             manifest = json.loads(path.read_text())
-            existing = {k: manifest.get(k) for k in self.identity}
-            if existing != self.identity:
-                changed = [k for k in self.identity if existing[k] != self.identity[k]]
-                raise ShardError(
-                    f"{self.out_dir} holds shards made with other {', '.join(changed)}; "
-                    "use a new --out directory or delete it"
-                )
-            return manifest
-        self.vocab.save(self.out_dir)
-        manifest = {**self.identity, "shards": {}, "complete": False}
-        _write_json_atomic(path, manifest)
-        return manifest
+            changed = [k for k in identity if manifest.get(k) != identity[k]]
+            if changed:
+                raise ShardError(f"{self.out_dir} holds shards made with other {', '.join(changed)}; "
+                                 "use a new --out directory or delete it")
+        elif clean:
+            self.vocab.save(self.out_dir)
+            _write_json_atomic(path, {**identity, "complete": False})
+        if clean:  # leftovers of a killed run: never records, so their shards are redone
+            for tmp in [*self.out_dir.glob("*.tmp"), *(self.out_dir / RECORDS_DIR).glob("*.tmp")]:
+                tmp.unlink(missing_ok=True)
 
-    def write(self, items: Iterable[SourceItem]) -> dict:
-        """Tokenize every shard not yet recorded; returns the manifest's totals."""
-        size = self.settings.items_per_shard
-        with tqdm(desc=f"tokenize {self.out_dir.name}", unit="item") as progress:
-            for index, chunk in enumerate(_chunks(items, size)):
-                name = f"shard-{index:05d}.parquet"
-                if name in self.manifest["shards"]:
-                    progress.update(len(chunk))
-                    continue
-                rows, errors = self._tokenize(chunk, progress)
-                if rows:  # a chunk of only bad inputs leaves no file (empty parquet trips readers)
-                    tmp = self.out_dir / (name + ".tmp")
-                    pq.write_table(pa.Table.from_pylist(rows, schema=SCHEMA), tmp)
-                    os.replace(tmp, self.out_dir / name)
-                self.manifest["shards"][name] = {"items": len(rows), "errors": errors,
-                                                 "first_key": chunk[0].key, "last_key": chunk[-1].key}
-                _write_json_atomic(self.out_dir / MANIFEST_NAME, self.manifest)
-        return self._finish()
+    def _finish(self, job: ShardJob) -> None:
+        missing = [i for i in range(job.num_shards) if not job.record_path(i).is_file()]
+        if missing:
+            raise ShardError(f"{self.out_dir}: shards {missing[:5]} were not written; re-run the same command")
+        records = {shard_name(i): json.loads(job.record_path(i).read_text()) for i in range(job.num_shards)}
+        errors = [e for r in records.values() for e in r["errors"]]
+        _write_atomic(self.out_dir / ERRORS_NAME, "".join(json.dumps(e) + "\n" for e in errors))
+        manifest = json.loads((self.out_dir / MANIFEST_NAME).read_text())
+        manifest |= {"shards": records, "complete": True, "totals": {
+            "shards": sum(1 for r in records.values() if r["file"]),
+            "items": sum(r["items"] for r in records.values()),
+            "tokens": sum(r.get("tokens", 0) for r in records.values()),
+            "source_items": len(job.source),
+            "errors": len(errors),
+            "error_reasons": dict(Counter(error_kind(e["reason"]) for e in errors).most_common()),
+        }}
+        _write_json_atomic(self.out_dir / MANIFEST_NAME, manifest)
 
-    def _tokenize(self, chunk: Sequence[SourceItem], progress) -> tuple[list[dict], list[dict]]:
-        loaded, errors = [], []
-        for item in chunk:
-            try:
-                if self.settings.require_caption and not (item.caption or "").strip():
-                    raise MediaError("missing caption")
-                loaded.append((item, self.tokenizer.adapter.to_tensor(item.load())))
-            except MediaError as err:
-                if self.strict:
-                    raise ShardError(f"{item.key}: {err}") from None
-                errors.append({"key": item.key, "reason": str(err)})
-            progress.update(1)
-        rows = []
-        for draw in range(self.settings.noise_draws):
-            for batch in _chunks(loaded, self.settings.batch_size):
-                seeds = [item_seed(self.settings.seed, item.key, draw) for item, _ in batch]
-                ids = self.tokenizer.encode_tensor(torch.stack([x for _, x in batch]), seeds)
-                media_ids = self.vocab.to_global(self.tokenizer.name, ids.flatten(1).cpu())
-                for (item, _), seed, m in zip(batch, seeds, media_ids):
-                    text = self.vocab.to_global("text", torch.tensor(self.text_bpe.encode(item.caption or ""), dtype=torch.long))
-                    rows.append({"key": item.key, "caption": item.caption, "text_ids": text.tolist(),
-                                 "media": self.tokenizer.name, "media_ids": m.tolist(), "seed": seed})
-        return rows, errors
 
-    def _finish(self) -> dict:
-        shards = self.manifest["shards"]
-        errors = [e for s in shards.values() for e in s["errors"]]
-        tmp = self.out_dir / (ERRORS_NAME + ".tmp")
-        tmp.write_text("".join(json.dumps(e) + "\n" for e in errors))
-        os.replace(tmp, self.out_dir / ERRORS_NAME)
-        self.manifest["totals"] = {"shards": len(shards), "items": sum(s["items"] for s in shards.values()),
-                                   "errors": len(errors)}
-        self.manifest["complete"] = True
-        _write_json_atomic(self.out_dir / MANIFEST_NAME, self.manifest)
-        return self.manifest["totals"]
+def error_kind(reason: str) -> str:
+    """A reason without its details, for summaries: "not a readable image", "missing caption", …"""
+    return reason.split(" (", 1)[0]
+
+
+# --- parallel work -------------------------------------------------------------------------------
+
+_WORKER: dict = {}
+
+
+def run_shards(job: ShardJob, indices: list[int], workers: int, progress: Callable[[int], None]) -> None:
+    """Run `job` on every shard index: in this process, or in `workers` forked processes that split
+    the CPU threads between them. Stops at the first error (a bad item under --strict)."""
+    if workers < 1:
+        raise ValueError("--workers must be >= 1")
+    if workers == 1 or len(indices) <= 1:
+        for index in indices:
+            job.run(index, progress)
+        return
+    if torch.cuda.is_initialized():
+        raise ShardError("--workers > 1 forks CPU processes; on a GPU use one worker per device (accelerate launch)")
+    context = multiprocessing.get_context("fork")
+    counts = context.SimpleQueue()
+    threads = max(1, torch.get_num_threads() // workers)
+    with ProcessPoolExecutor(workers, mp_context=context, initializer=_start_worker,
+                             initargs=(job, counts, threads)) as pool:
+        pending = {pool.submit(_run_in_worker, index) for index in indices}
+        try:
+            while pending:
+                done, pending = wait(pending, timeout=0.2, return_when=FIRST_COMPLETED)
+                while not counts.empty():
+                    progress(counts.get())
+                for future in done:
+                    future.result()
+        finally:
+            for future in pending:
+                future.cancel()
+    while not counts.empty():
+        progress(counts.get())
+
+
+def _start_worker(job: ShardJob, counts, threads: int) -> None:
+    torch.set_num_threads(threads)
+    _WORKER.update(job=job, counts=counts)
+
+
+def _run_in_worker(index: int) -> None:
+    _WORKER["job"].run(index, _WORKER["counts"].put)
 
 
 def _chunks(iterable: Iterable, size: int) -> Iterator[list]:
@@ -162,6 +313,8 @@ def _chunks(iterable: Iterable, size: int) -> Iterator[list]:
     while chunk := list(islice(iterator, size)):
         yield chunk
 
+
+# --- reading ---------------------------------------------------------------------------------------
 
 def read_manifest(shard_dir: str | Path) -> dict:
     path = Path(shard_dir) / MANIFEST_NAME
@@ -173,12 +326,88 @@ def read_manifest(shard_dir: str | Path) -> dict:
     return manifest
 
 
-def load_shards(shard_dir: str | Path, vocab: Vocabulary):
-    """The shard set as a `datasets.Dataset`, refused unless it was made with `vocab`."""
+def shard_files(shard_dir: str | Path) -> list[Path]:
+    """The set's parquet files in shard order (a shard of only bad inputs has none)."""
+    manifest = read_manifest(shard_dir)
+    return [Path(shard_dir) / r["file"] for _, r in sorted(manifest["shards"].items()) if r["file"]]
+
+
+def load_shards(shard_dir: str | Path, vocab: Vocabulary, streaming: bool = False):
+    """The shard set as a `datasets.Dataset` (or `IterableDataset`), refused unless made with `vocab`."""
     import datasets
 
-    shard_dir = Path(shard_dir)
-    manifest = read_manifest(shard_dir)
     vocab.require_same(Vocabulary.load(shard_dir), f"shard set {shard_dir}")
-    files = [str(shard_dir / name) for name, shard in sorted(manifest["shards"].items()) if shard["items"]]
-    return datasets.load_dataset("parquet", data_files=files, split="train")
+    files = [str(f) for f in shard_files(shard_dir)]
+    return datasets.load_dataset("parquet", data_files=files, split="train", streaming=streaming)
+
+
+
+# --- inspect and verify ----------------------------------------------------------------------------
+
+def _token_lengths(table: pa.Table) -> list[int]:
+    import pyarrow.compute as pc
+
+    text = pc.list_value_length(table["text_ids"]).to_pylist()
+    media = pc.list_value_length(table["media_ids"]).to_pylist()
+    return [t + m for t, m in zip(text, media)]
+
+
+def inspect_shards(shard_dir: str | Path, bins: int = 8) -> dict:
+    """Counts, tokenizers, tasks, a token-length histogram and the errors of a finished shard set."""
+    import numpy as np
+
+    manifest = read_manifest(shard_dir)
+    tasks, media, lengths = Counter(), Counter(), []
+    for path in shard_files(shard_dir):
+        table = pq.read_table(path, columns=["task", "media", "text_ids", "media_ids"])
+        tasks.update(table["task"].to_pylist())
+        media.update(table["media"].to_pylist())
+        lengths += _token_lengths(table)
+    counts, edges = np.histogram(lengths, bins=bins) if lengths else ([], [])
+    return {"dir": str(shard_dir), "source": manifest["source"], "tokenizers": manifest["tokenizers"],
+            "vocabulary_hash": manifest["vocabulary_hash"], "settings": manifest["settings"],
+            "totals": manifest["totals"], "tasks": dict(tasks), "media": dict(media),
+            "token_length_histogram": [{"from": int(a), "to": int(b), "rows": int(c)}
+                                       for a, b, c in zip(edges[:-1], edges[1:], counts)]}
+
+
+def verify_shards(shard_dir: str | Path) -> list[str]:
+    """Re-read every shard: file present, sha256 and row count as recorded, every id inside its
+    vocabulary range, no (key, draw) twice. Returns the problems found (empty: the set is sound)."""
+    shard_dir = Path(shard_dir)
+    manifest, vocab = read_manifest(shard_dir), Vocabulary.load(shard_dir)
+    problems, seen = [], set()
+    for name, record in sorted(manifest["shards"].items()):
+        if not record["file"]:
+            continue
+        path = shard_dir / record["file"]
+        if not path.is_file():
+            problems.append(f"{name}: file missing")
+            continue
+        if file_sha256(path) != record["sha256"]:
+            problems.append(f"{name}: sha256 differs from the manifest (the file changed after it was written)")
+        table = pq.read_table(path)
+        if table.num_rows != record["items"]:
+            problems.append(f"{name}: {table.num_rows} rows, the manifest says {record['items']}")
+        problems += [f"{name}: {p}" for p in _id_problems(table, vocab)]
+        for key, draw in zip(table["key"].to_pylist(), table["draw"].to_pylist()):
+            if (key, draw) in seen:
+                problems.append(f"{name}: item {key!r} draw {draw} appears twice")
+            seen.add((key, draw))
+    return problems
+
+
+def _id_problems(table: pa.Table, vocab: Vocabulary) -> list[str]:
+    import pyarrow.compute as pc
+
+    problems = []
+    text = vocab.range("text")
+    checks = [("text_ids", text.offset, text.end, table)]
+    for name in set(table["media"].to_pylist()) - {""}:
+        r = vocab.range(name)
+        checks.append(("media_ids", r.offset, r.end, table.filter(pc.equal(table["media"], name))))
+    for column, low, high, rows in checks:
+        ids = pc.list_flatten(rows[column])
+        if len(ids) and (pc.min(ids).as_py() < low or pc.max(ids).as_py() >= high):
+            problems.append(f"{column} outside their vocabulary range [{low}, {high})")
+    return problems

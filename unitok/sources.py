@@ -1,7 +1,9 @@
-"""Where media items come from: folders with a caption manifest, or Hugging Face `imagefolder`.
+"""Where items come from: media folders, Hugging Face `datasets`, or text-only corpora.
 
-A source yields `SourceItem`s in a fixed order; each knows how to load its own media, so a
-corrupt file fails on its own item (reported, skipped) and never on the whole source.
+A source is a sized, indexable and picklable list of `SourceItem`s in a fixed order, so that
+shard i always holds the same items, whichever worker or rank tokenizes it. Items carry their
+media undecoded (a path or bytes): a corrupt file fails on its own item (reported, skipped),
+never on the whole source.
 """
 
 from __future__ import annotations
@@ -11,29 +13,102 @@ import io
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
-from .adapters import MediaError
+from .adapters import AudioAdapter, ImageAdapter, MediaError, VideoAdapter
 
 CAPTION_COLUMNS = ("caption", "text")
 FILE_COLUMNS = ("file", "file_name", "path")
+MANIFEST_NAMES = ("metadata.jsonl", "metadata.csv", "captions.jsonl", "captions.csv")
+MEDIA_EXTENSIONS = frozenset(ImageAdapter.file_extensions + AudioAdapter.file_extensions + VideoAdapter.file_extensions)
 
 
 class SourceError(ValueError):
     """The source as a whole is unusable (missing manifest, no file column, …)."""
 
 
-@dataclass
+@dataclass(frozen=True)
 class SourceItem:
-    key: str  # stable id: the file path relative to the folder, or the dataset row index
+    key: str  # stable id: the file path relative to the folder, the dataset row index, the corpus line
     caption: str | None
-    load: Callable[[], Any]  # returns the media object or a path the adapter can load
+    media: Any = None  # a path, undecoded bytes, or None for a text-only item
+
+    def open(self) -> Any:
+        """What an adapter's `to_tensor` takes: a path or an open binary file."""
+        if self.media is None:
+            raise MediaError("no media")
+        return io.BytesIO(self.media) if isinstance(self.media, bytes) else self.media
 
 
-def read_caption_manifest(path: Path) -> list[dict[str, str]]:
-    """Rows of a JSONL or CSV manifest; names the line on a malformed JSONL row."""
+class Source:
+    """A fixed list of items; subclasses say where it comes from (`describe`, part of a shard set's identity)."""
+
+    def __len__(self) -> int:
+        raise NotImplementedError
+
+    def __getitem__(self, index: int) -> SourceItem:
+        raise NotImplementedError
+
+    def __iter__(self):
+        return (self[i] for i in range(len(self)))
+
+    def describe(self) -> dict:
+        raise NotImplementedError
+
+
+class FolderSource(Source):
+    """Media files of a folder with captions from a JSONL/CSV manifest (`file,caption`) or from
+    sidecar ``.txt`` files (``cat.png`` + ``cat.txt``).
+
+    Without `captions`, the folder's own ``metadata.jsonl`` / ``metadata.csv`` (the `imagefolder`
+    convention, column ``file_name``) or ``captions.jsonl`` is used, else sidecar files.
+    """
+
+    def __init__(self, folder: str | Path, captions: str | Path | None = None):
+        self.folder = Path(folder)
+        if not self.folder.is_dir():
+            raise SourceError(f"{self.folder}: not a directory")
+        manifest = Path(captions) if captions else next(
+            (self.folder / n for n in MANIFEST_NAMES if (self.folder / n).is_file()), None)
+        self.captions = str(manifest) if manifest else "sidecar .txt files"
+        self.rows = _manifest_rows(manifest) if manifest else _sidecar_rows(self.folder)
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, index: int) -> SourceItem:
+        relative, caption = self.rows[index]
+        return SourceItem(key=relative, caption=caption, media=self.folder / relative)
+
+    def describe(self) -> dict:
+        return {"folder": str(self.folder), "captions": self.captions, "items": len(self)}
+
+
+def _manifest_rows(path: Path) -> list[tuple[str, str | None]]:
+    rows = read_table(path)
+    if rows and _column(rows[0], FILE_COLUMNS) is None:
+        raise SourceError(f"{path}: no file column (expected one of {FILE_COLUMNS})")
+    return [(str(_column(row, FILE_COLUMNS)), _column(row, CAPTION_COLUMNS)) for row in rows]
+
+
+def _sidecar_rows(folder: Path) -> list[tuple[str, str | None]]:
+    files = sorted(p for p in folder.rglob("*") if p.suffix.lower() in MEDIA_EXTENSIONS and p.is_file())
+    if not files:
+        raise SourceError(f"{folder}: no caption manifest (metadata.jsonl, captions.jsonl, …; or pass --captions) "
+                          "and no media files with sidecar .txt captions")
+    return [(str(p.relative_to(folder)), _read_sidecar(p.with_suffix(".txt"))) for p in files]
+
+
+def _read_sidecar(path: Path) -> str | None:
     if not path.is_file():
-        raise SourceError(f"{path}: caption manifest not found")
+        return None
+    return path.read_text(errors="replace").strip() or None
+
+
+def read_table(path: Path) -> list[dict[str, Any]]:
+    """Rows of a JSONL or CSV file; names the line of a malformed JSONL row."""
+    if not path.is_file():
+        raise SourceError(f"{path}: file not found")
     if path.suffix == ".csv":
         with path.open(newline="") as f:
             return list(csv.DictReader(f))
@@ -51,57 +126,69 @@ def _column(row: dict, names: tuple[str, ...]) -> Any:
     return next((row[n] for n in names if row.get(n) not in (None, "")), None)
 
 
-def folder_items(folder: str | Path, captions: str | Path | None = None) -> Iterator[SourceItem]:
-    """Media files listed in a caption manifest (`file,caption` JSONL/CSV).
+class DatasetSource(Source):
+    """Rows of a Hugging Face `datasets` dataset (``imagefolder``, a hub name, a local script).
 
-    Without `captions`, the folder's own ``metadata.jsonl`` / ``metadata.csv`` (the
-    `imagefolder` convention, column ``file_name``) is used.
+    The media column may be an `Image`, `Audio` or `Video` feature (kept undecoded, so a corrupt
+    cell fails on its own row) or a column of file paths (relative ones resolve against `data_dir`).
     """
-    folder = Path(folder)
-    if not folder.is_dir():
-        raise SourceError(f"{folder}: not a directory")
-    manifest = Path(captions) if captions else _find_metadata(folder)
-    rows = read_caption_manifest(manifest)
-    if rows and _column(rows[0], FILE_COLUMNS) is None:
-        raise SourceError(f"{manifest}: no file column (expected one of {FILE_COLUMNS})")
-    for row in rows:
-        relative = str(_column(row, FILE_COLUMNS))
-        path = folder / relative
-        yield SourceItem(key=relative, caption=_column(row, CAPTION_COLUMNS), load=lambda p=path: p)
+
+    def __init__(self, name: str, split: str = "train", media_column: str = "image", text_column: str | None = None,
+                 data_dir: str | None = None):
+        import datasets
+
+        try:
+            ds = datasets.load_dataset(name, data_dir=data_dir, split=split)
+        except Exception as err:  # datasets raises many types; the reason is what matters
+            raise SourceError(f"cannot load dataset {name!r} (data_dir={data_dir}): {err}") from None
+        missing = [c for c in (media_column, text_column) if c and c not in ds.column_names]
+        if missing:
+            raise SourceError(f"dataset {name!r} has no column {missing[0]!r}; it has {ds.column_names}")
+        feature = ds.features[media_column]
+        if hasattr(feature, "decode"):  # Image / Audio / Video: the raw bytes or path, decoded by our adapter
+            ds = ds.cast_column(media_column, type(feature)(decode=False))
+        self.name, self.split, self.data_dir = name, split, data_dir
+        self.media_column, self.text_column, self.dataset = media_column, text_column, ds
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int) -> SourceItem:
+        row = self.dataset[index]
+        caption = row.get(self.text_column) if self.text_column else _column(row, CAPTION_COLUMNS)
+        return SourceItem(key=str(index), caption=caption, media=self._media(row[self.media_column]))
+
+    def _media(self, cell: Any) -> Any:
+        if isinstance(cell, dict):  # an undecoded Image/Audio/Video cell: {"bytes", "path"}
+            return cell.get("bytes") or cell.get("path")
+        if isinstance(cell, str) and self.data_dir and not Path(cell).is_absolute():
+            return Path(self.data_dir) / cell
+        return cell
+
+    def describe(self) -> dict:
+        return {"dataset": self.name, "data_dir": self.data_dir, "split": self.split,
+                "media_column": self.media_column, "text_column": self.text_column, "items": len(self)}
 
 
-def _find_metadata(folder: Path) -> Path:
-    for name in ("metadata.jsonl", "metadata.csv", "captions.jsonl", "captions.csv"):
-        if (folder / name).is_file():
-            return folder / name
-    raise SourceError(f"{folder}: no caption manifest; pass --captions FILE or add metadata.jsonl")
+class TextSource(Source):
+    """A text-only corpus: a ``.txt`` file (one document per non-empty line) or JSONL/CSV rows
+    with a ``text`` (or ``caption``) column."""
 
+    def __init__(self, path: str | Path, text_column: str | None = None):
+        self.path = Path(path)
+        if not self.path.is_file():
+            raise SourceError(f"{self.path}: text corpus not found")
+        if self.path.suffix == ".txt":
+            self.texts = [line.strip() for line in self.path.read_text(errors="replace").splitlines() if line.strip()]
+        else:
+            columns = (text_column,) if text_column else CAPTION_COLUMNS
+            self.texts = [_column(row, columns) for row in read_table(self.path)]
 
-def dataset_items(name: str, data_dir: str | None, split: str, media_column: str,
-                  text_column: str | None) -> Iterator[SourceItem]:
-    """Rows of a Hugging Face `datasets` dataset (e.g. ``imagefolder``), media left undecoded so
-    that a corrupt file fails on its own row."""
-    import datasets
+    def __len__(self) -> int:
+        return len(self.texts)
 
-    try:
-        ds = datasets.load_dataset(name, data_dir=data_dir, split=split)
-    except Exception as err:  # datasets raises many types; the reason is what matters
-        raise SourceError(f"cannot load dataset {name!r} (data_dir={data_dir}): {err}") from None
-    if media_column not in ds.column_names:
-        raise SourceError(f"dataset {name!r} has no column {media_column!r}; it has {ds.column_names}")
-    if isinstance(ds.features[media_column], datasets.Image):
-        ds = ds.cast_column(media_column, datasets.Image(decode=False))
-    for index, row in enumerate(ds):
-        caption = row.get(text_column) if text_column else _column(row, CAPTION_COLUMNS)
-        yield SourceItem(key=str(index), caption=caption, load=lambda m=row[media_column]: _undecoded(m))
+    def __getitem__(self, index: int) -> SourceItem:
+        return SourceItem(key=f"{self.path.name}:{index}", caption=self.texts[index])
 
-
-def _undecoded(media: Any) -> Any:
-    """An undecoded `datasets` Image cell ({"bytes", "path"}) -> something the adapter loads."""
-    if isinstance(media, dict):
-        if media.get("bytes") is not None:
-            return io.BytesIO(media["bytes"])
-        if media.get("path"):
-            return media["path"]
-        raise MediaError("dataset cell has neither bytes nor path")
-    return media
+    def describe(self) -> dict:
+        return {"text": str(self.path), "items": len(self)}

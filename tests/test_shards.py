@@ -1,0 +1,219 @@
+"""Token shards at scale: bad inputs of every modality, kills at random points, workers, ranks,
+sources (sidecar captions, datasets path columns, text corpora), inspect and verify."""
+
+import json
+import os
+import random
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+from PIL import Image
+
+from unitok.cli import main
+from unitok.shards import RECORDS_DIR, verify_shards
+
+ROOT = Path(__file__).parent.parent
+
+
+def tokenize_command(model, source, out, *extra):
+    return [sys.executable, "-m", "unitok", "tokenize", "--tokenizer", str(model), "--input", str(source),
+            "--out", str(out), *map(str, extra)]
+
+
+def copy_split(run, modality, split, folder, n):
+    """The first `n` items of a digits-world split, copied into `folder`; returns their manifest rows."""
+    source = run / "data" / modality / split
+    rows = [json.loads(line) for line in (source / "captions.jsonl").read_text().splitlines()][:n]
+    for row in rows:
+        (folder / row["file"]).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(source / row["file"], folder / row["file"])
+    return [{"file": r["file"], "caption": r["caption"]} for r in rows]
+
+
+def rows_by_item(out):
+    """{(key, draw): (text_ids, media_ids)} of every shard in a set, and the row count."""
+    table = pq.read_table(sorted(out.glob("shard-*.parquet"))).to_pylist()
+    return {(r["key"], r["draw"]): (r["text_ids"], r["media_ids"]) for r in table}, len(table)
+
+
+@pytest.fixture(scope="module")
+def bad_folders(tiny_multimodal_run, tmp_path_factory):
+    """One folder per modality: good digits-world items plus about 10 % bad files of 6 kinds."""
+    root = tmp_path_factory.mktemp("bad-inputs")
+    folders, bad = {}, {}
+    for modality, split, n in (("image", "heldout", 24), ("audio", "train", 16), ("video", "train", 16)):
+        folder = root / modality
+        folder.mkdir()
+        rows = copy_split(tiny_multimodal_run, modality, split, folder, n)
+        folders[modality] = (folder, rows)
+    image_rows, audio_rows, video_rows = (folders[m][1] for m in ("image", "audio", "video"))
+    image_dir, audio_dir, video_dir = (folders[m][0] for m in ("image", "audio", "video"))
+    good_png = (image_dir / image_rows[0]["file"]).read_bytes()
+    (image_dir / "truncated.png").write_bytes(good_png[:60])
+    (image_dir / "empty.png").write_bytes(b"")
+    Image.new("RGB", (3, 3)).save(image_dir / "tiny.png")
+    (audio_dir / "notes.wav").write_text("these are notes, not audio")
+    (audio_dir / "silence.flac").write_bytes(b"")
+    (video_dir / "cut.mp4").write_bytes((video_dir / video_rows[0]["file"]).read_bytes()[:300])
+    bad = {"image": {"truncated.png": "not a readable image", "empty.png": "not a readable image",
+                     "tiny.png": "smaller than"},
+           "audio": {"notes.wav": "not readable audio", "silence.flac": "not readable audio"},
+           "video": {"cut.mp4": "not readable video", video_rows[1]["file"]: "missing caption"}}
+    video_rows[1]["caption"] = ""
+    for modality, (folder, rows) in folders.items():
+        lines = rows[:3] + [{"file": f, "caption": "a bad one"} for f in bad[modality] if f != video_rows[1]["file"]] + rows[3:]
+        (folder / "captions.jsonl").write_text("".join(json.dumps(line) + "\n" for line in lines))
+    return {m: (folder, rows, bad[m]) for m, (folder, rows) in folders.items()}
+
+
+def test_bad_inputs_of_every_modality_are_reported_and_every_good_item_lands(tiny_multimodal_run, bad_folders, tmp_path):
+    total_items = sum(len(rows) + sum(f not in {r["file"] for r in rows} for f in bad) for _, rows, bad in bad_folders.values())
+    total_bad = sum(len(bad) for _, _, bad in bad_folders.values())
+    assert total_bad >= 0.1 * total_items and len({r for _, _, b in bad_folders.values() for r in b.values()}) >= 5
+    for modality, (folder, rows, bad) in bad_folders.items():
+        out = tmp_path / modality
+        result = subprocess.run(tokenize_command(tiny_multimodal_run / "model", folder, out, "--modality", modality,
+                                                 "--items-per-shard", 5), capture_output=True, text=True)
+        assert result.returncode == 0, result.stderr
+        good = {r["file"] for r in rows if r["caption"]}
+        assert f"wrote {len(good)} items" in result.stdout and f"skipped {len(bad)} bad inputs" in result.stdout
+        items, count = rows_by_item(out)
+        assert {key for key, _ in items} == good and count == len(good)
+        errors = {e["key"]: e["reason"] for e in map(json.loads, (out / "errors.jsonl").read_text().splitlines())}
+        assert errors.keys() == bad.keys()
+        assert all(expected in errors[key] for key, expected in bad.items()), errors
+        assert verify_shards(out) == []
+
+
+def test_strict_exits_1_naming_the_first_bad_file(tiny_multimodal_run, bad_folders, tmp_path):
+    folder, _, _ = bad_folders["image"]
+    result = subprocess.run(tokenize_command(tiny_multimodal_run / "model", folder, tmp_path / "s", "--modality",
+                                             "image", "--strict"), capture_output=True, text=True)
+    assert result.returncode == 1
+    errors = [line for line in result.stderr.splitlines() if line.startswith("unitok: error:")]
+    assert errors == ["unitok: error: truncated.png: not a readable image (image file is truncated)"]
+
+
+def test_killed_at_random_points_the_rerun_equals_an_uninterrupted_run(tiny_multimodal_run, tmp_path):
+    folder = tmp_path / "images"
+    folder.mkdir()
+    rows = copy_split(tiny_multimodal_run, "image", "train", folder, 96)
+    (folder / "captions.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    model = tiny_multimodal_run / "model"
+    args = ("--modality", "image", "--items-per-shard", 6, "--noise-draws", 2)
+    assert main([str(a) for a in tokenize_command(model, folder, tmp_path / "whole", *args)[3:]]) == 0
+
+    out = tmp_path / "killed"
+    rng = random.Random(0)
+    for kill_at, workers in ((rng.randint(1, 4), 1), (rng.randint(6, 9), 2), (rng.randint(11, 13), 1)):
+        process = subprocess.Popen(tokenize_command(model, folder, out, *args, "--workers", workers),
+                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+        while len(list((out / RECORDS_DIR).glob("*.json"))) < kill_at and process.poll() is None:
+            time.sleep(0.005)
+        os.killpg(process.pid, signal.SIGKILL)  # the command and its workers, mid-shard
+        process.wait()
+        assert not (out / "manifest.json").is_file() or not json.loads((out / "manifest.json").read_text())["complete"]
+    finish = subprocess.run(tokenize_command(model, folder, out, *args), capture_output=True, text=True)
+    assert finish.returncode == 0, finish.stderr
+    assert rows_by_item(out) == rows_by_item(tmp_path / "whole")
+    assert len(list(out.glob("*.tmp"))) == 0 and verify_shards(out) == []
+
+
+def test_workers_and_accelerate_ranks_write_the_same_shards_as_one_process(tiny_multimodal_run, tmp_path):
+    folder = tmp_path / "clips"
+    folder.mkdir()
+    rows = copy_split(tiny_multimodal_run, "video", "train", folder, 20)
+    (folder / "captions.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    model = tiny_multimodal_run / "model"
+    args = ["--modality", "video", "--items-per-shard", "4"]
+    assert main(tokenize_command(model, folder, tmp_path / "one", *args)[3:]) == 0
+    assert main(tokenize_command(model, folder, tmp_path / "two", *args, "--workers", "2")[3:]) == 0
+    launcher = [str(Path(sys.executable).parent / "accelerate"), "launch", "--config_file",
+                str(ROOT / "recipes" / "accelerate" / "cpu-2proc.yaml")]
+    ranks = subprocess.run(launcher + tokenize_command(model, folder, tmp_path / "ranks", *args)[1:],
+                           capture_output=True, text=True, env={**os.environ, "ACCELERATE_USE_CPU": "1"})
+    assert ranks.returncode == 0, ranks.stderr[-3000:]
+    reference = rows_by_item(tmp_path / "one")
+    assert reference[1] == 20
+    for name in ("two", "ranks"):
+        assert rows_by_item(tmp_path / name) == reference
+        manifest = json.loads((tmp_path / name / "manifest.json").read_text())
+        assert manifest["complete"] and manifest["totals"]["items"] == 20 and len(manifest["shards"]) == 5
+
+
+def test_sidecar_captions_dataset_path_columns_and_text_corpora(tiny_run, tmp_path):
+    import datasets
+
+    source = tiny_run / "data" / "image" / "heldout"
+    rows = [json.loads(line) for line in (source / "captions.jsonl").read_text().splitlines()][:6]
+    sidecar = tmp_path / "sidecar"
+    sidecar.mkdir()
+    for row in rows:
+        shutil.copy(source / row["file"], sidecar / f"{row['key']}.png")
+        (sidecar / f"{row['key']}.txt").write_text(row["caption"] + "\n")
+    (sidecar / f"{rows[0]['key']}.txt").unlink()  # no caption: skipped and reported
+    model = str(tiny_run / "model")
+    assert main(["tokenize", "--tokenizer", model, "--input", str(sidecar), "--out", str(tmp_path / "a")]) == 0
+    a = datasets.load_dataset("parquet", data_files=str(tmp_path / "a" / "shard-*.parquet"), split="train")
+    assert sorted(a["caption"]) == sorted(r["caption"] for r in rows[1:])
+    assert set(a["task"]) == {"text_to_image"}
+
+    table = tmp_path / "table"
+    table.mkdir()
+    (table / "items.csv").write_text("path,caption\n" + "".join(
+        f"{source / r['file']},{r['caption']}\n" for r in rows))
+    assert main(["tokenize", "--tokenizer", model, "--dataset", "csv", "--data-dir", str(table), "--media-column",
+                 "path", "--task", "image_to_text", "--out", str(tmp_path / "b")]) == 0
+    b = datasets.load_dataset("parquet", data_files=str(tmp_path / "b" / "shard-*.parquet"), split="train")
+    assert b["caption"] == [r["caption"] for r in rows] and set(b["task"]) == {"image_to_text"}
+
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("a red 7 on the left\n\nthe digit 3 in blue\n")
+    assert main(["tokenize", "--tokenizer", model, "--input", str(corpus), "--out", str(tmp_path / "c")]) == 0
+    c = datasets.load_dataset("parquet", data_files=str(tmp_path / "c" / "shard-*.parquet"), split="train")
+    assert c["caption"] == ["a red 7 on the left", "the digit 3 in blue"]
+    assert set(c["task"]) == {"text"} and c["media_ids"] == [[], []] and all(c["text_ids"])
+
+
+def test_inspect_summarises_and_verify_catches_a_changed_shard(tiny_run, tmp_path, capsys):
+    folder = tiny_run / "data" / "image" / "heldout"
+    out = tmp_path / "s"
+    assert main(["tokenize", "--tokenizer", str(tiny_run / "model"), "--input", str(folder), "--out", str(out),
+                 "--items-per-shard", "10"]) == 0
+    capsys.readouterr()
+    assert main(["shards", "inspect", str(out), "--json"]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["totals"]["items"] == 24 and summary["totals"]["shards"] == 3
+    assert summary["tasks"] == {"text_to_image": 24} and summary["media"] == {"image": 24}
+    assert sum(b["rows"] for b in summary["token_length_histogram"]) == 24
+    assert main(["shards", "verify", str(out)]) == 0
+
+    shard = out / "shard-00001.parquet"
+    table = pq.read_table(shard).to_pylist()
+    table[0]["media_ids"][0] = 0  # a special-token id where a code belongs
+    pq.write_table(pq.read_table(shard).from_pylist(table, schema=pq.read_schema(shard)), shard)
+    capsys.readouterr()
+    assert main(["shards", "verify", str(out)]) == 1
+    err = capsys.readouterr().err
+    assert "shard-00001.parquet: sha256 differs" in err and err.count("\n") == 1
+    assert any("media_ids outside their vocabulary range" in p for p in verify_shards(out))
+
+
+def test_tokenize_refuses_a_changed_source_and_a_missing_manifest(tiny_run, tmp_path, capsys):
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    rows = copy_split(tiny_run, "image", "heldout", folder, 4)
+    (folder / "captions.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    out = tmp_path / "s"
+    assert main(["tokenize", "--tokenizer", str(tiny_run / "model"), "--input", str(folder), "--out", str(out)]) == 0
+    (folder / "captions.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows[:3]))
+    assert main(["tokenize", "--tokenizer", str(tiny_run / "model"), "--input", str(folder), "--out", str(out)]) == 1
+    assert "holds shards made with other source" in capsys.readouterr().err
+    assert main(["shards", "inspect", str(tmp_path)]) == 1
+    assert "not a unitok shard set" in capsys.readouterr().err
