@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from unitok.adapters import Audio, AudioAdapter, AudioConfig, MediaError
+from unitok.adapters import Audio, AudioAdapter, MediaError
 from unitok.digits_world.tones import (ToneClip, ToneWorldConfig, audio_file, build_tone_world, dtmf_waveform, is_heldout_pair,
                                       parse_tone_caption, sample_tone_clip, tone_caption, write_audio_folder)
 from unitok.eval.dtmf import decode_dtmf, dtmf_roundtrip_accuracy

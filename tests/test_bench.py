@@ -19,4 +19,9 @@ def test_bench_quick_writes_ratios(tmp_path):
         assert row["speedup"] == pytest.approx(row["raster_s_per_image"] / row["rdpm_s_per_image"])
     training = result["training"]
     assert training["unitok_tokens_per_s"] > 0 and training["plain_causal_lm_tokens_per_s"] > 0
+    tokenize = result["tokenize"]
+    assert tokenize["items"] == 32 and tokenize["raw_decode_encode_items_per_s"] > 0
+    assert tokenize["tokenize_vs_raw_ratio"] == pytest.approx(
+        tokenize["tokenize_items_per_s"] / tokenize["raw_decode_encode_items_per_s"])
+    assert tokenize["workers_2_vs_1_speedup"] > 0
     assert result["machine"]["device"]

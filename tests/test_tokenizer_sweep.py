@@ -1,6 +1,5 @@
 """`unitok sweep`: tokenizer variants trained the same way, measured, resumable, bad fields named."""
 
-import json
 
 import pytest
 import yaml

@@ -1,87 +1,140 @@
-"""LM training: checkpoint + resume equals an uninterrupted run; two-process accelerate keeps replicas in sync."""
+"""LM training on shard mixtures: a run killed after a checkpoint resumes with the same items and
+losses; two-process accelerate keeps replicas in sync and gives ranks disjoint rows; documents."""
 
 import json
 import os
+import random
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
+import pytest
 import torch
+import yaml
 
+from unitok.config import ConfigError
+from unitok.recipe import RecipeRun, load_recipe
 from unitok.streams import task_document
-from unitok.training.lm import DocumentMaker, LMTraining, TokenItems
+from unitok.training.data import DocumentRecipe
 
-from .conftest import span_states
+from .conftest import span_states, write_tiny_recipe
 
 SCRIPT = Path(__file__).parent / "scripts" / "ddp_train.py"
+ENV = {**os.environ, "ACCELERATE_USE_CPU": "1"}
 
 
-def train(out: Path, steps: int, launcher: list[str] | None = None, stop_after: int | None = None) -> None:
-    command = (launcher or [sys.executable]) + [str(SCRIPT), str(out), str(steps)]
-    command += [str(stop_after)] if stop_after else []
-    env = {**os.environ, "ACCELERATE_USE_CPU": "1"}
-    result = subprocess.run(command, capture_output=True, text=True, timeout=600, env=env)
+def train_command(out: Path, steps: int, run: Path, launcher: list[str] | None = None) -> list[str]:
+    return (launcher or [sys.executable]) + [str(SCRIPT), str(out), str(steps), str(run / "model"),
+                                             str(run / "shards" / "image")]
+
+
+def train(*args, **kwargs) -> None:
+    result = subprocess.run(train_command(*args, **kwargs), capture_output=True, text=True, timeout=600, env=ENV)
     assert result.returncode == 0, result.stderr[-3000:]
 
 
-def test_resume_after_interruption_matches_uninterrupted_run(tmp_path):
-    train(tmp_path / "full", 6)
-    train(tmp_path / "cut", 6, stop_after=3)  # interrupted right after its step-3 checkpoint
-    assert (tmp_path / "cut" / "checkpoints" / "step-0000003" / "model.safetensors").is_file()
-    assert json.loads((tmp_path / "cut" / "rank-0.json").read_text())["step"] == 3
-    train(tmp_path / "cut", 6)  # the same command resumes at step 3
-    full = json.loads((tmp_path / "full" / "rank-0.json").read_text())
-    resumed = json.loads((tmp_path / "cut" / "rank-0.json").read_text())
-    assert full["final"] != full["initial"]
-    assert resumed["final"] == full["final"]
+def step_log(out: Path, rank: int = 0) -> list[dict]:
+    return [json.loads(line) for line in (out / "log" / f"rank-{rank}.jsonl").read_text().splitlines()]
 
 
-def test_two_processes_under_accelerate_launch_stay_in_sync(tmp_path):
+def test_training_killed_after_a_checkpoint_resumes_with_the_same_items_and_losses(tiny_run, tmp_path):
+    train(tmp_path / "full", 12, tiny_run)
+    cut = tmp_path / "cut"
+    process = subprocess.Popen(train_command(cut, 12, tiny_run), env=ENV, stdout=subprocess.DEVNULL,
+                               stderr=subprocess.DEVNULL)
+    while not (cut / "checkpoints" / "step-0000004").is_dir() and process.poll() is None:
+        time.sleep(0.005)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    assert not (cut / "rank-0.json").is_file(), "killed before the end"
+    train(cut, 12, tiny_run)  # the same command resumes from the newest checkpoint
+    full, resumed = (json.loads((out / "rank-0.json").read_text()) for out in (tmp_path / "full", cut))
+    assert full["final"] != full["initial"] and resumed["final"] == full["final"]
+    assert step_log(cut) == step_log(tmp_path / "full")  # every step's items and loss, exactly
+    items = [item for line in step_log(cut) for item in line["items"]]
+    assert len(items) == 12 * 4 and len(set(items)) >= 24  # streams of many items, not one repeated
+
+
+def test_two_processes_under_accelerate_launch_stay_in_sync_on_disjoint_rows(tiny_run, tmp_path):
     accelerate = Path(sys.executable).parent / "accelerate"
     config = Path(__file__).parent.parent / "recipes" / "accelerate" / "cpu-2proc.yaml"
-    launcher = [str(accelerate), "launch", "--config_file", str(config)]
-    train(tmp_path, 4, launcher)
+    train(tmp_path, 4, tiny_run, launcher=[str(accelerate), "launch", "--config_file", str(config)])
     ranks = [json.loads((tmp_path / f"rank-{i}.json").read_text()) for i in range(2)]
     assert all(r["world"] == 2 for r in ranks)
     assert ranks[0]["final"] == ranks[1]["final"] != ranks[0]["initial"]
+    for task in ("text_to_image", "image_to_text"):  # each task's stream splits the rows between the ranks
+        seen = [{item for line in step_log(tmp_path, rank) for item, t in zip(line["items"], line["tasks"]) if t == task}
+                for rank in range(2)]
+        assert seen[0] and seen[1] and not seen[0] & seen[1]
+
+
+def shard_list_recipe(folder: Path, data: list[dict], pipeline: Path | None) -> Path:
+    """The tiny recipe, training on `data` (a list of shard sets) with `pipeline`'s tokenizers."""
+    path = write_tiny_recipe(folder)
+    recipe = yaml.safe_load(path.read_text())
+    del recipe["tokenizers"]
+    recipe |= {"data": data} | ({"tokenizers_from": str(pipeline)} if pipeline else {})
+    path.write_text(yaml.safe_dump(recipe))
+    return path
+
+
+def test_a_recipe_trains_on_a_weighted_list_of_shard_sets(tiny_run, tmp_path):
+    shards = tiny_run / "shards" / "image"
+    path = shard_list_recipe(tmp_path, [
+        {"shards": str(shards / "train"), "weight": 0.7, "task": "text_to_image", "heldout": str(shards / "heldout")},
+        {"shards": str(shards / "train"), "weight": 0.3, "task": "image_to_text"}], tiny_run / "model")
+    run = RecipeRun(load_recipe(path), log=lambda _: None)
+    run.run()
+    metrics = json.loads((run.out / "metrics.json").read_text())
+    assert metrics["lm"]["heldout_loss"] > 0 and metrics["lm"]["steps_trained"] == 6
+    assert [line["step"] for line in step_log(run.out / "lm")] == list(range(1, 7))
+    assert (run.out / "model" / "unitok_pipeline.json").is_file()
+    assert not (run.out / "tokenizers").exists() and not (run.out / "shards").exists()
+
+
+def test_a_shard_list_recipe_without_a_pipeline_or_with_another_vocabulary_is_refused(tiny_run, tiny_multimodal_run,
+                                                                                      tmp_path):
+    shards = tiny_run / "shards" / "image"
+    path = shard_list_recipe(tmp_path, [{"shards": str(shards / "train")}], None)
+    with pytest.raises(ConfigError, match="tokenizers_from: a `data` list of shard sets"):
+        load_recipe(path)
+    path = shard_list_recipe(tmp_path, [{"shards": str(shards / "train"), "wieght": 1}], tiny_run / "model")
+    with pytest.raises(ConfigError, match=r"data\[0\]\.wieght: unknown field"):
+        load_recipe(path)
+    path = shard_list_recipe(tmp_path, [{"shards": str(shards / "train")}], tiny_multimodal_run / "model")
+    with pytest.raises(Exception, match="made with another vocabulary"):
+        RecipeRun(load_recipe(path), log=lambda _: None).run()
 
 
 def test_text_to_media_training_documents_stop_after_the_last_block_with_targets(vocab):
     """k_0, <eoi> and <eos> are dropped from text-to-image training documents: the codes of k_1
     still predict k_0, every other target is as in the full stream, and nothing is lost."""
-    local = torch.arange(3 * 4).reshape(1, 3, 4)  # one item: 3 blocks of 4 distinct codes
-    media = vocab.to_global("image", local)
-    items = TokenItems([vocab.to_global("text", torch.tensor([1, 2])).tolist()], media, span_states(vocab, media[0])[None],
-                       "image")
-    full = task_document(vocab, "timestep", "text_to_image", items.text_ids[0], "image", items.media_ids[0],
-                         items.media_states[0])
+    media = vocab.to_global("image", torch.arange(3 * 4).reshape(3, 4))  # one item: 3 blocks of 4 distinct codes
+    text, states = vocab.to_global("text", torch.tensor([1, 2])).tolist(), span_states(vocab, media)
+    full = task_document(vocab, "timestep", "text_to_image", text, "image", media, states)
     for order, expected_length in (("timestep", len(full) - 4 - 2), ("raster", None)):
-        cfg = LMTraining(tasks={"text_to_image": 1.0}, media_order=order, caption_dropout=0.0)
-        doc = DocumentMaker({"image": items}, vocab, cfg, seed=0).document("text_to_image", "image", 0, None)
+        doc = DocumentRecipe(vocab, order, 0.0, 0.0).document("text_to_image", text, "image", (media, states), None)
         if order == "raster":  # one block, which is also the last: nothing to drop
             assert doc.input_ids[-1] == vocab.special_id("<eos>")
             continue
         assert len(doc) == expected_length
         assert doc.targets == full.targets[:expected_length]
         k1 = slice(len(doc) - 4, len(doc))
-        assert doc.input_ids[k1] == items.media_ids[0, 1].tolist()
-        assert doc.targets[k1] == items.media_ids[0, 2].tolist()
+        assert doc.input_ids[k1] == media[1].tolist()
+        assert doc.targets[k1] == media[2].tolist()
 
 
 def test_first_step_documents_end_after_the_noise_block(vocab):
     """With first_step_fraction = 1 a training document is caption + <boi> + k_T, whose targets
     are k_{T-1}; held-out documents (no rng) stay whole so per-block losses stay comparable."""
-    import random
-
-    local = torch.arange(3 * 4).reshape(1, 3, 4)
-    media = vocab.to_global("image", local)
-    items = TokenItems([vocab.to_global("text", torch.tensor([1, 2])).tolist()], media, span_states(vocab, media[0])[None],
-                       "image")
-    cfg = LMTraining(tasks={"text_to_image": 1.0}, caption_dropout=0.0, first_step_fraction=1.0)
-    maker = DocumentMaker({"image": items}, vocab, cfg, seed=0)
-    doc = maker.document("text_to_image", "image", 0, random.Random(0))
+    media = vocab.to_global("image", torch.arange(3 * 4).reshape(3, 4))
+    text, states = vocab.to_global("text", torch.tensor([1, 2])).tolist(), span_states(vocab, media)
+    documents = DocumentRecipe(vocab, "timestep", 0.0, 1.0)
+    doc = documents.document("text_to_image", text, "image", (media, states), random.Random(0))
     assert len(doc) == 1 + 2 + 1 + 4  # <bos>, caption, <boi>, k_T
-    assert doc.input_ids[-4:] == items.media_ids[0, 0].tolist()
-    assert doc.targets[-4:] == items.media_ids[0, 1].tolist()
-    heldout = maker.heldout_documents(1)["text_to_image"][0]
+    assert doc.input_ids[-4:] == media[0].tolist()
+    assert doc.targets[-4:] == media[1].tolist()
+    heldout = documents.document("text_to_image", text, "image", (media, states), None)
     assert len(heldout) == len(doc) + 4  # whole, less k_0 and the closing tokens

@@ -7,7 +7,7 @@ import torch
 
 from unitok.adapters import ImageConfig, MediaError, Video, VideoAdapter, VideoConfig
 from unitok.autoencoders import Autoencoder, AutoencoderConfig
-from unitok.digits_world.clips import (DIRECTIONS, ClipWorldConfig, build_clip_world, heldout_direction,
+from unitok.digits_world.clips import (ClipWorldConfig, build_clip_world, heldout_direction,
                                        parse_clip_caption, render_clip, video_file, write_video_folder)
 from unitok.eval.readers import BLANK, read_color, read_direction
 from unitok.media_tokenizer import MediaTokenizer, TokenizerSpec

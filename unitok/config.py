@@ -78,6 +78,9 @@ def _convert(tp: Any, value: Any, where: str, errors: list[str]) -> Any:
         if value is None and type(None) in args:
             return None
         options = [a for a in args if a is not type(None)]
+        shaped = [o for o in options if _container_of(o) is not None and isinstance(value, _container_of(o))]
+        if len(shaped) == 1:  # one option takes this shape (mapping / list): report its own errors
+            return _convert(shaped[0], value, where, errors)
         for option in options:
             trial: list[str] = []
             converted = _convert(option, value, where, trial)
@@ -152,6 +155,14 @@ def _convert_dataclass(cls: Any, value: Any, where: str, errors: list[str]) -> A
     except (TypeError, ValueError) as err:  # __post_init__ checks
         errors.append(f"{label}: {err}")
         return None
+
+
+def _container_of(tp: Any) -> type | None:
+    """dict for dataclasses and mappings, list for lists and tuples, None for scalars."""
+    origin = typing.get_origin(tp)
+    if dataclasses.is_dataclass(tp) or origin is dict:
+        return dict
+    return list if origin in (list, tuple) else None
 
 
 def _join(where: str, key: Any) -> str:

@@ -20,7 +20,6 @@ from pathlib import Path
 from typing import Any, Sequence
 
 import torch
-from PIL import Image
 from transformers import LlamaForCausalLM
 
 from .media_tokenizer import MediaTokenizer

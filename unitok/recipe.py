@@ -21,13 +21,15 @@ from .config import ConfigError, config_hash, from_dict, load_config, to_dict
 from .digits_world import ClipWorldConfig, DigitsWorldConfig, ToneWorldConfig, write_world_folders
 from .media_tokenizer import MediaTokenizer, TokenizerSpec
 from .model import ModelSpec, build_transformer
-from .pipeline import UniTokPipeline
+from .pipeline import PipelineTokenizers, UniTokPipeline
 from .sampling import SamplerConfig
-from .shards import ShardWriter, TokenizeSettings, load_shards
+from .shards import FORMAT as SHARD_FORMAT
+from .shards import ShardWriter, TokenizeSettings, read_manifest
 from .sources import FolderSource, SourceItem
 from .text_bpe import TextBPE, TextBPEConfig
 from .streams import task_modality
-from .training.lm import LMTraining, TokenItems, train_lm
+from .training.data import ShardMix
+from .training.lm import LMTraining, train_lm
 from .training.tokenizer import TokenizerTraining, tokenizer_metrics, train_media_tokenizer
 from .vocabulary import Vocabulary
 
@@ -107,12 +109,17 @@ class EvalSection:
 
 @dataclass(frozen=True)
 class Recipe:
+    """Either a whole run from media (`data` by modality, `tokenizers` trained here) or a
+    transformer trained on a weighted list of existing shard sets (`data` a list of `ShardMix`,
+    tokenizers and vocabulary from the saved pipeline `tokenizers_from`)."""
+
     name: str
     output_dir: str
-    data: DataSection
-    tokenizers: dict[str, TokenizerSection]  # modality -> its tokenizer; the vocabulary keeps this order
+    data: DataSection | list[ShardMix]
     model: str  # path to a models/*.yaml spec
     lm: LMTraining
+    tokenizers: dict[str, TokenizerSection] = field(default_factory=dict)  # modality -> its tokenizer, in vocabulary order
+    tokenizers_from: str | None = None  # a saved pipeline folder, for a `data` list of shard sets
     seed: int = 0
     text_bpe: TextBPEConfig = field(default_factory=TextBPEConfig)
     shards: TokenizeSettings = field(default_factory=TokenizeSettings)
@@ -134,6 +141,11 @@ class LoadedRecipe:
     def modalities(self) -> list[str]:
         return list(self.recipe.tokenizers)
 
+    @property
+    def from_shards(self) -> bool:
+        """The recipe trains on a list of existing shard sets (no data, tokenizer or shard stages)."""
+        return isinstance(self.recipe.data, list)
+
 
 def load_recipe(path: str | Path) -> LoadedRecipe:
     """Read a recipe and the specs it names; every problem is reported with its file and field."""
@@ -153,10 +165,17 @@ def load_recipe(path: str | Path) -> LoadedRecipe:
             errors.append(f"{path}: data.{modality}: missing; the {modality} tokenizer needs train and held-out items")
         if recipe.lm.media_order == "raster" and specs[modality].quantizer.steps:
             errors.append(f"{where}: lm.media_order: raster needs a tokenizer with quantizer.steps = 0")
-    if not recipe.tokenizers:
-        errors.append(f"{path}: tokenizers: name at least one media tokenizer")
-    errors += [f"{path}: lm.tasks: {task} needs a {m} tokenizer" for task, m in
-               ((t, task_modality(t)) for t in recipe.lm.tasks) if m is not None and m not in recipe.tokenizers]
+    if isinstance(recipe.data, list):
+        if recipe.tokenizers or not recipe.tokenizers_from:
+            errors.append(f"{path}: tokenizers_from: a `data` list of shard sets trains with the tokenizers of a "
+                          "saved pipeline (tokenizers_from: runs/x/model), not a `tokenizers` section")
+    else:
+        if not recipe.tokenizers:
+            errors.append(f"{path}: tokenizers: name at least one media tokenizer")
+        if recipe.tokenizers_from:
+            errors.append(f"{path}: tokenizers_from: only with a `data` list of shard sets")
+        errors += [f"{path}: lm.tasks: {task} needs a {m} tokenizer" for task, m in
+                   ((t, task_modality(t)) for t in recipe.lm.tasks) if m is not None and m not in recipe.tokenizers]
     try:
         model_spec = load_config(resolve_spec_path(recipe.model, path), ModelSpec)
     except ConfigError as err:
@@ -270,9 +289,19 @@ class RecipeRun:
         """modality -> trained tokenizer, in the recipe's order."""
         return {m: MediaTokenizer.from_pretrained(self.out / "tokenizers" / m) for m in self.loaded.modalities}
 
+    def tokenizers(self) -> PipelineTokenizers:
+        """The text BPE, media tokenizers and vocabulary the transformer is trained with."""
+        if self.loaded.from_shards:
+            return PipelineTokenizers.from_pretrained(self.recipe.tokenizers_from)
+        text = TextBPE.from_pretrained(self.out / "text_tokenizer")
+        media = {t.name: t for t in self.media_tokenizers().values()}
+        return PipelineTokenizers(text, media, self.vocabulary())
+
     # text BPE + vocabulary --------------------------------------------------------------------
     def stage_text_bpe(self) -> None:
         """One BPE over the captions of every modality's training items."""
+        if self.loaded.from_shards:
+            return
         folder = self.out / "text_tokenizer"
 
         def train():
@@ -292,6 +321,8 @@ class RecipeRun:
         return self.out / "shards" / modality / split
 
     def stage_shards(self) -> None:
+        if self.loaded.from_shards:
+            return
         folder = self.out / "shards"
         vocab = self.vocabulary()
 
@@ -303,31 +334,44 @@ class RecipeRun:
                     self.log(f"  shards/{modality}/{split}: {writer.write(FolderSource(data_dir, captions))}")
 
         data_keys = [self.data_key(m) for m in self.loaded.modalities]
-        run_stage(folder, config_hash(*data_keys, vocab.hash, self.recipe.shards), tokenize, self.log)
+        run_stage(folder, config_hash(*data_keys, vocab.hash, self.recipe.shards, SHARD_FORMAT), tokenize, self.log)
 
-    def token_items(self, split: str, vocab: Vocabulary, tokenizers: dict[str, MediaTokenizer]) -> dict[str, TokenItems]:
-        """modality -> the split's shard rows as tensors."""
-        return {m: TokenItems.from_dataset(load_shards(self.shard_dir(m, split), vocab), tokenizer, vocab)
-                for m, tokenizer in tokenizers.items()}
+    def mixture(self) -> list[ShardMix]:
+        """The shard sets the transformer trains on: the recipe's list, or this run's own shards
+        with `lm.tasks`' weights. Caption-only ``text`` documents come from every modality's
+        captions in proportion to its item count."""
+        if self.loaded.from_shards:
+            return list(self.recipe.data)
+        sizes = {m: read_manifest(self.shard_dir(m, "train"))["totals"]["items"] for m in self.loaded.modalities}
+        mixture = []
+        for task, weight in self.recipe.lm.tasks.items():
+            modality = task_modality(task)
+            for m in [modality] if modality else self.loaded.modalities:
+                share = 1 if modality else sizes[m] / sum(sizes.values())
+                mixture.append(ShardMix(str(self.shard_dir(m, "train")), weight * share, task,
+                                        str(self.shard_dir(m, "heldout"))))
+        return mixture
 
     # transformer ------------------------------------------------------------------------------
     def stage_lm(self) -> None:
         folder = self.out / "lm"
-        vocab = self.vocabulary()
+        tokenizers = self.tokenizers()
+        mixture = self.mixture()
 
         def train():
-            tokenizers = self.media_tokenizers()
             set_seed(self.recipe.seed)  # the initial weights depend on the recipe only, not on earlier stages
-            model = build_transformer(self.loaded.model_spec, vocab)
-            history = train_lm(model, vocab, self.token_items("train", vocab, tokenizers),
-                               self.token_items("heldout", vocab, tokenizers), self.recipe.lm, folder, self.recipe.seed)
+            model = build_transformer(self.loaded.model_spec, tokenizers.vocabulary)
+            history = train_lm(model, tokenizers.vocabulary, tokenizers.media, mixture, self.recipe.lm, folder,
+                               self.recipe.seed)
             (folder / "history.json").write_text(json.dumps(history, indent=2) + "\n")
-            pipeline = UniTokPipeline(model, TextBPE.from_pretrained(self.out / "text_tokenizer"),
-                                      {t.name: t for t in tokenizers.values()}, vocab, self.recipe.lm.media_order)
+            pipeline = UniTokPipeline(model, tokenizers.text, tokenizers.media, tokenizers.vocabulary,
+                                      self.recipe.lm.media_order)
             pipeline.save_pretrained(self.out / "model")
 
-        run_stage(folder, config_hash(stage_key(self.out / "shards"), self.loaded.model_spec, self.recipe.lm,
-                                      self.recipe.seed), train, self.log)
+        data_key = [read_manifest(m.shards)["shards"] for m in mixture] if self.loaded.from_shards \
+            else stage_key(self.out / "shards")
+        run_stage(folder, config_hash(data_key, mixture, self.loaded.model_spec, self.recipe.lm, self.recipe.seed,
+                                      tokenizers.vocabulary.hash), train, self.log)
 
     # evaluation -------------------------------------------------------------------------------
     def stage_eval(self) -> None:

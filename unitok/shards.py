@@ -41,6 +41,7 @@ from .sources import Source, SourceItem
 from .text_bpe import TextBPE
 from .vocabulary import Vocabulary
 
+FORMAT = 2  # of the rows and manifest; a shard set of another format is refused (re-tokenize it)
 MANIFEST_NAME = "manifest.json"
 ERRORS_NAME = "errors.jsonl"
 RECORDS_DIR = "records"
@@ -197,7 +198,7 @@ class ShardWriter:
         tokenizers = {"text": self.text_bpe.content_hash()}
         if self.tokenizer is not None:
             tokenizers[self.tokenizer.name] = self.tokenizer.content_hash()
-        return {"vocabulary_hash": self.vocab.hash, "tokenizers": tokenizers,
+        return {"format": FORMAT, "vocabulary_hash": self.vocab.hash, "tokenizers": tokenizers,
                 "settings": vars(self.settings) | {"media": self.tokenizer.name if self.tokenizer else "",
                                                    "task": self.task},
                 "source": source.describe()}
@@ -321,6 +322,9 @@ def read_manifest(shard_dir: str | Path) -> dict:
     if not path.is_file():
         raise ShardError(f"{shard_dir}: no {MANIFEST_NAME}; not a unitok shard set (run `unitok tokenize`)")
     manifest = json.loads(path.read_text())
+    if manifest.get("format") != FORMAT:
+        raise ShardError(f"{shard_dir}: shards of format {manifest.get('format', 1)}, this unitok reads format "
+                         f"{FORMAT}; tokenize the source again")
     if not manifest.get("complete"):
         raise ShardError(f"{shard_dir}: tokenization did not finish; re-run the same `unitok tokenize` command")
     return manifest

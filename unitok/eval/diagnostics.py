@@ -28,16 +28,17 @@ from ..model import StreamModel
 from ..pipeline import UniTokPipeline
 from ..sampling import SamplerConfig, sample_media
 from ..streams import task_document
-from ..training.lm import TokenItems, heldout_loss
+from ..training.data import media_states
+from ..training.lm import heldout_loss
 
 
 def media_ids_of(shards, pipe: UniTokPipeline, items: list[Item]) -> torch.Tensor:
     """(n, blocks, N) local ids of `items` from a shard set (keyed by image file)."""
     tokenizer = pipe.tokenizer_for("image")
     row_of = {key: row for row, key in enumerate(shards["key"])}
-    media = TokenItems.from_dataset(shards, tokenizer, pipe.vocabulary).media_ids
-    rows = [row_of[image_file(item)] for item in items]
-    return pipe.vocabulary.to_local(tokenizer.name, media[rows])
+    rows = shards.select([row_of[image_file(item)] for item in items])
+    media = torch.tensor(rows["media_ids"], dtype=torch.long).reshape(len(rows), tokenizer.num_blocks, -1)
+    return pipe.vocabulary.to_local(tokenizer.name, media)
 
 
 def other_digit_caption(caption: str, digit: int) -> str:
@@ -119,14 +120,15 @@ def _digit_accuracy_continuing(pipe: UniTokPipeline, items: list[Item], first_bl
 def caption_ce_gain_from_media(pipe: UniTokPipeline, modality: str, shards, count: int) -> float:
     """Caption cross-entropy after the next item's span minus after the item's own, over `count`
     held-out shard rows (a `<modality>_to_text` diagnostic)."""
-    tokenizer, vocab = pipe.tokenizer_for(modality), pipe.vocabulary
-    items = TokenItems.from_dataset(shards.select(range(min(count, len(shards)))), tokenizer, vocab)
+    vocab = pipe.vocabulary
+    rows = shards.select(range(min(count, len(shards)))).to_list()
+    media = media_states(rows, vocab, pipe.media_tokenizers)
     task = f"{modality}_to_text"
 
     def caption_ce(media_of: list[int]) -> float:
-        docs = [task_document(vocab, pipe.media_order, task, text, items.media_name, items.media_ids[m],
-                              items.media_states[m]) for text, m in zip(items.text_ids, media_of)]
+        docs = [task_document(vocab, pipe.media_order, task, row["text_ids"], row["media"], *media[m])
+                for row, m in zip(rows, media_of)]
         return heldout_loss(StreamModel(pipe.transformer), vocab, {task: docs}, pipe.device)["loss"]
 
-    own = list(range(len(items)))
+    own = list(range(len(rows)))
     return caption_ce(own[1:] + own[:1]) - caption_ce(own)

@@ -133,7 +133,9 @@ def _tokenizer_metrics(run: "RecipeRun", modality: str) -> dict:
 
 def _lm_metrics(run: "RecipeRun") -> dict:
     history = json.loads((run.out / "lm" / "history.json").read_text())
-    best = next(e for e in history["evals"] if e["step"] == history["best_step"])
+    best = next((e for e in history["evals"] if e["step"] == history["best_step"]), None)
+    if best is None:  # a mixture without held-out shard sets
+        return {"heldout_loss": None, "steps_trained": history["step"]}
     return {"heldout_loss": best["loss"], "heldout_ce_per_block": best["ce_per_block"],
             "heldout_loss_per_task": best["loss_per_task"], "best_step": best["step"], "steps_trained": history["step"]}
 

@@ -1,42 +1,46 @@
-"""Train the transformer on mixed streams with accelerate.
+"""Train the transformer on a mixture of shard sets with accelerate.
 
 AdamW, warmup + cosine, gradient clipping and accumulation, bf16 where the hardware has it.
-Checkpoints (``accelerator.save_state``: safetensors weights + optimizer/scheduler/RNG state)
-every N steps; a re-run resumes from the newest one at the exact data position. Held-out loss
-every `eval_every` steps picks the best weights (early stopping keeps baselines honest).
-Runs unchanged under ``accelerate launch`` (DDP, FSDP): the loader is sharded by accelerate.
+Checkpoints (``accelerator.save_state``: safetensors weights + optimizer/scheduler/RNG state,
+plus every rank's data position) every N steps; a re-run resumes from the newest one at the
+exact data position. Held-out loss every `eval_every` steps picks the best weights (early
+stopping keeps baselines honest). Runs unchanged under ``accelerate launch`` (DDP, FSDP): each
+rank streams its own disjoint rows (see `training.data`).
 """
 
 from __future__ import annotations
 
 import json
 import os
-import random
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator, Literal, Sequence
+from typing import Literal, Sequence
 
 import torch
 import torch.nn.functional as F
 from accelerate import Accelerator
-from accelerate.utils import DataLoaderConfiguration, set_seed
+from accelerate.utils import set_seed
 from safetensors.torch import load_file
-from torch.utils.data import DataLoader, Sampler
 from transformers import LlamaForCausalLM
 from tqdm.auto import tqdm
 
+from ..media_tokenizer import MediaTokenizer
 from ..model import StreamModel, batch_logits, stream_loss
-from ..streams import IGNORE, Batch, Stream, collate, pack, task_document, task_modality
+from ..streams import IGNORE, Stream, collate, task_modality
 from ..vocabulary import Vocabulary
 from .common import mixed_precision, warmup_cosine
+from .data import DocumentRecipe, MixtureBatches, ShardMix, heldout_documents, resolve_mixture
 
 PROGRESS_NAME = "progress.json"
+DATA_POSITION = "data-rank-{rank}.json"  # rows each stream of the mixture consumed, per rank
 
 
 @dataclass(frozen=True)
 class LMTraining:
-    tasks: dict[str, float] = field(default_factory=lambda: {"text_to_image": 1.0})  # task -> mixture weight
+    # task -> mixture weight over the recipe's own shard sets; a recipe whose `data` is a list of
+    # shard sets gives each set's task and weight there instead
+    tasks: dict[str, float] = field(default_factory=lambda: {"text_to_image": 1.0})
     media_order: Literal["timestep", "raster"] = "timestep"
     steps: int = 2000
     batch_size: int = 16  # documents per process per micro-step
@@ -59,6 +63,7 @@ class LMTraining:
     eval_items: int = 256
     early_stopping_patience: int | None = None  # evals without improvement before stopping
     mixed_precision: str = "auto"
+    shuffle_buffer: int = 10_000  # rows per streamed shard set in the shuffle buffer
 
     def __post_init__(self):
         if not self.tasks or any(w < 0 for w in self.tasks.values()) or sum(self.tasks.values()) <= 0:
@@ -71,138 +76,8 @@ class LMTraining:
             task_modality(task)  # raises on an unknown task name
         if any(w < 0 for w in self.loss_weights.values()):
             raise ValueError("loss_weights must be non-negative")
-
-    def modalities(self) -> set[str]:
-        """The media modalities the tasks with a positive weight need items of."""
-        return {task_modality(t) for t, w in self.tasks.items() if w > 0} - {None}
-
-
-@dataclass
-class TokenItems:
-    """Shard rows held as tensors: one caption and one media span per item, with its running states."""
-
-    text_ids: list[list[int]]
-    media_ids: torch.Tensor  # (M, num_blocks, N) global ids
-    media_states: torch.Tensor  # (M, num_blocks, N, C) the tokenizer's running states of those codes
-    media_name: str
-
-    @classmethod
-    def from_dataset(cls, dataset, tokenizer, vocab: Vocabulary) -> "TokenItems":
-        """Rows of one shard set, made by `tokenizer` (a `MediaTokenizer`) in `vocab`."""
-        names = set(dataset.unique("media"))
-        if len(names) != 1:
-            raise ValueError(f"expected one media range per shard set, found {sorted(names)}")
-        name = names.pop()
-        media = torch.tensor(dataset["media_ids"], dtype=torch.long)
-        media = media.reshape(len(media), tokenizer.num_blocks, -1)
-        with torch.no_grad():
-            states = tokenizer.quantizer.running_states(vocab.to_local(name, media).to(tokenizer.device)).cpu()
-        return cls(list(dataset["text_ids"]), media, states, name)
-
-    def __len__(self) -> int:
-        return len(self.text_ids)
-
-
-class MixtureSampler(Sampler[int]):
-    """Indices into pools laid end to end. An epoch has as many draws as there are items; each
-    draw picks a pool by its weight, then that pool's next item in a seeded shuffle (cycled).
-    Seeded by seed + epoch, so a resumed run draws what an uninterrupted one would; with a single
-    pool an epoch is exactly the seeded permutation of a seedable `RandomSampler`."""
-
-    def __init__(self, pool_sizes: Sequence[int], pool_weights: Sequence[float], seed: int):
-        self.sizes, self.weights, self.seed, self.epoch = list(pool_sizes), list(pool_weights), seed, 0
-        self.offsets = [sum(self.sizes[:p]) for p in range(len(self.sizes))]
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
-
-    def __len__(self) -> int:
-        return sum(self.sizes)
-
-    def __iter__(self) -> Iterator[int]:
-        generator = torch.Generator().manual_seed(self.seed + self.epoch)
-        if len(self.sizes) == 1:
-            yield from torch.randperm(self.sizes[0], generator=generator).tolist()
-            return
-        pools = torch.multinomial(torch.tensor(self.weights, dtype=torch.float64), len(self), replacement=True,
-                                  generator=generator).tolist()
-        orders = [torch.randperm(size, generator=generator).tolist() for size in self.sizes]
-        drawn = [0] * len(self.sizes)
-        for p in pools:
-            yield self.offsets[p] + orders[p][drawn[p] % self.sizes[p]]
-            drawn[p] += 1
-
-
-class DocumentMaker:
-    """Indices into the pools (one `TokenItems` per modality, laid end to end) -> documents.
-
-    Each pool serves the tasks of its modality; caption-only ``text`` documents come from every
-    pool in proportion to its size. A pool is drawn with the summed weight of what it serves and
-    the task by its weight within the pool, so task shares follow `cfg.tasks`. Caption dropout
-    and task draws are seeded by the step, so a resumed run builds exactly the same batches.
-    """
-
-    def __init__(self, pools: dict[str, TokenItems], vocab: Vocabulary, cfg: LMTraining, seed: int):
-        missing = cfg.modalities() - set(pools)
-        if missing:
-            raise ValueError(f"tasks {sorted(cfg.tasks)} need {sorted(missing)} items, which the shards do not hold")
-        self.pools, self.vocab, self.cfg, self.seed = pools, vocab, cfg, seed
-        self.modalities = list(pools)
-        total = sum(len(items) for items in pools.values())
-        self.pool_tasks = {m: {t: w * (len(pools[m]) / total if task_modality(t) is None else 1)
-                               for t, w in cfg.tasks.items() if task_modality(t) in (m, None)}
-                           for m in self.modalities}
-
-    def sampler(self) -> MixtureSampler:
-        return MixtureSampler([len(self.pools[m]) for m in self.modalities],
-                              [sum(self.pool_tasks[m].values()) for m in self.modalities], self.seed)
-
-    def locate(self, index: int) -> tuple[str, int]:
-        """A sampler index -> (modality, index in that pool)."""
-        for modality in self.modalities:
-            if index < len(self.pools[modality]):
-                return modality, index
-            index -= len(self.pools[modality])
-        raise IndexError(f"index beyond the {sum(map(len, self.pools.values()))} items of the pools")
-
-    def document(self, task: str, modality: str, i: int, rng: random.Random | None) -> Stream:
-        items = self.pools[modality]
-        drop = rng is not None and rng.random() < self.cfg.caption_dropout
-        doc = task_document(self.vocab, self.cfg.media_order, task, items.text_ids[i], items.media_name,
-                            items.media_ids[i], items.media_states[i], drop_text=drop)
-        return self._trained_part(doc, task, items, rng)
-
-    def _trained_part(self, doc: Stream, task: str, items: TokenItems, rng: random.Random | None) -> Stream:
-        """A text-to-media document ends ``k_1 k_0 <eo?> <eos>``: k_0 has no target and nothing
-        attends to it, and <eo?>'s only target is the certain <eos>. Stopping after k_1 (whose
-        targets, the k_0 codes, stay) spends 1/(T+1) fewer media tokens for the same loss.
-        A share `first_step_fraction` of training documents stops after k_T instead."""
-        num_blocks, n = items.media_ids.shape[1:]
-        if not task.startswith("text_to_") or self.cfg.media_order != "timestep" or num_blocks < 2:
-            return doc
-        fraction = self.cfg.first_step_fraction
-        first_step_only = rng is not None and fraction > 0 and rng.random() < fraction
-        dropped_blocks = num_blocks - 1 if first_step_only else 1
-        return doc.head(len(doc) - dropped_blocks * n - 2)
-
-    def batch(self, indices: Sequence[int], step: int, micro: int, rank: int) -> Batch:
-        rng = random.Random(hash((self.seed, step, micro, rank)))
-        docs = []
-        for index in indices:
-            modality, i = self.locate(index)
-            tasks = self.pool_tasks[modality]
-            docs.append(self.document(rng.choices(list(tasks), list(tasks.values()))[0], modality, i, rng))
-        return collate(pack(docs, max(len(d) for d in docs)), pad_id=self.vocab.special_id("<pad>"))
-
-    def heldout_documents(self, count: int) -> dict[str, list[Stream]]:
-        """Whole documents for every task with a positive weight, `count` in all, split evenly."""
-        tasks = [t for t, w in self.cfg.tasks.items() if w > 0]
-        per_task = max(1, count // len(tasks))
-        docs = {}
-        for task in tasks:
-            modality = task_modality(task) or self.modalities[0]
-            docs[task] = [self.document(task, modality, i, None) for i in range(min(per_task, len(self.pools[modality])))]
-        return docs
+        if self.shuffle_buffer < 1:
+            raise ValueError("shuffle_buffer must be >= 1")
 
 
 def loss_weight_table(vocab: Vocabulary, weights: dict[str, float], size: int) -> torch.Tensor | None:
@@ -219,54 +94,56 @@ def loss_weight_table(vocab: Vocabulary, weights: dict[str, float], size: int) -
     return table
 
 
-def train_lm(transformer: LlamaForCausalLM, vocab: Vocabulary, train: dict[str, TokenItems],
-             heldout: dict[str, TokenItems], cfg: LMTraining, output_dir: str | Path, seed: int = 0,
-             stop_after_step: int | None = None) -> dict:
-    """Train `transformer` in place on items by modality; checkpoints under `output_dir/checkpoints`,
-    best weights loaded at the end.
-
-    `stop_after_step` ends the run early, as an interruption would, right after the checkpoint of
-    that step (run training in time slices; a later call resumes). Returns the history: held-out
-    losses per eval and the step whose weights were kept.
+def train_lm(transformer: LlamaForCausalLM, vocab: Vocabulary, tokenizers: dict[str, MediaTokenizer],
+             mixture: Sequence[ShardMix], cfg: LMTraining, output_dir: str | Path, seed: int = 0) -> dict:
+    """Train `transformer` in place on a mixture of shard sets; checkpoints under
+    `output_dir/checkpoints`, best weights loaded at the end. `tokenizers` (range name -> media
+    tokenizer) give the running states of the streamed media codes. Every rank logs each step's
+    loss and items to ``log/rank-<i>.jsonl``. Returns the history: held-out losses per eval and
+    the step whose weights were kept.
     """
     output_dir = Path(output_dir)
     set_seed(seed)
-    accelerator = Accelerator(
-        mixed_precision=mixed_precision(cfg.mixed_precision),
-        gradient_accumulation_steps=cfg.grad_accum,
-        dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True),
-    )
+    accelerator = Accelerator(mixed_precision=mixed_precision(cfg.mixed_precision),
+                              gradient_accumulation_steps=cfg.grad_accum)
     model = StreamModel(transformer)
     optimizer = torch.optim.AdamW(_param_groups(model, cfg.weight_decay), lr=cfg.learning_rate, betas=(0.9, 0.95))
     scheduler = warmup_cosine(optimizer, cfg.warmup_steps, cfg.steps)
-    maker = DocumentMaker(train, vocab, cfg, seed)
-    loader = DataLoader(range(sum(map(len, train.values()))), batch_size=cfg.batch_size, sampler=maker.sampler(),
-                        drop_last=True, collate_fn=list)
-    model, optimizer, loader, scheduler = accelerator.prepare(model, optimizer, loader, scheduler)
+    model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
+    for tokenizer in tokenizers.values():
+        tokenizer.to(accelerator.device)
+    entries = resolve_mixture(mixture, vocab, tokenizers)
+    documents = DocumentRecipe(vocab, cfg.media_order, cfg.caption_dropout, cfg.first_step_fraction)
+    data = MixtureBatches(entries, vocab, tokenizers, documents, cfg.batch_size, seed, cfg.shuffle_buffer,
+                          accelerator.process_index, accelerator.num_processes)
     weights = loss_weight_table(vocab, cfg.loss_weights, transformer.config.vocab_size)
     checkpoints = output_dir / "checkpoints"
-    state = _resume(accelerator, checkpoints)
-    eval_docs = DocumentMaker(heldout, vocab, cfg, seed).heldout_documents(cfg.eval_items)
+    state = _resume(accelerator, checkpoints, data)
+    eval_docs = heldout_documents(entries, vocab, tokenizers, documents, cfg.eval_items)
+    log = StepLog(output_dir / "log" / f"rank-{accelerator.process_index}.jsonl", state["step"])
 
     step = state["step"]
-    batches = _batches_from(loader, accelerator, start_micro_step=step * cfg.grad_accum)
     progress = tqdm(range(step, cfg.steps), desc="lm", initial=step, total=cfg.steps,
                     disable=not accelerator.is_local_main_process)
     model.train()
     for step in progress:
+        documents = []
         for micro in range(cfg.grad_accum):
-            batch = maker.batch(next(batches), step, micro, accelerator.process_index).to(accelerator.device)
+            batch, drawn = data.batch(step, micro)
+            documents += drawn
             with accelerator.accumulate(model):
-                loss = stream_loss(model, batch, None if weights is None else weights.to(accelerator.device))
+                loss = stream_loss(model, batch.to(accelerator.device),
+                                   None if weights is None else weights.to(accelerator.device))
                 accelerator.backward(loss)
                 if accelerator.sync_gradients:
                     accelerator.clip_grad_norm_(model.parameters(), cfg.grad_clip)
                 optimizer.step()
                 scheduler.step()
                 optimizer.zero_grad(set_to_none=True)
+        log.write(step + 1, loss.item(), documents)
         progress.set_postfix(loss=f"{loss.item():.3f}", lr=f"{scheduler.get_last_lr()[0]:.1e}")
         done = step + 1
-        if done % cfg.eval_every == 0 or done == cfg.steps:
+        if eval_docs and (done % cfg.eval_every == 0 or done == cfg.steps):
             state["evals"].append({"step": done, **heldout_loss(model, vocab, eval_docs, accelerator.device)})
             model.train()
             if _improved(state):
@@ -275,15 +152,36 @@ def train_lm(transformer: LlamaForCausalLM, vocab: Vocabulary, train: dict[str, 
                     accelerator.unwrap_model(model).transformer.save_pretrained(output_dir / "best")
             if _patience_exhausted(state, cfg.early_stopping_patience):
                 state["stopped_early_at"] = done
-        if done % cfg.checkpoint_every == 0 or done in (cfg.steps, stop_after_step) or "stopped_early_at" in state:
+        if done % cfg.checkpoint_every == 0 or done == cfg.steps or "stopped_early_at" in state:
             state["step"] = done
-            _checkpoint(accelerator, checkpoints, state)
-        if "stopped_early_at" in state or done == stop_after_step:
+            _checkpoint(accelerator, checkpoints, state, data)
+        if "stopped_early_at" in state:
             break
     accelerator.wait_for_everyone()
     progress.close()
+    log.close()
     _load_best(transformer, output_dir / "best")
     return state
+
+
+class StepLog:
+    """One JSON line per optimizer step: its loss, the items (``key#draw``) it trained on and their tasks.
+    Opening it at a resumed step drops the lines of steps after that checkpoint, which are re-done."""
+
+    def __init__(self, path: Path, resumed_step: int):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        kept = [line for line in path.read_text().splitlines() if json.loads(line)["step"] <= resumed_step] \
+            if path.is_file() else []
+        path.write_text("".join(line + "\n" for line in kept))
+        self.file = path.open("a")
+
+    def write(self, step: int, loss: float, documents: list[tuple[str, str]]) -> None:
+        tasks, items = zip(*documents)
+        self.file.write(json.dumps({"step": step, "loss": loss, "items": items, "tasks": tasks}) + "\n")
+        self.file.flush()
+
+    def close(self) -> None:
+        self.file.close()
 
 
 def _param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
@@ -291,16 +189,6 @@ def _param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
     decay = [p for p in model.parameters() if p.requires_grad and p.dim() >= 2]
     no_decay = [p for p in model.parameters() if p.requires_grad and p.dim() < 2]
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-
-
-def _batches_from(loader, accelerator: Accelerator, start_micro_step: int):
-    """Index batches forever from micro-step `start_micro_step` on, one seeded shuffle per epoch."""
-    per_epoch = len(loader)
-    epoch, skip = divmod(start_micro_step, per_epoch)
-    while True:
-        loader.set_epoch(epoch)
-        yield from (accelerator.skip_first_batches(loader, skip) if skip else loader)
-        epoch, skip = epoch + 1, 0
 
 
 @torch.no_grad()
@@ -346,12 +234,13 @@ def _patience_exhausted(state: dict, patience: int | None) -> bool:
     return len(losses) - 1 - best_index >= patience
 
 
-def _checkpoint(accelerator: Accelerator, root: Path, state: dict) -> None:
+def _checkpoint(accelerator: Accelerator, root: Path, state: dict, data: MixtureBatches) -> None:
     """Save to a temporary folder, rename it into place, then drop older checkpoints."""
     final = root / f"step-{state['step']:07d}"
     tmp = root / f".tmp-step-{state['step']:07d}"
     accelerator.save_state(str(tmp), safe_serialization=True)
-    accelerator.wait_for_everyone()  # every rank has written its RNG state into tmp before it is renamed
+    (tmp / DATA_POSITION.format(rank=accelerator.process_index)).write_text(json.dumps(data.state_dict()))
+    accelerator.wait_for_everyone()  # every rank has written its RNG state and data position into tmp
     if accelerator.is_main_process:
         (tmp / PROGRESS_NAME).write_text(json.dumps(state, indent=2))
         if final.exists():
@@ -363,12 +252,17 @@ def _checkpoint(accelerator: Accelerator, root: Path, state: dict) -> None:
     accelerator.wait_for_everyone()
 
 
-def _resume(accelerator: Accelerator, root: Path) -> dict:
+def _resume(accelerator: Accelerator, root: Path, data: MixtureBatches) -> dict:
     done = sorted(root.glob("step-*")) if root.is_dir() else []
     if not done:
         return {"step": 0, "evals": [], "best_step": None}
     latest = done[-1]
     accelerator.load_state(str(latest))
+    position = latest / DATA_POSITION.format(rank=accelerator.process_index)
+    if not position.is_file():
+        raise ValueError(f"{latest}: no data position for rank {accelerator.process_index}; "
+                         "resume with the number of processes that wrote it")
+    data.load_state_dict(json.loads(position.read_text()))
     state = json.loads((latest / PROGRESS_NAME).read_text())
     accelerator.print(f"resuming from {latest} (step {state['step']})")
     return state

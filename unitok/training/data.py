@@ -1,0 +1,203 @@
+"""Training data: a weighted mixture of shard sets, streamed, one document per drawn row.
+
+Each mixture entry is a shard set (`unitok tokenize --out`) with a task and a weight. Its rows
+stream through `datasets` (parquet, ``streaming=True``): `split_dataset_by_node` gives every
+rank disjoint rows, and a seeded shuffle buffer (reseeded per epoch) orders them. A batch draws
+each document's entry by weight with a generator seeded by (seed, step, micro-step, rank), then
+takes that entry's next row. The data position is how many rows each stream has consumed in its
+epoch: saved with every checkpoint, replayed on resume, so a resumed run sees exactly the rows
+an uninterrupted one would.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+from itertools import islice
+from pathlib import Path
+from typing import Iterator, Sequence
+
+import torch
+
+from ..media_tokenizer import MediaTokenizer
+from ..shards import ShardError, read_manifest, shard_files
+from ..streams import Batch, Stream, collate, pack, task_document, task_modality
+from ..vocabulary import Vocabulary
+
+COLUMNS = ["key", "draw", "text_ids", "media", "media_ids"]
+
+
+@dataclass(frozen=True)
+class ShardMix:
+    """One shard set in a training mixture (a recipe's ``data:`` list)."""
+
+    shards: str  # a shard set folder, written by `unitok tokenize`
+    weight: float = 1.0  # share of documents drawn from it (weights are normalised)
+    task: str | None = None  # text_to_<modality>, <modality>_to_text or text; default: the set's own
+    heldout: str | None = None  # a shard set of the same kind for held-out loss and early stopping
+
+    def __post_init__(self):
+        if self.weight < 0:
+            raise ValueError("weight must be non-negative")
+        if self.task is not None:
+            task_modality(self.task)  # raises on an unknown task name
+
+
+@dataclass(frozen=True)
+class MixtureEntry:
+    """A `ShardMix` checked against its manifest and the model's vocabulary."""
+
+    mix: ShardMix
+    task: str
+    media: str  # the vocabulary range of its media ("" for a text-only set)
+
+
+def resolve_mixture(mixture: Sequence[ShardMix], vocab: Vocabulary, tokenizers: dict[str, MediaTokenizer]
+                    ) -> list[MixtureEntry]:
+    """Check every entry: finished shard sets made with `vocab`, tasks that fit their media."""
+    if not mixture or sum(m.weight for m in mixture) <= 0:
+        raise ValueError("the training mixture needs at least one shard set with a positive weight")
+    entries = []
+    for mix in mixture:
+        for folder in filter(None, (mix.shards, mix.heldout)):
+            vocab.require_same(Vocabulary.load(folder), f"shard set {folder}")
+        manifest = read_manifest(mix.shards)
+        task, media = mix.task or manifest["settings"]["task"], manifest["settings"]["media"]
+        needed = task_modality(task)
+        if needed is not None and (media not in tokenizers or tokenizers[media].modality != needed):
+            raise ShardError(f"shard set {mix.shards} holds {media or 'text-only'} rows; task {task} needs {needed}")
+        entries.append(MixtureEntry(mix, task, media))
+    return entries
+
+
+class ShardStream:
+    """One shard set's rows on this rank, endlessly, epoch after epoch, in a seeded order."""
+
+    def __init__(self, folder: str | Path, seed: int, buffer: int, rank: int, world: int):
+        import datasets
+        from datasets.distributed import split_dataset_by_node
+
+        files = [str(f) for f in shard_files(folder)]
+        if not files:
+            raise ShardError(f"shard set {folder} has no rows")
+        dataset = datasets.load_dataset("parquet", data_files=files, split="train", streaming=True)
+        dataset = split_dataset_by_node(dataset.select_columns(COLUMNS), rank=rank, world_size=world)
+        self.dataset = dataset.shuffle(seed=seed, buffer_size=buffer)
+        self.folder, self.epoch, self.consumed = folder, 0, 0
+        self._rows: Iterator[dict] | None = None
+
+    def next(self) -> dict:
+        if self._rows is None:
+            self.dataset.set_epoch(self.epoch)
+            self._rows = islice(iter(self.dataset), self.consumed, None)  # replay up to the saved position
+        row = next(self._rows, None)
+        if row is None:
+            if self.consumed == 0:
+                raise ShardError(f"shard set {self.folder}: this rank received no rows (fewer rows than ranks)")
+            self.epoch, self.consumed, self._rows = self.epoch + 1, 0, None
+            return self.next()
+        self.consumed += 1
+        return row
+
+    def position(self) -> dict:
+        return {"epoch": self.epoch, "consumed": self.consumed}
+
+    def restore(self, position: dict) -> None:
+        self.epoch, self.consumed, self._rows = position["epoch"], position["consumed"], None
+
+
+def media_states(rows: Sequence[dict], vocab: Vocabulary, tokenizers: dict[str, MediaTokenizer]
+                 ) -> list[tuple[torch.Tensor, torch.Tensor] | None]:
+    """(global ids (num_blocks, N), running states (num_blocks, N, C)) of each row's media span,
+    None for a text-only row; the states come from the row's tokenizer, one call per range."""
+    out: list = [None] * len(rows)
+    for name in {row["media"] for row in rows} - {""}:
+        tokenizer = tokenizers[name]
+        indices = [i for i, row in enumerate(rows) if row["media"] == name]
+        ids = torch.tensor([rows[i]["media_ids"] for i in indices], dtype=torch.long)
+        ids = ids.reshape(len(indices), tokenizer.num_blocks, -1)
+        with torch.no_grad():
+            states = tokenizer.quantizer.running_states(vocab.to_local(name, ids).to(tokenizer.device)).cpu()
+        for i, blocks, state in zip(indices, ids, states):
+            out[i] = (blocks, state)
+    return out
+
+
+class DocumentRecipe:
+    """How a row becomes a training document: caption dropout, and where the document may stop."""
+
+    def __init__(self, vocab: Vocabulary, media_order: str, caption_dropout: float, first_step_fraction: float):
+        self.vocab, self.media_order = vocab, media_order
+        self.caption_dropout, self.first_step_fraction = caption_dropout, first_step_fraction
+
+    def document(self, task: str, text_ids: Sequence[int], media_name: str,
+                 media: tuple[torch.Tensor, torch.Tensor] | None, rng: random.Random | None) -> Stream:
+        """`rng` None: a whole held-out document (no dropout, no early stop)."""
+        drop = rng is not None and rng.random() < self.caption_dropout
+        blocks, states = media if media is not None else (None, None)
+        doc = task_document(self.vocab, self.media_order, task, text_ids, media_name or None, blocks, states,
+                            drop_text=drop)
+        return self._trained_part(doc, task, blocks, rng)
+
+    def _trained_part(self, doc: Stream, task: str, blocks: torch.Tensor | None, rng: random.Random | None) -> Stream:
+        """A text-to-media document ends ``k_1 k_0 <eo?> <eos>``: k_0 has no target and nothing
+        attends to it, and <eo?>'s only target is the certain <eos>. Stopping after k_1 (whose
+        targets, the k_0 codes, stay) spends 1/(T+1) fewer media tokens for the same loss.
+        A share `first_step_fraction` of training documents stops after k_T instead."""
+        if not task.startswith("text_to_") or self.media_order != "timestep" or blocks.shape[0] < 2:
+            return doc
+        num_blocks, n = blocks.shape
+        first_step_only = rng is not None and self.first_step_fraction > 0 and rng.random() < self.first_step_fraction
+        dropped_blocks = num_blocks - 1 if first_step_only else 1
+        return doc.head(len(doc) - dropped_blocks * n - 2)
+
+
+class MixtureBatches:
+    """Training batches for one rank: documents drawn from the mixture's entries by weight."""
+
+    def __init__(self, entries: Sequence[MixtureEntry], vocab: Vocabulary, tokenizers: dict[str, MediaTokenizer],
+                 documents: DocumentRecipe, batch_size: int, seed: int, buffer: int, rank: int = 0, world: int = 1):
+        self.entries, self.vocab, self.tokenizers, self.documents = list(entries), vocab, tokenizers, documents
+        self.batch_size, self.seed, self.rank = batch_size, seed, rank
+        self.weights = [e.mix.weight for e in self.entries]
+        self.streams = [ShardStream(e.mix.shards, seed + i, buffer, rank, world) for i, e in enumerate(self.entries)]
+
+    def batch(self, step: int, micro: int) -> tuple[Batch, list[tuple[str, str]]]:
+        """The documents of one micro-step, packed, and what each was: (task, ``key#draw``)."""
+        rng = random.Random(hash((self.seed, step, micro, self.rank)))
+        picks = rng.choices(range(len(self.entries)), self.weights, k=self.batch_size)
+        rows = [self.streams[p].next() for p in picks]
+        docs = [self.documents.document(self.entries[p].task, row["text_ids"], row["media"], media, rng)
+                for p, row, media in zip(picks, rows, media_states(rows, self.vocab, self.tokenizers))]
+        batch = collate(pack(docs, max(len(d) for d in docs)), pad_id=self.vocab.special_id("<pad>"))
+        return batch, [(self.entries[p].task, f"{row['key']}#{row['draw']}") for p, row in zip(picks, rows)]
+
+    def state_dict(self) -> list[dict]:
+        return [stream.position() for stream in self.streams]
+
+    def load_state_dict(self, positions: list[dict]) -> None:
+        if len(positions) != len(self.streams):
+            raise ValueError(f"the checkpoint has {len(positions)} data streams, this mixture {len(self.streams)}")
+        for stream, position in zip(self.streams, positions):
+            stream.restore(position)
+
+
+def heldout_documents(entries: Sequence[MixtureEntry], vocab: Vocabulary, tokenizers: dict[str, MediaTokenizer],
+                      documents: DocumentRecipe, count: int) -> dict[str, list[Stream]]:
+    """Whole documents for every task with held-out rows, `count` in all, split evenly by task."""
+    from ..shards import load_shards
+
+    tasks = {}
+    for entry in entries:
+        if entry.mix.heldout and entry.mix.weight > 0:
+            tasks.setdefault(entry.task, []).append(entry.mix.heldout)
+    per_task = max(1, count // max(len(tasks), 1))
+    docs = {}
+    for task, folders in tasks.items():
+        rows = []
+        for folder in folders:
+            dataset = load_shards(folder, vocab)
+            rows += dataset.select(range(min(per_task - len(rows), len(dataset)))).to_list()
+        docs[task] = [documents.document(task, row["text_ids"], row["media"], media, None)
+                      for row, media in zip(rows, media_states(rows, vocab, tokenizers))]
+    return docs
