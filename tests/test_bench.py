@@ -23,5 +23,6 @@ def test_bench_quick_writes_ratios(tmp_path):
     assert tokenize["items"] == 32 and tokenize["raw_decode_encode_items_per_s"] > 0
     assert tokenize["tokenize_vs_raw_ratio"] == pytest.approx(
         tokenize["tokenize_items_per_s"] / tokenize["raw_decode_encode_items_per_s"])
-    assert tokenize["workers_2_vs_1_speedup"] > 0
+    assert tokenize["workers_2_vs_1_speedup"] == pytest.approx(
+        tokenize["tokenize_2_workers_items_per_s"] / tokenize["tokenize_items_per_s"])
     assert result["machine"]["device"]

@@ -36,6 +36,14 @@ def copy_split(run, modality, split, folder, n):
     return [{"file": r["file"], "caption": r["caption"]} for r in rows]
 
 
+def caption_folder(run, modality, folder, n):
+    """A folder with the first `n` training items of a digits-world modality and its captions.jsonl."""
+    folder.mkdir()
+    rows = copy_split(run, modality, "train", folder, n)
+    (folder / "captions.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return rows
+
+
 def rows_by_item(out):
     """{(key, draw): (text_ids, media_ids)} of every shard in a set, and the row count."""
     table = pq.read_table(sorted(out.glob("shard-*.parquet"))).to_pylist()
@@ -102,9 +110,7 @@ def test_strict_exits_1_naming_the_first_bad_file(tiny_multimodal_run, bad_folde
 
 def test_killed_at_random_points_the_rerun_equals_an_uninterrupted_run(tiny_multimodal_run, tmp_path):
     folder = tmp_path / "images"
-    folder.mkdir()
-    rows = copy_split(tiny_multimodal_run, "image", "train", folder, 96)
-    (folder / "captions.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    caption_folder(tiny_multimodal_run, "image", folder, 96)
     model = tiny_multimodal_run / "model"
     args = ("--modality", "image", "--items-per-shard", 6, "--noise-draws", 2)
     assert main([str(a) for a in tokenize_command(model, folder, tmp_path / "whole", *args)[3:]]) == 0
@@ -127,9 +133,7 @@ def test_killed_at_random_points_the_rerun_equals_an_uninterrupted_run(tiny_mult
 
 def test_workers_and_accelerate_ranks_write_the_same_shards_as_one_process(tiny_multimodal_run, tmp_path):
     folder = tmp_path / "clips"
-    folder.mkdir()
-    rows = copy_split(tiny_multimodal_run, "video", "train", folder, 20)
-    (folder / "captions.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    caption_folder(tiny_multimodal_run, "video", folder, 20)
     model = tiny_multimodal_run / "model"
     args = ["--modality", "video", "--items-per-shard", "4"]
     assert main(tokenize_command(model, folder, tmp_path / "one", *args)[3:]) == 0
@@ -207,9 +211,7 @@ def test_inspect_summarises_and_verify_catches_a_changed_shard(tiny_run, tmp_pat
 
 def test_tokenize_refuses_a_changed_source_and_a_missing_manifest(tiny_run, tmp_path, capsys):
     folder = tmp_path / "imgs"
-    folder.mkdir()
-    rows = copy_split(tiny_run, "image", "heldout", folder, 4)
-    (folder / "captions.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    rows = caption_folder(tiny_run, "image", folder, 4)
     out = tmp_path / "s"
     assert main(["tokenize", "--tokenizer", str(tiny_run / "model"), "--input", str(folder), "--out", str(out)]) == 0
     (folder / "captions.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows[:3]))

@@ -187,13 +187,13 @@ def run_bench(quick: bool = False) -> dict:
     spec = ModelSpec.load(QUICKSTART_MODEL)
     if quick:  # smoke test sizes
         spec = ModelSpec(hidden_size=32, num_layers=1, num_heads=2, intermediate_size=64)
+        tokenize = bench_tokenize(items=32, items_per_shard=8, batch=8)  # first: its workers fork, before CUDA starts
         rows = bench_sampling(spec, positions=(8, 16), batches=(1, 2), steps=3, repeats=1)
         training = bench_training(spec, positions=8, steps=3, batch=2, repeats=1)
-        tokenize = bench_tokenize(items=32, items_per_shard=8, batch=8)
     else:
+        tokenize = bench_tokenize()
         rows = bench_sampling(spec)
         training = bench_training(spec)
-        tokenize = bench_tokenize()
 
     def speedup(n, batch):
         return next(r["speedup"] for r in rows if r["positions"] == n and r["batch"] == batch and not r["guidance"])

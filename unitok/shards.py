@@ -345,7 +345,6 @@ def load_shards(shard_dir: str | Path, vocab: Vocabulary, streaming: bool = Fals
     return datasets.load_dataset("parquet", data_files=files, split="train", streaming=streaming)
 
 
-
 # --- inspect and verify ----------------------------------------------------------------------------
 
 def _token_lengths(table: pa.Table) -> list[int]:

@@ -20,7 +20,7 @@ from typing import Iterator, Sequence
 import torch
 
 from ..media_tokenizer import MediaTokenizer
-from ..shards import ShardError, read_manifest, shard_files
+from ..shards import ShardError, load_shards, read_manifest, shard_files
 from ..streams import Batch, Stream, collate, pack, task_document, task_modality
 from ..vocabulary import Vocabulary
 
@@ -73,15 +73,13 @@ def resolve_mixture(mixture: Sequence[ShardMix], vocab: Vocabulary, tokenizers: 
 class ShardStream:
     """One shard set's rows on this rank, endlessly, epoch after epoch, in a seeded order."""
 
-    def __init__(self, folder: str | Path, seed: int, buffer: int, rank: int, world: int):
-        import datasets
+    def __init__(self, folder: str | Path, vocab: Vocabulary, seed: int, buffer: int, rank: int, world: int):
         from datasets.distributed import split_dataset_by_node
 
-        files = [str(f) for f in shard_files(folder)]
-        if not files:
+        if not shard_files(folder):
             raise ShardError(f"shard set {folder} has no rows")
-        dataset = datasets.load_dataset("parquet", data_files=files, split="train", streaming=True)
-        dataset = split_dataset_by_node(dataset.select_columns(COLUMNS), rank=rank, world_size=world)
+        dataset = load_shards(folder, vocab, streaming=True).select_columns(COLUMNS)
+        dataset = split_dataset_by_node(dataset, rank=rank, world_size=world)
         self.dataset = dataset.shuffle(seed=seed, buffer_size=buffer)
         self.folder, self.epoch, self.consumed = folder, 0, 0
         self._rows: Iterator[dict] | None = None
@@ -160,7 +158,8 @@ class MixtureBatches:
         self.entries, self.vocab, self.tokenizers, self.documents = list(entries), vocab, tokenizers, documents
         self.batch_size, self.seed, self.rank = batch_size, seed, rank
         self.weights = [e.mix.weight for e in self.entries]
-        self.streams = [ShardStream(e.mix.shards, seed + i, buffer, rank, world) for i, e in enumerate(self.entries)]
+        self.streams = [ShardStream(e.mix.shards, vocab, seed + i, buffer, rank, world)
+                        for i, e in enumerate(self.entries)]
 
     def batch(self, step: int, micro: int) -> tuple[Batch, list[tuple[str, str]]]:
         """The documents of one micro-step, packed, and what each was: (task, ``key#draw``)."""
@@ -185,8 +184,6 @@ class MixtureBatches:
 def heldout_documents(entries: Sequence[MixtureEntry], vocab: Vocabulary, tokenizers: dict[str, MediaTokenizer],
                       documents: DocumentRecipe, count: int) -> dict[str, list[Stream]]:
     """Whole documents for every task with held-out rows, `count` in all, split evenly by task."""
-    from ..shards import load_shards
-
     tasks = {}
     for entry in entries:
         if entry.mix.heldout and entry.mix.weight > 0:

@@ -166,12 +166,13 @@ def train_lm(transformer: LlamaForCausalLM, vocab: Vocabulary, tokenizers: dict[
 
 class StepLog:
     """One JSON line per optimizer step: its loss, the items (``key#draw``) it trained on and their tasks.
-    Opening it at a resumed step drops the lines of steps after that checkpoint, which are re-done."""
+    Opening it at a resumed step drops the lines of steps after that checkpoint, which are re-done,
+    and a line a kill cut short."""
 
     def __init__(self, path: Path, resumed_step: int):
         path.parent.mkdir(parents=True, exist_ok=True)
-        kept = [line for line in path.read_text().splitlines() if json.loads(line)["step"] <= resumed_step] \
-            if path.is_file() else []
+        lines = path.read_text().splitlines() if path.is_file() else []
+        kept = [line for line in lines if line.endswith("}") and json.loads(line)["step"] <= resumed_step]
         path.write_text("".join(line + "\n" for line in kept))
         self.file = path.open("a")
 
