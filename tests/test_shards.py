@@ -1,5 +1,6 @@
 """Token shards at scale: bad inputs of every modality, kills at random points, workers, ranks,
-sources (sidecar captions, datasets path columns, text corpora), inspect and verify."""
+sources (sidecar captions, datasets path and bytes columns, text corpora), inspect and verify,
+refusals of changed sources and settings."""
 
 import json
 import os
@@ -69,13 +70,15 @@ def bad_folders(tiny_multimodal_run, tmp_path_factory):
     (audio_dir / "notes.wav").write_text("these are notes, not audio")
     (audio_dir / "silence.flac").write_bytes(b"")
     (video_dir / "cut.mp4").write_bytes((video_dir / video_rows[0]["file"]).read_bytes()[:300])
+    (image_dir / "number.png").write_bytes(good_png)
     bad = {"image": {"truncated.png": "not a readable image", "empty.png": "not a readable image",
-                     "tiny.png": "smaller than"},
+                     "tiny.png": "smaller than", "number.png": "caption is not text (a int)"},
            "audio": {"notes.wav": "not readable audio", "silence.flac": "not readable audio"},
            "video": {"cut.mp4": "not readable video", video_rows[1]["file"]: "missing caption"}}
     video_rows[1]["caption"] = ""
     for modality, (folder, rows) in folders.items():
-        lines = rows[:3] + [{"file": f, "caption": "a bad one"} for f in bad[modality] if f != video_rows[1]["file"]] + rows[3:]
+        lines = rows[:3] + [{"file": f, "caption": 7 if f == "number.png" else "a bad one"}
+                            for f in bad[modality] if f != video_rows[1]["file"]] + rows[3:]
         (folder / "captions.jsonl").write_text("".join(json.dumps(line) + "\n" for line in lines))
     return {m: (folder, rows, bad[m]) for m, (folder, rows) in folders.items()}
 
@@ -90,7 +93,8 @@ def test_bad_inputs_of_every_modality_are_reported_and_every_good_item_lands(tin
                                                  "--items-per-shard", 5), capture_output=True, text=True)
         assert result.returncode == 0, result.stderr
         good = {r["file"] for r in rows if r["caption"]}
-        assert f"wrote {len(good)} items" in result.stdout and f"skipped {len(bad)} bad inputs" in result.stdout
+        assert f"wrote {len(good)} rows ({len(good)} items" in result.stdout
+        assert f"skipped {len(bad)} bad inputs" in result.stdout
         items, count = rows_by_item(out)
         assert {key for key, _ in items} == good and count == len(good)
         errors = {e["key"]: e["reason"] for e in map(json.loads, (out / "errors.jsonl").read_text().splitlines())}
@@ -99,13 +103,21 @@ def test_bad_inputs_of_every_modality_are_reported_and_every_good_item_lands(tin
         assert verify_shards(out) == []
 
 
-def test_strict_exits_1_naming_the_first_bad_file(tiny_multimodal_run, bad_folders, tmp_path):
+def test_strict_exits_1_naming_the_first_bad_file_also_one_an_earlier_run_recorded(tiny_multimodal_run, bad_folders,
+                                                                                     tmp_path, capsys):
     folder, _, _ = bad_folders["image"]
-    result = subprocess.run(tokenize_command(tiny_multimodal_run / "model", folder, tmp_path / "s", "--modality",
-                                             "image", "--strict"), capture_output=True, text=True)
+    model = tiny_multimodal_run / "model"
+    result = subprocess.run(tokenize_command(model, folder, tmp_path / "s", "--modality", "image", "--strict"),
+                            capture_output=True, text=True)
     assert result.returncode == 1
     errors = [line for line in result.stderr.splitlines() if line.startswith("unitok: error:")]
     assert errors == ["unitok: error: truncated.png: not a readable image (image file is truncated)"]
+    lenient = [str(a) for a in tokenize_command(model, folder, tmp_path / "l", "--modality", "image")[3:]]
+    assert main(lenient) == 0 and main(lenient) == 0  # a re-run over a finished set skips it
+    capsys.readouterr()
+    assert main(lenient + ["--strict"]) == 1
+    assert "truncated.png: not a readable image (image file is truncated) (recorded by an earlier run)" in \
+        capsys.readouterr().err
 
 
 def test_killed_at_random_points_the_rerun_equals_an_uninterrupted_run(tiny_multimodal_run, tmp_path):
@@ -129,6 +141,8 @@ def test_killed_at_random_points_the_rerun_equals_an_uninterrupted_run(tiny_mult
     assert finish.returncode == 0, finish.stderr
     assert rows_by_item(out) == rows_by_item(tmp_path / "whole")
     assert len(list(out.glob("*.tmp"))) == 0 and verify_shards(out) == []
+    totals = json.loads((out / "manifest.json").read_text())["totals"]
+    assert (totals["items"], totals["rows"]) == (96, 192)
 
 
 def test_workers_and_accelerate_ranks_write_the_same_shards_as_one_process(tiny_multimodal_run, tmp_path):
@@ -170,10 +184,10 @@ def test_sidecar_captions_dataset_path_columns_and_text_corpora(tiny_run, tmp_pa
 
     table = tmp_path / "table"
     table.mkdir()
-    (table / "items.csv").write_text("path,caption\n" + "".join(
-        f"{source / r['file']},{r['caption']}\n" for r in rows))
-    assert main(["tokenize", "--tokenizer", model, "--dataset", "csv", "--data-dir", str(table), "--media-column",
-                 "path", "--task", "image_to_text", "--out", str(tmp_path / "b")]) == 0
+    copy_split(tiny_run, "image", "heldout", table, 6)
+    (table / "items.csv").write_text("path,caption\n" + "".join(f"{r['file']},{r['caption']}\n" for r in rows))
+    assert main(["tokenize", "--tokenizer", model, "--dataset", "csv", "--data-dir", str(table), "--data-files",
+                 "items.csv", "--media-column", "path", "--task", "image_to_text", "--out", str(tmp_path / "b")]) == 0
     b = datasets.load_dataset("parquet", data_files=str(tmp_path / "b" / "shard-*.parquet"), split="train")
     assert b["caption"] == [r["caption"] for r in rows] and set(b["task"]) == {"image_to_text"}
 
@@ -183,6 +197,39 @@ def test_sidecar_captions_dataset_path_columns_and_text_corpora(tiny_run, tmp_pa
     c = datasets.load_dataset("parquet", data_files=str(tmp_path / "c" / "shard-*.parquet"), split="train")
     assert c["caption"] == ["a red 7 on the left", "the digit 3 in blue"]
     assert set(c["task"]) == {"text"} and c["media_ids"] == [[], []] and all(c["text_ids"])
+
+
+def test_undecodable_bytes_cells_of_a_dataset_are_reported_by_row(tiny_run, tmp_path):
+    import datasets
+
+    good = next((tiny_run / "data" / "image" / "heldout").glob("**/*.png")).read_bytes()
+    features = datasets.Features({"image": datasets.Image(), "caption": datasets.Value("string")})
+    cells = [{"bytes": good, "path": None}, {"bytes": good[:80], "path": None}, {"bytes": good, "path": None}]
+    (tmp_path / "data").mkdir()
+    datasets.Dataset.from_dict({"image": cells, "caption": ["a", "b", "c"]}, features=features).to_parquet(
+        tmp_path / "data" / "train.parquet")
+    for run in ("first", "second"):  # the same reasons every run: no object addresses in them
+        out = tmp_path / run
+        assert main(["tokenize", "--tokenizer", str(tiny_run / "model"), "--dataset", "parquet", "--data-dir",
+                     str(tmp_path / "data"), "--out", str(out)]) == 0
+        errors = [json.loads(line) for line in (out / "errors.jsonl").read_text().splitlines()]
+        assert errors == [{"key": "1", "reason": "not a readable image (image file is truncated)"}]
+        assert rows_by_item(out)[0].keys() == {("0", 0), ("2", 0)}
+
+
+def test_a_source_of_only_bad_items_finishes_with_no_rows_and_an_empty_source_is_refused(tiny_run, tmp_path, capsys):
+    corpus = tmp_path / "corpus.jsonl"
+    corpus.write_text('{"text": ""}\n{"text": 5}\n')
+    out = tmp_path / "bad"
+    assert main(["tokenize", "--tokenizer", str(tiny_run / "model"), "--input", str(corpus), "--out", str(out)]) == 0
+    assert "wrote 0 rows (0 items × 1 noise draws) in 0 shards" in capsys.readouterr().out
+    assert [json.loads(line)["reason"] for line in (out / "errors.jsonl").read_text().splitlines()] == [
+        "missing caption", "caption is not text (a int)"]
+    assert main(["shards", "verify", str(out)]) == 0
+    (tmp_path / "empty.txt").write_text("\n")
+    assert main(["tokenize", "--tokenizer", str(tiny_run / "model"), "--input", str(tmp_path / "empty.txt"),
+                 "--out", str(tmp_path / "e")]) == 1
+    assert capsys.readouterr().err.strip() == "unitok: error: the source has no items"
 
 
 def test_inspect_summarises_and_verify_catches_a_changed_shard(tiny_run, tmp_path, capsys):
@@ -209,13 +256,33 @@ def test_inspect_summarises_and_verify_catches_a_changed_shard(tiny_run, tmp_pat
     assert any("media_ids outside their vocabulary range" in p for p in verify_shards(out))
 
 
-def test_tokenize_refuses_a_changed_source_and_a_missing_manifest(tiny_run, tmp_path, capsys):
+def test_tokenize_refuses_changed_sources_and_settings_naming_what_changed_and_a_missing_manifest(tiny_run, tmp_path,
+                                                                                                  capsys):
     folder = tmp_path / "imgs"
     rows = caption_folder(tiny_run, "image", folder, 4)
     out = tmp_path / "s"
-    assert main(["tokenize", "--tokenizer", str(tiny_run / "model"), "--input", str(folder), "--out", str(out)]) == 0
-    (folder / "captions.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows[:3]))
-    assert main(["tokenize", "--tokenizer", str(tiny_run / "model"), "--input", str(folder), "--out", str(out)]) == 1
-    assert "holds shards made with other source" in capsys.readouterr().err
+    command = ["tokenize", "--tokenizer", str(tiny_run / "model"), "--input", str(folder), "--out", str(out)]
+
+    def write_captions(rows):
+        (folder / "captions.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+    def refused() -> str:
+        capsys.readouterr()
+        assert main(command) == 1
+        return capsys.readouterr().err
+
+    assert main(command) == 0
+    capsys.readouterr()
+    assert main(command + ["--seed", "1"]) == 1
+    assert "holds shards made with other settings (seed 0 → 1)" in capsys.readouterr().err
+    write_captions(rows[:3])
+    assert "made with other source (items 4 → 3, fingerprint" in refused()
+    write_captions([{**rows[0], "caption": "a different caption"}] + rows[1:])  # as many items, other content
+    assert "made with other source (fingerprint" in refused()
+    write_captions(rows)
+    assert main(command) == 0  # the source as it was: the finished set is kept
+    image = folder / rows[0]["file"]
+    image.write_bytes(image.read_bytes() + b"\0")  # a file rewritten in place
+    assert "made with other source (fingerprint" in refused()
     assert main(["shards", "inspect", str(tmp_path)]) == 1
     assert "not a unitok shard set" in capsys.readouterr().err

@@ -1,5 +1,6 @@
 """LM training on shard mixtures: a run killed after a checkpoint resumes with the same items and
-losses; two-process accelerate keeps replicas in sync and gives ranks disjoint rows; documents."""
+losses; two-process accelerate keeps replicas in sync and gives ranks disjoint rows; data positions
+are refused for another world size or other shard files; documents."""
 
 import json
 import os
@@ -15,9 +16,11 @@ import torch
 import yaml
 
 from unitok.config import ConfigError
+from unitok.pipeline import PipelineTokenizers
 from unitok.recipe import RecipeRun, load_recipe
+from unitok.shards import ShardError, read_manifest
 from unitok.streams import task_document
-from unitok.training.data import DocumentRecipe
+from unitok.training.data import DocumentRecipe, MixtureBatches, ShardMix, resolve_mixture
 
 from .conftest import span_states, write_tiny_recipe
 
@@ -68,6 +71,26 @@ def test_two_processes_under_accelerate_launch_stay_in_sync_on_disjoint_rows(tin
         seen = [{item for line in step_log(tmp_path, rank) for item, t in zip(line["items"], line["tasks"]) if t == task}
                 for rank in range(2)]
         assert seen[0] and seen[1] and not seen[0] & seen[1]
+    one_process = subprocess.run(train_command(tmp_path, 6, tiny_run), capture_output=True, text=True, timeout=600,
+                                 env=ENV)  # its rows would differ from the two ranks': refused, not guessed
+    assert one_process.returncode != 0 and "written by 2 processes, this run has 1" in one_process.stderr
+
+
+def test_data_positions_are_refused_for_other_shard_files_and_sets_too_small_to_split(tiny_run):
+    tokenizers = PipelineTokenizers.from_pretrained(tiny_run / "model")
+    vocab, train_set = tokenizers.vocabulary, tiny_run / "shards" / "image" / "train"
+    entries = resolve_mixture([ShardMix(str(train_set))], vocab, tokenizers.media)
+    documents = DocumentRecipe(vocab, "timestep", 0.0, 0.0)
+    data = MixtureBatches(entries, vocab, tokenizers.media, documents, batch_size=2, seed=0, buffer=4)
+    data.batch(0, 0)
+    state = data.state_dict()
+    assert state["streams"][0]["consumed"] == 2
+    state["streams"][0]["set_hash"] = "0" * 16  # as if the shard files were re-tokenized since the checkpoint
+    with pytest.raises(ShardError, match="with other files than"):
+        data.load_state_dict(state)
+    rows = read_manifest(train_set)["totals"]["rows"]
+    with pytest.raises(ShardError, match=f"has {rows} rows, fewer than the {rows + 1} processes"):
+        resolve_mixture([ShardMix(str(train_set))], vocab, tokenizers.media, world=rows + 1)
 
 
 def shard_list_recipe(folder: Path, data: list[dict], pipeline: Path | None) -> Path:
@@ -102,6 +125,12 @@ def test_a_shard_list_recipe_without_a_pipeline_or_with_another_vocabulary_is_re
         load_recipe(path)
     path = shard_list_recipe(tmp_path, [{"shards": str(shards / "train"), "wieght": 1}], tiny_run / "model")
     with pytest.raises(ConfigError, match=r"data\[0\]\.wieght: unknown field"):
+        load_recipe(path)
+    path = shard_list_recipe(tmp_path, [{"shards": str(shards / "train")}], tiny_run / "model")
+    recipe = yaml.safe_load(path.read_text())
+    recipe["lm"]["tasks"] = {"image_to_text": 1.0}  # would be silently ignored: each shard set has its task
+    path.write_text(yaml.safe_dump(recipe))
+    with pytest.raises(ConfigError, match="lm.tasks: a `data` list gives each shard set its own task"):
         load_recipe(path)
     path = shard_list_recipe(tmp_path, [{"shards": str(shards / "train")}], tiny_multimodal_run / "model")
     with pytest.raises(Exception, match="made with another vocabulary"):

@@ -9,7 +9,9 @@ Training: tokens/s of one optimizer step on mixed streams (4D block-causal masks
 against a plain `transformers` causal-LM step (``labels=``, causal mask) of the same size and length.
 Tokenize: items/s of `unitok tokenize` (source, shard writer, parquet, manifest) against the raw
 decode + encode of the same items in the same process (no shards, no bookkeeping), and with 2
-local workers against 1, on digits-world images and the quickstart's image tokenizer.
+local workers against 1, on digits-world images, tones and clips with the recipes' tokenizers.
+One worker already spreads the encoder over every core (torch's intra-op threads); a second
+worker adds what that leaves: decoding, which runs on one thread per process.
 Speed does not depend on training, so models have random weights (the quickstart's size).
 """
 
@@ -23,6 +25,7 @@ from pathlib import Path
 
 import torch
 
+from .digits_world import ClipWorldConfig, DigitsWorldConfig, ToneWorldConfig, write_world_folders
 from .model import ModelSpec, StreamModel, build_transformer, stream_loss
 from .rdpm import QuantizerConfig, RDPMQuantizer
 from .sampling import SamplerConfig, sample_media
@@ -30,7 +33,7 @@ from .streams import collate, task_document
 from .vocabulary import MediaLayout, Vocabulary
 
 QUICKSTART_MODEL = Path(__file__).resolve().parent.parent / "models" / "tiny.yaml"
-QUICKSTART_IMAGE_TOKENIZER = Path(__file__).resolve().parent.parent / "tokenizers" / "image-rdpm-32.yaml"
+TOKENIZER_SPECS = Path(__file__).resolve().parent.parent / "tokenizers"
 
 
 def _machine() -> dict:
@@ -137,22 +140,28 @@ def bench_training(spec: ModelSpec, positions: int = 64, steps: int = 10, batch:
     return result
 
 
-def bench_tokenize(items: int = 1024, items_per_shard: int = 128, batch: int = 64) -> dict:
-    """`unitok tokenize` on a folder of digits-world images, against a bare decode + encode loop."""
-    from .digits_world import DigitsWorldConfig, build_digits_world, write_image_folder
+TOKENIZE_WORLDS = {  # modality: (its digits world of `n` training items, the recipes' tokenizer spec)
+    "image": (lambda n: DigitsWorldConfig(train_scenes=n, heldout_scenes=1), "image-rdpm-32.yaml"),
+    "audio": (lambda n: ToneWorldConfig(train_clips=n, heldout_clips=1), "audio-rdpm-dtmf.yaml"),
+    "video": (lambda n: ClipWorldConfig(train_clips=n, heldout_clips=1), "video-rdpm-clips.yaml"),
+}
+
+
+def bench_tokenize(modality: str, items: int, items_per_shard: int, batch: int) -> dict:
+    """`unitok tokenize` on a folder of digits-world items, against a bare decode + encode loop."""
     from .media_tokenizer import MediaTokenizer, TokenizerSpec
     from .shards import ShardWriter, TokenizeSettings, item_seed
     from .sources import FolderSource
     from .text_bpe import TextBPE, TextBPEConfig
 
+    world, spec = TOKENIZE_WORLDS[modality]
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        world = build_digits_world(DigitsWorldConfig(train_scenes=items, heldout_scenes=1))
-        write_image_folder(world["train"], tmp / "images")
-        source = FolderSource(tmp / "images")
+        write_world_folders(world(items), {"train": tmp / "items"})
+        source = FolderSource(tmp / "items")
         torch.manual_seed(0)
-        tokenizer = MediaTokenizer(TokenizerSpec.load(QUICKSTART_IMAGE_TOKENIZER)).eval()
-        text = TextBPE.train([item.caption for item in world["train"]], TextBPEConfig(vocab_size=320))
+        tokenizer = MediaTokenizer(TokenizerSpec.load(TOKENIZER_SPECS / spec)).eval()
+        text = TextBPE.train([item.caption for item in source], TextBPEConfig(vocab_size=320))
         vocab = Vocabulary.build(text.vocab_size, text.content_hash(), [tokenizer.layout()])
         settings = TokenizeSettings(items_per_shard=items_per_shard, batch_size=batch)
 
@@ -177,21 +186,23 @@ def bench_tokenize(items: int = 1024, items_per_shard: int = 128, batch: int = 6
     result = {"items": items, "items_per_shard": items_per_shard, "raw_decode_encode_items_per_s": per_s["raw"],
               "tokenize_items_per_s": per_s[1], "tokenize_2_workers_items_per_s": per_s[2],
               "tokenize_vs_raw_ratio": per_s[1] / per_s["raw"], "workers_2_vs_1_speedup": per_s[2] / per_s[1]}
-    print(f"  tokenize: raw {per_s['raw']:.0f} items/s, unitok tokenize {per_s[1]:.0f} items/s "
+    print(f"  tokenize {modality}: raw {per_s['raw']:.0f} items/s, unitok tokenize {per_s[1]:.0f} items/s "
           f"(ratio {result['tokenize_vs_raw_ratio']:.2f}), 2 workers {per_s[2]:.0f} items/s "
           f"(speedup {result['workers_2_vs_1_speedup']:.2f})")
     return result
 
 
 def run_bench(quick: bool = False) -> dict:
+    """Tokenize first: its workers fork, before the other benches can start CUDA."""
     spec = ModelSpec.load(QUICKSTART_MODEL)
     if quick:  # smoke test sizes
         spec = ModelSpec(hidden_size=32, num_layers=1, num_heads=2, intermediate_size=64)
-        tokenize = bench_tokenize(items=32, items_per_shard=8, batch=8)  # first: its workers fork, before CUDA starts
+        tokenize = {m: bench_tokenize(m, items=16, items_per_shard=4, batch=4) for m in TOKENIZE_WORLDS}
         rows = bench_sampling(spec, positions=(8, 16), batches=(1, 2), steps=3, repeats=1)
         training = bench_training(spec, positions=8, steps=3, batch=2, repeats=1)
     else:
-        tokenize = bench_tokenize()
+        tokenize = {m: bench_tokenize(m, items, items_per_shard=items // 8, batch=64)
+                    for m, items in (("image", 2048), ("audio", 512), ("video", 512))}
         rows = bench_sampling(spec)
         training = bench_training(spec)
 

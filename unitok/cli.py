@@ -55,6 +55,8 @@ def build_parser() -> argparse.ArgumentParser:
     tokenize.add_argument("--captions", type=Path, help="JSONL/CSV with file,caption (default: the folder's "
                                                         "metadata.jsonl, else sidecar .txt files)")
     tokenize.add_argument("--data-dir", help="data_dir for --dataset (e.g. an imagefolder layout)")
+    tokenize.add_argument("--data-files", nargs="+", help="data_files for --dataset (e.g. --dataset csv "
+                          "--data-dir photos --data-files items.csv; relative to --data-dir)")
     tokenize.add_argument("--split", default="train")
     tokenize.add_argument("--media-column", default="image")
     tokenize.add_argument("--text-column", default=None, help="caption column (default: caption or text)")
@@ -141,13 +143,15 @@ def cmd_tokenize(args) -> int:
         source = TextSource(args.input, args.text_column)
     else:
         source = (FolderSource(args.input, args.captions) if args.input else
-                  DatasetSource(args.dataset, args.split, args.media_column, args.text_column, args.data_dir))
+                  DatasetSource(args.dataset, args.split, args.media_column, args.text_column, args.data_dir,
+                                args.data_files))
         media_tokenizer = tokenizers.for_modality(args.modality)
     writer = ShardWriter(args.out, media_tokenizer, tokenizers.text, tokenizers.vocabulary, settings,
                          task=args.task, strict=args.strict)
     totals = writer.write(source, workers=args.workers)
     reasons = ", ".join(f"{n} {reason}" for reason, n in totals["error_reasons"].items())
-    print(f"wrote {totals['items']} items in {totals['shards']} shards to {args.out}; "
+    print(f"wrote {totals['rows']} rows ({totals['items']} items × {args.noise_draws if media_tokenizer else 1} "
+          f"noise draws) in {totals['shards']} shards to {args.out}; "
           f"skipped {totals['errors']} bad inputs" + (f" ({reasons}; see {args.out / 'errors.jsonl'})" if reasons else ""))
     return 0
 
@@ -160,7 +164,7 @@ def cmd_shards_inspect(args) -> int:
         print(json.dumps(summary, indent=2))
         return 0
     totals = summary["totals"]
-    print(f"{summary['dir']}: {totals['items']} rows, {totals['tokens']} tokens in {totals['shards']} shards "
+    print(f"{summary['dir']}: {totals['rows']} rows of {totals['items']} items, {totals['tokens']} tokens in {totals['shards']} shards "
           f"from {totals['source_items']} source items ({json.dumps(summary['source'])})")
     print(f"tokenizers: {json.dumps(summary['tokenizers'])}; vocabulary {summary['vocabulary_hash']}")
     print(f"tasks: {json.dumps(summary['tasks'])}; media: {json.dumps(summary['media'])}")

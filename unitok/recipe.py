@@ -169,6 +169,9 @@ def load_recipe(path: str | Path) -> LoadedRecipe:
         if recipe.tokenizers or not recipe.tokenizers_from:
             errors.append(f"{path}: tokenizers_from: a `data` list of shard sets trains with the tokenizers of a "
                           "saved pipeline (tokenizers_from: runs/x/model), not a `tokenizers` section")
+        if recipe.lm.tasks != LMTraining().tasks:
+            errors.append(f"{path}: lm.tasks: a `data` list gives each shard set its own task and weight; "
+                          "remove lm.tasks")
     else:
         if not recipe.tokenizers:
             errors.append(f"{path}: tokenizers: name at least one media tokenizer")

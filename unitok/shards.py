@@ -3,7 +3,7 @@
 Layout of a shard set::
 
     shard-00000.parquet …      rows: key, caption, task, text_ids, media, media_ids, seed, draw
-    records/shard-00000.json   one per finished shard: items, source range, errors, sha256
+    records/shard-00000.json   one per finished shard: rows, items, source range, errors, sha256
     vocabulary.json            the vocabulary every id refers to
     manifest.json              identity (vocabulary and tokenizer hashes, settings, source),
                                the finished shards, totals
@@ -41,7 +41,7 @@ from .sources import Source, SourceItem
 from .text_bpe import TextBPE
 from .vocabulary import Vocabulary
 
-FORMAT = 2  # of the rows and manifest; a shard set of another format is refused (re-tokenize it)
+FORMAT = 3  # of the rows and manifest; a shard set of another format is refused (re-tokenize it)
 MANIFEST_NAME = "manifest.json"
 ERRORS_NAME = "errors.jsonl"
 RECORDS_DIR = "records"
@@ -139,13 +139,14 @@ class ShardJob:
             try:
                 loaded.append((item, self._load(item)))
             except MediaError as err:
-                reason = str(err).removeprefix(f"{item.media}: ")  # the key already names the file
+                reason = str(err).removeprefix(f"{item.label}: ")  # the key already names the file
                 if self.strict:
                     raise ShardError(f"{item.key}: {reason}") from None
                 errors.append({"key": item.key, "reason": reason})
             progress(1)
         rows = self._rows(loaded)
-        record = {"file": None, "items": len(rows), "source_items": [items[0].key, items[-1].key],
+        record = {"file": None, "rows": len(rows), "items": len(loaded),
+                  "source_items": [items[0].key, items[-1].key],
                   "source_range": [self.item_range(index).start, self.item_range(index).stop], "errors": errors}
         if rows:  # a shard of only bad inputs leaves no file (empty parquet trips readers)
             path = self.out_dir / shard_name(index)
@@ -157,6 +158,8 @@ class ShardJob:
         _write_json_atomic(self.record_path(index), record)
 
     def _load(self, item: SourceItem) -> torch.Tensor | None:
+        if item.caption is not None and not isinstance(item.caption, str):
+            raise MediaError(f"caption is not text (a {type(item.caption).__name__})")
         if self.settings.require_caption and not (item.caption or "").strip():
             raise MediaError("missing caption")
         return None if self.tokenizer is None else self.tokenizer.adapter.to_tensor(item.open())
@@ -208,10 +211,16 @@ class ShardWriter:
         if len(source) == 0:
             raise ShardError("the source has no items")
         state = PartialState()
+        if self.tokenizer is not None:
+            self.tokenizer.to(state.device)
         job = ShardJob(self.out_dir, source, self.tokenizer, self.text_bpe, self.vocab, self.settings, self.task,
                        self.strict)
-        with state.main_process_first():  # the main process creates the set; the others then check it
-            self._open(self.identity(source), clean=state.is_main_process)
+        identity = self.identity(source)
+        self._check(identity)  # on every rank, before any barrier: all of them stop with the same reason
+        with state.main_process_first():  # the main process creates the set; the others then see it
+            self._open(identity, clean=state.is_main_process)
+        if self.strict:
+            self._check_recorded_errors(job)
         todo = [i for i in range(state.process_index, job.num_shards, state.num_processes)
                 if not job.record_path(i).is_file()]
         total = sum(len(job.item_range(i)) for i in todo)
@@ -224,21 +233,35 @@ class ShardWriter:
         state.wait_for_everyone()
         return read_manifest(self.out_dir)["totals"]
 
+    def _check(self, identity: dict) -> None:
+        """Refuse an output folder made with another identity, naming what differs."""
+        path = self.out_dir / MANIFEST_NAME
+        if not path.is_file():
+            return
+        manifest = json.loads(path.read_text())
+        changed = [_difference(key, manifest.get(key), identity[key]) for key in identity
+                   if manifest.get(key) != identity[key]]
+        if changed:
+            raise ShardError(f"{self.out_dir} holds shards made with other {'; '.join(changed)}; "
+                             "use a new --out directory or delete it")
+
     def _open(self, identity: dict, clean: bool) -> None:
         (self.out_dir / RECORDS_DIR).mkdir(parents=True, exist_ok=True)
         path = self.out_dir / MANIFEST_NAME
-        if path.is_file():
-            manifest = json.loads(path.read_text())
-            changed = [k for k in identity if manifest.get(k) != identity[k]]
-            if changed:
-                raise ShardError(f"{self.out_dir} holds shards made with other {', '.join(changed)}; "
-                                 "use a new --out directory or delete it")
-        elif clean:
+        if clean and not path.is_file():
             self.vocab.save(self.out_dir)
             _write_json_atomic(path, {**identity, "complete": False})
         if clean:  # leftovers of a killed run: never records, so their shards are redone
             for tmp in [*self.out_dir.glob("*.tmp"), *(self.out_dir / RECORDS_DIR).glob("*.tmp")]:
                 tmp.unlink(missing_ok=True)
+
+    def _check_recorded_errors(self, job: ShardJob) -> None:
+        """Under --strict, a bad item recorded by an earlier, lenient run fails like a new one."""
+        for index in range(job.num_shards):
+            path = job.record_path(index)
+            errors = json.loads(path.read_text())["errors"] if path.is_file() else []
+            if errors:
+                raise ShardError(f"{errors[0]['key']}: {errors[0]['reason']} (recorded by an earlier run)")
 
     def _finish(self, job: ShardJob) -> None:
         missing = [i for i in range(job.num_shards) if not job.record_path(i).is_file()]
@@ -250,6 +273,7 @@ class ShardWriter:
         manifest = json.loads((self.out_dir / MANIFEST_NAME).read_text())
         manifest |= {"shards": records, "complete": True, "totals": {
             "shards": sum(1 for r in records.values() if r["file"]),
+            "rows": sum(r["rows"] for r in records.values()),
             "items": sum(r["items"] for r in records.values()),
             "tokens": sum(r.get("tokens", 0) for r in records.values()),
             "source_items": len(job.source),
@@ -257,6 +281,14 @@ class ShardWriter:
             "error_reasons": dict(Counter(error_kind(e["reason"]) for e in errors).most_common()),
         }}
         _write_json_atomic(self.out_dir / MANIFEST_NAME, manifest)
+
+
+def _difference(key: str, old, new) -> str:
+    """``settings (seed 0 → 1)``: a differing identity field with its differing sub-fields."""
+    if isinstance(old, dict) and isinstance(new, dict):
+        fields = [f"{k} {old.get(k)!r} → {new.get(k)!r}" for k in {**old, **new} if old.get(k) != new.get(k)]
+        return f"{key} ({', '.join(fields)})"
+    return f"{key} ({old!r} → {new!r})"
 
 
 def error_kind(reason: str) -> str:
@@ -336,6 +368,12 @@ def shard_files(shard_dir: str | Path) -> list[Path]:
     return [Path(shard_dir) / r["file"] for _, r in sorted(manifest["shards"].items()) if r["file"]]
 
 
+def shard_set_hash(shard_dir: str | Path) -> str:
+    """A hash of a finished set's files: what training checkpoints record of the data they read."""
+    shards = read_manifest(shard_dir)["shards"]
+    return hashlib.sha256(json.dumps(sorted((n, r.get("sha256")) for n, r in shards.items())).encode()).hexdigest()[:16]
+
+
 def load_shards(shard_dir: str | Path, vocab: Vocabulary, streaming: bool = False):
     """The shard set as a `datasets.Dataset` (or `IterableDataset`), refused unless made with `vocab`."""
     import datasets
@@ -390,8 +428,8 @@ def verify_shards(shard_dir: str | Path) -> list[str]:
         if file_sha256(path) != record["sha256"]:
             problems.append(f"{name}: sha256 differs from the manifest (the file changed after it was written)")
         table = pq.read_table(path)
-        if table.num_rows != record["items"]:
-            problems.append(f"{name}: {table.num_rows} rows, the manifest says {record['items']}")
+        if table.num_rows != record["rows"]:
+            problems.append(f"{name}: {table.num_rows} rows, the manifest says {record['rows']}")
         problems += [f"{name}: {p}" for p in _id_problems(table, vocab)]
         for key, draw in zip(table["key"].to_pylist(), table["draw"].to_pylist()):
             if (key, draw) in seen:

@@ -9,6 +9,7 @@ never on the whole source.
 from __future__ import annotations
 
 import csv
+import hashlib
 import io
 import json
 from dataclasses import dataclass
@@ -33,11 +34,27 @@ class SourceItem:
     caption: str | None
     media: Any = None  # a path, undecoded bytes, or None for a text-only item
 
+    @property
+    def label(self) -> str:
+        """How errors name the media: its path, or the item's key for media held as bytes."""
+        return self.key if isinstance(self.media, bytes) else str(self.media)
+
     def open(self) -> Any:
         """What an adapter's `to_tensor` takes: a path or an open binary file."""
         if self.media is None:
             raise MediaError("no media")
-        return io.BytesIO(self.media) if isinstance(self.media, bytes) else self.media
+        return _LabelledBytes(self.media, self.label) if isinstance(self.media, bytes) else self.media
+
+
+class _LabelledBytes(io.BytesIO):
+    """In-memory media whose errors read ``<key>: reason``, not a BytesIO repr that differs per run."""
+
+    def __init__(self, data: bytes, label: str):
+        super().__init__(data)
+        self.label = label
+
+    def __str__(self) -> str:
+        return self.label
 
 
 class Source:
@@ -53,7 +70,12 @@ class Source:
         return (self[i] for i in range(len(self)))
 
     def describe(self) -> dict:
+        """Where the items come from and a fingerprint of their content (part of a shard set's identity)."""
         raise NotImplementedError
+
+
+def fingerprint(*parts: Any) -> str:
+    return hashlib.sha256(json.dumps(parts, default=str).encode()).hexdigest()[:16]
 
 
 class FolderSource(Source):
@@ -81,7 +103,18 @@ class FolderSource(Source):
         return SourceItem(key=relative, caption=caption, media=self.folder / relative)
 
     def describe(self) -> dict:
-        return {"folder": str(self.folder), "captions": self.captions, "items": len(self)}
+        """The fingerprint covers the captions and every file's size and modification time (as
+        `datasets` does for local files): a re-run over edited files is refused, not mixed in."""
+        return {"folder": str(self.folder), "captions": self.captions, "items": len(self),
+                "fingerprint": fingerprint(self.rows, [_file_signature(self.folder / r) for r, _ in self.rows])}
+
+
+def _file_signature(path: Path) -> tuple[int, int] | None:
+    try:
+        stat = path.stat()
+    except OSError:
+        return None  # missing: reported on its own item
+    return stat.st_size, stat.st_mtime_ns
 
 
 def _manifest_rows(path: Path) -> list[tuple[str, str | None]]:
@@ -131,23 +164,27 @@ class DatasetSource(Source):
 
     The media column may be an `Image`, `Audio` or `Video` feature (kept undecoded, so a corrupt
     cell fails on its own row) or a column of file paths (relative ones resolve against `data_dir`).
+    `data_dir` and `data_files` are `datasets.load_dataset`'s: ``csv`` with ``data_dir=photos``,
+    ``data_files=items.csv`` reads ``photos/items.csv``, whose paths are relative to ``photos``.
     """
 
     def __init__(self, name: str, split: str = "train", media_column: str = "image", text_column: str | None = None,
-                 data_dir: str | None = None):
+                 data_dir: str | None = None, data_files: str | list[str] | None = None):
         import datasets
 
         try:
-            ds = datasets.load_dataset(name, data_dir=data_dir, split=split)
+            ds = datasets.load_dataset(name, data_dir=data_dir, data_files=data_files, split=split)
         except Exception as err:  # datasets raises many types; the reason is what matters
-            raise SourceError(f"cannot load dataset {name!r} (data_dir={data_dir}): {err}") from None
+            cause = f"{err}: {err.__cause__}" if err.__cause__ else str(err)
+            raise SourceError(f"cannot load dataset {name!r} (data_dir={data_dir}, data_files={data_files}): "
+                              f"{cause}") from None
         missing = [c for c in (media_column, text_column) if c and c not in ds.column_names]
         if missing:
             raise SourceError(f"dataset {name!r} has no column {missing[0]!r}; it has {ds.column_names}")
         feature = ds.features[media_column]
         if hasattr(feature, "decode"):  # Image / Audio / Video: the raw bytes or path, decoded by our adapter
             ds = ds.cast_column(media_column, type(feature)(decode=False))
-        self.name, self.split, self.data_dir = name, split, data_dir
+        self.name, self.split, self.data_dir, self.data_files = name, split, data_dir, data_files
         self.media_column, self.text_column, self.dataset = media_column, text_column, ds
 
     def __len__(self) -> int:
@@ -166,8 +203,9 @@ class DatasetSource(Source):
         return cell
 
     def describe(self) -> dict:
-        return {"dataset": self.name, "data_dir": self.data_dir, "split": self.split,
-                "media_column": self.media_column, "text_column": self.text_column, "items": len(self)}
+        return {"dataset": self.name, "data_dir": self.data_dir, "data_files": self.data_files, "split": self.split,
+                "media_column": self.media_column, "text_column": self.text_column, "items": len(self),
+                "fingerprint": self.dataset._fingerprint}  # datasets' own hash of the data and transforms
 
 
 class TextSource(Source):
@@ -191,4 +229,4 @@ class TextSource(Source):
         return SourceItem(key=f"{self.path.name}:{index}", caption=self.texts[index])
 
     def describe(self) -> dict:
-        return {"text": str(self.path), "items": len(self)}
+        return {"text": str(self.path), "items": len(self), "fingerprint": fingerprint(self.texts)}

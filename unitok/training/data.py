@@ -20,7 +20,7 @@ from typing import Iterator, Sequence
 import torch
 
 from ..media_tokenizer import MediaTokenizer
-from ..shards import ShardError, load_shards, read_manifest, shard_files
+from ..shards import ShardError, load_shards, read_manifest, shard_files, shard_set_hash
 from ..streams import Batch, Stream, collate, pack, task_document, task_modality
 from ..vocabulary import Vocabulary
 
@@ -52,9 +52,10 @@ class MixtureEntry:
     media: str  # the vocabulary range of its media ("" for a text-only set)
 
 
-def resolve_mixture(mixture: Sequence[ShardMix], vocab: Vocabulary, tokenizers: dict[str, MediaTokenizer]
-                    ) -> list[MixtureEntry]:
-    """Check every entry: finished shard sets made with `vocab`, tasks that fit their media."""
+def resolve_mixture(mixture: Sequence[ShardMix], vocab: Vocabulary, tokenizers: dict[str, MediaTokenizer],
+                    world: int = 1) -> list[MixtureEntry]:
+    """Check every entry: finished shard sets made with `vocab`, tasks that fit their media, a row
+    for each of the `world` processes."""
     if not mixture or sum(m.weight for m in mixture) <= 0:
         raise ValueError("the training mixture needs at least one shard set with a positive weight")
     entries = []
@@ -66,6 +67,9 @@ def resolve_mixture(mixture: Sequence[ShardMix], vocab: Vocabulary, tokenizers: 
         needed = task_modality(task)
         if needed is not None and (media not in tokenizers or tokenizers[media].modality != needed):
             raise ShardError(f"shard set {mix.shards} holds {media or 'text-only'} rows; task {task} needs {needed}")
+        if manifest["totals"]["rows"] < world:
+            raise ShardError(f"shard set {mix.shards} has {manifest['totals']['rows']} rows, fewer than the {world} "
+                             "processes that would split it")
         entries.append(MixtureEntry(mix, task, media))
     return entries
 
@@ -81,7 +85,7 @@ class ShardStream:
         dataset = load_shards(folder, vocab, streaming=True).select_columns(COLUMNS)
         dataset = split_dataset_by_node(dataset, rank=rank, world_size=world)
         self.dataset = dataset.shuffle(seed=seed, buffer_size=buffer)
-        self.folder, self.epoch, self.consumed = folder, 0, 0
+        self.folder, self.set_hash, self.epoch, self.consumed = folder, shard_set_hash(folder), 0, 0
         self._rows: Iterator[dict] | None = None
 
     def next(self) -> dict:
@@ -98,9 +102,12 @@ class ShardStream:
         return row
 
     def position(self) -> dict:
-        return {"epoch": self.epoch, "consumed": self.consumed}
+        return {"shards": str(self.folder), "set_hash": self.set_hash, "epoch": self.epoch, "consumed": self.consumed}
 
     def restore(self, position: dict) -> None:
+        if position["set_hash"] != self.set_hash:
+            raise ShardError(f"the checkpoint read shard set {position['shards']} with other files than "
+                             f"{self.folder} holds now; resume on the same shards or start a new run")
         self.epoch, self.consumed, self._rows = position["epoch"], position["consumed"], None
 
 
@@ -156,7 +163,7 @@ class MixtureBatches:
     def __init__(self, entries: Sequence[MixtureEntry], vocab: Vocabulary, tokenizers: dict[str, MediaTokenizer],
                  documents: DocumentRecipe, batch_size: int, seed: int, buffer: int, rank: int = 0, world: int = 1):
         self.entries, self.vocab, self.tokenizers, self.documents = list(entries), vocab, tokenizers, documents
-        self.batch_size, self.seed, self.rank = batch_size, seed, rank
+        self.batch_size, self.seed, self.rank, self.world = batch_size, seed, rank, world
         self.weights = [e.mix.weight for e in self.entries]
         self.streams = [ShardStream(e.mix.shards, vocab, seed + i, buffer, rank, world)
                         for i, e in enumerate(self.entries)]
@@ -171,13 +178,18 @@ class MixtureBatches:
         batch = collate(pack(docs, max(len(d) for d in docs)), pad_id=self.vocab.special_id("<pad>"))
         return batch, [(self.entries[p].task, f"{row['key']}#{row['draw']}") for p, row in zip(picks, rows)]
 
-    def state_dict(self) -> list[dict]:
-        return [stream.position() for stream in self.streams]
+    def state_dict(self) -> dict:
+        """This rank's data position; it only holds for the same shard sets split over as many processes."""
+        return {"world": self.world, "streams": [stream.position() for stream in self.streams]}
 
-    def load_state_dict(self, positions: list[dict]) -> None:
-        if len(positions) != len(self.streams):
-            raise ValueError(f"the checkpoint has {len(positions)} data streams, this mixture {len(self.streams)}")
-        for stream, position in zip(self.streams, positions):
+    def load_state_dict(self, state: dict) -> None:
+        if state["world"] != self.world:
+            raise ValueError(f"the checkpoint was written by {state['world']} processes, this run has {self.world}: "
+                             "each rank's rows depend on that number; resume with the same number of processes")
+        if len(state["streams"]) != len(self.streams):
+            raise ValueError(f"the checkpoint has {len(state['streams'])} data streams, this mixture "
+                             f"{len(self.streams)}")
+        for stream, position in zip(self.streams, state["streams"]):
             stream.restore(position)
 
 
@@ -192,9 +204,10 @@ def heldout_documents(entries: Sequence[MixtureEntry], vocab: Vocabulary, tokeni
     docs = {}
     for task, folders in tasks.items():
         rows = []
-        for folder in folders:
+        for i, folder in enumerate(folders):  # an even share of each folder, e.g. captions of every modality
             dataset = load_shards(folder, vocab)
-            rows += dataset.select(range(min(per_task - len(rows), len(dataset)))).to_list()
+            share = (per_task - len(rows)) // (len(folders) - i)
+            rows += dataset.select(range(min(share, len(dataset)))).to_list()
         docs[task] = [documents.document(task, row["text_ids"], row["media"], media, None)
                       for row, media in zip(rows, media_states(rows, vocab, tokenizers))]
     return docs

@@ -112,7 +112,7 @@ def train_lm(transformer: LlamaForCausalLM, vocab: Vocabulary, tokenizers: dict[
     model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
     for tokenizer in tokenizers.values():
         tokenizer.to(accelerator.device)
-    entries = resolve_mixture(mixture, vocab, tokenizers)
+    entries = resolve_mixture(mixture, vocab, tokenizers, accelerator.num_processes)
     documents = DocumentRecipe(vocab, cfg.media_order, cfg.caption_dropout, cfg.first_step_fraction)
     data = MixtureBatches(entries, vocab, tokenizers, documents, cfg.batch_size, seed, cfg.shuffle_buffer,
                           accelerator.process_index, accelerator.num_processes)
