@@ -26,4 +26,6 @@ def test_bench_quick_writes_ratios(tmp_path):
             tokenize["tokenize_items_per_s"] / tokenize["raw_decode_encode_items_per_s"])
         assert tokenize["workers_2_vs_1_speedup"] == pytest.approx(
             tokenize["tokenize_2_workers_items_per_s"] / tokenize["tokenize_items_per_s"])
+        assert tokenize["workers_2_vs_1_thread_speedup"] == pytest.approx(
+            tokenize["tokenize_2_workers_items_per_s"] / tokenize["tokenize_1_thread_items_per_s"])
     assert result["machine"]["device"]

@@ -157,6 +157,11 @@ def test_workers_and_accelerate_ranks_write_the_same_shards_as_one_process(tiny_
     ranks = subprocess.run(launcher + tokenize_command(model, folder, tmp_path / "ranks", *args)[1:],
                            capture_output=True, text=True, env={**os.environ, "ACCELERATE_USE_CPU": "1"})
     assert ranks.returncode == 0, ranks.stderr[-3000:]
+    refused = subprocess.run(launcher + tokenize_command(model, folder, tmp_path / "ranks", *args, "--seed", 1)[1:],
+                             capture_output=True, text=True, env={**os.environ, "ACCELERATE_USE_CPU": "1"},
+                             timeout=300)  # every rank stops with the reason; none waits at a barrier
+    assert refused.returncode != 0
+    assert "holds shards made with other settings (seed 0 → 1)" in refused.stderr, refused.stderr[-3000:]
     reference = rows_by_item(tmp_path / "one")
     assert reference[1] == 20
     for name in ("two", "ranks"):

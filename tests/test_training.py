@@ -20,7 +20,7 @@ from unitok.pipeline import PipelineTokenizers
 from unitok.recipe import RecipeRun, load_recipe
 from unitok.shards import ShardError, read_manifest
 from unitok.streams import task_document
-from unitok.training.data import DocumentRecipe, MixtureBatches, ShardMix, resolve_mixture
+from unitok.training.data import DocumentRecipe, MixtureBatches, ShardMix, heldout_rows, resolve_mixture
 
 from .conftest import span_states, write_tiny_recipe
 
@@ -135,6 +135,15 @@ def test_a_shard_list_recipe_without_a_pipeline_or_with_another_vocabulary_is_re
     path = shard_list_recipe(tmp_path, [{"shards": str(shards / "train")}], tiny_multimodal_run / "model")
     with pytest.raises(Exception, match="made with another vocabulary"):
         RecipeRun(load_recipe(path), log=lambda _: None).run()
+
+
+def test_heldout_caption_documents_come_from_every_modality(tiny_multimodal_run):
+    run = RecipeRun(load_recipe(tiny_multimodal_run.parent / "recipe.yaml"), log=lambda _: None)
+    tokenizers = run.tokenizers()
+    entries = resolve_mixture(run.mixture(), tokenizers.vocabulary, tokenizers.media)
+    rows = heldout_rows(entries, tokenizers.vocabulary, count=12 * len({e.task for e in entries if e.mix.heldout}))
+    assert [row["media"] for row in rows["text"]] == ["image"] * 4 + ["audio"] * 4 + ["video"] * 4
+    assert len(rows["text_to_image"]) == 12
 
 
 def test_text_to_media_training_documents_stop_after_the_last_block_with_targets(vocab):

@@ -9,9 +9,11 @@ Training: tokens/s of one optimizer step on mixed streams (4D block-causal masks
 against a plain `transformers` causal-LM step (``labels=``, causal mask) of the same size and length.
 Tokenize: items/s of `unitok tokenize` (source, shard writer, parquet, manifest) against the raw
 decode + encode of the same items in the same process (no shards, no bookkeeping), and with 2
-local workers against 1, on digits-world images, tones and clips with the recipes' tokenizers.
-One worker already spreads the encoder over every core (torch's intra-op threads); a second
-worker adds what that leaves: decoding, which runs on one thread per process.
+local workers against 1, on digits-world images, tones and clips with the recipes' tokenizers,
+on the CPU (local workers are CPU processes). One worker already spreads the encoder over every
+core (torch's intra-op threads); a second worker adds what that leaves, mostly decoding, which
+runs on one thread per process. Two workers against one worker held to one thread shows how the
+workers themselves scale.
 Speed does not depend on training, so models have random weights (the quickstart's size).
 """
 
@@ -174,21 +176,31 @@ def bench_tokenize(modality: str, items: int, items_per_shard: int, batch: int) 
                 for item in chunk:
                     text.encode(item.caption)
 
-        def tokenize(workers):
+        def tokenize(workers, threads=None):
             out = tmp / f"shards-{workers}-{time.monotonic_ns()}"
-            ShardWriter(out, tokenizer, text, vocab, settings).write(source, workers=workers)
+            default = torch.get_num_threads()
+            torch.set_num_threads(threads or default)
+            try:
+                ShardWriter(out, tokenizer, text, vocab, settings, device="cpu").write(source, workers=workers)
+            finally:
+                torch.set_num_threads(default)
 
-        seconds = {"raw": [], 1: [], 2: []}
-        for _ in range(2):  # interleaved, so drift in machine load hits every side alike
-            for side, fn in (("raw", raw), (1, lambda: tokenize(1)), (2, lambda: tokenize(2))):
+        sides = {"raw": raw, "one": lambda: tokenize(1), "two": lambda: tokenize(2),
+                 "one_thread": lambda: tokenize(1, threads=1)}
+        seconds = {side: [] for side in sides}
+        for _ in range(3):  # interleaved, so drift in machine load hits every side alike
+            for side, fn in sides.items():
                 seconds[side].append(_timed(fn, 1))
     per_s = {side: items / statistics.median(times) for side, times in seconds.items()}
     result = {"items": items, "items_per_shard": items_per_shard, "raw_decode_encode_items_per_s": per_s["raw"],
-              "tokenize_items_per_s": per_s[1], "tokenize_2_workers_items_per_s": per_s[2],
-              "tokenize_vs_raw_ratio": per_s[1] / per_s["raw"], "workers_2_vs_1_speedup": per_s[2] / per_s[1]}
-    print(f"  tokenize {modality}: raw {per_s['raw']:.0f} items/s, unitok tokenize {per_s[1]:.0f} items/s "
-          f"(ratio {result['tokenize_vs_raw_ratio']:.2f}), 2 workers {per_s[2]:.0f} items/s "
-          f"(speedup {result['workers_2_vs_1_speedup']:.2f})")
+              "tokenize_items_per_s": per_s["one"], "tokenize_2_workers_items_per_s": per_s["two"],
+              "tokenize_1_thread_items_per_s": per_s["one_thread"],
+              "tokenize_vs_raw_ratio": per_s["one"] / per_s["raw"], "workers_2_vs_1_speedup": per_s["two"] / per_s["one"],
+              "workers_2_vs_1_thread_speedup": per_s["two"] / per_s["one_thread"]}
+    print(f"  tokenize {modality}: raw {per_s['raw']:.0f} items/s, unitok tokenize {per_s['one']:.0f} items/s "
+          f"(ratio {result['tokenize_vs_raw_ratio']:.2f}), 2 workers {per_s['two']:.0f} items/s "
+          f"(speedup {result['workers_2_vs_1_speedup']:.2f}; {result['workers_2_vs_1_thread_speedup']:.2f} "
+          f"over one worker on one thread)")
     return result
 
 

@@ -187,14 +187,17 @@ class ShardJob:
 
 class ShardWriter:
     """Tokenizes a `Source` into a shard set; `task` is what training does with its rows by default
-    (``text_to_<modality>``, or ``text`` for a text-only corpus without a media tokenizer)."""
+    (``text_to_<modality>``, or ``text`` for a text-only corpus without a media tokenizer).
+    `device` is where the tokenizer runs: by default the process's accelerator (each rank's own
+    under ``accelerate launch``), and the CPU for ``workers > 1`` (forked CPU processes)."""
 
     def __init__(self, out_dir: str | Path, tokenizer: MediaTokenizer | None, text_bpe: TextBPE, vocab: Vocabulary,
-                 settings: TokenizeSettings, task: str | None = None, strict: bool = False):
+                 settings: TokenizeSettings, task: str | None = None, strict: bool = False,
+                 device: str | torch.device | None = None):
         self.out_dir = Path(out_dir)
         self.tokenizer, self.text_bpe, self.vocab, self.settings = tokenizer, text_bpe, vocab, settings
         self.task = task or (f"text_to_{tokenizer.modality}" if tokenizer else "text")
-        self.strict = strict
+        self.strict, self.device = strict, device
 
     def identity(self, source: Source) -> dict:
         """What must match for a re-run to add to an existing shard set."""
@@ -212,7 +215,7 @@ class ShardWriter:
             raise ShardError("the source has no items")
         state = PartialState()
         if self.tokenizer is not None:
-            self.tokenizer.to(state.device)
+            self.tokenizer.to(self.device or (state.device if workers == 1 else "cpu"))
         job = ShardJob(self.out_dir, source, self.tokenizer, self.text_bpe, self.vocab, self.settings, self.task,
                        self.strict)
         identity = self.identity(source)

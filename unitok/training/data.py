@@ -193,21 +193,27 @@ class MixtureBatches:
             stream.restore(position)
 
 
-def heldout_documents(entries: Sequence[MixtureEntry], vocab: Vocabulary, tokenizers: dict[str, MediaTokenizer],
-                      documents: DocumentRecipe, count: int) -> dict[str, list[Stream]]:
-    """Whole documents for every task with held-out rows, `count` in all, split evenly by task."""
+def heldout_rows(entries: Sequence[MixtureEntry], vocab: Vocabulary, count: int) -> dict[str, list[dict]]:
+    """Rows for every task with held-out sets, `count` in all, split evenly by task and, within a
+    task, evenly by set (the ``text`` task reads the captions of every modality)."""
     tasks = {}
     for entry in entries:
         if entry.mix.heldout and entry.mix.weight > 0:
             tasks.setdefault(entry.task, []).append(entry.mix.heldout)
     per_task = max(1, count // max(len(tasks), 1))
-    docs = {}
+    rows = {}
     for task, folders in tasks.items():
-        rows = []
-        for i, folder in enumerate(folders):  # an even share of each folder, e.g. captions of every modality
+        rows[task] = []
+        for i, folder in enumerate(folders):
             dataset = load_shards(folder, vocab)
-            share = (per_task - len(rows)) // (len(folders) - i)
-            rows += dataset.select(range(min(share, len(dataset)))).to_list()
-        docs[task] = [documents.document(task, row["text_ids"], row["media"], media, None)
-                      for row, media in zip(rows, media_states(rows, vocab, tokenizers))]
-    return docs
+            share = (per_task - len(rows[task])) // (len(folders) - i)  # a short set leaves its share to the rest
+            rows[task] += dataset.select(range(min(share, len(dataset)))).to_list()
+    return rows
+
+
+def heldout_documents(entries: Sequence[MixtureEntry], vocab: Vocabulary, tokenizers: dict[str, MediaTokenizer],
+                      documents: DocumentRecipe, count: int) -> dict[str, list[Stream]]:
+    """Whole held-out documents (no caption dropout, no early stop) of `heldout_rows`."""
+    return {task: [documents.document(task, row["text_ids"], row["media"], media, None)
+                   for row, media in zip(rows, media_states(rows, vocab, tokenizers))]
+            for task, rows in heldout_rows(entries, vocab, count).items()}
