@@ -159,7 +159,7 @@ def test_workers_and_accelerate_ranks_write_the_same_shards_as_one_process(tiny_
     assert ranks.returncode == 0, ranks.stderr[-3000:]
     refused = subprocess.run(launcher + tokenize_command(model, folder, tmp_path / "ranks", *args, "--seed", 1)[1:],
                              capture_output=True, text=True, env={**os.environ, "ACCELERATE_USE_CPU": "1"},
-                             timeout=300)  # every rank stops with the reason; none waits at a barrier
+                             timeout=300)  # refused under accelerate launch too, with the reason
     assert refused.returncode != 0
     assert "holds shards made with other settings (seed 0 → 1)" in refused.stderr, refused.stderr[-3000:]
     reference = rows_by_item(tmp_path / "one")
@@ -220,6 +220,11 @@ def test_undecodable_bytes_cells_of_a_dataset_are_reported_by_row(tiny_run, tmp_
         errors = [json.loads(line) for line in (out / "errors.jsonl").read_text().splitlines()]
         assert errors == [{"key": "1", "reason": "not a readable image (image file is truncated)"}]
         assert rows_by_item(out)[0].keys() == {("0", 0), ("2", 0)}
+    shard = tmp_path / "first" / "shard-00000.parquet"
+    written = shard.stat().st_mtime_ns
+    assert main(["tokenize", "--tokenizer", str(tiny_run / "model"), "--dataset", "parquet", "--data-dir",
+                 str(tmp_path / "data"), "--out", str(tmp_path / "first")]) == 0  # same dataset: accepted, kept
+    assert shard.stat().st_mtime_ns == written
 
 
 def test_a_source_of_only_bad_items_finishes_with_no_rows_and_an_empty_source_is_refused(tiny_run, tmp_path, capsys):
@@ -287,7 +292,16 @@ def test_tokenize_refuses_changed_sources_and_settings_naming_what_changed_and_a
     write_captions(rows)
     assert main(command) == 0  # the source as it was: the finished set is kept
     image = folder / rows[0]["file"]
-    image.write_bytes(image.read_bytes() + b"\0")  # a file rewritten in place
+    data = bytearray(image.read_bytes())
+    data[-1] ^= 0xFF
+    image.write_bytes(bytes(data))  # rewritten in place, the same size: its modification time tells
     assert "made with other source (fingerprint" in refused()
+    capsys.readouterr()
+    assert main(command + ["--device", "meta"]) == 1  # codes of another device are not mixed in
+    assert "other settings (device 'cpu' → 'meta'" in capsys.readouterr().err
+    assert main(command + ["--device", "meta", "--workers", "2"]) == 1
+    assert "--workers > 1 forks CPU processes" in capsys.readouterr().err
+    assert main(command + ["--device", "gpu"]) == 1
+    assert "unknown device 'gpu'" in capsys.readouterr().err
     assert main(["shards", "inspect", str(tmp_path)]) == 1
     assert "not a unitok shard set" in capsys.readouterr().err

@@ -68,6 +68,8 @@ def build_parser() -> argparse.ArgumentParser:
     tokenize.add_argument("--seed", type=int, default=0, help="base seed of the RDPM noise draws")
     tokenize.add_argument("--noise-draws", type=int, default=1, help="noise draws (token sequences) per item")
     tokenize.add_argument("--workers", type=int, default=1, help="local worker processes (CPU)")
+    tokenize.add_argument("--device", default="cpu", help="where the tokenizer runs: cpu, a torch device such as "
+                          "cuda:0, or accelerator (each rank's own under accelerate launch); part of the set's identity")
     tokenize.add_argument("--strict", action="store_true", help="fail on the first bad item instead of skipping it")
     tokenize.set_defaults(command=cmd_tokenize)
 
@@ -147,7 +149,7 @@ def cmd_tokenize(args) -> int:
                                 args.data_files))
         media_tokenizer = tokenizers.for_modality(args.modality)
     writer = ShardWriter(args.out, media_tokenizer, tokenizers.text, tokenizers.vocabulary, settings,
-                         task=args.task, strict=args.strict)
+                         task=args.task, strict=args.strict, device=args.device)
     totals = writer.write(source, workers=args.workers)
     reasons = ", ".join(f"{n} {reason}" for reason, n in totals["error_reasons"].items())
     print(f"wrote {totals['rows']} rows ({totals['items']} items × {args.noise_draws if media_tokenizer else 1} "

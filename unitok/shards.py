@@ -33,6 +33,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 from accelerate import PartialState
+from accelerate.utils import gather_object
 from tqdm.auto import tqdm
 
 from .adapters import MediaError
@@ -188,25 +189,27 @@ class ShardJob:
 class ShardWriter:
     """Tokenizes a `Source` into a shard set; `task` is what training does with its rows by default
     (``text_to_<modality>``, or ``text`` for a text-only corpus without a media tokenizer).
-    `device` is where the tokenizer runs: by default the process's accelerator (each rank's own
-    under ``accelerate launch``), and the CPU for ``workers > 1`` (forked CPU processes)."""
+
+    `device` is where the tokenizer runs: ``cpu`` (the default, and what forked workers need), a
+    torch device, or ``accelerator`` for the process's own (each rank's GPU under ``accelerate
+    launch``). Its type is part of the set's identity: GPU kernels (TF32 convolutions) can give
+    other codes than the CPU, and one set never mixes the two."""
 
     def __init__(self, out_dir: str | Path, tokenizer: MediaTokenizer | None, text_bpe: TextBPE, vocab: Vocabulary,
-                 settings: TokenizeSettings, task: str | None = None, strict: bool = False,
-                 device: str | torch.device | None = None):
+                 settings: TokenizeSettings, task: str | None = None, strict: bool = False, device: str = "cpu"):
         self.out_dir = Path(out_dir)
         self.tokenizer, self.text_bpe, self.vocab, self.settings = tokenizer, text_bpe, vocab, settings
         self.task = task or (f"text_to_{tokenizer.modality}" if tokenizer else "text")
         self.strict, self.device = strict, device
 
-    def identity(self, source: Source) -> dict:
+    def identity(self, source: Source, device: torch.device) -> dict:
         """What must match for a re-run to add to an existing shard set."""
         tokenizers = {"text": self.text_bpe.content_hash()}
         if self.tokenizer is not None:
             tokenizers[self.tokenizer.name] = self.tokenizer.content_hash()
         return {"format": FORMAT, "vocabulary_hash": self.vocab.hash, "tokenizers": tokenizers,
                 "settings": vars(self.settings) | {"media": self.tokenizer.name if self.tokenizer else "",
-                                                   "task": self.task},
+                                                   "task": self.task, "device": device.type},
                 "source": source.describe()}
 
     def write(self, source: Source, workers: int = 1) -> dict:
@@ -214,12 +217,19 @@ class ShardWriter:
         if len(source) == 0:
             raise ShardError("the source has no items")
         state = PartialState()
+        device = state.device if self.device == "accelerator" else _device(self.device)
+        if workers > 1 and device.type != "cpu":
+            raise ShardError("--workers > 1 forks CPU processes; on GPUs run one process per device "
+                             "(accelerate launch … --device accelerator)")
+        identity = self.identity(source, device)
+        if len({json.dumps(i, sort_keys=True) for i in gather_object([identity])}) > 1:  # every rank joins
+            raise ShardError("the ranks see different sources or settings (copies of the data with other "
+                             "files or modification times?); give every rank the same data")
+        self._check(identity)  # the same answer on every rank, before any barrier: all stop with one reason
         if self.tokenizer is not None:
-            self.tokenizer.to(self.device or (state.device if workers == 1 else "cpu"))
+            self.tokenizer.to(device)
         job = ShardJob(self.out_dir, source, self.tokenizer, self.text_bpe, self.vocab, self.settings, self.task,
                        self.strict)
-        identity = self.identity(source)
-        self._check(identity)  # on every rank, before any barrier: all of them stop with the same reason
         with state.main_process_first():  # the main process creates the set; the others then see it
             self._open(identity, clean=state.is_main_process)
         if self.strict:
@@ -284,6 +294,13 @@ class ShardWriter:
             "error_reasons": dict(Counter(error_kind(e["reason"]) for e in errors).most_common()),
         }}
         _write_json_atomic(self.out_dir / MANIFEST_NAME, manifest)
+
+
+def _device(name: str) -> torch.device:
+    try:
+        return torch.device(name)
+    except RuntimeError:
+        raise ShardError(f"unknown device {name!r} (cpu, cuda, cuda:1, …, or accelerator)") from None
 
 
 def _difference(key: str, old, new) -> str:

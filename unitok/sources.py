@@ -14,7 +14,7 @@ import io
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterable
 
 from .adapters import AudioAdapter, ImageAdapter, MediaError, VideoAdapter
 
@@ -70,12 +70,17 @@ class Source:
         return (self[i] for i in range(len(self)))
 
     def describe(self) -> dict:
-        """Where the items come from and a fingerprint of their content (part of a shard set's identity)."""
+        """Where the items come from and a fingerprint of their content (part of a shard set's identity;
+        the item count is there too, so a refusal can say how the source changed)."""
         raise NotImplementedError
 
 
-def fingerprint(*parts: Any) -> str:
-    return hashlib.sha256(json.dumps(parts, default=str).encode()).hexdigest()[:16]
+def fingerprint(parts: Iterable[Any]) -> str:
+    """A short hash of a source's content, one part at a time (a corpus is never one big string)."""
+    digest = hashlib.sha256()
+    for part in parts:
+        digest.update(json.dumps(part, default=str).encode() + b"\n")
+    return digest.hexdigest()[:16]
 
 
 class FolderSource(Source):
@@ -106,7 +111,7 @@ class FolderSource(Source):
         """The fingerprint covers the captions and every file's size and modification time (as
         `datasets` does for local files): a re-run over edited files is refused, not mixed in."""
         return {"folder": str(self.folder), "captions": self.captions, "items": len(self),
-                "fingerprint": fingerprint(self.rows, [_file_signature(self.folder / r) for r, _ in self.rows])}
+                "fingerprint": fingerprint((r, c, _file_signature(self.folder / r)) for r, c in self.rows)}
 
 
 def _file_signature(path: Path) -> tuple[int, int] | None:
@@ -182,7 +187,8 @@ class DatasetSource(Source):
         if missing:
             raise SourceError(f"dataset {name!r} has no column {missing[0]!r}; it has {ds.column_names}")
         feature = ds.features[media_column]
-        if hasattr(feature, "decode"):  # Image / Audio / Video: the raw bytes or path, decoded by our adapter
+        self.path_column = not hasattr(feature, "decode")  # else Image / Audio / Video
+        if not self.path_column:  # kept undecoded: the raw bytes or path, decoded by our adapter
             ds = ds.cast_column(media_column, type(feature)(decode=False))
         self.name, self.split, self.data_dir, self.data_files = name, split, data_dir, data_files
         self.media_column, self.text_column, self.dataset = media_column, text_column, ds
@@ -203,9 +209,13 @@ class DatasetSource(Source):
         return cell
 
     def describe(self) -> dict:
+        """`datasets`' own fingerprint covers the table and its transforms; media that a path column
+        points at are covered like a folder's files (size and modification time)."""
+        paths = self.dataset[self.media_column] if self.path_column else []
         return {"dataset": self.name, "data_dir": self.data_dir, "data_files": self.data_files, "split": self.split,
                 "media_column": self.media_column, "text_column": self.text_column, "items": len(self),
-                "fingerprint": self.dataset._fingerprint}  # datasets' own hash of the data and transforms
+                "fingerprint": fingerprint([self.dataset._fingerprint] +
+                                           [_file_signature(Path(self._media(p))) for p in paths if p])}
 
 
 class TextSource(Source):

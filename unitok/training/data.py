@@ -5,8 +5,9 @@ stream through `datasets` (parquet, ``streaming=True``): `split_dataset_by_node`
 rank disjoint rows, and a seeded shuffle buffer (reseeded per epoch) orders them. A batch draws
 each document's entry by weight with a generator seeded by (seed, step, micro-step, rank), then
 takes that entry's next row. The data position is how many rows each stream has consumed in its
-epoch: saved with every checkpoint, replayed on resume, so a resumed run sees exactly the rows
-an uninterrupted one would.
+epoch: saved with every checkpoint (with the world size and a hash of each set's files, the two
+things it depends on), replayed on resume, so a resumed run sees exactly the rows an
+uninterrupted one would.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from typing import Iterator, Sequence
 import torch
 
 from ..media_tokenizer import MediaTokenizer
-from ..shards import ShardError, load_shards, read_manifest, shard_files, shard_set_hash
+from ..shards import ShardError, load_shards, read_manifest, shard_set_hash
 from ..streams import Batch, Stream, collate, pack, task_document, task_modality
 from ..vocabulary import Vocabulary
 
@@ -80,8 +81,6 @@ class ShardStream:
     def __init__(self, folder: str | Path, vocab: Vocabulary, seed: int, buffer: int, rank: int, world: int):
         from datasets.distributed import split_dataset_by_node
 
-        if not shard_files(folder):
-            raise ShardError(f"shard set {folder} has no rows")
         dataset = load_shards(folder, vocab, streaming=True).select_columns(COLUMNS)
         dataset = split_dataset_by_node(dataset, rank=rank, world_size=world)
         self.dataset = dataset.shuffle(seed=seed, buffer_size=buffer)
@@ -94,8 +93,8 @@ class ShardStream:
             self._rows = islice(iter(self.dataset), self.consumed, None)  # replay up to the saved position
         row = next(self._rows, None)
         if row is None:
-            if self.consumed == 0:
-                raise ShardError(f"shard set {self.folder}: this rank received no rows (fewer rows than ranks)")
+            if self.consumed == 0:  # resolve_mixture refuses such sets; this guards the loop below
+                raise ShardError(f"shard set {self.folder}: this rank received no rows")
             self.epoch, self.consumed, self._rows = self.epoch + 1, 0, None
             return self.next()
         self.consumed += 1
@@ -183,6 +182,9 @@ class MixtureBatches:
         return {"world": self.world, "streams": [stream.position() for stream in self.streams]}
 
     def load_state_dict(self, state: dict) -> None:
+        if not isinstance(state, dict):
+            raise ValueError("the checkpoint's data position is of an older unitok (no world size or shard hashes); "
+                             "start the run again in a new output folder")
         if state["world"] != self.world:
             raise ValueError(f"the checkpoint was written by {state['world']} processes, this run has {self.world}: "
                              "each rank's rows depend on that number; resume with the same number of processes")
@@ -206,7 +208,7 @@ def heldout_rows(entries: Sequence[MixtureEntry], vocab: Vocabulary, count: int)
         rows[task] = []
         for i, folder in enumerate(folders):
             dataset = load_shards(folder, vocab)
-            share = (per_task - len(rows[task])) // (len(folders) - i)  # a short set leaves its share to the rest
+            share = -(-(per_task - len(rows[task])) // (len(folders) - i))  # a short set leaves the rest to the next
             rows[task] += dataset.select(range(min(share, len(dataset)))).to_list()
     return rows
 
