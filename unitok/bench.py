@@ -195,7 +195,8 @@ def bench_tokenize(modality: str, items: int, items_per_shard: int, batch: int) 
     result = {"items": items, "items_per_shard": items_per_shard, "raw_decode_encode_items_per_s": per_s["raw"],
               "tokenize_items_per_s": per_s["one"], "tokenize_2_workers_items_per_s": per_s["two"],
               "tokenize_1_thread_items_per_s": per_s["one_thread"],
-              "tokenize_vs_raw_ratio": per_s["one"] / per_s["raw"], "workers_2_vs_1_speedup": per_s["two"] / per_s["one"],
+              "tokenize_vs_raw_ratio": per_s["one"] / per_s["raw"],
+              "workers_2_vs_1_speedup": per_s["two"] / per_s["one"],
               "workers_2_vs_1_thread_speedup": per_s["two"] / per_s["one_thread"]}
     print(f"  tokenize {modality}: raw {per_s['raw']:.0f} items/s, unitok tokenize {per_s['one']:.0f} items/s "
           f"(ratio {result['tokenize_vs_raw_ratio']:.2f}), 2 workers {per_s['two']:.0f} items/s "

@@ -68,8 +68,9 @@ def build_parser() -> argparse.ArgumentParser:
     tokenize.add_argument("--seed", type=int, default=0, help="base seed of the RDPM noise draws")
     tokenize.add_argument("--noise-draws", type=int, default=1, help="noise draws (token sequences) per item")
     tokenize.add_argument("--workers", type=int, default=1, help="local worker processes (CPU)")
-    tokenize.add_argument("--device", default="cpu", help="where the tokenizer runs: cpu, a torch device such as "
-                          "cuda:0, or accelerator (each rank's own under accelerate launch); part of the set's identity")
+    tokenize.add_argument("--device", default="cpu",
+                          help="where the tokenizer runs: cpu, a torch device such as cuda:0, or accelerator "
+                               "(each rank's own under accelerate launch); part of the set's identity")
     tokenize.add_argument("--strict", action="store_true", help="fail on the first bad item instead of skipping it")
     tokenize.set_defaults(command=cmd_tokenize)
 
@@ -166,8 +167,8 @@ def cmd_shards_inspect(args) -> int:
         print(json.dumps(summary, indent=2))
         return 0
     totals = summary["totals"]
-    print(f"{summary['dir']}: {totals['rows']} rows of {totals['items']} items, {totals['tokens']} tokens in {totals['shards']} shards "
-          f"from {totals['source_items']} source items ({json.dumps(summary['source'])})")
+    print(f"{summary['dir']}: {totals['rows']} rows of {totals['items']} items, {totals['tokens']} tokens in "
+          f"{totals['shards']} shards from {totals['source_items']} source items ({json.dumps(summary['source'])})")
     print(f"tokenizers: {json.dumps(summary['tokenizers'])}; vocabulary {summary['vocabulary_hash']}")
     print(f"tasks: {json.dumps(summary['tasks'])}; media: {json.dumps(summary['media'])}")
     print("tokens per row:")
