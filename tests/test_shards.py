@@ -12,6 +12,7 @@ import sys
 import time
 from pathlib import Path
 
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from PIL import Image
@@ -204,26 +205,38 @@ def test_sidecar_captions_dataset_path_columns_and_text_corpora(tiny_run, tmp_pa
     assert set(c["task"]) == {"text"} and c["media_ids"] == [[], []] and all(c["text_ids"])
 
 
-def test_undecodable_bytes_cells_of_a_dataset_are_reported_by_row(tiny_run, tmp_path):
-    import datasets
+def media_dataset(folder: Path, feature: str, cells: list[bytes]) -> Path:
+    """A parquet dataset whose `media` column is a `datasets` Image/Audio feature of in-memory bytes
+    (written with pyarrow: encoding audio through `datasets` would need torchcodec)."""
+    media = pa.array([{"bytes": b, "path": None} for b in cells], pa.struct([("bytes", pa.binary()),
+                                                                           ("path", pa.string())]))
+    table = pa.table({"media": media, "caption": [f"item {i}" for i in range(len(cells))]})
+    features = {"media": {"_type": feature}, "caption": {"dtype": "string", "_type": "Value"}}
+    folder.mkdir()
+    pq.write_table(table.replace_schema_metadata({"huggingface": json.dumps({"info": {"features": features}})}),
+                   folder / "train.parquet")
+    return folder
 
-    good = next((tiny_run / "data" / "image" / "heldout").glob("**/*.png")).read_bytes()
-    features = datasets.Features({"image": datasets.Image(), "caption": datasets.Value("string")})
-    cells = [{"bytes": good, "path": None}, {"bytes": good[:80], "path": None}, {"bytes": good, "path": None}]
-    (tmp_path / "data").mkdir()
-    datasets.Dataset.from_dict({"image": cells, "caption": ["a", "b", "c"]}, features=features).to_parquet(
-        tmp_path / "data" / "train.parquet")
-    for run in ("first", "second"):  # the same reasons every run: no object addresses in them
+
+@pytest.mark.parametrize("modality, feature, suffix, truncate, reason", [
+    ("image", "Image", "png", True, "not a readable image (image file is truncated)"),
+    ("audio", "Audio", "wav", False, "not readable audio (ERROR opening: 1, Invalid data found when processing input)")])
+def test_undecodable_bytes_cells_of_a_dataset_are_reported_by_row(modality, feature, suffix, truncate, reason,
+                                                                   tiny_multimodal_run, tmp_path):
+    good = next((tiny_multimodal_run / "data" / modality / "heldout").glob(f"**/*.{suffix}")).read_bytes()
+    bad = good[:80] if truncate else b"these are notes, not audio"  # a cut WAV still holds a few samples
+    data = media_dataset(tmp_path / "data", feature, [good, bad, good])
+    command = ["tokenize", "--tokenizer", str(tiny_multimodal_run / "model"), "--modality", modality, "--dataset",
+               "parquet", "--data-dir", str(data), "--media-column", "media"]
+    for run in ("first", "second"):  # the same reasons every run: no object addresses, clock times, temp files
         out = tmp_path / run
-        assert main(["tokenize", "--tokenizer", str(tiny_run / "model"), "--dataset", "parquet", "--data-dir",
-                     str(tmp_path / "data"), "--out", str(out)]) == 0
+        assert main(command + ["--out", str(out)]) == 0
         errors = [json.loads(line) for line in (out / "errors.jsonl").read_text().splitlines()]
-        assert errors == [{"key": "1", "reason": "not a readable image (image file is truncated)"}]
+        assert errors == [{"key": "1", "reason": reason}]
         assert rows_by_item(out)[0].keys() == {("0", 0), ("2", 0)}
     shard = tmp_path / "first" / "shard-00000.parquet"
     written = shard.stat().st_mtime_ns
-    assert main(["tokenize", "--tokenizer", str(tiny_run / "model"), "--dataset", "parquet", "--data-dir",
-                 str(tmp_path / "data"), "--out", str(tmp_path / "first")]) == 0  # same dataset: accepted, kept
+    assert main(command + ["--out", str(tmp_path / "first")]) == 0  # the same dataset: accepted, nothing redone
     assert shard.stat().st_mtime_ns == written
 
 

@@ -187,9 +187,9 @@ class DatasetSource(Source):
         if missing:
             raise SourceError(f"dataset {name!r} has no column {missing[0]!r}; it has {ds.column_names}")
         feature = ds.features[media_column]
-        self.path_column = not hasattr(feature, "decode")  # else Image / Audio / Video
-        if not self.path_column:  # kept undecoded: the raw bytes or path, decoded by our adapter
+        if hasattr(feature, "decode"):  # Image / Audio / Video: kept undecoded, decoded by our adapter
             ds = ds.cast_column(media_column, type(feature)(decode=False))
+        self.path_column = getattr(feature, "dtype", None) in ("string", "large_string")
         self.name, self.split, self.data_dir, self.data_files = name, split, data_dir, data_files
         self.media_column, self.text_column, self.dataset = media_column, text_column, ds
 

@@ -22,7 +22,7 @@ import torch
 from PIL import Image
 from torchaudio.transforms import GriffinLim, InverseMelScale, MelSpectrogram
 
-from .base import MediaAdapter, MediaError
+from .base import MediaAdapter, MediaError, decord_reason
 
 
 @dataclass(frozen=True)
@@ -117,13 +117,16 @@ class AudioAdapter(MediaAdapter):
             with tempfile.NamedTemporaryFile(suffix=Path(getattr(path, "name", "")).suffix) as spool:
                 shutil.copyfileobj(path, spool)
                 spool.flush()
-                return self.load(spool.name)
+                try:
+                    return self.load(spool.name)
+                except MediaError as err:  # name the file object, not the spool's random name
+                    raise MediaError(str(err).replace(spool.name, str(path))) from None
         from decord import AudioReader
 
         try:
             samples = AudioReader(str(path), sample_rate=self.config.sample_rate, mono=True)[:].asnumpy()
         except Exception as err:  # decord raises DECORDError (a RuntimeError) with FFmpeg's reason
-            raise MediaError(f"{path}: not readable audio ({str(err).strip().splitlines()[-1]})") from None
+            raise MediaError(f"{path}: not readable audio ({decord_reason(err)})") from None
         if samples.size == 0:
             raise MediaError(f"{path}: audio has no samples")
         return Audio(samples.reshape(-1).astype(np.float32), self.config.sample_rate)

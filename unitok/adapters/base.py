@@ -6,6 +6,7 @@ sampler do not. A new modality is a new adapter plus an autoencoder for its tens
 
 from __future__ import annotations
 
+import re
 from abc import ABC, abstractmethod
 from pathlib import Path
 from typing import Any, ClassVar
@@ -15,6 +16,15 @@ import torch
 
 class MediaError(ValueError):
     """A media file or object that cannot be used; the message names it and says why."""
+
+
+_DECORD_LOCATION = re.compile(r"^\[[\d:]+\] \S+:\d+: ")
+
+
+def decord_reason(err: Exception) -> str:
+    """FFmpeg's reason from a decord error: its last line without decord's clock time and source
+    location, so the same bad file gives the same reason on every run."""
+    return _DECORD_LOCATION.sub("", str(err).strip().splitlines()[-1])
 
 
 class MediaAdapter(ABC):

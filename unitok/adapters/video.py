@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from .base import MediaAdapter, MediaError
+from .base import MediaAdapter, MediaError, decord_reason
 
 # Container suffix -> PyAV encoder and pixel format; GIF goes through Pillow.
 VIDEO_CODECS = {".mp4": ("libx264", "yuv420p"), ".mkv": ("libx264", "yuv420p"), ".mov": ("libx264", "yuv420p"),
@@ -110,7 +110,7 @@ class VideoAdapter(MediaAdapter):
         except MediaError:
             raise
         except Exception as err:  # decord raises DECORDError (a RuntimeError) with FFmpeg's reason
-            raise MediaError(f"{path}: not readable video ({str(err).strip().splitlines()[-1]})") from None
+            raise MediaError(f"{path}: not readable video ({decord_reason(err)})") from None
         fps = self.config.fps or native_fps / self.config.stride
         return Video(frames, fps)
 
