@@ -51,16 +51,29 @@ def _machine() -> dict:
     return {"cpu": cpu, "threads": torch.get_num_threads(), "device": device, "torch": torch.__version__}
 
 
+def _seconds(fn) -> float:
+    start = time.perf_counter()
+    fn()
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+    return time.perf_counter() - start
+
+
 def _timed(fn, repeats: int) -> float:
     fn()  # warm-up
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
+    return statistics.median(_seconds(fn) for _ in range(repeats))
+
+
+def _interleaved(sides: dict, rounds: int) -> dict:
+    """Median seconds of every side, after one warm-up each, timed in interleaved rounds so that
+    drift in machine load hits every side alike."""
+    for fn in sides.values():
         fn()
-        if torch.cuda.is_available():
-            torch.cuda.synchronize()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+    seconds = {side: [] for side in sides}
+    for _ in range(rounds):
+        for side, fn in sides.items():
+            seconds[side].append(_seconds(fn))
+    return {side: statistics.median(times) for side, times in seconds.items()}
 
 
 def _setup(spec: ModelSpec, num_blocks: int, num_positions: int, codebook: int = 512, text: int = 512,
@@ -129,13 +142,10 @@ def bench_training(spec: ModelSpec, positions: int = 64, steps: int = 10, batch:
         optimizer.zero_grad(set_to_none=True)
 
     tokens = ours.input_ids.numel()
-    ours_s, plain_s = [], []
-    for _ in range(repeats):  # interleaved, so drift in machine load hits both sides alike
-        ours_s.append(_timed(unitok_step, 1))
-        plain_s.append(_timed(plain_step, 1))
+    seconds = _interleaved({"unitok": unitok_step, "plain": plain_step}, repeats)
     result = {"tokens_per_step": tokens, "sequence_length": ours.input_ids.shape[1], "batch": batch,
-              "unitok_tokens_per_s": tokens / statistics.median(ours_s),
-              "plain_causal_lm_tokens_per_s": tokens / statistics.median(plain_s)}
+              "unitok_tokens_per_s": tokens / seconds["unitok"],
+              "plain_causal_lm_tokens_per_s": tokens / seconds["plain"]}
     result["tokens_per_s_ratio"] = result["unitok_tokens_per_s"] / result["plain_causal_lm_tokens_per_s"]
     print(f"  training: unitok {result['unitok_tokens_per_s']:.0f} tok/s, plain causal LM "
           f"{result['plain_causal_lm_tokens_per_s']:.0f} tok/s, ratio {result['tokens_per_s_ratio']:.2f}")
@@ -185,13 +195,9 @@ def bench_tokenize(modality: str, items: int, items_per_shard: int, batch: int) 
             finally:
                 torch.set_num_threads(default)
 
-        sides = {"raw": raw, "one": lambda: tokenize(1), "two": lambda: tokenize(2),
-                 "one_thread": lambda: tokenize(1, threads=1)}
-        seconds = {side: [] for side in sides}
-        for _ in range(3):  # interleaved, so drift in machine load hits every side alike
-            for side, fn in sides.items():
-                seconds[side].append(_timed(fn, 1))
-    per_s = {side: items / statistics.median(times) for side, times in seconds.items()}
+        seconds = _interleaved({"raw": raw, "one": lambda: tokenize(1), "two": lambda: tokenize(2),
+                                "one_thread": lambda: tokenize(1, threads=1)}, rounds=3)
+    per_s = {side: items / s for side, s in seconds.items()}
     result = {"items": items, "items_per_shard": items_per_shard, "raw_decode_encode_items_per_s": per_s["raw"],
               "tokenize_items_per_s": per_s["one"], "tokenize_2_workers_items_per_s": per_s["two"],
               "tokenize_1_thread_items_per_s": per_s["one_thread"],

@@ -37,6 +37,7 @@ from accelerate.utils import gather_object
 from tqdm.auto import tqdm
 
 from .adapters import MediaError
+from .config import config_hash
 from .media_tokenizer import MediaTokenizer
 from .sources import Source, SourceItem
 from .text_bpe import TextBPE
@@ -390,8 +391,7 @@ def shard_files(shard_dir: str | Path) -> list[Path]:
 
 def shard_set_hash(shard_dir: str | Path) -> str:
     """A hash of a finished set's files: what training checkpoints record of the data they read."""
-    shards = read_manifest(shard_dir)["shards"]
-    return hashlib.sha256(json.dumps(sorted((n, r.get("sha256")) for n, r in shards.items())).encode()).hexdigest()[:16]
+    return config_hash({name: record.get("sha256") for name, record in read_manifest(shard_dir)["shards"].items()})
 
 
 def load_shards(shard_dir: str | Path, vocab: Vocabulary, streaming: bool = False):
