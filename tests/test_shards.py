@@ -169,6 +169,20 @@ def test_workers_and_accelerate_ranks_write_the_same_shards_as_one_process(tiny_
         assert rows_by_item(tmp_path / name) == reference
         manifest = json.loads((tmp_path / name / "manifest.json").read_text())
         assert manifest["complete"] and manifest["totals"]["items"] == 20 and len(manifest["shards"]) == 5
+    ranks_manifest = json.loads((tmp_path / "ranks" / "manifest.json").read_text())
+    assert [r["rank"] for _, r in sorted(ranks_manifest["shards"].items())] == [0, 1, 0, 1, 0]  # split, not repeated
+
+
+def test_ranks_that_see_different_sources_all_stop_before_writing(tiny_run, tmp_path):
+    launcher = [str(Path(sys.executable).parent / "accelerate"), "launch", "--config_file",
+                str(ROOT / "recipes" / "accelerate" / "cpu-2proc.yaml")]
+    result = subprocess.run(launcher + [str(ROOT / "tests" / "scripts" / "rank_sources.py"), str(tiny_run / "model"),
+                                        str(tmp_path / "out")], capture_output=True, text=True,
+                            env={**os.environ, "ACCELERATE_USE_CPU": "1"}, timeout=300)
+    assert result.returncode != 0
+    for rank in (0, 1):
+        assert f"rank {rank}: the ranks see different sources or settings" in result.stderr, result.stderr[-3000:]
+    assert not (tmp_path / "out").exists()
 
 
 def test_sidecar_captions_dataset_path_columns_and_text_corpora(tiny_run, tmp_path):

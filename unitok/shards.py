@@ -3,7 +3,7 @@
 Layout of a shard set::
 
     shard-00000.parquet …      rows: key, caption, task, text_ids, media, media_ids, seed, draw
-    records/shard-00000.json   one per finished shard: rows, items, source range, errors, sha256
+    records/shard-00000.json   one per finished shard: rank, rows, items, source range, errors, sha256
     vocabulary.json            the vocabulary every id refers to
     manifest.json              identity (vocabulary and tokenizer hashes, settings, source),
                                the finished shards, totals
@@ -33,7 +33,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 from accelerate import PartialState
-from accelerate.utils import gather_object
+from accelerate.utils import gather_object, parse_flag_from_env
 from tqdm.auto import tqdm
 
 from .adapters import MediaError
@@ -121,6 +121,7 @@ class ShardJob:
     settings: TokenizeSettings
     task: str
     strict: bool
+    rank: int  # the accelerate process that writes this job's shards (recorded with each shard)
 
     @property
     def num_shards(self) -> int:
@@ -147,7 +148,7 @@ class ShardJob:
                 errors.append({"key": item.key, "reason": reason})
             progress(1)
         rows = self._rows(loaded)
-        record = {"file": None, "rows": len(rows), "items": len(loaded),
+        record = {"file": None, "rank": self.rank, "rows": len(rows), "items": len(loaded),
                   "source_items": [items[0].key, items[-1].key],
                   "source_range": [self.item_range(index).start, self.item_range(index).stop], "errors": errors}
         if rows:  # a shard of only bad inputs leaves no file (empty parquet trips readers)
@@ -217,7 +218,9 @@ class ShardWriter:
         """Tokenize every shard of `source` that has no record yet; returns the manifest's totals."""
         if len(source) == 0:
             raise ShardError("the source has no items")
-        state = PartialState()
+        # Accelerator() reads ACCELERATE_USE_CPU (set by `accelerate launch` with use_cpu); a bare
+        # PartialState() would not, and every CPU rank would act as the only process.
+        state = PartialState(cpu=parse_flag_from_env("ACCELERATE_USE_CPU"))
         device = state.device if self.device == "accelerator" else _device(self.device)
         if workers > 1 and device.type != "cpu":
             raise ShardError("--workers > 1 forks CPU processes; on GPUs run one process per device "
@@ -230,7 +233,7 @@ class ShardWriter:
         if self.tokenizer is not None:
             self.tokenizer.to(device)
         job = ShardJob(self.out_dir, source, self.tokenizer, self.text_bpe, self.vocab, self.settings, self.task,
-                       self.strict)
+                       self.strict, state.process_index)
         with state.main_process_first():  # the main process creates the set; the others then see it
             self._open(identity, clean=state.is_main_process)
         if self.strict:
