@@ -55,9 +55,9 @@ def _image_quantizer() -> RDPMQuantizer:
 IMAGE_QUANTIZER = _image_quantizer()
 
 
-def span_states(vocab: Vocabulary, blocks: torch.Tensor) -> torch.Tensor:
-    """Running states (b, N, 4) of a span's global image ids (b, N), from `IMAGE_QUANTIZER`."""
-    return IMAGE_QUANTIZER.running_states(vocab.to_local("image", blocks)[None])[0]
+def span_inputs(vocab: Vocabulary, blocks: torch.Tensor) -> torch.Tensor:
+    """State inputs (b, N, 8) of a span's global image ids (b, N), from `IMAGE_QUANTIZER`."""
+    return IMAGE_QUANTIZER.block_inputs(vocab.to_local("image", blocks)[None])[0]
 
 
 def tiny_tokenizer_spec(**quantizer) -> TokenizerSpec:
@@ -114,7 +114,7 @@ def write_tiny_multimodal_recipe(folder: Path, **overrides) -> Path:
     recipe["lm"]["tasks"] = {"text_to_image": 1.0, "image_to_text": 0.5, "text_to_audio": 1.0, "audio_to_text": 0.5,
                              "text_to_video": 1.0, "video_to_text": 0.5, "text": 0.2}
     recipe["lm"]["loss_weights"] = {"audio": 2.0}
-    recipe["eval"]["samplers"] = {"audio": {"guidance_scale": 2.0, "top_k": 8}}
+    recipe["samplers"] = {"audio": {"guidance_scale": 2.0, "top_k": 8}}
     for key, value in overrides.items():
         recipe[key] = {**recipe[key], **value} if isinstance(value, dict) else value
     path.write_text(yaml.safe_dump(recipe))

@@ -113,3 +113,20 @@ def test_generate_writes_png_and_errors_are_one_line(tiny_run, tmp_path):
     assert missing.stderr.count("\n") == 1
     bad = run_cli("train", tmp_path / "missing.yaml")
     assert bad.returncode == 1 and "no such config file" in bad.stderr
+
+
+def test_generate_takes_rounds_and_refuses_ones_that_do_not_fit(tiny_run, tmp_path, capsys):
+    out = tmp_path / "seven.png"
+    assert main(["generate", str(tiny_run / "model"), "--prompt", "a red 7", "--out", str(out), "--rounds", "3,1,1,1"]) == 0
+    assert main(["generate", str(tiny_run / "model"), "--prompt", "a red 7", "--out", str(out), "--rounds", "3,1"]) == 1
+    assert "rounds lists 2 blocks, but this tokenizer draws 4" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["generate", str(tiny_run / "model"), "--prompt", "a red 7", "--out", str(out), "--rounds", "three"])
+    assert "expected comma-separated integers" in capsys.readouterr().err
+
+
+def test_sweep_needs_a_known_kind(tmp_path, capsys):
+    path = tmp_path / "sweep.yaml"
+    path.write_text("recipe: recipes/quickstart.yaml\n")
+    assert main(["sweep", str(path)]) == 1
+    assert "kind: expected one of ['tokenizer', 'generation'], got None" in capsys.readouterr().err

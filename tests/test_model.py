@@ -1,4 +1,4 @@
-"""StreamModel: media codes enter with their cell, block and state rows, everything else as plain tokens."""
+"""StreamModel: media positions enter with their cell, block and state rows, everything else as plain tokens."""
 
 import pytest
 import torch
@@ -6,7 +6,7 @@ import torch
 from unitok.model import StreamModel, batch_logits, build_transformer
 from unitok.streams import StreamBuilder, collate
 
-from .conftest import TINY_MODEL, span_states
+from .conftest import TINY_MODEL, span_inputs
 
 
 def test_media_codes_get_their_cell_and_block_rows_and_text_does_not(vocab):
@@ -15,7 +15,7 @@ def test_media_codes_get_their_cell_and_block_rows_and_text_does_not(vocab):
     model = StreamModel(transformer)
     text = vocab.to_global("text", torch.tensor([1, 2, 3])).tolist()
     blocks = vocab.to_global("image", torch.zeros(2, 4, dtype=torch.long))  # the same code everywhere
-    batch = collate([[StreamBuilder(vocab).special("<bos>").text(text).media("image", blocks, span_states(vocab, blocks)).build()]],
+    batch = collate([[StreamBuilder(vocab).special("<bos>").text(text).media("image", blocks, span_inputs(vocab, blocks)).build()]],
                     pad_id=0)
     boi = 4
     with torch.no_grad():
@@ -31,19 +31,19 @@ def test_media_codes_get_their_cell_and_block_rows_and_text_does_not(vocab):
     assert (batch.media_rows[0, : boi + 1] == -1).all() and (batch.media_rows[0, boi + 9 :] == -1).all()
 
 
-def test_media_codes_carry_their_running_state_and_text_before_them_does_not(vocab):
-    """Two spans with the same codes but other running states differ from the span on, not before;
-    a state of the wrong width is refused when the stream is built."""
+def test_media_positions_carry_their_state_inputs_and_text_before_them_does_not(vocab):
+    """Two spans with the same codes but other state inputs differ from the span on, not before;
+    inputs of the wrong width are refused when the stream is built."""
     torch.manual_seed(0)
     model = StreamModel(build_transformer(TINY_MODEL, vocab).eval())
     text = vocab.to_global("text", torch.tensor([1, 2, 3])).tolist()
     blocks = vocab.to_global("image", torch.randint(0, 64, (2, 4)))
-    states = span_states(vocab, blocks)
+    states = span_inputs(vocab, blocks)
 
-    def logits(span_states):
-        stream = StreamBuilder(vocab).special("<bos>").text(text).media("image", blocks, span_states).build()
+    def logits(inputs):
+        stream = StreamBuilder(vocab).special("<bos>").text(text).media("image", blocks, inputs).build()
         batch = collate([[stream]], pad_id=0)
-        assert torch.equal(batch.media_states[0, 5:13], span_states.reshape(8, 4))
+        assert torch.equal(batch.media_states[0, 5:13], inputs.reshape(8, 8))
         with torch.no_grad():
             return batch_logits(model, batch)
 
@@ -51,5 +51,5 @@ def test_media_codes_carry_their_running_state_and_text_before_them_does_not(voc
     boi = 4
     torch.testing.assert_close(ours[:, : boi + 1], other[:, : boi + 1])
     assert (ours[:, boi + 1 :] - other[:, boi + 1 :]).abs().amax(-1).min() > 1e-4
-    with pytest.raises(ValueError, match="with 4 latent channels"):
-        StreamBuilder(vocab).media("image", blocks, states[..., :2])
+    with pytest.raises(ValueError, match="with 8 state inputs"):
+        StreamBuilder(vocab).media("image", blocks, states[..., :4])

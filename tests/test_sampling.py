@@ -1,112 +1,183 @@
-"""Cached sampling: equal to a full recompute, inside the codebook range, sampler options."""
+"""Samplers: in-block rounds (cached passes equal a full recompute, every cell decided once, one
+round = one pass), raster AR, media→text, the codebook range, sampler options."""
 
 import pytest
 import torch
 
 from unitok.model import StreamModel, batch_logits, build_transformer
-from unitok.sampling import CachedDecoder, SamplerConfig, choose, sample_media, sample_text
+from unitok.sampling import (RasterSampler, RoundsSampler, SamplerConfig, choose, media_prefix, sample_text,
+                             undecided_after_rounds)
 from unitok.streams import StreamBuilder, collate
 from unitok.vocabulary import MediaLayout, Vocabulary
 
-from .conftest import IMAGE_QUANTIZER, TINY_MODEL, image_layout, span_states
+from unitok.rdpm import QuantizerConfig, RDPMQuantizer
 
-states = IMAGE_QUANTIZER.running_states
+from .conftest import TINY_MODEL, image_layout
 
-N, BLOCKS = 4, 3
+N, BLOCKS = 4, 3  # spans of k_T and two generated blocks of 4 cells
+torch.manual_seed(1234)
+IMAGE_QUANTIZER = RDPMQuantizer(QuantizerConfig(steps=BLOCKS - 1, codebook_size=64), latent_channels=4)
+
+
+@pytest.fixture
+def vocab():
+    return Vocabulary.build(40, "texthash", [MediaLayout("image", "image", 64, "imagehash", num_blocks=BLOCKS,
+                                                         num_positions=N, latent_channels=4)])
+
+
+def span_inputs(vocab, blocks):
+    return IMAGE_QUANTIZER.block_inputs(vocab.to_local("image", blocks)[None])[0]
+
+
+class RecordingModel(StreamModel):
+    """A StreamModel that keeps every pass's fed ids, state inputs and logits."""
+
+    def __init__(self, transformer):
+        super().__init__(transformer)
+        self.passes = []
+
+    def forward(self, input_ids, media_rows, media_states, attention_mask, position_ids, cache=None):
+        logits = super().forward(input_ids, media_rows, media_states, attention_mask, position_ids, cache)
+        self.passes.append((input_ids.clone(), media_states.clone(), logits.clone()))
+        return logits
 
 
 @pytest.fixture
 def model(vocab):
     torch.manual_seed(0)
-    return StreamModel(build_transformer(TINY_MODEL, vocab)).eval()
+    return RecordingModel(build_transformer(TINY_MODEL, vocab)).eval()
 
 
 def text(vocab, ids):
     return [vocab.range("text").offset + i for i in ids]
 
 
-def full_logits(model, vocab, prompts, blocks, order="timestep"):
-    streams = [StreamBuilder(vocab, order).special("<bos>").text(text(vocab, p)).media("image", b, span_states(vocab, b)).build()
-               for p, b in zip(prompts, blocks)]
-    batch = collate([[s] for s in streams], pad_id=0, pad_side="left")
+def rounds_sampler(**options):
+    return RoundsSampler(SamplerConfig(**{"guidance_scale": 2.0, **options}))
+
+
+def sample(model, vocab, sampler, prompts, first, seed=0):
+    return sampler.sample(model, vocab, "image", IMAGE_QUANTIZER, prompts, first, torch.Generator().manual_seed(seed))
+
+
+def full_block_logits(model, vocab, prompt, fed, inputs, block):
+    """Logits of a full forward of ``<bos> prompt <boi>`` + one block as fed (mask rows where undecided)."""
+    undecided = fed == vocab.mask_id("image")
+    codes = torch.where(undecided, vocab.range("image").offset, fed)  # any code: undecided cells show the mask row
+    stream = (StreamBuilder(vocab).special("<bos>").text(prompt)
+              .media("image", codes[None], inputs[None], undecided[None], first_block=block, complete=False).build())
     with torch.no_grad():
-        return batch_logits(model, batch)
+        return batch_logits(model, collate([[stream]], pad_id=0))[0, -N:]
 
 
-def test_cached_block_steps_equal_full_recompute(model, vocab):
-    prompts = [[1, 2, 3], [4]]  # different lengths: exercises left padding
-    blocks = [vocab.to_global("image", torch.randint(0, 64, (BLOCKS, N))) for _ in prompts]
-    prefix = [StreamBuilder(vocab).special("<bos>").text(text(vocab, p)).media("image", b[:1], span_states(vocab, b[:1]), complete=False).build()
-              for p, b in zip(prompts, blocks)]
-    with torch.no_grad():
-        decoder = CachedDecoder(model, collate([[s] for s in prefix], pad_id=0, pad_side="left"))
-        cached = [decoder.logits[:, -N:]]
-        for k in range(1, BLOCKS):
-            rows = vocab.position_rows("image", BLOCKS, N)[k]
-            fed_states = torch.stack([span_states(vocab, b[: k + 1])[k] for b in blocks])
-            cached.append(decoder.feed(torch.stack([b[k] for b in blocks]), rows, fed_states, block=True))
-    reference = full_logits(model, vocab, prompts, blocks)
-    length = reference.shape[1]
-    for k in range(BLOCKS):
-        start = length - 1 - (BLOCKS - k) * N  # the full stream ends with <eoi>
-        torch.testing.assert_close(cached[k], reference[:, start:start + N], atol=1e-4, rtol=1e-4)
+def test_cached_rounds_equal_a_full_recompute_and_decide_every_cell_once(model, vocab):
+    prompts = [text(vocab, [1, 2, 3]), text(vocab, [4])]  # different lengths: exercises left padding
+    first = torch.randint(0, 64, (2, 1, N))
+    sampler = rounds_sampler(rounds=(3, 2))
+    ids = sample(model, vocab, sampler, prompts, first)
+    passes = model.passes[1:]  # the first call is the prompt prefix
+    assert len(passes) == sampler.passes(BLOCKS, N) == 5
+    mask_id, offset = vocab.mask_id("image"), vocab.range("image").offset
+    schedules = {1: undecided_after_rounds(N, 3), 2: undecided_after_rounds(N, 2)}
+    fed_rounds = {1: passes[:3], 2: passes[3:]}
+    for block, rounds in fed_rounds.items():
+        decided_before = torch.zeros(2, N, dtype=torch.bool)
+        for r, (fed, inputs, logits) in enumerate(rounds):
+            for row, prompt in enumerate(prompts + [[], []]):  # conditional rows, then unconditional ones
+                full = full_block_logits(model, vocab, prompt, fed[row], inputs[row], block)
+                torch.testing.assert_close(logits[row], full, atol=1e-4, rtol=1e-4)
+            cond, uncond = fed[:2], fed[2:]
+            assert torch.equal(cond, uncond), "guidance feeds both rows the same block"
+            decided = cond != mask_id
+            assert (decided | ~decided_before).all(), "a decided cell stays decided"
+            assert torch.equal(cond[decided_before], ids[:, block][decided_before] + offset), "with its code"
+            assert (decided.sum(1) == N - ([N] + schedules[block])[r]).all()
+            decided_before = decided
+        assert (~decided_before).sum(1).tolist() == [schedules[block][-2]] * 2, "the last round decides the rest"
+    torch.testing.assert_close(model.passes[4][1][:2], IMAGE_QUANTIZER.next_block_inputs(ids[:, :2]))
 
 
-@pytest.mark.parametrize("given", [1, 2])
-def test_greedy_sampler_matches_full_recompute(model, vocab, given):
-    """Every block the cached sampler picks greedily is the argmax of a full recompute, whether
-    it starts from k_T alone or continues a trajectory from its first `given` blocks."""
-    first = torch.randint(0, 64, (2, given, N))
-    greedy = SamplerConfig(gumbel_scale=0.0, guidance_scale=2.0)
+def test_one_round_per_block_is_the_one_pass_sampler(model, vocab):
+    """With one round per block every cell of a block is decided by one pass in which all are
+    undecided: greedy, it is the argmax of a full recompute of each block with every cell masked."""
+    first = torch.randint(0, 64, (2, 1, N))
     prompts = [text(vocab, [1, 2]), text(vocab, [3])]
-    ids = sample_media(model, vocab, "image", prompts, first, BLOCKS, N, "timestep", greedy, states)
-    assert torch.equal(ids[:, :given], first)
+    greedy = RoundsSampler(SamplerConfig(guidance_scale=1.0, gumbel_scale=0.0))
+    ids = sample(model, vocab, greedy, prompts, first)
+    assert greedy.passes(BLOCKS, N) == BLOCKS - 1 == len(model.passes) - 1
+    assert torch.equal(ids[:, :1], first)
     codes = vocab.range("image")
-    g = vocab.to_global("image", ids)
-    cond = full_logits(model, vocab, [[1, 2], [3]], g)
-    uncond = full_logits(model, vocab, [[], []], g)
-    for k in range(given, BLOCKS):
-        # block k - 1 predicts block k; both streams end with <eoi> but differ in length
-        predicting = slice(-1 - (BLOCKS - k + 1) * N, -1 - (BLOCKS - k) * N)
-        guided = uncond[:, predicting] + 2.0 * (cond[:, predicting] - uncond[:, predicting])
-        assert torch.equal(guided[..., codes.offset:codes.end].argmax(-1), ids[:, k])
+    for block in range(1, BLOCKS):
+        inputs = IMAGE_QUANTIZER.next_block_inputs(ids[:, :block])
+        for row, prompt in enumerate(prompts):
+            fed = torch.full((N,), vocab.mask_id("image"))
+            full = full_block_logits(model, vocab, prompt, fed, inputs[row], block)
+            assert torch.equal(full[:, codes.offset:codes.end].argmax(-1), ids[row, block])
+
+
+def test_rounds_samples_are_seeded_and_continue_a_given_trajectory(model, vocab):
+    prompts = [text(vocab, [1, 2]), text(vocab, [3])]
+    first = torch.randint(0, 64, (2, 2, N))  # k_T and k_{T-1} given: only the last block is drawn
+    sampler = rounds_sampler(rounds=(3, 2))
+    a, b = sample(model, vocab, sampler, prompts, first), sample(model, vocab, sampler, prompts, first)
+    assert torch.equal(a, b) and torch.equal(a[:, :2], first)
+    assert len(model.passes) == 2 * (1 + 2)  # one prefix and the last block's 2 rounds, twice
+    assert not torch.equal(a, sample(model, vocab, sampler, prompts, first, seed=1))
+
+
+def test_rounds_must_fit_the_tokenizer_and_the_cells(model, vocab):
+    with pytest.raises(ValueError, match="rounds lists 3 blocks, but this tokenizer draws 2"):
+        sample(model, vocab, rounds_sampler(rounds=(2, 1, 1)), [text(vocab, [1])], torch.zeros(1, 1, N, dtype=torch.long))
+    with pytest.raises(ValueError, match="5 rounds cannot each decide one of 4 cells"):
+        undecided_after_rounds(N, 5)
+    assert undecided_after_rounds(64, 6) == [61, 55, 45, 32, 16, 0]
+    assert undecided_after_rounds(4, 4) == [3, 2, 1, 0] and undecided_after_rounds(4, 1) == [0]
 
 
 def test_raster_sampler_matches_full_recompute(model, vocab):
-    greedy = SamplerConfig(gumbel_scale=0.0)
-    ids = sample_media(model, vocab, "image", [text(vocab, [5, 6])], None, 1, N, "raster", greedy, states)
-    assert ids.shape == (1, 1, N)
+    greedy = RasterSampler(SamplerConfig(guidance_scale=1.0, gumbel_scale=0.0))
+    ids = greedy.sample(model, vocab, "image", IMAGE_QUANTIZER, [text(vocab, [5, 6])], None)
+    assert ids.shape == (1, 1, N) and greedy.passes(1, N) == N
     codes = vocab.range("image")
-    logits = full_logits(model, vocab, [[5, 6]], [vocab.to_global("image", ids[0])], order="raster")
+    block = vocab.to_global("image", ids[0])
+    stream = StreamBuilder(vocab, "raster").special("<bos>").text(text(vocab, [5, 6])).media(
+        "image", block, IMAGE_QUANTIZER.block_inputs(ids)[0]).build()
+    with torch.no_grad():
+        logits = batch_logits(model, collate([[stream]], pad_id=0))
     boi = 1 + 2
-    expected = logits[0, boi:boi + N, codes.offset:codes.end].argmax(-1)
-    assert torch.equal(expected, ids[0, 0])
+    assert torch.equal(logits[0, boi:boi + N, codes.offset:codes.end].argmax(-1), ids[0, 0])
 
 
 def test_sampled_ids_stay_in_the_codebook_range(model, vocab):
-    # bias the model towards every other id (text, specials, position rows): the sampler must
-    # still only emit image codes
+    # bias the model towards every other id (text, specials, input rows): the sampler must still only emit image codes
     codes = vocab.range("image")
     with torch.no_grad():
         model.transformer.lm_head.weight[: codes.offset] += 5.0
         model.transformer.lm_head.weight[codes.end:] += 5.0
-    ids = sample_media(model, vocab, "image", [text(vocab, [1])] * 3, torch.zeros(3, 1, N, dtype=torch.long), BLOCKS, N,
-                       "timestep", SamplerConfig(temperature=2.0), states, torch.Generator().manual_seed(0))
+    ids = sample(model, vocab, RoundsSampler(SamplerConfig(temperature=2.0, rounds=(2, 2))), [text(vocab, [1])] * 3,
+                 torch.zeros(3, 1, N, dtype=torch.long))
     assert ids.min() >= 0 and ids.max() < 64
 
 
 def test_each_media_span_stays_in_its_own_range_when_there_are_several():
-    vocab = Vocabulary.build(40, "t", [image_layout(), MediaLayout("audio", "audio", 32, "a", num_blocks=3, num_positions=N,
-                                                                         latent_channels=4)])
+    vocab = Vocabulary.build(40, "t", [image_layout(), MediaLayout("audio", "audio", 32, "a", num_blocks=3,
+                                                                   num_positions=N, latent_channels=4)])
     torch.manual_seed(0)
     model = StreamModel(build_transformer(TINY_MODEL, vocab)).eval()
     audio = vocab.range("audio")
     with torch.no_grad():  # every other id, the image codes included, is favoured
         model.transformer.lm_head.weight[: audio.offset] += 5.0
         model.transformer.lm_head.weight[audio.end:] += 5.0
-    ids = sample_media(model, vocab, "audio", [text(vocab, [1])] * 3, torch.zeros(3, 1, N, dtype=torch.long), 3, N,
-                       "timestep", SamplerConfig(temperature=2.0), states, torch.Generator().manual_seed(0))
+    quantizer = RDPMQuantizer(QuantizerConfig(steps=2, codebook_size=32), latent_channels=4)
+    ids = RoundsSampler(SamplerConfig(temperature=2.0)).sample(model, vocab, "audio", quantizer, [text(vocab, [1])] * 3,
+                                                               torch.zeros(3, 1, N, dtype=torch.long))
     assert ids.shape == (3, 3, N) and ids.min() >= 0 and ids.max() < audio.size
+
+
+def test_media_prefix_opens_a_span_after_the_prompt(vocab):
+    prefix = media_prefix(vocab, "timestep", "image", text(vocab, [1, 2]))
+    assert prefix.input_ids == [vocab.special_id("<bos>"), *text(vocab, [1, 2]), vocab.special_id("<boi>")]
+    assert prefix.positions == [0, 1, 2, 3]
 
 
 def test_text_after_a_media_span_is_text_only_and_equals_full_recompute(model, vocab):
@@ -116,8 +187,8 @@ def test_text_after_a_media_span_is_text_only_and_equals_full_recompute(model, v
         codes = vocab.range("image")
         model.transformer.lm_head.weight[codes.offset : codes.end] += 5.0
     blocks = vocab.to_global("image", torch.randint(0, 64, (2, BLOCKS, N), generator=torch.Generator().manual_seed(1)))
-    prefixes = [StreamBuilder(vocab, "timestep").special("<bos>").media("image", b, span_states(vocab, b), trained=False).build() for b in blocks]
-    got = sample_text(model, vocab, prefixes, 6, SamplerConfig(gumbel_scale=0.0))
+    prefixes = [StreamBuilder(vocab, "timestep").special("<bos>").media("image", b, span_inputs(vocab, b), trained=False).build() for b in blocks]
+    got = sample_text(model, vocab, prefixes, 6, SamplerConfig.for_text())
     allowed = torch.full((model.transformer.config.vocab_size,), float("-inf"))
     text_range = vocab.range("text")
     allowed[text_range.offset : text_range.end] = 0.0
@@ -125,7 +196,7 @@ def test_text_after_a_media_span_is_text_only_and_equals_full_recompute(model, v
     for b, row in zip(blocks, got):
         expected = []
         while len(expected) < 6:
-            stream = (StreamBuilder(vocab, "timestep").special("<bos>").media("image", b, span_states(vocab, b), trained=False)
+            stream = (StreamBuilder(vocab, "timestep").special("<bos>").media("image", b, span_inputs(vocab, b), trained=False)
                       .text([text_range.offset + t for t in expected]).build())
             with torch.no_grad():
                 logits = batch_logits(model, collate([[stream]], pad_id=0))[0, -1]
@@ -154,6 +225,7 @@ def test_choose_top_k_top_p_and_seeded_gumbel():
 
 
 def test_sampler_config_rejects_bad_values():
-    for bad in ({"temperature": 0}, {"top_k": 0}, {"top_p": 1.5}, {"gumbel_scale": -1}):
+    for bad in ({"temperature": 0}, {"top_k": 0}, {"top_p": 1.5}, {"gumbel_scale": -1}, {"rounds": (2, 0)},
+                {"rounds": ()}):
         with pytest.raises(ValueError):
             SamplerConfig(**bad)

@@ -12,7 +12,7 @@ from .conftest import write_tiny_recipe
 
 def write_sweep(folder, variants):
     path = folder / "sweep.yaml"
-    path.write_text(yaml.safe_dump({"recipe": str(write_tiny_recipe(folder)), "output_dir": str(folder / "sweep"),
+    path.write_text(yaml.safe_dump({"kind": "tokenizer", "recipe": str(write_tiny_recipe(folder)), "output_dir": str(folder / "sweep"),
                                     "variants": variants}))
     return path
 

@@ -20,10 +20,10 @@ from unitok.config import ConfigError
 from unitok.pipeline import PipelineTokenizers
 from unitok.recipe import RecipeRun, load_recipe
 from unitok.shards import ShardError, read_manifest
-from unitok.streams import task_document
-from unitok.training.data import DocumentRecipe, MixtureBatches, ShardMix, heldout_rows, resolve_mixture
+from unitok.training.data import (DocumentRecipe, MixtureBatches, ShardMix, heldout_rng, heldout_rows,
+                                 resolve_mixture)
 
-from .conftest import span_states, write_tiny_recipe
+from .conftest import span_inputs, write_tiny_recipe
 
 SCRIPT = Path(__file__).parent / "scripts" / "ddp_train.py"
 ENV = {**os.environ, "ACCELERATE_USE_CPU": "1"}
@@ -147,33 +147,44 @@ def test_heldout_caption_rows_come_from_every_modality(tiny_multimodal_run):
     assert len(rows["text_to_image"]) == 12
 
 
-def test_text_to_media_training_documents_stop_after_the_last_block_with_targets(vocab):
-    """k_0, <eoi> and <eos> are dropped from text-to-image training documents: the codes of k_1
-    still predict k_0, every other target is as in the full stream, and nothing is lost."""
+def test_text_to_media_training_documents_hold_the_generated_blocks_with_masked_cells(vocab):
+    """A text-to-image training document is caption + <boi> + the generated blocks k_{T-1} … k_0,
+    each with its own share of undecided cells (at least one); the targets are exactly those
+    cells' codes. A held-out document is the same for the same row at every evaluation."""
     media = vocab.to_global("image", torch.arange(3 * 4).reshape(3, 4))  # one item: 3 blocks of 4 distinct codes
-    text, states = vocab.to_global("text", torch.tensor([1, 2])).tolist(), span_states(vocab, media)
-    full = task_document(vocab, "timestep", "text_to_image", text, "image", media, states)
-    for order, expected_length in (("timestep", len(full) - 4 - 2), ("raster", None)):
-        doc = DocumentRecipe(vocab, order, 0.0, 0.0).document("text_to_image", text, "image", (media, states), None)
-        if order == "raster":  # one block, which is also the last: nothing to drop
-            assert doc.input_ids[-1] == vocab.special_id("<eos>")
-            continue
-        assert len(doc) == expected_length
-        assert doc.targets == full.targets[:expected_length]
-        k1 = slice(len(doc) - 4, len(doc))
-        assert doc.input_ids[k1] == media[1].tolist()
-        assert doc.targets[k1] == media[2].tolist()
+    text, inputs = vocab.to_global("text", torch.tensor([1, 2])).tolist(), span_inputs(vocab, media)
+    documents = DocumentRecipe(vocab, "timestep", 0.0, 0.0)
+    ratios = []
+    for seed in range(40):
+        doc = documents.document("text_to_image", text, "image", (media, inputs), random.Random(seed))
+        assert len(doc) == 1 + 2 + 1 + 2 * 4
+        cells = doc.input_ids[4:]
+        targets = doc.targets[4:]
+        masked = [c == vocab.mask_id("image") for c in cells]
+        assert [t for t, m in zip(targets, masked) if m] == [c for c, m in zip(media[1:].reshape(-1).tolist(), masked) if m]
+        assert all(t == -100 for t, m in zip(targets, masked) if not m)
+        assert sum(masked[:4]) >= 1 and sum(masked[4:]) >= 1
+        ratios.append(sum(masked) / 8)
+    assert 0.3 < sum(ratios) / len(ratios) < 0.9 and len(set(ratios)) > 3  # masks of many sizes
+    row = {"key": "heldout-000001", "draw": 0}
+    first, again = (documents.document("text_to_image", text, "image", (media, inputs), heldout_rng(row), heldout=True)
+                    for _ in range(2))
+    assert first.input_ids == again.input_ids and first.targets == again.targets
+    raster = DocumentRecipe(vocab, "raster", 0.0, 0.0).document("text_to_image", text, "image",
+                                                                 (media[:1], inputs[:1]), random.Random(0))
+    assert raster.input_ids[-1] == vocab.special_id("<eos>") and vocab.mask_id("image") not in raster.input_ids
 
 
-def test_first_step_documents_end_after_the_noise_block(vocab):
-    """With first_step_fraction = 1 a training document is caption + <boi> + k_T, whose targets
-    are k_{T-1}; held-out documents (no rng) stay whole so per-block losses stay comparable."""
+def test_first_step_documents_hold_only_the_first_generated_block(vocab):
+    """With first_step_fraction = 1 a training document is caption + <boi> + k_{T-1}; held-out
+    documents keep every generated block so per-block losses stay comparable."""
     media = vocab.to_global("image", torch.arange(3 * 4).reshape(3, 4))
-    text, states = vocab.to_global("text", torch.tensor([1, 2])).tolist(), span_states(vocab, media)
+    text, inputs = vocab.to_global("text", torch.tensor([1, 2])).tolist(), span_inputs(vocab, media)
     documents = DocumentRecipe(vocab, "timestep", 0.0, 1.0)
-    doc = documents.document("text_to_image", text, "image", (media, states), random.Random(0))
-    assert len(doc) == 1 + 2 + 1 + 4  # <bos>, caption, <boi>, k_T
-    assert doc.input_ids[-4:] == media[0].tolist()
-    assert doc.targets[-4:] == media[1].tolist()
-    heldout = documents.document("text_to_image", text, "image", (media, states), None)
-    assert len(heldout) == len(doc) + 4  # whole, less k_0 and the closing tokens
+    doc = documents.document("text_to_image", text, "image", (media, inputs), random.Random(0))
+    assert len(doc) == 1 + 2 + 1 + 4  # <bos>, caption, <boi>, k_{T-1}
+    assert [t for t in doc.targets[-4:] if t != -100] == [c for c, t in zip(media[1].tolist(), doc.targets[-4:])
+                                                         if t != -100]
+    assert set(doc.target_block) <= {-1, 0}
+    heldout = documents.document("text_to_image", text, "image", (media, inputs), random.Random(0), heldout=True)
+    assert len(heldout) == len(doc) + 4

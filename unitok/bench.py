@@ -1,8 +1,9 @@
 """`unitok bench`: speed as ratios against a baseline measured in the same run, on one machine.
 
-Sampling: seconds per image of RDPM sampling (T parallel block steps with a KV cache) against
-raster-AR sampling (N sequential one-token steps with a KV cache), for N positions, batch sizes
-and with/without guidance. RDPM forwards about T× the tokens of AR but takes T sequential steps
+Sampling: seconds per image of RDPM sampling (the quickstart's T and rounds per block: one pass
+per round, each feeding one block of N cells after the cached prompt) against raster-AR sampling
+(N sequential one-token passes with a KV cache), for N positions, batch sizes and with/without
+guidance. RDPM forwards (passes × N) tokens against AR's N but takes `passes` sequential steps
 instead of N: it wins on latency, and can lose on throughput — the table shows both.
 
 Training: tokens/s of one optimizer step on mixed streams (4D block-causal masks, unitok's loss)
@@ -20,6 +21,7 @@ Speed does not depend on training, so models have random weights (the quickstart
 from __future__ import annotations
 
 import platform
+import random
 import statistics
 import tempfile
 import time
@@ -30,12 +32,14 @@ import torch
 from .digits_world import ClipWorldConfig, DigitsWorldConfig, ToneWorldConfig, write_world_folders
 from .model import ModelSpec, StreamModel, build_transformer, stream_loss
 from .rdpm import QuantizerConfig, RDPMQuantizer
-from .sampling import SamplerConfig, sample_media
+from .sampling import RasterSampler, RoundsSampler, SamplerConfig
 from .streams import collate, task_document
+from .training.data import random_masks
 from .vocabulary import MediaLayout, Vocabulary
 
-QUICKSTART_MODEL = Path(__file__).resolve().parent.parent / "models" / "tiny.yaml"
-TOKENIZER_SPECS = Path(__file__).resolve().parent.parent / "tokenizers"
+REPO = Path(__file__).resolve().parent.parent
+QUICKSTART = REPO / "recipes" / "quickstart.yaml"  # its model, image tokenizer T and sampler rounds are benched
+TOKENIZER_SPECS = REPO / "tokenizers"
 
 
 def _machine() -> dict:
@@ -88,25 +92,30 @@ def _setup(spec: ModelSpec, num_blocks: int, num_positions: int, codebook: int =
     return vocab, StreamModel(build_transformer(spec, vocab)).to(device).eval(), quantizer.to(device)
 
 
-def bench_sampling(spec: ModelSpec, positions=(64, 256), batches=(1, 64), steps: int = 10, repeats: int = 2) -> list[dict]:
-    vocab, model, quantizer = _setup(spec, steps + 1, max(positions))
-    prompt = (torch.arange(8) + vocab.range("text").offset).tolist()
+def bench_sampling(spec: ModelSpec, rounds: tuple[int, ...], positions=(64, 256), batches=(1, 64),
+                   repeats: int = 2) -> list[dict]:
+    """RDPM with `rounds` per generated block (T = len(rounds)) against raster AR, per N and batch."""
     rows = []
     for n in positions:
+        vocab, model, quantizer = _setup(spec, len(rounds) + 1, n)
+        raster_vocab, _, raster_quantizer = _setup(spec, 1, n)
+        prompt = (torch.arange(8) + vocab.range("text").offset).tolist()
         for batch in batches:
             for guidance in (1.0, 3.0):
-                cfg = SamplerConfig(guidance_scale=guidance)
+                rdpm_sampler = RoundsSampler(SamplerConfig(guidance_scale=guidance, rounds=rounds))
+                raster_sampler = RasterSampler(SamplerConfig(guidance_scale=guidance))
                 first = torch.randint(0, 512, (batch, 1, n), device=quantizer.codebook.device)
-                rdpm = _timed(lambda: sample_media(model, vocab, "image", [prompt] * batch, first, steps + 1, n, "timestep",
-                                                   cfg, quantizer.running_states, torch.Generator().manual_seed(0)), repeats)
-                raster = _timed(lambda: sample_media(model, vocab, "image", [prompt] * batch, None, 1, n, "raster",
-                                                     cfg, quantizer.running_states, torch.Generator().manual_seed(0)),
+                rdpm = _timed(lambda: rdpm_sampler.sample(model, vocab, "image", quantizer, [prompt] * batch, first,
+                                                          torch.Generator().manual_seed(0)), repeats)
+                raster = _timed(lambda: raster_sampler.sample(model, raster_vocab, "image", raster_quantizer,
+                                                              [prompt] * batch, None, torch.Generator().manual_seed(0)),
                                 repeats)
+                passes = rdpm_sampler.passes(len(rounds) + 1, n)
                 rows.append({
-                    "positions": n, "batch": batch, "guidance": guidance > 1,
+                    "positions": n, "batch": batch, "guidance": guidance > 1, "rounds": list(rounds),
                     "rdpm_s_per_image": rdpm / batch, "raster_s_per_image": raster / batch,
-                    "rdpm_sequential_steps": steps, "raster_sequential_steps": n,
-                    "rdpm_token_forwards": (steps + 1) * n, "raster_token_forwards": n,
+                    "rdpm_sequential_steps": passes, "raster_sequential_steps": n,
+                    "rdpm_token_forwards": passes * n, "raster_token_forwards": n,
                     "speedup": raster / rdpm,  # > 1: RDPM is faster
                 })
                 print(f"  sampling N={n:<4} batch={batch:<3} guidance={guidance > 1!s:<5} "
@@ -121,12 +130,15 @@ def bench_training(spec: ModelSpec, positions: int = 64, steps: int = 10, batch:
     device = next(model.parameters()).device
     g = torch.Generator().manual_seed(0)
     docs = []
+    rng = random.Random(0)
     for i in range(batch):
         text = (torch.randint(0, 512, (10,), generator=g) + vocab.range("text").offset).tolist()
         media = torch.randint(0, 512, (1, steps + 1, positions), generator=g)
-        states = quantizer.running_states(media.to(device))[0].cpu()
+        inputs = quantizer.block_inputs(media.to(device))[0].cpu()
         task = "text_to_image" if i % 4 else "image_to_text"  # mixed directions in one batch
-        docs.append(task_document(vocab, "timestep", task, text, "image", media[0] + vocab.range("image").offset, states))
+        masked = random_masks(steps, positions, "cosine", rng) if task == "text_to_image" else None
+        docs.append(task_document(vocab, "timestep", task, text, "image", media[0] + vocab.range("image").offset,
+                                  inputs, masked))
     ours = collate([[d] for d in docs], vocab.special_id("<pad>")).to(device)
     plain_ids = ours.input_ids.clone()
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
@@ -211,19 +223,29 @@ def bench_tokenize(modality: str, items: int, items_per_shard: int, batch: int) 
     return result
 
 
+def quickstart_settings() -> tuple[ModelSpec, tuple[int, ...]]:
+    """The quickstart's transformer size and its image sampler's rounds per block."""
+    from .recipe import load_recipe
+
+    loaded = load_recipe(QUICKSTART)
+    steps = loaded.tokenizer_specs["image"].quantizer.steps
+    rounds = loaded.recipe.samplers.get("image", SamplerConfig()).rounds or (1,) * steps
+    return loaded.model_spec, tuple(rounds)
+
+
 def run_bench(quick: bool = False) -> dict:
     """Tokenize first: its workers fork, before the other benches can start CUDA."""
-    spec = ModelSpec.load(QUICKSTART_MODEL)
+    spec, rounds = quickstart_settings()
     if quick:  # smoke test sizes
         spec = ModelSpec(hidden_size=32, num_layers=1, num_heads=2, intermediate_size=64)
         tokenize = {m: bench_tokenize(m, items=16, items_per_shard=4, batch=4) for m in TOKENIZE_WORLDS}
-        rows = bench_sampling(spec, positions=(8, 16), batches=(1, 2), steps=3, repeats=1)
+        rows = bench_sampling(spec, rounds=(3, 1), positions=(8, 16), batches=(1, 2), repeats=1)
         training = bench_training(spec, positions=8, steps=3, batch=2, repeats=1)
     else:
         tokenize = {m: bench_tokenize(m, items, items_per_shard=items // 8, batch=64)
                     for m, items in (("image", 2048), ("audio", 512), ("video", 512))}
-        rows = bench_sampling(spec)
-        training = bench_training(spec)
+        rows = bench_sampling(spec, rounds)
+        training = bench_training(spec, steps=len(rounds))
 
     def speedup(n, batch):
         return next(r["speedup"] for r in rows if r["positions"] == n and r["batch"] == batch and not r["guidance"])

@@ -39,7 +39,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     train = commands.add_parser("train", help="run a recipe: tokenizers, text BPE, shards, LM, eval (resumable)")
     train.add_argument("recipe", type=Path, help="recipe YAML, e.g. recipes/quickstart.yaml")
-    train.add_argument("--stop-after", choices=["data", "tokenizer", "text_bpe", "shards", "lm", "eval"],
+    train.add_argument("--stop-after", choices=["data", "tokenizer", "text_bpe", "shards", "lm", "pipeline", "eval"],
                        help="stop after this stage")
     train.set_defaults(command=cmd_train)
 
@@ -93,12 +93,16 @@ def build_parser() -> argparse.ArgumentParser:
                                                                       "(repeat for several)")
     generate.add_argument("--out", type=Path, help="output file for media, e.g. x.png or x.wav "
                                                    "(several prompts: NAME-0.ext, …)")
-    generate.add_argument("--guidance-scale", type=float, default=3.0, help="classifier-free guidance (text→media)")
-    generate.add_argument("--temperature", type=float, default=1.0)
-    generate.add_argument("--top-k", type=int, default=None)
-    generate.add_argument("--top-p", type=float, default=None)
-    generate.add_argument("--gumbel-scale", type=float, default=None,
-                          help="1 = sample, 0 = greedy (default: 1 for media, 0 for text)")
+    generate.add_argument("--guidance-scale", type=float, help="classifier-free guidance (text→media; default: "
+                                                               "the pipeline's saved sampler settings, else 3.0)")
+    generate.add_argument("--temperature", type=float, help="default: the pipeline's, else 1.0")
+    generate.add_argument("--top-k", type=int, help="default: the pipeline's, else none")
+    generate.add_argument("--top-p", type=float, help="default: the pipeline's, else none")
+    generate.add_argument("--gumbel-scale", type=float,
+                          help="1 = sample, 0 = greedy (default: the pipeline's for media, else 1; 0 for text)")
+    generate.add_argument("--rounds", type=_rounds, metavar="R1,R2,…",
+                          help="RDPM passes per generated block, noisiest first, e.g. 6,2,1,1 (default: the "
+                               "pipeline's; one round per block = the one-pass sampler)")
     generate.add_argument("--max-new-tokens", type=int, default=32, help="longest caption (media→text)")
     generate.add_argument("--seed", type=int, default=0)
     generate.set_defaults(command=cmd_generate)
@@ -107,8 +111,10 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("recipe", type=Path)
     evaluate.set_defaults(command=cmd_eval)
 
-    sweep = commands.add_parser("sweep", help="rate-distortion sweep: train tokenizer variants of a recipe, compare")
-    sweep.add_argument("sweep", type=Path, help="sweep YAML, e.g. recipes/sweeps/tokenizer.yaml")
+    sweep = commands.add_parser("sweep", help="train variants of a recipe and compare them: tokenizers (rate-distortion) "
+                                              "or generation against LM steps")
+    sweep.add_argument("sweep", type=Path, help="sweep YAML (its `kind:` says which), e.g. recipes/sweeps/tokenizer.yaml "
+                                                "or recipes/sweeps/generation.yaml")
     sweep.set_defaults(command=cmd_sweep)
 
     bench = commands.add_parser("bench", help="measure sampling and training speed (ratios in one run)")
@@ -193,7 +199,8 @@ def cmd_shards_verify(args) -> int:
 def cmd_generate(args) -> int:
     from .pipeline import UniTokPipeline
 
-    sampler = {"temperature": args.temperature, "top_k": args.top_k, "top_p": args.top_p, "seed": args.seed}
+    sampler = {"temperature": args.temperature, "top_k": args.top_k, "top_p": args.top_p,
+               "gumbel_scale": args.gumbel_scale, "seed": args.seed}
     describe = args.modality == "text"
     if describe and (not args.input or args.prompt):
         raise ValueError("--modality text describes media: pass --input FILE (and no --prompt)")
@@ -202,23 +209,37 @@ def cmd_generate(args) -> int:
     pipe = UniTokPipeline.from_pretrained(args.model)
     if describe:
         captions = pipe.media_to_text(pipe.modality_of_file(args.input[0]), [str(p) for p in args.input],
-                                      max_new_tokens=args.max_new_tokens, gumbel_scale=args.gumbel_scale or 0.0,
-                                      **sampler)
+                                      max_new_tokens=args.max_new_tokens, **sampler)
         for path, caption in zip(args.input, captions):
             print(f"{path}\t{caption}")
         return 0
-    gumbel = 1.0 if args.gumbel_scale is None else args.gumbel_scale
-    out = pipe.text_to_media(args.modality, args.prompt, guidance_scale=args.guidance_scale, gumbel_scale=gumbel,
+    out = pipe.text_to_media(args.modality, args.prompt, guidance_scale=args.guidance_scale, rounds=args.rounds,
                              **sampler)
     for path in out.save(args.out):
         print(path)
     return 0
 
 
+def _rounds(text: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(part) for part in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers such as 6,2,1,1, got {text!r}") from None
+
+
 def cmd_sweep(args) -> int:
+    import yaml
+
+    from .eval.generation_sweep import run_generation_sweep
     from .eval.tokenizer_sweep import run_tokenizer_sweep
 
-    run_tokenizer_sweep(args.sweep)
+    sweeps = {"tokenizer": run_tokenizer_sweep, "generation": run_generation_sweep}
+    if not args.sweep.is_file():
+        raise ConfigError(f"{args.sweep}: no such sweep file")
+    kind = (yaml.safe_load(args.sweep.read_text()) or {}).get("kind")
+    if kind not in sweeps:
+        raise ConfigError(f"{args.sweep}: kind: expected one of {list(sweeps)}, got {kind!r}")
+    sweeps[kind](args.sweep)
     return 0
 
 

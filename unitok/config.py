@@ -57,6 +57,14 @@ def to_dict(config: Any) -> Any:
     return config
 
 
+def merged(base: dict, overrides: dict) -> dict:
+    """`base` with `overrides` merged in, mapping by mapping (a non-mapping value replaces)."""
+    out = dict(base)
+    for key, value in overrides.items():
+        out[key] = merged(base[key], value) if isinstance(value, dict) and isinstance(base.get(key), dict) else value
+    return out
+
+
 def config_hash(*parts: Any) -> str:
     """A short stable hash of configs and plain values, used to decide whether a stage must re-run."""
     blob = json.dumps([to_dict(p) for p in parts], sort_keys=True, default=str)

@@ -72,10 +72,11 @@ def build_transformer(spec: ModelSpec, vocab: Vocabulary) -> LlamaForCausalLM:
 
 
 class StreamModel(nn.Module):
-    """The transformer with unitok's input rule: a media code enters as the sum of the embeddings
-    of its code, its latent cell and its noise step (`Batch.media_rows`), plus its running RDPM
-    state ``s_t`` (C floats, `Batch.media_states`) times its modality's C state rows, a learned
-    linear map; every other token as its own embedding. The extra rows live in the transformer's
+    """The transformer with unitok's input rule: a media position enters as the sum of the
+    embeddings of its code (or the mask row while undecided), its latent cell and its noise step
+    (`Batch.media_rows`), plus its state inputs (2C floats, `Batch.media_states`: the running RDPM
+    state before its block and the noise ε̂) times its modality's 2C state rows, a learned linear
+    map; every other token as its own embedding. The extra rows live in the transformer's
     embedding table, so its `save_pretrained` holds the whole model, and the sum is taken inside
     `forward`, where DDP and FSDP expect every use of a parameter."""
 
@@ -90,7 +91,7 @@ class StreamModel(nn.Module):
         rows = media_rows.clamp_min(0)
         has_rows = (media_rows[..., :2] >= 0).unsqueeze(-1)  # (B, L, 2, 1)
         embeds = table(input_ids) + (table(rows[..., :2]) * has_rows).sum(dim=2)  # (B, L, H)
-        coded = media_rows[..., 2] >= 0  # (B, L): media codes, the only positions with a state
+        coded = media_rows[..., 2] >= 0  # (B, L): media positions, the only ones with state inputs
         state_rows = rows[..., 2][coded, None] + torch.arange(media_states.shape[-1], device=rows.device)  # (M, S)
         # states are zero-padded beyond a modality's C, so rows past its state range weigh nothing
         from_state = torch.einsum("ms,msh->mh", media_states[coded].to(embeds.dtype),

@@ -3,7 +3,7 @@
 Saved like a diffusers pipeline: an index file plus one subfolder per component::
 
     model/
-      unitok_pipeline.json     components, media order, class names
+      unitok_pipeline.json     components, media order, each modality's sampler settings (rounds …)
       vocabulary.json          the shared vocabulary manifest
       transformer/             transformers `save_pretrained` (config.json + model.safetensors)
       text_tokenizer/          sentencepiece model + config.json
@@ -15,7 +15,7 @@ Saved like a diffusers pipeline: an index file plus one subfolder per component:
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -24,7 +24,8 @@ from transformers import LlamaForCausalLM
 
 from .media_tokenizer import MediaTokenizer
 from .model import StreamModel
-from .sampling import SamplerConfig, sample_media, sample_text
+from .config import from_dict, to_dict
+from .sampling import SAMPLERS, MediaSampler, SamplerConfig, sample_text
 from .streams import MediaOrder, StreamBuilder
 from .text_bpe import TextBPE
 from .vocabulary import Vocabulary, VocabularyError
@@ -63,14 +64,18 @@ class MediaPipelineOutput:
 
 
 class UniTokPipeline:
+    """`samplers` holds each modality's sampler settings (`SamplerConfig`: rounds per block,
+    guidance, …), saved with the pipeline; a call's own options override them for that call."""
+
     def __init__(self, transformer: LlamaForCausalLM, text_tokenizer: TextBPE,
                  media_tokenizers: dict[str, MediaTokenizer], vocabulary: Vocabulary,
-                 media_order: MediaOrder = "timestep"):
+                 media_order: MediaOrder = "timestep", samplers: dict[str, SamplerConfig] | None = None):
         self.transformer = transformer.eval()
         self.text_tokenizer = text_tokenizer
         self.media_tokenizers = media_tokenizers
         self.vocabulary = vocabulary
         self.media_order = media_order
+        self.samplers = dict(samplers or {})
         self._check_components()
 
     def _check_components(self) -> None:
@@ -86,6 +91,9 @@ class UniTokPipeline:
             raise VocabularyError(
                 f"transformer has {self.transformer.config.vocab_size} embeddings, vocabulary needs {self.vocabulary.size}"
             )
+        for modality in self.samplers:
+            tokenizer = self.tokenizer_for(modality)
+            self.sampler_for(modality).passes(tokenizer.num_blocks, tokenizer.num_positions)  # rounds fit T
 
     # --- devices -------------------------------------------------------------------------------
     def to(self, device: str | torch.device) -> "UniTokPipeline":
@@ -115,28 +123,40 @@ class UniTokPipeline:
         local = torch.tensor(self.text_tokenizer.encode(prompt), dtype=torch.long)
         return self.vocabulary.to_global("text", local).tolist()
 
-    @torch.no_grad()
-    def generate_media_ids(self, modality: str, prompts: Sequence[str], sampler: SamplerConfig,
-                           seed: int = 0) -> torch.Tensor:
-        """Local code ids (B, num_blocks, N) for each prompt."""
+    def sampler_for(self, modality: str, **options) -> MediaSampler:
+        """The sampler of this pipeline's media order with `modality`'s saved settings, and
+        `options` (`SamplerConfig` fields; None keeps the saved value) on top."""
+        return SAMPLERS[self.media_order](self.samplers.get(modality, SamplerConfig())).with_options(**options)
+
+    def passes(self, modality: str, **options) -> int:
+        """Transformer passes per generated item of `modality`."""
         tokenizer = self.tokenizer_for(modality)
+        return self.sampler_for(modality, **options).passes(tokenizer.num_blocks, tokenizer.num_positions)
+
+    @torch.no_grad()
+    def generate_media_ids(self, modality: str, prompts: Sequence[str], seed: int = 0, **options) -> torch.Tensor:
+        """Local code ids (B, num_blocks, N) for each prompt; item i's noise ε is drawn with seed
+        `seed + i`, so an item does not depend on the others in its batch's noise."""
+        tokenizer = self.tokenizer_for(modality)
+        sampler = self.sampler_for(modality, **options)
         first_blocks = None
         if self.media_order == "timestep":
             noise = tokenizer.draw_noise(len(prompts), seeds=[seed + i for i in range(len(prompts))])
             first_blocks = tokenizer.quantizer.quantize_noise(noise[:, -1]).unsqueeze(1)  # k_T from ε, (B, 1, N)
-        return sample_media(
-            StreamModel(self.transformer), self.vocabulary, tokenizer.name, [self.encode_prompt(p) for p in prompts],
-            first_blocks, tokenizer.num_blocks, tokenizer.num_positions, self.media_order, sampler,
-            tokenizer.quantizer.running_states, generator=torch.Generator().manual_seed(seed),
-        )
+        return sampler.sample(StreamModel(self.transformer), self.vocabulary, tokenizer.name, tokenizer.quantizer,
+                              [self.encode_prompt(p) for p in prompts], first_blocks,
+                              generator=torch.Generator().manual_seed(seed))
 
-    def text_to_media(self, modality: str, prompt: str | Sequence[str], guidance_scale: float = 3.0,
-                      temperature: float = 1.0, top_k: int | None = None, top_p: float | None = None,
-                      gumbel_scale: float = 1.0, seed: int = 0) -> MediaPipelineOutput:
-        """Generate one item of `modality` per prompt. Same seed, same prompts -> the same items."""
+    def text_to_media(self, modality: str, prompt: str | Sequence[str], guidance_scale: float | None = None,
+                      temperature: float | None = None, top_k: int | None = None, top_p: float | None = None,
+                      gumbel_scale: float | None = None, rounds: Sequence[int] | None = None,
+                      seed: int = 0) -> MediaPipelineOutput:
+        """Generate one item of `modality` per prompt. Options left at None take the pipeline's
+        saved sampler settings (`samplers`, else `SamplerConfig()`'s defaults). Same seed, same
+        prompts, same options -> the same items."""
         prompts = _check_prompts(prompt)
-        sampler = SamplerConfig(guidance_scale, temperature, top_k, top_p, gumbel_scale)
-        ids = self.generate_media_ids(modality, prompts, sampler, seed)
+        ids = self.generate_media_ids(modality, prompts, seed, guidance_scale=guidance_scale, temperature=temperature,
+                                      top_k=top_k, top_p=top_p, gumbel_scale=gumbel_scale, rounds=rounds)
         return MediaPipelineOutput(self.tokenizer_for(modality).decode(ids), ids.cpu())
 
     def text_to_image(self, prompt: str | Sequence[str], **sampler) -> MediaPipelineOutput:
@@ -153,8 +173,8 @@ class UniTokPipeline:
 
     @torch.no_grad()
     def media_to_text(self, modality: str, media: Any | Sequence[Any], max_new_tokens: int = 32,
-                      temperature: float = 1.0, top_k: int | None = None, top_p: float | None = None,
-                      gumbel_scale: float = 0.0, seed: int = 0) -> str | list[str]:
+                      temperature: float | None = None, top_k: int | None = None, top_p: float | None = None,
+                      gumbel_scale: float | None = None, seed: int = 0) -> str | list[str]:
         """Describe media (objects or file paths) in text: item i is tokenized with noise seed
         `seed + i`, then text is sampled after its whole span (greedy by default: `gumbel_scale=0`).
         One item in, one string out; a list in, a list out."""
@@ -163,12 +183,13 @@ class UniTokPipeline:
             raise ValueError("media: expected an item or a non-empty list of items")
         tokenizer = self.tokenizer_for(modality)
         ids = tokenizer.encode(items, seed=[seed + i for i in range(len(items))])
-        states = tokenizer.quantizer.running_states(ids).cpu()
+        inputs = tokenizer.quantizer.block_inputs(ids).cpu()
         prefixes = [StreamBuilder(self.vocabulary, self.media_order).special("<bos>")
-                    .media(tokenizer.name, self.vocabulary.to_global(tokenizer.name, item_ids), item_states,
+                    .media(tokenizer.name, self.vocabulary.to_global(tokenizer.name, item_ids), item_inputs,
                            trained=False).build()
-                    for item_ids, item_states in zip(ids.cpu(), states)]
-        sampler = SamplerConfig(1.0, temperature, top_k, top_p, gumbel_scale)
+                    for item_ids, item_inputs in zip(ids.cpu(), inputs)]
+        given = {"temperature": temperature, "top_k": top_k, "top_p": top_p, "gumbel_scale": gumbel_scale}
+        sampler = replace(SamplerConfig.for_text(), **{k: v for k, v in given.items() if v is not None})
         texts = sample_text(StreamModel(self.transformer), self.vocabulary, prefixes, max_new_tokens, sampler,
                             generator=torch.Generator().manual_seed(seed))
         decoded = [self.text_tokenizer.decode(t) for t in texts]
@@ -199,7 +220,8 @@ class UniTokPipeline:
             tokenizer.save_pretrained(directory / folder)
             media[name] = folder
         index = {"unitok_class": type(self).__name__, "media_order": self.media_order,
-                 "transformer": "transformer", "text_tokenizer": "text_tokenizer", "media_tokenizers": media}
+                 "transformer": "transformer", "text_tokenizer": "text_tokenizer", "media_tokenizers": media,
+                 "samplers": {modality: to_dict(config) for modality, config in self.samplers.items()}}
         (directory / INDEX_NAME).write_text(json.dumps(index, indent=2) + "\n")
 
     @classmethod
@@ -210,6 +232,8 @@ class UniTokPipeline:
             transformer=LlamaForCausalLM.from_pretrained(Path(directory) / index["transformer"], use_safetensors=True),
             text_tokenizer=tokenizers.text, media_tokenizers=tokenizers.media, vocabulary=tokenizers.vocabulary,
             media_order=index["media_order"],
+            samplers={modality: from_dict(SamplerConfig, config, source=f"{directory}/{INDEX_NAME}: samplers.{modality}")
+                      for modality, config in index.get("samplers", {}).items()},
         )
         return pipe.to(device) if device is not None else pipe
 

@@ -17,11 +17,13 @@ from typing import Callable
 import torch
 import yaml
 from accelerate.utils import set_seed
+from transformers import LlamaForCausalLM
 
 from .config import ConfigError, config_hash, from_dict, load_config, to_dict
 from .digits_world import ClipWorldConfig, DigitsWorldConfig, ToneWorldConfig, write_world_folders
 from .media_tokenizer import MediaTokenizer, TokenizerSpec
 from .model import ModelSpec, build_transformer
+from .eval.recipe_eval import EvalRun, EvalSection, evaluate
 from .pipeline import PipelineTokenizers, UniTokPipeline
 from .sampling import SamplerConfig
 from .shards import FORMAT as SHARD_FORMAT
@@ -35,7 +37,7 @@ from .training.tokenizer import TokenizerTraining, tokenizer_metrics, train_medi
 from .vocabulary import Vocabulary
 
 STAGE_NAME = "stage.json"
-STAGES = ("data", "tokenizer", "text_bpe", "shards", "lm", "eval")
+STAGES = ("data", "tokenizer", "text_bpe", "shards", "lm", "pipeline", "eval")
 
 
 @dataclass(frozen=True)
@@ -90,24 +92,6 @@ class TokenizerSection:
     plain_vq_baseline: bool = True  # also train a T = 0 tokenizer the same way, for the rate-distortion report
 
 
-# Text→media samples with classifier-free guidance; media→text greedily.
-DEFAULT_SAMPLERS = {"media": SamplerConfig(guidance_scale=3.0), "text": SamplerConfig(gumbel_scale=0.0)}
-
-
-@dataclass(frozen=True)
-class EvalSection:
-    num_samples: int = 500  # held-out items per evaluated direction
-    batch_size: int = 100
-    samplers: dict[str, SamplerConfig] = field(default_factory=dict)  # "image", "audio", … or "text" (media→text)
-    grid_samples: int = 40
-    trajectory_samples: int = 4
-    classifier_steps: int = 500
-
-    def sampler_for(self, modality: str) -> SamplerConfig:
-        """The sampler for generating `modality` ("text" for media→text)."""
-        return self.samplers.get(modality, DEFAULT_SAMPLERS["text" if modality == "text" else "media"])
-
-
 @dataclass(frozen=True)
 class Recipe:
     """Either a whole run from media (`data` by modality, `tokenizers` trained here) or a
@@ -124,6 +108,9 @@ class Recipe:
     seed: int = 0
     text_bpe: TextBPEConfig = field(default_factory=TextBPEConfig)
     shards: TokenizeSettings = field(default_factory=TokenizeSettings)
+    # modality -> how the saved pipeline draws it (rounds per block, guidance, …); unset fields and
+    # modalities take `SamplerConfig`'s defaults
+    samplers: dict[str, SamplerConfig] = field(default_factory=dict)
     eval: EvalSection = field(default_factory=EvalSection)
 
 
@@ -164,8 +151,16 @@ def load_recipe(path: str | Path) -> LoadedRecipe:
             errors.append(f"{where}: the spec {section.spec} is for {specs[modality].modality}, not {modality}")
         if getattr(recipe.data, modality, None) is None:
             errors.append(f"{path}: data.{modality}: missing; the {modality} tokenizer needs train and held-out items")
-        if recipe.lm.media_order == "raster" and specs[modality].quantizer.steps:
+        steps = specs[modality].quantizer.steps
+        if recipe.lm.media_order == "raster" and steps:
             errors.append(f"{where}: lm.media_order: raster needs a tokenizer with quantizer.steps = 0")
+        if recipe.lm.media_order == "timestep" and not steps:
+            errors.append(f"{where}: lm.media_order: timestep needs a tokenizer with quantizer.steps >= 1 "
+                          "(T = 0 is the raster baseline)")
+        rounds = recipe.samplers.get(modality, SamplerConfig()).rounds
+        if rounds and (recipe.lm.media_order == "raster" or len(rounds) != steps):
+            errors.append(f"{path}: samplers.{modality}.rounds: expected one entry per generated block "
+                          f"({steps} for T = {steps} in timestep order), got {list(rounds)}")
     if isinstance(recipe.data, list):
         if recipe.tokenizers or not recipe.tokenizers_from:
             errors.append(f"{path}: tokenizers_from: a `data` list of shard sets trains with the tokenizers of a "
@@ -180,6 +175,8 @@ def load_recipe(path: str | Path) -> LoadedRecipe:
             errors.append(f"{path}: tokenizers_from: only with a `data` list of shard sets")
         errors += [f"{path}: lm.tasks: {task} needs a {m} tokenizer" for task, m in
                    ((t, task_modality(t)) for t in recipe.lm.tasks) if m is not None and m not in recipe.tokenizers]
+    errors += [f"{path}: samplers.{m}: the recipe has no {m} tokenizer" for m in recipe.samplers
+               if not isinstance(recipe.data, list) and m not in recipe.tokenizers]
     try:
         model_spec = load_config(resolve_spec_path(recipe.model, path), ModelSpec)
     except ConfigError as err:
@@ -225,10 +222,12 @@ def stage_key(folder: Path) -> str:
 # --- the stages ----------------------------------------------------------------------------------
 
 class RecipeRun:
-    """Runs a loaded recipe's stages in order; each stage's key chains its inputs' keys."""
+    """Runs a loaded recipe's stages in order; each stage's key chains its inputs' keys.
+    `classifier_dir` is where evaluation keeps its digit classifier (default: ``eval/classifier``)."""
 
-    def __init__(self, loaded: LoadedRecipe, log: Callable[[str], None] = print):
+    def __init__(self, loaded: LoadedRecipe, log: Callable[[str], None] = print, classifier_dir: Path | None = None):
         self.loaded, self.recipe, self.out, self.log = loaded, loaded.recipe, loaded.out, log
+        self.classifier_dir = classifier_dir or self.out / "eval" / "classifier"
 
     def run(self, stop_after: str | None = None) -> None:
         for name in STAGES:
@@ -357,7 +356,8 @@ class RecipeRun:
         return mixture
 
     # transformer ------------------------------------------------------------------------------
-    def stage_lm(self) -> None:
+    def stage_lm(self) -> bool:
+        """Train the transformer; its best weights land in ``lm/transformer`` (`save_pretrained`)."""
         folder = self.out / "lm"
         tokenizers = self.tokenizers()
         mixture = self.mixture()
@@ -368,21 +368,43 @@ class RecipeRun:
             history = train_lm(model, tokenizers.vocabulary, tokenizers.media, mixture, self.recipe.lm, folder,
                                self.recipe.seed)
             (folder / "history.json").write_text(json.dumps(history, indent=2) + "\n")
-            pipeline = UniTokPipeline(model, tokenizers.text, tokenizers.media, tokenizers.vocabulary,
-                                      self.recipe.lm.media_order)
-            pipeline.save_pretrained(self.out / "model")
+            model.save_pretrained(folder / "transformer")
 
         data_key = [read_manifest(m.shards)["shards"] for m in mixture] if self.loaded.from_shards \
             else stage_key(self.out / "shards")
-        run_stage(folder, config_hash(data_key, mixture, self.loaded.model_spec, self.recipe.lm, self.recipe.seed,
-                                      tokenizers.vocabulary.hash), train, self.log)
+        return run_stage(folder, config_hash(data_key, mixture, self.loaded.model_spec, self.recipe.lm,
+                                             self.recipe.seed, tokenizers.vocabulary.hash), train, self.log)
+
+    # pipeline ---------------------------------------------------------------------------------
+    def stage_pipeline(self) -> bool:
+        """Save ``model/``: the trained transformer, tokenizers, vocabulary and sampler settings.
+        Its own stage, so that other sampler settings do not re-train the transformer."""
+        tokenizers = self.tokenizers()
+        modalities = {t.modality for t in tokenizers.media.values()}
+        samplers = {m: config for m, config in self.recipe.samplers.items() if m in modalities}
+
+        def assemble():
+            transformer = LlamaForCausalLM.from_pretrained(self.out / "lm" / "transformer", use_safetensors=True)
+            UniTokPipeline(transformer, tokenizers.text, tokenizers.media, tokenizers.vocabulary,
+                           self.recipe.lm.media_order, samplers).save_pretrained(self.out / "model")
+
+        return run_stage(self.out / "model", config_hash(stage_key(self.out / "lm"), samplers), assemble, self.log)
 
     # evaluation -------------------------------------------------------------------------------
-    def stage_eval(self) -> None:
-        from .eval.recipe_eval import evaluate_recipe
-
-        run_stage(self.out / "eval", config_hash(stage_key(self.out / "lm"), self.recipe.eval, self.recipe.data),
-                  lambda: evaluate_recipe(self), self.log)
+    def stage_eval(self) -> bool:
+        run = EvalRun(
+            out=self.out, model=self.out / "model", classifier=self.classifier_dir,
+            lm_history=self.out / "lm" / "history.json",
+            tokenizer_metrics={m: json.loads((self.out / "tokenizers" / m / "metrics.json").read_text())
+                               for m in self.loaded.modalities},
+            tokenizer_names={m: spec.name for m, spec in self.loaded.tokenizer_specs.items()},
+            shards={m: {split: self.shard_dir(m, split) for split in ("train", "heldout")} for m in self.loaded.modalities},
+            heldout_media={m: self.data_dirs(m)["heldout"][0] for m in self.loaded.modalities},
+            worlds={m: getattr(self.recipe.data, m).digits_world for m in self.loaded.modalities
+                    if getattr(self.recipe.data, m).digits_world is not None},
+            tasks=self.recipe.lm.tasks, evaluation=self.recipe.eval, seed=self.recipe.seed, log=self.log)
+        return run_stage(self.out / "eval", config_hash(stage_key(self.out / "model"), self.recipe.eval,
+                                                        self.recipe.data), lambda: evaluate(run), self.log)
 
 
 def _plain_vq(spec: TokenizerSpec) -> TokenizerSpec:

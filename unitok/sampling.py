@@ -1,47 +1,60 @@
-"""Sampling media spans with a KV cache.
+"""Sampling media spans and text with a KV cache.
 
-RDPM (`media_order="timestep"`): draw ε, quantize it to k_T with the tokenizer itself, then the
-transformer predicts all N codes of k_{t-1} **in parallel** from the prompt and the blocks so far:
-T forward passes per sample. Raster baseline: N sequential one-token passes over a clean block.
+One sampler object per algorithm behind one interface (`MediaSampler.sample`), as diffusers keeps
+one scheduler per algorithm; the pipeline only calls it. `SamplerConfig` is the one home of the
+sampler's settings and their defaults: what the pipeline and the CLI use when told nothing.
 
-Cached multi-token steps always get an explicit 4D mask ``(B, 1, q, past + q)`` and explicit
-position ids: with ``attention_mask=None`` a multi-token step would be made causal inside the
-block by the attention backend, silently giving wrong logits.
+RDPM (`RoundsSampler`): draw ε and quantize it to ``k_T`` with the tokenizer itself; then every
+block ``k_{T−1} … k_0`` is drawn in ``rounds[b]`` passes. A pass feeds the block's N cells (the
+decided ones with their codes, the others with the mask row, all with their state inputs) after
+the cached prompt, predicts every undecided cell, and commits the most confident of them: after
+round r of R, ``⌊N·cos(π/2·r/R)⌋`` cells stay undecided (MaskGIT's schedule), so the last round
+commits the rest. A block sees only the prompt and itself (streams.py), so the cache holds the
+prompt alone and every pass rewinds to it. One round per block is the one-pass sampler: every
+cell of a block drawn independently from one pass.
 
-Every fed block carries its running states (`code_states`, the tokenizer's
-`RDPMQuantizer.running_states`), as in training.
+Raster AR (`RasterSampler`): one clean block, N sequential one-token passes.
 
-Classifier-free guidance runs conditional and unconditional (caption dropped) rows in one batch.
-Logits outside the span's codebook range are never sampled: we sample from that slice only.
+Cached multi-token passes always get an explicit 4D mask ``(B, 1, q, past + q)`` and explicit
+position ids: with ``attention_mask=None`` the attention backend would make the block causal and
+silently change the logits. Classifier-free guidance runs conditional and unconditional (caption
+dropped) rows in one batch. Only the span's codebook range is ever sampled.
 
-Media→text (`sample_text`) is ordinary next-token sampling after a whole media span, over the
-text range and ``<eos>`` only.
+Media→text (`sample_text`) is next-token sampling after a whole media span, over the text range
+and ``<eos>`` only.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Callable, Sequence
+import math
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, replace
+from typing import Sequence
 
 import torch
 from transformers import DynamicCache
 
 from .model import StreamModel
+from .rdpm import RDPMQuantizer
 from .streams import NO_ROWS, Batch, MediaOrder, Stream, StreamBuilder, collate
 from .vocabulary import Vocabulary
-
-CodeStates = Callable[[torch.Tensor], torch.Tensor]  # local ids (B, b, N) -> running states (B, b, N, C)
 
 
 @dataclass(frozen=True)
 class SamplerConfig:
-    guidance_scale: float = 1.0  # 1 = no guidance; logits = uncond + g·(cond − uncond)
+    """How media are drawn; the defaults are what `UniTokPipeline` and ``unitok generate`` use."""
+
+    guidance_scale: float = 3.0  # classifier-free guidance: logits = uncond + g·(cond − uncond); 1 = none
     temperature: float = 1.0
     top_k: int | None = None
     top_p: float | None = None
     gumbel_scale: float = 1.0  # Gumbel-max noise: 1 = exact sampling, 0 = greedy
+    # RDPM: passes per generated block, noisiest first (e.g. [6, 2, 1, 1] for T = 4); None = one each
+    rounds: tuple[int, ...] | None = None
 
     def __post_init__(self):
+        if self.guidance_scale < 0:
+            raise ValueError(f"guidance_scale must be >= 0, got {self.guidance_scale}")
         if self.temperature <= 0:
             raise ValueError(f"temperature must be > 0, got {self.temperature}")
         if self.top_k is not None and self.top_k < 1:
@@ -50,28 +63,44 @@ class SamplerConfig:
             raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
         if self.gumbel_scale < 0:
             raise ValueError(f"gumbel_scale must be >= 0, got {self.gumbel_scale}")
+        if self.rounds is not None and (not self.rounds or min(self.rounds) < 1):
+            raise ValueError(f"rounds must list at least one round per generated block, got {list(self.rounds)}")
 
     @property
     def guided(self) -> bool:
         return self.guidance_scale != 1.0
 
+    @classmethod
+    def for_text(cls) -> "SamplerConfig":
+        """Media→text's default: greedy, unguided."""
+        return cls(guidance_scale=1.0, gumbel_scale=0.0)
 
-def choose(logits: torch.Tensor, cfg: SamplerConfig, generator: torch.Generator | None) -> torch.Tensor:
-    """Pick ids from logits (..., V): temperature, top-k, top-p, then Gumbel-max."""
+
+def filtered_logits(logits: torch.Tensor, cfg: SamplerConfig) -> torch.Tensor:
+    """Logits (..., V) after temperature, top-k and top-p (dropped ids at -inf)."""
     logits = logits.float() / cfg.temperature
     if cfg.top_k is not None and cfg.top_k < logits.shape[-1]:
         kth = logits.topk(cfg.top_k, dim=-1).values[..., -1:]
         logits = logits.masked_fill(logits < kth, float("-inf"))
     if cfg.top_p is not None and cfg.top_p < 1:
         sorted_logits, order = logits.sort(dim=-1, descending=True)
-        cumulative = sorted_logits.softmax(-1).cumsum(-1)
-        drop_sorted = cumulative - sorted_logits.softmax(-1) > cfg.top_p  # keep the first token past p
+        probs = sorted_logits.softmax(-1)
+        drop_sorted = probs.cumsum(-1) - probs > cfg.top_p  # keep the first token past p
         logits = logits.masked_fill(drop_sorted.scatter(-1, order, drop_sorted), float("-inf"))
+    return logits
+
+
+def gumbel_argmax(logits: torch.Tensor, cfg: SamplerConfig, generator: torch.Generator | None) -> torch.Tensor:
+    """Ids (...) drawn from already filtered logits (..., V): Gumbel-max, scaled by `gumbel_scale`."""
     if cfg.gumbel_scale > 0:
         uniform = torch.rand(logits.shape, generator=generator, device="cpu").to(logits.device)
-        gumbel = -torch.log(-torch.log(uniform.clamp(1e-10, 1 - 1e-10)))
-        logits = logits + cfg.gumbel_scale * gumbel
+        logits = logits + cfg.gumbel_scale * -torch.log(-torch.log(uniform.clamp(1e-10, 1 - 1e-10)))
     return logits.argmax(-1)
+
+
+def choose(logits: torch.Tensor, cfg: SamplerConfig, generator: torch.Generator | None) -> torch.Tensor:
+    """Pick ids from logits (..., V): temperature, top-k, top-p, then Gumbel-max."""
+    return gumbel_argmax(filtered_logits(logits, cfg), cfg, generator)
 
 
 class CachedDecoder:
@@ -84,12 +113,13 @@ class CachedDecoder:
         self.next_position = prefix.position_ids.max(dim=1).values + 1  # (B,)
         self.logits = model(prefix.input_ids, prefix.media_rows, prefix.media_states, prefix.attention_mask,
                             prefix.position_ids, self.cache)
+        self.prefix = (self.key_valid, self.next_position)
 
     def feed(self, ids_BQ: torch.Tensor, media_rows_Q3: torch.Tensor, states_BQS: torch.Tensor,
              block: bool) -> torch.Tensor:
         """Append q tokens per row, whose input rows are `media_rows_Q3` (the same for every row)
-        and running states `states_BQS` (width 0 for text); `block=True` lets them all see each
-        other (a media block), otherwise they are causal. Returns logits (B, q, V)."""
+        and state inputs `states_BQS` (width 0 for text); `block=True` lets them all see each other
+        (a media block), otherwise they are causal. Returns logits (B, q, V)."""
         B, q = ids_BQ.shape
         device = ids_BQ.device
         inner = torch.ones(q, q, dtype=torch.bool, device=device)
@@ -104,6 +134,11 @@ class CachedDecoder:
                                  positions, self.cache)
         return self.logits
 
+    def rewind(self) -> None:
+        """Forget everything fed after the prefix (the cache keeps the prefix's keys and values)."""
+        self.cache.crop(self.prefix[0].shape[1] - self.key_valid.shape[1])  # a negative count: tokens to drop
+        self.key_valid, self.next_position = self.prefix
+
 
 def _guided(logits: torch.Tensor, batch: int, cfg: SamplerConfig) -> torch.Tensor:
     """Rows [cond; uncond] -> guided logits for the `batch` conditional rows."""
@@ -117,71 +152,133 @@ def _repeat_for_guidance(x: torch.Tensor, cfg: SamplerConfig) -> torch.Tensor:
     return torch.cat([x, x]) if cfg.guided else x
 
 
-@torch.no_grad()
-def sample_media(
-    model: StreamModel,
-    vocab: Vocabulary,
-    media_name: str,
-    prompts: Sequence[Sequence[int]],
-    first_blocks: torch.Tensor | None,
-    num_blocks: int,
-    num_positions: int,
-    media_order: MediaOrder,
-    cfg: SamplerConfig,
-    code_states: CodeStates,
-    generator: torch.Generator | None = None,
-) -> torch.Tensor:
-    """Generate media spans after text prompts (global text ids). Returns local ids (B, blocks, N).
+class MediaSampler(ABC):
+    """Draws the code ids of media spans after text prompts. One subclass per algorithm; its
+    `SamplerConfig` holds the settings, `with_options` overrides some for one call."""
 
-    Timestep order: `first_blocks` (B, P, N) local ids are the given start of the trajectory:
-    k_T (quantized noise) alone for generation (P = 1), or k_T … k_{T−P+1} of a real item to
-    continue it from noise level T−P+1; the model predicts the other `num_blocks − P` blocks,
-    one parallel pass each. Raster order: one block of N codes, one pass per code.
-    `code_states` gives the running states of the codes fed back (the tokenizer's quantizer).
-    """
-    device = next(model.parameters()).device
-    B, N = len(prompts), num_positions
-    codes = vocab.range(media_name)
-    media_rows = vocab.position_rows(media_name, num_blocks, N)  # (blocks, N, 3)
-    first_states = code_states(first_blocks) if media_order == "timestep" else None
-    rows = [_prefix(vocab, media_order, media_name, p, first_blocks, first_states, i) for i, p in enumerate(prompts)]
-    if cfg.guided:
-        rows += [_prefix(vocab, media_order, media_name, [], first_blocks, first_states, i) for i in range(B)]
-    batch = collate([[s] for s in rows], pad_id=vocab.special_id("<pad>"), pad_side="left").to(device)
-    decoder = CachedDecoder(model, batch)
+    media_order: MediaOrder
 
-    def pick(logits_BQV: torch.Tensor) -> torch.Tensor:
-        return choose(_guided(logits_BQV, B, cfg)[..., codes.offset:codes.end], cfg, generator)
+    def __init__(self, config: SamplerConfig | None = None):
+        self.config = config or SamplerConfig()
 
-    if media_order == "timestep":
+    def with_options(self, **options) -> "MediaSampler":
+        """The same algorithm with some settings replaced (None leaves a setting as it is)."""
+        given = {k: v for k, v in options.items() if v is not None}
+        if "rounds" in given:
+            given["rounds"] = tuple(given["rounds"])
+        return type(self)(replace(self.config, **given))
+
+    @abstractmethod
+    def passes(self, num_blocks: int, num_positions: int) -> int:
+        """Transformer passes per sample (guidance runs its two rows in the same pass)."""
+
+    @abstractmethod
+    def sample(self, model: StreamModel, vocab: Vocabulary, name: str, quantizer: RDPMQuantizer,
+               prompts: Sequence[Sequence[int]], first_blocks: torch.Tensor | None,
+               generator: torch.Generator | None = None) -> torch.Tensor:
+        """Local code ids (B, num_blocks, N) of a media span of range `name` after each prompt
+        (global text ids). `first_blocks` (B, P, N) are the given first blocks (``k_T`` from noise,
+        or the start of a real item's trajectory to continue); `quantizer` turns codes into the
+        transformer's state inputs."""
+
+    def _prompts_batch(self, vocab: Vocabulary, name: str, prompts: Sequence[Sequence[int]]) -> Batch:
+        """``<bos> prompt <bo?>`` per row, then the unconditional rows when guided; left-padded."""
+        rows = [media_prefix(vocab, self.media_order, name, p) for p in prompts]
+        if self.config.guided:
+            rows += [media_prefix(vocab, self.media_order, name, []) for _ in prompts]
+        return collate([[s] for s in rows], pad_id=vocab.special_id("<pad>"), pad_side="left")
+
+
+def media_prefix(vocab: Vocabulary, media_order: MediaOrder, name: str, prompt: Sequence[int]) -> Stream:
+    """``<bos> prompt <bo?>``: where a sampler starts a span of media range `name`."""
+    no_blocks = torch.zeros(0, 0, dtype=torch.long)
+    no_inputs = torch.zeros(0, 0, vocab.range(f"{name}.state").size)
+    return (StreamBuilder(vocab, media_order).special("<bos>").text(prompt)
+            .media(name, no_blocks, no_inputs, complete=False).build())
+
+
+def undecided_after_rounds(num_positions: int, rounds: int) -> list[int]:
+    """Cells still undecided after each of `rounds` rounds: ⌊N·cos(π/2·r/R)⌋, at least one fewer
+    every round, 0 after the last."""
+    if rounds > num_positions:
+        raise ValueError(f"{rounds} rounds cannot each decide one of {num_positions} cells")
+    left, counts = num_positions, []
+    for r in range(1, rounds + 1):
+        left = min(math.floor(num_positions * math.cos(math.pi / 2 * r / rounds)), left - 1)
+        counts.append(max(left, rounds - r))
+    counts[-1] = 0
+    return counts
+
+
+class RoundsSampler(MediaSampler):
+    """RDPM: every generated block in `config.rounds` passes (see the module docstring)."""
+
+    media_order = "timestep"
+
+    def block_rounds(self, num_blocks: int) -> tuple[int, ...]:
+        """Rounds of each generated block (T = num_blocks − 1 of them)."""
+        rounds = self.config.rounds or (1,) * (num_blocks - 1)
+        if len(rounds) != num_blocks - 1:
+            raise ValueError(f"rounds lists {len(rounds)} blocks, but this tokenizer draws {num_blocks - 1} "
+                             f"(T = {num_blocks - 1})")
+        return rounds
+
+    def passes(self, num_blocks: int, num_positions: int) -> int:
+        return sum(self.block_rounds(num_blocks))
+
+    @torch.no_grad()
+    def sample(self, model, vocab, name, quantizer, prompts, first_blocks, generator=None):
+        cfg, device = self.config, next(model.parameters()).device
+        B, (num_blocks, N) = len(prompts), (quantizer.num_blocks, vocab.range(f"{name}.cells").size)
+        rounds = self.block_rounds(num_blocks)
+        codes, mask_id = vocab.range(name), vocab.mask_id(name)
+        rows = vocab.position_rows(name, num_blocks, N).to(device)  # (blocks, N, 3)
+        decoder = CachedDecoder(model, self._prompts_batch(vocab, name, prompts).to(device))
         blocks = list(first_blocks.to(device).unbind(1))
-        logits = decoder.logits[:, -N:]  # the last given block's positions predict the next block
         for b in range(len(blocks), num_blocks):
-            blocks.append(pick(logits))
-            if b < num_blocks - 1:
-                states = code_states(torch.stack(blocks, dim=1))[:, -1]  # (B, N, C)
-                logits = decoder.feed(_repeat_for_guidance(blocks[-1] + codes.offset, cfg), media_rows[b],
-                                      _repeat_for_guidance(states, cfg), block=True)
+            inputs = _repeat_for_guidance(quantizer.next_block_inputs(torch.stack(blocks, dim=1)), cfg)
+            block = torch.zeros(B, N, dtype=torch.long, device=device)
+            decided = torch.zeros(B, N, dtype=torch.bool, device=device)
+            undecided = N
+            for left in undecided_after_rounds(N, rounds[b - 1]):
+                decoder.rewind()
+                fed = torch.where(decided, block + codes.offset, mask_id)
+                logits = decoder.feed(_repeat_for_guidance(fed, cfg), rows[b], inputs, block=True)
+                logits = filtered_logits(_guided(logits, B, cfg)[..., codes.offset:codes.end], cfg)
+                drawn = gumbel_argmax(logits, cfg, generator)  # (B, N)
+                confidence = logits.log_softmax(-1).gather(-1, drawn[..., None])[..., 0].masked_fill(decided, -math.inf)
+                commit = torch.zeros_like(decided).scatter(1, confidence.topk(undecided - left, dim=-1).indices, True)
+                block, decided, undecided = torch.where(commit, drawn, block), decided | commit, left
+            blocks.append(block)
         return torch.stack(blocks, dim=1)
 
-    generated = []  # raster: <bo?> predicts code 0, code n predicts code n+1
-    logits = decoder.logits[:, -1:]
-    for n in range(N):
-        generated.append(pick(logits))
-        if n < N - 1:
-            states = code_states(generated[-1][:, None])[:, 0]  # (B, 1, C): a one-block trajectory's state is its code
-            logits = decoder.feed(_repeat_for_guidance(generated[-1] + codes.offset, cfg), media_rows[0, n : n + 1],
-                                  _repeat_for_guidance(states, cfg), block=False)
-    return torch.cat(generated, dim=1).unsqueeze(1)
+
+class RasterSampler(MediaSampler):
+    """The raster-AR baseline: one clean block, one code per pass."""
+
+    media_order = "raster"
+
+    def passes(self, num_blocks: int, num_positions: int) -> int:
+        return num_positions
+
+    @torch.no_grad()
+    def sample(self, model, vocab, name, quantizer, prompts, first_blocks, generator=None):
+        cfg, device = self.config, next(model.parameters()).device
+        B, N = len(prompts), vocab.range(f"{name}.cells").size
+        codes = vocab.range(name)
+        rows = vocab.position_rows(name, 1, N)[0].to(device)  # (N, 3)
+        decoder = CachedDecoder(model, self._prompts_batch(vocab, name, prompts).to(device))
+        logits, generated = decoder.logits[:, -1:], []  # <bo?> predicts code 0, code n predicts code n+1
+        for n in range(N):
+            generated.append(choose(_guided(logits, B, cfg)[..., codes.offset:codes.end], cfg, generator))
+            if n < N - 1:
+                inputs = quantizer.block_inputs(generated[-1][:, None])[:, 0]  # (B, 1, 2C)
+                logits = decoder.feed(_repeat_for_guidance(generated[-1] + codes.offset, cfg), rows[n : n + 1],
+                                      _repeat_for_guidance(inputs, cfg), block=False)
+        return torch.cat(generated, dim=1).unsqueeze(1)
 
 
-def _prefix(vocab, media_order, media_name, prompt, first_blocks, first_states, row):
-    builder = StreamBuilder(vocab, media_order).special("<bos>").text(prompt)
-    if media_order == "timestep":
-        return builder.media(media_name, vocab.to_global(media_name, first_blocks[row].cpu()), first_states[row].cpu(),
-                             complete=False).build()
-    no_states = torch.zeros(0, 0, vocab.range(f"{media_name}.state").size)
-    return builder.media(media_name, torch.zeros(0, 0, dtype=torch.long), no_states, complete=False).build()
+SAMPLERS: dict[str, type[MediaSampler]] = {"timestep": RoundsSampler, "raster": RasterSampler}
 
 
 @torch.no_grad()

@@ -1,25 +1,25 @@
-"""Streams: spans of text and media laid out as one token sequence, with targets and attention.
+"""Streams: spans of text and media laid out as one token sequence, with inputs, targets and attention.
 
-A document is ``<bos> … <eos>`` made of text spans and media spans
-``<boi> k_T … k_0 <eoi>`` (``<boa>``/``<bov>`` for audio/video). Per position we record:
+A document is ``<bos> … <eos>`` made of text spans and media spans ``<boi> blocks [<eoi>]``
+(``<boa>``/``<bov>`` for audio/video). A media span's blocks are RDPM steps ``k_T … k_0`` of N
+cells each (docs/RDPM.md). Per position we record:
 
-- the global token id;
-- its *target* (-100 for none): text positions predict the next token; a media code at
-  (block t, position n) predicts the code at (block t−1, position n), i.e. N positions ahead.
-  ``<boi>`` and the codes of ``k_0`` have no target (``k_T`` is drawn from noise and the span
-  length is fixed, so ``<eoi>`` is appended by the sampler);
-- its *reach*: the last position it may attend to. Text is causal (reach = itself); a media
-  code sees its whole block (reach = end of its block), so attention is block-causal;
-- for media codes, the global ids of its *cell*, *block* and *state* rows
-  (`Vocabulary.position_rows`), whose embeddings the model adds to the code's: RoPE alone only
-  tells tokens how far apart they are, not which latent cell or noise step a code holds;
-- for media codes, the RDPM running state ``s_t`` at its cell after its block (C floats, from
-  the tokenizer's `RDPMQuantizer.running_states`), which weighs the state rows. A single code
-  is mostly quantized noise; the state is what the tokenizer's decoder sees, so the model
-  need not learn to add up codes across blocks to know what a span holds.
+- its *input id*: a text or special token, a media code, or, for a cell whose code is not decided
+  yet, its modality's mask row (`Vocabulary.mask_id`);
+- its *target* (-100 for none): text positions predict the next token; an undecided media cell
+  predicts its own code; decided cells and ``<boi>`` have none (``k_T`` is drawn from noise);
+- what it *sees*: text is causal. A media position sees everything before its span's first block
+  and every position of its own block, and no other block of its span: what the earlier blocks
+  decided reaches it through its state inputs, so a block never depends on how the blocks before
+  it were fed (``reach`` is the last key it sees, ``skip`` a range of earlier keys it does not);
+- its *position id*: every block of a span takes the positions right after ``<bo?>``, so a block
+  sits at the same positions whichever blocks come before it in a document or a sampler's cache;
+- for media positions, the global ids of its *cell*, *block* and first *state* row
+  (`Vocabulary.position_rows`), and its 2C state inputs: the running RDPM state before its block
+  at its cell and the noise ε̂ (`RDPMQuantizer.block_inputs`), which weigh the state rows.
 
-Packed rows add document ids so that documents never see each other. `media_order="raster"`
-is the autoregressive baseline: codes of one clean block in raster order, causal, next-token.
+Packed rows add document ids so that documents never see each other. `media_order="raster"` is the
+autoregressive baseline: the codes of one clean block in raster order, causal, next-token.
 """
 
 from __future__ import annotations
@@ -32,136 +32,139 @@ import torch
 from .vocabulary import Vocabulary
 
 IGNORE = -100
-NO_ROWS = (-1, -1, -1)  # media_rows of a token that is not a media code
+NO_ROWS = (-1, -1, -1)  # media_rows of a token that is not a media position
 MediaOrder = Literal["timestep", "raster"]
-_NEXT, _NONE = "next", "none"  # target rules besides "ahead by N"
+_NEXT, _NONE = "next", "none"  # target rules; an int rule is the target id itself
 
 
 @dataclass
 class Stream:
-    """One document: ids, targets and attention reach, all the same length."""
+    """One document: inputs, targets, attention and positions, all the same length."""
 
     input_ids: list[int] = field(default_factory=list)
     targets: list[int] = field(default_factory=list)
-    reach: list[int] = field(default_factory=list)
-    target_block: list[int] = field(default_factory=list)  # predicted media block of the target
-    # (0 = noisiest predicted block; raster codes all 0), -1 for text targets and no target
+    reach: list[int] = field(default_factory=list)  # last key each position sees
+    skip: list[tuple[int, int]] = field(default_factory=list)  # [start, end) of earlier keys it does not see
+    positions: list[int] = field(default_factory=list)  # position ids (RoPE)
+    target_block: list[int] = field(default_factory=list)  # generated media block of the target
+    # (0 = the first generated block, k_{T-1}; raster codes all 0), -1 for text targets and no target
     media_rows: list[tuple[int, int, int]] = field(default_factory=list)  # (cell, block, state) rows, NO_ROWS for others
-    media_states: list[list[float]] = field(default_factory=list)  # the running state (C floats), [] for others
+    media_states: list[list[float]] = field(default_factory=list)  # state inputs (2C floats), [] for others
 
     def __len__(self) -> int:
         return len(self.input_ids)
 
-    def head(self, length: int) -> "Stream":
-        """The first `length` positions; their targets are kept even where they lie beyond."""
-        return Stream(self.input_ids[:length], self.targets[:length], self.reach[:length],
-                      self.target_block[:length], self.media_rows[:length], self.media_states[:length])
-
 
 class StreamBuilder:
-    """Appends spans left to right; `build()` resolves targets once the whole document is known."""
+    """Appends spans left to right; `build()` resolves next-token targets once the document is known."""
 
     def __init__(self, vocab: Vocabulary, media_order: MediaOrder = "timestep"):
         self.vocab = vocab
         self.media_order = media_order
-        self._ids: list[int] = []
-        self._rules: list[str | int] = []  # _NEXT, _NONE, or an int offset to the target position
-        self._reach: list[int] = []
-        self._target_block: list[int] = []
-        self._media_rows: list[tuple[int, int, int]] = []
-        self._media_states: list[list[float]] = []
+        self._stream = Stream()
+        self._rules: list[str | int] = []
+        self._next_position = 0
 
-    def _append(self, token: int, rule: str | int, reach: int | None = None, target_block: int = -1,
-                media_rows: tuple[int, int, int] = NO_ROWS, media_state: list[float] | None = None) -> None:
-        self._reach.append(len(self._ids) if reach is None else reach)
-        self._target_block.append(target_block if rule != _NONE else -1)
-        self._media_rows.append(media_rows)
-        self._media_states.append(media_state or [])
-        self._ids.append(int(token))
+    def _append(self, token: int, rule: str | int, position: int, reach: int | None = None,
+                skip: tuple[int, int] = (0, 0), target_block: int = -1, media_rows: tuple[int, int, int] = NO_ROWS,
+                media_state: list[float] | None = None) -> None:
+        s = self._stream
+        s.reach.append(len(s.input_ids) if reach is None else reach)
+        s.skip.append(skip)
+        s.positions.append(position)
+        s.target_block.append(target_block if rule != _NONE else -1)
+        s.media_rows.append(media_rows)
+        s.media_states.append(media_state or [])
+        s.input_ids.append(int(token))
         self._rules.append(rule)
 
+    def _append_causal(self, token: int, rule: str | int = _NEXT, target_block: int = -1) -> None:
+        self._append(token, rule, self._next_position, target_block=target_block)
+        self._next_position += 1
+
     def special(self, token: str, rule: str = _NEXT) -> "StreamBuilder":
-        self._append(self.vocab.special_id(token), rule)
+        self._append_causal(self.vocab.special_id(token), rule)
         return self
 
     def text(self, global_ids: Sequence[int]) -> "StreamBuilder":
         for token in global_ids:
-            self._append(token, _NEXT)
+            self._append_causal(token)
         return self
 
-    def media(self, name: str, blocks: torch.Tensor, states: torch.Tensor, complete: bool = True,
-              trained: bool = True) -> "StreamBuilder":
-        """A media span from global ids `blocks` (num_blocks, N) and their running states
-        (num_blocks, N, C): ``<bo?> k_T … [k_0 <eo?>]``.
+    def media(self, name: str, blocks: torch.Tensor, inputs: torch.Tensor, masked: torch.Tensor | None = None,
+              first_block: int = 0, complete: bool = True, trained: bool = True) -> "StreamBuilder":
+        """A media span ``<bo?> blocks [<eo?>]`` from global code ids `blocks` (b, N) of the blocks
+        `first_block` … `first_block` + b − 1 and their state inputs `inputs` (b, N, 2C).
 
-        `complete=False` leaves the span open (a sampling prefix holding only the blocks so far).
-        `trained=False` gives its codes no targets (the media of a media→text document is the
-        condition, not the task); ``<eo?>`` still predicts what follows.
+        `masked` (b, N) bool marks undecided cells: their input is the mask row and, if `trained`,
+        their target their code (None: every cell decided). `complete=False` leaves the span open
+        (a document that ends with its last trained block, or a sampler's prefix). `trained=False`
+        gives the span no targets (the media of a media→text document is the condition).
         """
         begin, end = self.vocab.delimiters(name)
         num_blocks, n = blocks.shape
         width = self.vocab.range(f"{name}.state").size
-        if states.shape != (num_blocks, n, width):
-            raise ValueError(f"{name} states of shape {tuple(states.shape)} do not match blocks of shape "
-                             f"{tuple(blocks.shape)} with {width} latent channels")
+        if inputs.shape != (num_blocks, n, width):
+            raise ValueError(f"{name} state inputs of shape {tuple(inputs.shape)} do not match blocks of shape "
+                             f"{tuple(blocks.shape)} with {width} state inputs")
+        if masked is not None and (masked.shape != blocks.shape or self.media_order == "raster" or not trained):
+            raise ValueError("masked cells need a trained timestep-order span of the same shape as its blocks")
         timestep = self.media_order == "timestep"
-        self._append(begin, _NONE if timestep or not trained else _NEXT)
-        flat = blocks.reshape(-1).tolist()
-        rows = [tuple(r) for r in self.vocab.position_rows(name, num_blocks, n).reshape(-1, 3).tolist()]
-        flat_states = states.flatten(0, 1).tolist()
-        for b in range(num_blocks):
-            block_end = len(self._ids) + n - 1
-            last_block = complete and b == num_blocks - 1
-            for i in range(n):
-                j = b * n + i
-                if timestep:
-                    rule = _NONE if last_block or not trained else n
-                    self._append(flat[j], rule, reach=block_end, target_block=b, media_rows=rows[j],
-                                 media_state=flat_states[j])
-                else:
-                    last_code = last_block and i == n - 1
-                    self._append(flat[j], _NONE if last_code or not trained else _NEXT, target_block=0, media_rows=rows[j],
-                                 media_state=flat_states[j])
-            if b == 0 and not timestep and trained:  # <bo?> predicts the first code
-                self._target_block[-n - 1] = 0
+        self._append_causal(begin, _NEXT if trained and not timestep else _NONE, target_block=0)  # raster: code 0
+        span_position, span_start = self._next_position, len(self._stream.input_ids)
+        rows = self.vocab.position_rows(name, first_block + num_blocks, n)[first_block:].reshape(-1, 3).tolist()
+        codes, states = blocks.reshape(-1).tolist(), inputs.flatten(0, 1).tolist()
+        undecided = masked.reshape(-1).tolist() if masked is not None else [False] * len(codes)
+        mask_id = self.vocab.mask_id(name)
+        for j in range(num_blocks * n):
+            cell, block_start = j % n, span_start + (j // n) * n
+            if timestep:  # block-causal: the prefix and its own block; its own code once decided
+                rule = codes[j] if undecided[j] else _NONE
+                self._append(mask_id if undecided[j] else codes[j], rule, span_position + cell,
+                             reach=block_start + n - 1, skip=(span_start, block_start),
+                             target_block=first_block + j // n - 1, media_rows=tuple(rows[j]), media_state=states[j])
+            else:  # raster: causal, each code predicts the next one
+                rule = _NEXT if trained and j < num_blocks * n - 1 else _NONE
+                self._append(codes[j], rule, span_position + j, target_block=0, media_rows=tuple(rows[j]),
+                             media_state=states[j])
+        self._next_position = span_position + (n if timestep else num_blocks * n)
         if complete:
-            self._append(end, _NEXT)
+            self._append_causal(end)
         return self
 
     def build(self) -> Stream:
-        ids, length = self._ids, len(self._ids)
-        targets = []
-        for p, rule in enumerate(self._rules):
-            if rule == _NONE:
-                targets.append(IGNORE)
-            elif rule == _NEXT:
-                targets.append(ids[p + 1] if p + 1 < length else IGNORE)
-            else:  # ahead by `rule` positions
-                targets.append(ids[p + rule] if p + rule < length else IGNORE)
-        return Stream(list(ids), targets, list(self._reach), list(self._target_block), list(self._media_rows),
-                      list(self._media_states))
+        s, rules = self._stream, self._rules
+        length = len(s.input_ids)
+        s.targets = [
+            (s.input_ids[p + 1] if p + 1 < length else IGNORE) if rule == _NEXT
+            else IGNORE if rule == _NONE else rule
+            for p, rule in enumerate(rules)
+        ]
+        return s
 
 
 @dataclass
 class Batch:
     input_ids: torch.Tensor  # (B, L)
     targets: torch.Tensor  # (B, L), IGNORE where no target
-    position_ids: torch.Tensor  # (B, L), restart at 0 in every document
+    position_ids: torch.Tensor  # (B, L)
     attention_mask: torch.Tensor  # (B, 1, L, L) bool, True = may attend
     document_ids: torch.Tensor  # (B, L), index of the document in its row, -1 for padding
-    media_rows: torch.Tensor  # (B, L, 3) global ids of each media code's cell, block and first state row, -1 elsewhere
-    media_states: torch.Tensor  # (B, L, S) each media code's running state, zero-padded to the widest; 0 elsewhere
+    media_rows: torch.Tensor  # (B, L, 3) global ids of each media position's cell, block and first state row, -1 elsewhere
+    media_states: torch.Tensor  # (B, L, S) each media position's state inputs, zero-padded to the widest; 0 elsewhere
 
     def to(self, device: torch.device | str) -> "Batch":
         return Batch(**{name: t.to(device) for name, t in vars(self).items()})
 
 
-def attention_mask_4d(reach_BL: torch.Tensor, doc_BL: torch.Tensor) -> torch.Tensor:
-    """(B, 1, L, L): query q sees key k iff k <= reach[q] and both are in the same document."""
-    key_index = torch.arange(reach_BL.shape[1], device=reach_BL.device)
-    visible = key_index[None, None, :] <= reach_BL[:, :, None]
+def attention_mask_4d(reach_BL: torch.Tensor, skip_BL2: torch.Tensor, doc_BL: torch.Tensor) -> torch.Tensor:
+    """(B, 1, L, L): query q sees key k iff k <= reach[q], k is outside q's skipped range
+    [skip[q, 0], skip[q, 1]), and both are in the same document."""
+    key = torch.arange(reach_BL.shape[1], device=reach_BL.device)[None, None, :]
+    visible = key <= reach_BL[:, :, None]
+    skipped = (key >= skip_BL2[:, :, :1]) & (key < skip_BL2[:, :, 1:])
     same_doc = doc_BL[:, :, None] == doc_BL[:, None, :]
-    return (visible & same_doc).unsqueeze(1)
+    return (visible & ~skipped & same_doc).unsqueeze(1)
 
 
 def collate(rows: Sequence[Sequence[Stream]], pad_id: int, length: int | None = None,
@@ -180,6 +183,7 @@ def collate(rows: Sequence[Sequence[Stream]], pad_id: int, length: int | None = 
     targets = torch.full((B, length), IGNORE, dtype=torch.long)
     position_ids = torch.zeros((B, length), dtype=torch.long)
     reach = torch.arange(length).repeat(B, 1)
+    skip = torch.zeros((B, length, 2), dtype=torch.long)
     doc = torch.full((B, length), -1, dtype=torch.long)
     media_rows = torch.full((B, length, 3), -1, dtype=torch.long)
     width = max((len(state) for row in rows for stream in row for state in stream.media_states), default=0)
@@ -190,8 +194,9 @@ def collate(rows: Sequence[Sequence[Stream]], pad_id: int, length: int | None = 
             span = slice(start, start + len(stream))
             input_ids[r, span] = torch.tensor(stream.input_ids)
             targets[r, span] = torch.tensor(stream.targets)
-            position_ids[r, span] = torch.arange(len(stream))
+            position_ids[r, span] = torch.tensor(stream.positions)
             reach[r, span] = torch.tensor(stream.reach) + start
+            skip[r, span] = torch.tensor(stream.skip).view(-1, 2) + start
             doc[r, span] = d
             media_rows[r, span] = torch.tensor(stream.media_rows).view(-1, 3)
             coded = [p for p, state in enumerate(stream.media_states) if state]
@@ -199,7 +204,7 @@ def collate(rows: Sequence[Sequence[Stream]], pad_id: int, length: int | None = 
                 padded = [stream.media_states[p] + [0.0] * (width - len(stream.media_states[p])) for p in coded]
                 media_states[r, torch.tensor(coded) + start] = torch.tensor(padded)
             start += len(stream)
-    return Batch(input_ids, targets, position_ids, attention_mask_4d(reach, doc), doc, media_rows, media_states)
+    return Batch(input_ids, targets, position_ids, attention_mask_4d(reach, skip, doc), doc, media_rows, media_states)
 
 
 def pack(streams: Sequence[Stream], max_length: int) -> list[list[Stream]]:
@@ -231,17 +236,31 @@ def task_modality(task: str) -> str | None:
 
 def task_document(vocab: Vocabulary, media_order: MediaOrder, task: str, text_ids: Sequence[int],
                   media_name: str | None = None, media_blocks: torch.Tensor | None = None,
-                  media_states: torch.Tensor | None = None, drop_text: bool = False) -> Stream:
-    """One training document for `task`: ``text_to_<modality>``, ``<modality>_to_text`` or ``text``.
+                  media_inputs: torch.Tensor | None = None, masked: torch.Tensor | None = None,
+                  drop_text: bool = False) -> Stream:
+    """One training document for `task` from a span's global code ids `media_blocks` (T+1, N) and
+    state inputs `media_inputs` (T+1, N, 2C):
+
+    - ``text_to_<modality>``, timestep order: ``<bos> caption <bo?>`` and the generated blocks
+      1 … b whose undecided cells `masked` (b, N) marks; they are the targets. The noise block k_T
+      is given: it reaches them through their state inputs, so it has no position of its own, and
+      the document ends with its last trained block (``<eo?>`` would only predict ``<eos>``).
+      Raster order: ``<bos> caption <bo?> codes <eo?> <eos>``, next-token;
+    - ``<modality>_to_text``: ``<bos> <bo?> k_T … k_0 <eo?> text <eos>``, the span decided and
+      untrained, the text trained and seeing the whole span;
+    - ``text``: ``<bos> text <eos>``.
 
     `drop_text` removes the caption of a text-to-media document (classifier-free guidance).
-    In a media-to-text document only the text is trained; it sees the whole media span.
     """
     builder = StreamBuilder(vocab, media_order).special("<bos>")
     if task_modality(task) is None:
-        builder.text(text_ids)
-    elif task.startswith("text_to_"):
-        builder.text([] if drop_text else text_ids).media(media_name, media_blocks, media_states)
-    else:
-        builder.media(media_name, media_blocks, media_states, trained=False).text(text_ids)
-    return builder.special("<eos>", rule=_NONE).build()
+        return builder.text(text_ids).special("<eos>", rule=_NONE).build()
+    if task.endswith("_to_text"):
+        builder.media(media_name, media_blocks, media_inputs, trained=False).text(text_ids)
+        return builder.special("<eos>", rule=_NONE).build()
+    builder.text([] if drop_text else text_ids)
+    if media_order == "raster":
+        return builder.media(media_name, media_blocks, media_inputs).special("<eos>", rule=_NONE).build()
+    generated = masked.shape[0]
+    return builder.media(media_name, media_blocks[1 : 1 + generated], media_inputs[1 : 1 + generated], masked,
+                         first_block=1, complete=False).build()

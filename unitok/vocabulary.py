@@ -1,11 +1,12 @@
 """The shared vocabulary: disjoint id ranges for special tokens, text pieces and media codes.
 
-Global id = range offset + local id. Every media range comes with three ranges of *input rows*,
-embedding rows that are never tokens in a stream but enter a media code's input (see
+Global id = range offset + local id. Every media range comes with four ranges of *input rows*,
+embedding rows that never stand for a code but enter a media position's input (see
 `model.StreamModel`): ``<name>.cells`` (N rows) and ``<name>.blocks`` (T+1 rows) say which latent
-cell and which noise step it holds (learned absolute positions); ``<name>.state`` (C rows) is a
-learned projection of the RDPM running state ``s_t`` at its cell (C latent channels).
-The manifest (``vocabulary.json``) is saved
+cell and which noise step it holds (learned absolute positions); ``<name>.state`` (2C rows) is a
+learned projection of what the RDPM trajectory holds at its cell before its block: the running
+state and the noise ε̂ (C latent channels each); ``<name>.mask`` (1 row) is the input of a cell
+whose code is not decided yet. The manifest (``vocabulary.json``) is saved
 with every model and shard set and records a content hash of every tokenizer,
 so that shards or checkpoints made with other tokenizers are refused.
 """
@@ -38,13 +39,13 @@ class MediaLayout(NamedTuple):
     tokenizer_hash: str
     num_blocks: int  # T + 1
     num_positions: int  # N
-    latent_channels: int  # C, the width of the running state a code's input carries
+    latent_channels: int  # C: a position's input carries 2C floats, its running state and the noise
 
 
 @dataclass(frozen=True)
 class TokenRange:
-    name: str  # "special", "text", a media tokenizer's name (e.g. "image"), or "<name>.cells" / ".blocks" / ".state"
-    kind: Literal["special", "text", "media", "position", "state"]
+    name: str  # "special", "text", a media tokenizer's name (e.g. "image"), or "<name>.cells" / ".blocks" / ".state" / ".mask"
+    kind: Literal["special", "text", "media", "position", "state", "mask"]
     offset: int
     size: int
     tokenizer_hash: str | None = None
@@ -67,7 +68,7 @@ class Vocabulary:
 
     @classmethod
     def build(cls, text_size: int, text_hash: str, media: Sequence[MediaLayout]) -> "Vocabulary":
-        """Lay out special tokens, text pieces, then per media tokenizer its codes, cells, blocks and state rows."""
+        """Lay out special tokens, text pieces, then per media tokenizer its codes, cells, blocks, state and mask rows."""
         ranges = [TokenRange("special", "special", 0, len(SPECIAL_TOKENS))]
         ranges.append(TokenRange("text", "text", ranges[-1].end, text_size, text_hash))
         for m in media:
@@ -75,7 +76,8 @@ class Vocabulary:
                 raise VocabularyError(f"unknown modality {m.modality!r}; expected one of {list(MEDIA_DELIMITERS)}")
             for name, kind, size in ((m.name, "media", m.codebook_size), (f"{m.name}.cells", "position", m.num_positions),
                                      (f"{m.name}.blocks", "position", m.num_blocks),
-                                     (f"{m.name}.state", "state", m.latent_channels)):
+                                     (f"{m.name}.state", "state", 2 * m.latent_channels),
+                                     (f"{m.name}.mask", "mask", 1)):
                 ranges.append(TokenRange(name, kind, ranges[-1].end, size, m.tokenizer_hash, m.modality))
         return cls(ranges)
 
@@ -93,8 +95,8 @@ class Vocabulary:
         return [r for r in self.ranges if r.kind == "media"]
 
     def position_rows(self, name: str, num_blocks: int, num_positions: int) -> torch.Tensor:
-        """(num_blocks, num_positions, 3) global ids of the input rows of the codes of a span: their
-        cell row, their block row and the first of their C state rows."""
+        """(num_blocks, num_positions, 3) global ids of the input rows of the positions of a span:
+        their cell row, their block row and the first of their 2C state rows."""
         cells, blocks, state = self.range(f"{name}.cells"), self.range(f"{name}.blocks"), self.range(f"{name}.state")
         if num_blocks > blocks.size or num_positions > cells.size:
             raise VocabularyError(f"a {name} span has at most {blocks.size} blocks of {cells.size} codes, "
@@ -102,6 +104,10 @@ class Vocabulary:
         cell_ids = torch.arange(cells.offset, cells.offset + num_positions).expand(num_blocks, -1)
         block_ids = torch.arange(blocks.offset, blocks.offset + num_blocks)[:, None].expand(-1, num_positions)
         return torch.stack([cell_ids, block_ids, torch.full_like(cell_ids, state.offset)], dim=-1)
+
+    def mask_id(self, name: str) -> int:
+        """Global id of the input row of an undecided cell of media range `name`."""
+        return self.range(f"{name}.mask").offset
 
     def special_id(self, token: str) -> int:
         if token not in SPECIAL_TOKENS:

@@ -1,16 +1,20 @@
-"""Evaluate a trained recipe: tokenizers, LM held-out loss, and every trained direction on digits world.
+"""Evaluate a trained recipe run: tokenizers, LM held-out loss, and every trained direction on digits world.
 
-Writes ``metrics.json`` (keys as documented in docs/BENCHMARKS.md) into the recipe's output folder,
-with ``samples.png`` and ``trajectory.png`` (D(s_t) at every step) for text→image,
-``audio_samples/*.wav`` and ``audio_trajectory.png`` (spectrograms) for text→audio, and
-``video_samples.png``, ``video_samples/*.gif`` and ``video_trajectory.png`` for text→video.
+Evaluation reads a run by paths and sections (`EvalRun`), not through the recipe runner, and
+writes ``metrics.json`` (keys as documented in docs/BENCHMARKS.md) with ``samples.png`` and
+``trajectory.png`` (D(s_t) at every step) for text→image, ``audio_samples/*.wav`` and
+``audio_trajectory.png`` (spectrograms) for text→audio, and ``video_samples.png``,
+``video_samples/*.gif`` and ``video_trajectory.png`` for text→video. Media are generated with the
+pipeline's own sampler settings (`UniTokPipeline.samplers`), media→text greedily.
 """
 
 from __future__ import annotations
 
 import json
 import random
-from typing import TYPE_CHECKING
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -23,96 +27,125 @@ from ..digits_world.clips import ClipItem, build_clip_world, parse_clip_caption,
 from ..digits_world.tones import ToneItem, audio_file, build_tone_world, parse_tone_caption
 from ..media_tokenizer import MediaTokenizer
 from ..pipeline import MediaPipelineOutput, UniTokPipeline
+from ..sampling import SamplerConfig
 from ..shards import load_shards
 from ..visualize import labelled_grid, trajectory_grid
 from .classifier import load_or_train_digit_classifier
-from .diagnostics import (caption_ce_gain_from_media, digit_accuracy_factorized_first_step,
-                          digit_accuracy_given_first_step, first_step_digit_ce_gain, media_ids_of)
+from .diagnostics import (caption_ce_gain_from_media, digit_accuracy_given_first_step, first_step_digit_ce_gain,
+                          media_ids_of)
 from .dtmf import decode_dtmf, dtmf_roundtrip_accuracy
 from .frechet import frechet_distance
 from .readers import read_color, read_direction, read_position
 
-if TYPE_CHECKING:
-    from ..recipe import RecipeRun
+
+@dataclass(frozen=True)
+class EvalSection:
+    """A recipe's ``eval:`` section."""
+
+    num_samples: int = 500  # held-out items per evaluated direction
+    batch_size: int = 100
+    grid_samples: int = 40
+    trajectory_samples: int = 4
+    classifier_steps: int = 500
+    text_sampler: SamplerConfig = field(default_factory=SamplerConfig.for_text)  # media→text
 
 
-def evaluate_recipe(run: "RecipeRun") -> dict:
-    pipe = UniTokPipeline.from_pretrained(run.out / "model")
-    metrics = {"lm": _lm_metrics(run)}
-    for modality in run.loaded.modalities:
-        metrics[f"{modality}_tokenizer"] = _tokenizer_metrics(run, modality)
-        world = getattr(run.recipe.data, modality).digits_world
-        if world is not None:
-            WORLD_EVALUATORS[modality](run, pipe, world, metrics)
+@dataclass(frozen=True)
+class EvalRun:
+    """What evaluation reads, by path and section, and where it writes."""
+
+    out: Path  # metrics.json and pictures land here
+    model: Path  # the saved pipeline
+    classifier: Path  # where the digit classifier is kept (trained there on first use)
+    lm_history: Path  # the LM stage's history.json
+    tokenizer_metrics: dict[str, dict]  # modality -> {variant: held-out metrics} of its tokenizer stage
+    tokenizer_names: dict[str, str]  # modality -> the name of its main variant in those metrics
+    shards: dict[str, dict[str, Path]]  # modality -> {"train", "heldout"} shard sets
+    heldout_media: dict[str, Path]  # modality -> the held-out media folder (media→text reads files)
+    worlds: dict[str, Any]  # modality -> its digits-world config; other modalities get tokenizer metrics only
+    tasks: dict[str, float]  # the LM's tasks and their weights
+    evaluation: EvalSection
+    seed: int
+    log: Callable[[str], None] = print
+
+
+def evaluate(run: EvalRun) -> dict:
+    pipe = UniTokPipeline.from_pretrained(run.model)
+    metrics = {"lm": _lm_metrics(run.lm_history)}
+    for modality in run.tokenizer_metrics:
+        metrics[f"{modality}_tokenizer"] = _tokenizer_metrics(run.tokenizer_metrics[modality],
+                                                              run.tokenizer_names[modality])
+        if modality in run.worlds:
+            WORLD_EVALUATORS[modality](run, pipe, run.worlds[modality], metrics)
     (run.out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
     run.log(json.dumps(metrics, indent=2))
     return metrics
 
 
-def _trains(run: "RecipeRun", task: str) -> bool:
-    return run.recipe.lm.tasks.get(task, 0) > 0
+def _trains(run: EvalRun, task: str) -> bool:
+    return run.tasks.get(task, 0) > 0
 
 
-def _evaluate_images(run: "RecipeRun", pipe: UniTokPipeline, world, metrics: dict) -> None:
-    recipe = run.recipe
-    splits = build_digits_world(world)
-    items = splits["heldout"][: recipe.eval.num_samples]
+def _evaluate_images(run: EvalRun, pipe: UniTokPipeline, world, metrics: dict) -> None:
+    cfg = run.evaluation
+    items = build_digits_world(world)["heldout"][: cfg.num_samples]
     tokenizer = pipe.tokenizer_for("image")
-    classifier = load_or_train_digit_classifier(run.out / "eval" / "classifier", world, recipe.eval.classifier_steps)
+    classifier = load_or_train_digit_classifier(run.classifier, world, cfg.classifier_steps)
     metrics["image_tokenizer"]["recon_digit_accuracy"] = recon_digit_accuracy(tokenizer, items, classifier, world,
-                                                                              recipe.seed)
+                                                                              run.seed)
     if _trains(run, "text_to_image"):
-        shards = {split: load_shards(run.shard_dir("image", split), pipe.vocabulary) for split in ("train", "heldout")}
-        ids = _generate(pipe, "image", [it.caption for it in items], recipe.eval, recipe.seed)
+        shards = {split: load_shards(folder, pipe.vocabulary) for split, folder in run.shards["image"].items()}
+        ids = _generate(pipe, "image", [it.caption for it in items], cfg, run.seed)
         images = tokenizer.decode(ids)
         metrics["text_to_image"] = {
             **text_to_image_scores(images, items, classifier, world),
             "exact_copy_fraction": exact_copy_fraction(ids, shards["train"], pipe),
-            "guidance_scale": recipe.eval.sampler_for("image").guidance_scale,
+            "passes": pipe.passes("image"),
+            "sampler": _sampler_summary(pipe, "image"),
             "num_samples": len(items),
         }
-        _add_diagnostics(metrics, run, pipe, shards, items, splits["train"], classifier)
-        n = recipe.eval.grid_samples
+        _add_diagnostics(metrics, run, pipe, shards["heldout"], items, classifier)
+        n = cfg.grid_samples
         labelled_grid(images[:n], [it.caption for it in items[:n]]).save(run.out / "samples.png")
-        _trajectory_picture(tokenizer, ids[: recipe.eval.trajectory_samples], items).save(run.out / "trajectory.png")
+        _trajectory_picture(tokenizer, ids[: cfg.trajectory_samples], items).save(run.out / "trajectory.png")
     if _trains(run, "image_to_text"):
         metrics["image_to_text"] = _media_to_text_metrics(run, pipe, "image", items, image_file, image_to_text_scores)
 
 
-def _evaluate_audio(run: "RecipeRun", pipe: UniTokPipeline, world, metrics: dict) -> None:
-    recipe = run.recipe
-    items = build_tone_world(world)["heldout"][: recipe.eval.num_samples]
+def _evaluate_audio(run: EvalRun, pipe: UniTokPipeline, world, metrics: dict) -> None:
+    cfg = run.evaluation
+    items = build_tone_world(world)["heldout"][: cfg.num_samples]
     tokenizer = pipe.tokenizer_for("audio")
-    metrics["audio_tokenizer"]["dtmf_roundtrip_accuracy"] = dtmf_roundtrip_accuracy(tokenizer, items, recipe.seed)
+    metrics["audio_tokenizer"]["dtmf_roundtrip_accuracy"] = dtmf_roundtrip_accuracy(tokenizer, items, run.seed)
     if _trains(run, "text_to_audio"):
-        ids = _generate(pipe, "audio", [it.caption for it in items], recipe.eval, recipe.seed)
+        ids = _generate(pipe, "audio", [it.caption for it in items], cfg, run.seed)
         clips = tokenizer.decode(ids)
-        metrics["text_to_audio"] = {**text_to_audio_scores(clips, items), "num_samples": len(items)}
-        MediaPipelineOutput(clips[: recipe.eval.grid_samples], ids).save(run.out / "audio_samples" / "sample.wav")
-        _trajectory_picture(tokenizer, ids[: recipe.eval.trajectory_samples], items).save(
-            run.out / "audio_trajectory.png")
+        metrics["text_to_audio"] = {**text_to_audio_scores(clips, items), "passes": pipe.passes("audio"),
+                                    "sampler": _sampler_summary(pipe, "audio"), "num_samples": len(items)}
+        MediaPipelineOutput(clips[: cfg.grid_samples], ids).save(run.out / "audio_samples" / "sample.wav")
+        _trajectory_picture(tokenizer, ids[: cfg.trajectory_samples], items).save(run.out / "audio_trajectory.png")
     if _trains(run, "audio_to_text"):
         metrics["audio_to_text"] = _media_to_text_metrics(run, pipe, "audio", items, audio_file, audio_to_text_scores)
 
 
-def _evaluate_video(run: "RecipeRun", pipe: UniTokPipeline, world, metrics: dict) -> None:
-    recipe = run.recipe
-    items = build_clip_world(world)["heldout"][: recipe.eval.num_samples]
+def _evaluate_video(run: EvalRun, pipe: UniTokPipeline, world, metrics: dict) -> None:
+    cfg = run.evaluation
+    items = build_clip_world(world)["heldout"][: cfg.num_samples]
     tokenizer = pipe.tokenizer_for("video")
-    classifier = load_or_train_digit_classifier(run.out / "eval" / "classifier", world.image_world(),
-                                                recipe.eval.classifier_steps)
+    classifier = load_or_train_digit_classifier(run.classifier, world.image_world(), cfg.classifier_steps)
     real = [Video(render_clip(it.clip, world), world.fps) for it in items]
-    reconstructed = tokenizer.decode(tokenizer.encode(real, seed=[recipe.seed + i for i in range(len(real))]))
+    reconstructed = tokenizer.decode(tokenizer.encode(real, seed=[run.seed + i for i in range(len(real))]))
     metrics["video_tokenizer"]["recon_digit_direction_accuracy"] = text_to_video_scores(
         reconstructed, items, classifier)["digit_direction_accuracy"]
     if _trains(run, "text_to_video"):
-        ids = _generate(pipe, "video", [it.caption for it in items], recipe.eval, recipe.seed)
+        ids = _generate(pipe, "video", [it.caption for it in items], cfg, run.seed)
         clips = tokenizer.decode(ids)
-        metrics["text_to_video"] = {**text_to_video_scores(clips, items, classifier), "num_samples": len(items)}
-        n = recipe.eval.grid_samples
+        metrics["text_to_video"] = {**text_to_video_scores(clips, items, classifier), "passes": pipe.passes("video"),
+                                    "sampler": _sampler_summary(pipe, "video"), "num_samples": len(items)}
+        n = cfg.grid_samples
         labelled_grid(tokenizer.adapter.picture(tokenizer.decode_tensor(ids[:n])), [it.caption for it in items[:n]],
                       columns=2, scale=2).save(run.out / "video_samples.png")
-        MediaPipelineOutput(clips[: recipe.eval.trajectory_samples], ids).save(run.out / "video_samples" / "sample.gif")
+        MediaPipelineOutput(clips[: cfg.trajectory_samples], ids).save(run.out / "video_samples" / "sample.gif")
         _video_trajectory(tokenizer, ids[:1], items[0].caption).save(run.out / "video_trajectory.png")
     if _trains(run, "video_to_text"):
         metrics["video_to_text"] = _media_to_text_metrics(run, pipe, "video", items, video_file, video_to_text_scores)
@@ -121,9 +154,15 @@ def _evaluate_video(run: "RecipeRun", pipe: UniTokPipeline, world, metrics: dict
 WORLD_EVALUATORS = {"image": _evaluate_images, "audio": _evaluate_audio, "video": _evaluate_video}
 
 
-def _tokenizer_metrics(run: "RecipeRun", modality: str) -> dict:
-    measured = json.loads((run.out / "tokenizers" / modality / "metrics.json").read_text())
-    main = measured[run.loaded.tokenizer_specs[modality].name]
+def _sampler_summary(pipe: UniTokPipeline, modality: str) -> dict:
+    """The sampler settings the samples were drawn with."""
+    config = pipe.sampler_for(modality).config
+    return {"guidance_scale": config.guidance_scale, "temperature": config.temperature,
+            "rounds": list(config.rounds) if config.rounds else None}
+
+
+def _tokenizer_metrics(measured: dict, main_name: str) -> dict:
+    main = measured[main_name]
     result = {"psnr_db": main["psnr_db"], "codebook_usage": main["codebook_usage"]}
     if "plain_vq" in measured:
         result["plain_vq_psnr_db"] = measured["plain_vq"]["psnr_db"]
@@ -131,8 +170,8 @@ def _tokenizer_metrics(run: "RecipeRun", modality: str) -> dict:
     return result
 
 
-def _lm_metrics(run: "RecipeRun") -> dict:
-    history = json.loads((run.out / "lm" / "history.json").read_text())
+def _lm_metrics(history_path: Path) -> dict:
+    history = json.loads(history_path.read_text())
     best = next((e for e in history["evals"] if e["step"] == history["best_step"]), None)
     if best is None:  # a mixture without held-out shard sets
         return {"heldout_loss": None, "steps_trained": history["step"]}
@@ -140,47 +179,43 @@ def _lm_metrics(run: "RecipeRun") -> dict:
             "heldout_loss_per_task": best["loss_per_task"], "best_step": best["step"], "steps_trained": history["step"]}
 
 
-def _add_diagnostics(metrics: dict, run: "RecipeRun", pipe: UniTokPipeline, shards: dict, items: list[Item],
-                     train_items: list[Item], classifier) -> None:
-    """Split a text→image failure into the first generated step and the refining ones (diagnostics.py)."""
-    media_ids = media_ids_of(shards["heldout"], pipe, items)
+def _add_diagnostics(metrics: dict, run: EvalRun, pipe: UniTokPipeline, heldout, items: list[Item],
+                     classifier) -> None:
+    """Where text→image fails: does the LM read the digit, and do the refining blocks keep it (diagnostics.py)."""
+    media_ids = media_ids_of(heldout, pipe, items)
     metrics["lm"]["first_step_digit_ce_gain"] = first_step_digit_ce_gain(pipe, items, media_ids)
     if pipe.tokenizer_for("image").num_blocks > 2:
-        sampler, seed = run.recipe.eval.sampler_for("image"), run.recipe.seed
         metrics["text_to_image"]["digit_accuracy_given_first_step"] = digit_accuracy_given_first_step(
-            pipe, items, media_ids, sampler, classifier, seed)
-        metrics["text_to_image"]["digit_accuracy_factorized_first_step"] = digit_accuracy_factorized_first_step(
-            pipe, items, train_items, media_ids_of(shards["train"], pipe, train_items), sampler, classifier, seed)
+            pipe, items, media_ids, classifier, run.seed)
 
 
-def _generate(pipe: UniTokPipeline, modality: str, prompts: list[str], cfg, seed: int) -> torch.Tensor:
+def _generate(pipe: UniTokPipeline, modality: str, prompts: list[str], cfg: EvalSection, seed: int) -> torch.Tensor:
     chunks = []
     for start in tqdm(range(0, len(prompts), cfg.batch_size), desc=f"text→{modality}"):
         batch = prompts[start:start + cfg.batch_size]
-        chunks.append(pipe.generate_media_ids(modality, batch, cfg.sampler_for(modality), seed=seed + start))
+        chunks.append(pipe.generate_media_ids(modality, batch, seed=seed + start))
     return torch.cat(chunks)
 
 
-def _media_to_text_metrics(run: "RecipeRun", pipe: UniTokPipeline, modality: str, items: list, file_of,
+def _media_to_text_metrics(run: EvalRun, pipe: UniTokPipeline, modality: str, items: list, file_of,
                            scores) -> dict:
     """Scores of captions generated for held-out `items`, and whether captions read the media."""
-    heldout = load_shards(run.shard_dir(modality, "heldout"), pipe.vocabulary)
+    heldout = load_shards(run.shards[modality]["heldout"], pipe.vocabulary)
     return {**scores(_describe_heldout(run, pipe, modality, items, file_of), items),
             "caption_ce_gain_from_media": caption_ce_gain_from_media(pipe, modality, heldout, len(items)),
             "num_samples": len(items)}
 
 
-def _describe_heldout(run: "RecipeRun", pipe: UniTokPipeline, modality: str, items: list, file_of) -> list[str]:
+def _describe_heldout(run: EvalRun, pipe: UniTokPipeline, modality: str, items: list, file_of) -> list[str]:
     """Captions generated for the held-out files of `items` (`file_of(item)`: path in the folder)."""
-    cfg, seed = run.recipe.eval, run.recipe.seed
-    folder = run.data_dirs(modality)["heldout"][0]
-    files = [folder / file_of(it) for it in items]
-    sampler = cfg.sampler_for("text")
+    cfg = run.evaluation
+    files = [run.heldout_media[modality] / file_of(it) for it in items]
+    sampler = cfg.text_sampler
     captions = []
     for start in tqdm(range(0, len(files), cfg.batch_size), desc=f"{modality}→text"):
         captions += pipe.media_to_text(modality, files[start:start + cfg.batch_size], temperature=sampler.temperature,
                                        top_k=sampler.top_k, top_p=sampler.top_p, gumbel_scale=sampler.gumbel_scale,
-                                       seed=seed + start)
+                                       seed=run.seed + start)
     return captions
 
 

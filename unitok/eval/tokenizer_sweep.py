@@ -3,6 +3,7 @@
 A sweep file names a recipe (its data and tokenizer training settings are used unchanged) and a
 set of named variants, each a partial override of the recipe's tokenizer spec::
 
+    kind: tokenizer
     recipe: recipes/quickstart.yaml
     output_dir: runs/sweeps/tokenizer
     variants:
@@ -20,9 +21,9 @@ import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
-from ..config import ConfigError, config_hash, from_dict, load_config, to_dict
+from ..config import ConfigError, config_hash, from_dict, load_config, merged, to_dict
 from ..digits_world import build_digits_world
 from ..media_tokenizer import MediaTokenizer, TokenizerSpec
 from ..recipe import RecipeRun, load_recipe, resolve_spec_path, run_stage
@@ -35,6 +36,7 @@ METRICS_FILE = "metrics.json"
 
 @dataclass(frozen=True)
 class TokenizerSweep:
+    kind: Literal["tokenizer"]
     recipe: str  # path to a recipe, relative to the sweep file or the working directory
     output_dir: str
     variants: dict[str, dict[str, Any]] = field(default_factory=dict)  # name -> overrides of the spec
@@ -47,14 +49,7 @@ class TokenizerSweep:
 
 def variant_spec(base: TokenizerSpec, overrides: dict[str, Any], source: str) -> TokenizerSpec:
     """The base spec with ``overrides`` merged in; a wrong field is reported under ``source``."""
-    return from_dict(TokenizerSpec, _merged(to_dict(base), overrides), source=source)
-
-
-def _merged(base: dict, overrides: dict) -> dict:
-    out = dict(base)
-    for key, value in overrides.items():
-        out[key] = _merged(base[key], value) if isinstance(value, dict) and isinstance(base.get(key), dict) else value
-    return out
+    return from_dict(TokenizerSpec, merged(to_dict(base), overrides), source=source)
 
 
 def run_tokenizer_sweep(path: str | Path, log=print) -> dict[str, dict]:

@@ -12,6 +12,7 @@ uninterrupted one would.
 
 from __future__ import annotations
 
+import math
 import random
 from dataclasses import dataclass
 from itertools import islice
@@ -110,10 +111,10 @@ class ShardStream:
         self.epoch, self.consumed, self._rows = position["epoch"], position["consumed"], None
 
 
-def media_states(rows: Sequence[dict], vocab: Vocabulary, tokenizers: dict[str, MediaTokenizer]
+def media_inputs(rows: Sequence[dict], vocab: Vocabulary, tokenizers: dict[str, MediaTokenizer]
                  ) -> list[tuple[torch.Tensor, torch.Tensor] | None]:
-    """(global ids (num_blocks, N), running states (num_blocks, N, C)) of each row's media span,
-    None for a text-only row; the states come from the row's tokenizer, one call per range."""
+    """(global ids (num_blocks, N), state inputs (num_blocks, N, 2C)) of each row's media span,
+    None for a text-only row; the inputs come from the row's tokenizer, one call per range."""
     out: list = [None] * len(rows)
     for name in {row["media"] for row in rows} - {""}:
         tokenizer = tokenizers[name]
@@ -121,39 +122,56 @@ def media_states(rows: Sequence[dict], vocab: Vocabulary, tokenizers: dict[str, 
         ids = torch.tensor([rows[i]["media_ids"] for i in indices], dtype=torch.long)
         ids = ids.reshape(len(indices), tokenizer.num_blocks, -1)
         with torch.no_grad():
-            states = tokenizer.quantizer.running_states(vocab.to_local(name, ids).to(tokenizer.device)).cpu()
-        for i, blocks, state in zip(indices, ids, states):
-            out[i] = (blocks, state)
+            inputs = tokenizer.quantizer.block_inputs(vocab.to_local(name, ids).to(tokenizer.device)).cpu()
+        for i, blocks, block_inputs in zip(indices, ids, inputs):
+            out[i] = (blocks, block_inputs)
     return out
 
 
-class DocumentRecipe:
-    """How a row becomes a training document: caption dropout, and where the document may stop."""
+def mask_ratio(schedule: str, u: float) -> float:
+    """Share of a block's cells left undecided for a uniform draw `u` in [0, 1): MaskGIT's cosine
+    (the sampler's rounds follow the same curve) or uniform."""
+    if schedule == "cosine":
+        return math.cos(math.pi / 2 * u)
+    if schedule == "uniform":
+        return 1.0 - u
+    raise ValueError(f"unknown mask schedule {schedule!r}")
 
-    def __init__(self, vocab: Vocabulary, media_order: str, caption_dropout: float, first_step_fraction: float):
+
+def random_masks(num_blocks: int, num_positions: int, schedule: str, rng: random.Random) -> torch.Tensor:
+    """(num_blocks, N) bool: the undecided cells of each block, at least one, each block with its
+    own ratio from `schedule` (`mask_ratio`)."""
+    generator = torch.Generator().manual_seed(rng.getrandbits(63))
+    masks = torch.zeros(num_blocks, num_positions, dtype=torch.bool)
+    for b in range(num_blocks):
+        count = max(1, math.ceil(mask_ratio(schedule, rng.random()) * num_positions))
+        masks[b, torch.randperm(num_positions, generator=generator)[:count]] = True
+    return masks
+
+
+class DocumentRecipe:
+    """How a row becomes a training document: caption dropout, which generated blocks it holds and
+    which of their cells are undecided (the targets)."""
+
+    def __init__(self, vocab: Vocabulary, media_order: str, caption_dropout: float, first_step_fraction: float,
+                 mask_schedule: str = "cosine"):
         self.vocab, self.media_order = vocab, media_order
         self.caption_dropout, self.first_step_fraction = caption_dropout, first_step_fraction
+        self.mask_schedule = mask_schedule
 
     def document(self, task: str, text_ids: Sequence[int], media_name: str,
-                 media: tuple[torch.Tensor, torch.Tensor] | None, rng: random.Random | None) -> Stream:
-        """`rng` None: a whole held-out document (no dropout, no early stop)."""
-        drop = rng is not None and rng.random() < self.caption_dropout
-        blocks, states = media if media is not None else (None, None)
-        doc = task_document(self.vocab, self.media_order, task, text_ids, media_name or None, blocks, states,
-                            drop_text=drop)
-        return self._trained_part(doc, task, blocks, rng)
-
-    def _trained_part(self, doc: Stream, task: str, blocks: torch.Tensor | None, rng: random.Random | None) -> Stream:
-        """A text-to-media document ends ``k_1 k_0 <eo?> <eos>``: k_0 has no target and nothing
-        attends to it, and <eo?>'s only target is the certain <eos>. Stopping after k_1 (whose
-        targets, the k_0 codes, stay) spends 1/(T+1) fewer media tokens for the same loss.
-        A share `first_step_fraction` of training documents stops after k_T instead."""
-        if not task.startswith("text_to_") or self.media_order != "timestep" or blocks.shape[0] < 2:
-            return doc
-        num_blocks, n = blocks.shape
-        first_step_only = rng is not None and self.first_step_fraction > 0 and rng.random() < self.first_step_fraction
-        dropped_blocks = num_blocks - 1 if first_step_only else 1
-        return doc.head(len(doc) - dropped_blocks * n - 2)
+                 media: tuple[torch.Tensor, torch.Tensor] | None, rng: random.Random, heldout: bool = False) -> Stream:
+        """A held-out document keeps its caption and every generated block; its masks come from
+        `rng` like any other, so seed it by the row to measure the same cells at every eval."""
+        blocks, inputs = media if media is not None else (None, None)
+        drop = not heldout and rng.random() < self.caption_dropout
+        masked = None
+        if task.startswith("text_to_") and self.media_order == "timestep":
+            first_step_only = not heldout and rng.random() < self.first_step_fraction
+            generated = 1 if first_step_only else blocks.shape[0] - 1
+            masked = random_masks(generated, blocks.shape[1], self.mask_schedule, rng)
+        return task_document(self.vocab, self.media_order, task, text_ids, media_name or None, blocks, inputs,
+                             masked, drop_text=drop)
 
 
 class MixtureBatches:
@@ -173,7 +191,7 @@ class MixtureBatches:
         picks = rng.choices(range(len(self.entries)), self.weights, k=self.batch_size)
         rows = [self.streams[p].next() for p in picks]
         docs = [self.documents.document(self.entries[p].task, row["text_ids"], row["media"], media, rng)
-                for p, row, media in zip(picks, rows, media_states(rows, self.vocab, self.tokenizers))]
+                for p, row, media in zip(picks, rows, media_inputs(rows, self.vocab, self.tokenizers))]
         batch = collate(pack(docs, max(len(d) for d in docs)), pad_id=self.vocab.special_id("<pad>"))
         return batch, [(self.entries[p].task, f"{row['key']}#{row['draw']}") for p, row in zip(picks, rows)]
 
@@ -215,7 +233,12 @@ def heldout_rows(entries: Sequence[MixtureEntry], vocab: Vocabulary, count: int)
 
 def heldout_documents(entries: Sequence[MixtureEntry], vocab: Vocabulary, tokenizers: dict[str, MediaTokenizer],
                       documents: DocumentRecipe, count: int) -> dict[str, list[Stream]]:
-    """Whole held-out documents (no caption dropout, no early stop) of `heldout_rows`."""
-    return {task: [documents.document(task, row["text_ids"], row["media"], media, None)
-                   for row, media in zip(rows, media_states(rows, vocab, tokenizers))]
+    """Held-out documents of `heldout_rows`: every caption and generated block, masks seeded by the row."""
+    return {task: [documents.document(task, row["text_ids"], row["media"], media, heldout_rng(row), heldout=True)
+                   for row, media in zip(rows, media_inputs(rows, vocab, tokenizers))]
             for task, rows in heldout_rows(entries, vocab, count).items()}
+
+
+def heldout_rng(row: dict) -> random.Random:
+    """The same masks for a held-out row at every evaluation."""
+    return random.Random(f"heldout/{row['key']}#{row['draw']}")

@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal, Sequence
@@ -50,11 +51,13 @@ class LMTraining:
     warmup_steps: int = 100
     grad_clip: float = 1.0
     caption_dropout: float = 0.1  # probability a text-to-media caption is dropped (for guidance)
-    # Share of text-to-media documents that end right after k_T, so they train only the first
-    # predicted step (k_T -> k_{T-1}, where the caption's content enters) at about a quarter of
-    # a full document's tokens. Block-causal attention makes their gradients exactly those of
-    # that step in a full document.
+    # Share of text-to-media documents that hold only the first generated block k_{T-1}, where the
+    # caption's content enters, at about a quarter of a whole document's tokens. A block sees only
+    # the prefix and itself, so its gradients are exactly those of that block in a whole document.
     first_step_fraction: float = 0.0
+    # How many cells of a generated block are undecided (the targets) in a training document: a
+    # share cos(π/2·u) ("cosine", MaskGIT's, matching the sampler's rounds) or 1 − u ("uniform"), u ~ U(0, 1)
+    mask_schedule: Literal["cosine", "uniform"] = "cosine"
     # Loss weight per target kind: "text" (text and special tokens) or a modality ("image", …);
     # unlisted kinds weigh 1. The loss is the weighted mean over labelled positions.
     loss_weights: dict[str, float] = field(default_factory=dict)
@@ -99,8 +102,8 @@ def train_lm(transformer: LlamaForCausalLM, vocab: Vocabulary, tokenizers: dict[
     """Train `transformer` in place on a mixture of shard sets; checkpoints under
     `output_dir/checkpoints`, best weights loaded at the end. `tokenizers` (range name -> media
     tokenizer) give the running states of the streamed media codes. Every rank logs each step's
-    loss and items to ``log/rank-<i>.jsonl``. Returns the history: held-out losses per eval and
-    the step whose weights were kept.
+    loss and items to ``log/rank-<i>.jsonl``. Returns the history: held-out losses per eval, the
+    step whose weights were kept, and the training's wall time in seconds (over resumed runs too).
     """
     output_dir = Path(output_dir)
     set_seed(seed)
@@ -113,12 +116,13 @@ def train_lm(transformer: LlamaForCausalLM, vocab: Vocabulary, tokenizers: dict[
     for tokenizer in tokenizers.values():
         tokenizer.to(accelerator.device)
     entries = resolve_mixture(mixture, vocab, tokenizers, accelerator.num_processes)
-    documents = DocumentRecipe(vocab, cfg.media_order, cfg.caption_dropout, cfg.first_step_fraction)
+    documents = DocumentRecipe(vocab, cfg.media_order, cfg.caption_dropout, cfg.first_step_fraction, cfg.mask_schedule)
     data = MixtureBatches(entries, vocab, tokenizers, documents, cfg.batch_size, seed, cfg.shuffle_buffer,
                           accelerator.process_index, accelerator.num_processes)
     weights = loss_weight_table(vocab, cfg.loss_weights, transformer.config.vocab_size)
     checkpoints = output_dir / "checkpoints"
     state = _resume(accelerator, checkpoints, data)
+    started, seconds_before = time.perf_counter(), state.get("seconds", 0.0)  # wall time over every invocation
     eval_docs = heldout_documents(entries, vocab, tokenizers, documents, cfg.eval_items)
     log = StepLog(output_dir / "log" / f"rank-{accelerator.process_index}.jsonl", state["step"])
 
@@ -153,7 +157,7 @@ def train_lm(transformer: LlamaForCausalLM, vocab: Vocabulary, tokenizers: dict[
             if _patience_exhausted(state, cfg.early_stopping_patience):
                 state["stopped_early_at"] = done
         if done % cfg.checkpoint_every == 0 or done == cfg.steps or "stopped_early_at" in state:
-            state["step"] = done
+            state["step"], state["seconds"] = done, seconds_before + time.perf_counter() - started
             _checkpoint(accelerator, checkpoints, state, data)
         if "stopped_early_at" in state:
             break

@@ -1,0 +1,71 @@
+"""`unitok sweep` of kind generation at a tiny size: every point trained and evaluated once,
+LMs shared between samplers and upstream stages between runs, resumable, bad points named first."""
+
+import json
+
+import pytest
+import yaml
+
+from unitok.config import ConfigError
+from unitok.eval.generation_sweep import run_generation_sweep
+
+from .conftest import TINY_SPEC, write_tiny_recipe
+
+
+def write_sweep(folder, runs, multiples=(0.5, 1)):
+    recipe = write_tiny_recipe(folder, lm={"eval_every": 3, "checkpoint_every": 3},
+                               eval={"num_samples": 6, "batch_size": 6, "grid_samples": 2, "trajectory_samples": 1,
+                                     "classifier_steps": 10})
+    raster_spec = folder / "tiny-raster.yaml"
+    raster_spec.write_text(yaml.safe_dump({**TINY_SPEC, "quantizer": {"steps": 0, "codebook_size": 64}}))
+    runs = {name: run for name, run in runs.items()}
+    if "raster_ar" in runs:
+        runs["raster_ar"] = {"overrides": {"tokenizers": {"image": {"spec": str(raster_spec), "plain_vq_baseline": False}},
+                                           "lm": {"media_order": "raster"}}, **runs["raster_ar"]}
+    path = folder / "sweep.yaml"
+    path.write_text(yaml.safe_dump({"kind": "generation", "recipe": str(recipe), "output_dir": str(folder / "sweep"),
+                                    "step_multiples": list(multiples), "eval": {"num_samples": 4}, "runs": runs}))
+    return path
+
+
+def test_generation_sweep_trains_each_lm_once_and_evaluates_each_sampler(tmp_path):
+    path = write_sweep(tmp_path, {
+        "rdpm": {"samplers": {"one_pass": {"rounds": [1, 1, 1, 1]}, "rounds": {"rounds": [3, 1, 1, 1]}}},
+        "rdpm_uniform_masks": {"overrides": {"lm": {"mask_schedule": "uniform"}}, "samplers": {"one_pass": {}}},
+        "raster_ar": {},
+    })
+    logs = []
+    results = run_generation_sweep(path, log=logs.append)
+    assert set(results) == {f"{run}/{steps}/{sampler}" for steps in (3, 6) for run, sampler in
+                            (("rdpm", "one_pass"), ("rdpm", "rounds"), ("rdpm_uniform_masks", "one_pass"),
+                             ("raster_ar", "recipe"))}
+    for key, row in results.items():
+        assert row["lm_steps"] == int(key.split("/")[1])
+        assert 0 <= row["digit_accuracy"] <= 1 and row["fid"] > 0 and row["lm_seconds"] >= 0
+        assert row["passes"] == {"one_pass": 4, "rounds": 6, "recipe": 16}[row["sampler"]]  # raster: N = 16 codes
+    out = tmp_path / "sweep"
+    trained = [line for line in logs if line.startswith("[run]") and line.endswith("/lm")]
+    assert len(trained) == 3 * 2, "one LM per run and step count, shared by its samplers"
+    assert len([line for line in logs if line.startswith("[run]") and "tokenizers" in line]) == 2, \
+        "RDPM runs share one tokenizer; the raster baseline trains its own"
+    for sampler in ("one_pass", "rounds"):
+        assert (out / "rdpm" / "steps-000003" / sampler / "lm").resolve() == (out / "rdpm" / "steps-000003" / "lm").resolve()
+        recipe = yaml.safe_load((out / "rdpm" / "steps-000003" / sampler / "recipe.yaml").read_text())
+        assert recipe["lm"]["steps"] == 3 and recipe["eval"]["num_samples"] == 4
+    table = (out / "results.md").read_text().splitlines()
+    assert table[0].startswith("| run | sampler | lm_steps |") and len(table) == 2 + len(results)
+    assert json.loads((out / "results.json").read_text()) == results
+
+    again = []
+    assert run_generation_sweep(path, log=again.append) == results
+    assert not any(line.startswith("[run]") for line in again), "a finished sweep is skipped"
+
+
+def test_a_bad_point_is_named_before_anything_trains(tmp_path):
+    path = write_sweep(tmp_path, {"rdpm": {"samplers": {"too_many": {"rounds": [2, 1, 1, 1, 1]}}}})
+    with pytest.raises(ConfigError, match=r"samplers\.image\.rounds: expected one entry per generated block"):
+        run_generation_sweep(path, log=lambda _: None)
+    assert not list((tmp_path / "sweep").rglob("stage.json"))
+    path = write_sweep(tmp_path, {"rdpm": {"overrides": {"lm": {"stepz": 3}}}})
+    with pytest.raises(ConfigError, match=r"lm\.stepz: unknown field"):
+        run_generation_sweep(path, log=lambda _: None)

@@ -1,0 +1,169 @@
+"""Generation against LM training steps: which design, and how much training, a target needs.
+
+A sweep file names a base recipe and a set of runs. A run is a recipe (the base by default) with
+overrides, trained at every step count of the sweep and evaluated with each of its samplers::
+
+    kind: generation
+    recipe: recipes/quickstart.yaml
+    output_dir: runs/sweeps/generation
+    step_multiples: [1, 2, 4, 8]        # LM steps = multiple × the base recipe's lm.steps
+    eval: {num_samples: 200}            # merged into every run's eval section
+    runs:
+      raster_ar: {recipe: recipes/quickstart-ar.yaml}
+      rdpm:
+        samplers: {one_pass: {rounds: [1, 1, 1, 1]}, rounds: {rounds: [6, 2, 1, 1]}}
+      rdpm_T2:
+        spec_overrides: {image: {quantizer: {steps: 2}}}   # written to <output_dir>/specs/
+        samplers: {rounds: {rounds: [8, 2]}}
+
+Data, tokenizers, text BPE and shards are made once for all runs with the same settings
+(``<output_dir>/upstream-<hash>``) and linked into their points. A run's LM is trained once per
+step count (``<run>/steps-<n>``), and each sampler gets its own pipeline and evaluation
+(``<run>/steps-<n>/<sampler>``), all as recipe stages, so an interrupted sweep resumes and a
+finished point is skipped. Every point's folder holds the
+recipe it ran (``recipe.yaml``). The table of held-out scores, passes and wall times lands in
+``<output_dir>/results.md`` (docs/BENCHMARKS.md copies it) and ``results.json``.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+from ..config import ConfigError, config_hash, load_config, merged
+from ..recipe import RecipeRun, load_recipe, resolve_spec_path
+
+UPSTREAM_STAGES = ("data", "tokenizers", "text_tokenizer", "shards")  # stage folders that points share
+UPSTREAM_SECTIONS = ("data", "tokenizers", "text_bpe", "shards", "seed")  # the recipe sections they depend on
+COLUMNS = ("lm_steps", "passes", "digit_accuracy", "unseen_combo_digit_accuracy", "color_accuracy",
+           "position_accuracy", "fid", "first_step_digit_ce_gain", "heldout_loss", "lm_seconds", "eval_seconds")
+
+
+@dataclass(frozen=True)
+class SweepRun:
+    recipe: str | None = None  # default: the sweep's base recipe
+    overrides: dict[str, Any] = field(default_factory=dict)  # merged into the recipe
+    spec_overrides: dict[str, dict[str, Any]] = field(default_factory=dict)  # modality -> merged into its tokenizer spec
+    # sampler name -> settings merged into the recipe's sampler for the sweep's modality
+    samplers: dict[str, dict[str, Any]] = field(default_factory=lambda: {"recipe": {}})
+
+    def __post_init__(self):
+        if not self.samplers:
+            raise ValueError("samplers: name at least one (an empty mapping {} keeps the recipe's settings)")
+
+
+@dataclass(frozen=True)
+class GenerationSweep:
+    kind: Literal["generation"]
+    recipe: str
+    output_dir: str
+    runs: dict[str, SweepRun]
+    step_multiples: list[float] = field(default_factory=lambda: [1.0, 2.0, 4.0, 8.0])
+    modality: Literal["image"] = "image"
+    eval: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self):
+        if not self.runs:
+            raise ValueError("runs: list at least one run")
+        if not self.step_multiples or min(self.step_multiples) <= 0:
+            raise ValueError("step_multiples: list positive multiples of the base recipe's lm.steps")
+
+
+def run_generation_sweep(path: str | Path, log=print) -> dict[str, dict]:
+    """Every point of the sweep is laid out (and its recipe checked) before anything trains."""
+    path = Path(path)
+    sweep = load_config(path, GenerationSweep)
+    out = Path(sweep.output_dir)
+    base_steps = load_recipe(resolve_spec_path(sweep.recipe, path)).recipe.lm.steps
+    plan = []  # (upstream run, [(lm run, {sampler name: evaluated run})] per step count) per sweep run
+    for name, run in sweep.runs.items():
+        recipe = _run_recipe(sweep, run, path)
+        upstream = _point(recipe, out / f"upstream-{config_hash(*(recipe.get(k) for k in UPSTREAM_SECTIONS))}", {}, log)
+        trainings = []
+        for multiple in sweep.step_multiples:
+            lm_recipe = merged(recipe, {"lm": {"steps": round(multiple * base_steps)}})
+            folder = out / name / f"steps-{lm_recipe['lm']['steps']:06d}"
+            lm_run = _point(lm_recipe, folder, {stage: upstream.out / stage for stage in UPSTREAM_STAGES}, log)
+            points = {sampler_name: _point(merged(lm_recipe, {"samplers": {sweep.modality: sampler}}),
+                                           folder / sampler_name,
+                                           {stage: folder / stage for stage in (*UPSTREAM_STAGES, "lm")}, log,
+                                           classifier_dir=out / "classifier")
+                      for sampler_name, sampler in run.samplers.items()}
+            trainings.append((lm_run, points))
+        plan.append((name, upstream, trainings))
+    results = {}
+    for name, upstream, trainings in plan:
+        upstream.run(stop_after="shards")
+        for lm_run, points in trainings:
+            lm_run.stage_lm()
+            for sampler_name, point in points.items():
+                point.stage_pipeline()
+                started = time.perf_counter()
+                if point.stage_eval():
+                    (point.out / "eval_seconds.json").write_text(json.dumps(time.perf_counter() - started))
+                key = f"{name}/{lm_run.recipe.lm.steps}/{sampler_name}"
+                results[key] = _row(name, sampler_name, point, sweep.modality)
+                log(f"  {key}: {results[key]}")
+    (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
+    (out / "results.md").write_text(results_table(results))
+    return results
+
+
+def _run_recipe(sweep: GenerationSweep, run: SweepRun, sweep_path: Path) -> dict:
+    """The run's recipe as data: overrides and the sweep's eval merged in, spec paths made absolute
+    so that the copy in each point's folder loads from there."""
+    recipe_path = resolve_spec_path(run.recipe or sweep.recipe, sweep_path)
+    recipe = merged(yaml.safe_load(recipe_path.read_text()), run.overrides)
+    recipe["eval"] = merged(recipe.get("eval") or {}, sweep.eval)
+    for modality, section in (recipe.get("tokenizers") or {}).items():
+        section["spec"] = str(resolve_spec_path(section["spec"], recipe_path).resolve())
+        if modality in run.spec_overrides:
+            spec = merged(yaml.safe_load(Path(section["spec"]).read_text()), run.spec_overrides[modality])
+            section["spec"] = str(_write_yaml(spec, Path(sweep.output_dir) / "specs" / f"{config_hash(spec)}.yaml"))
+    unknown = set(run.spec_overrides) - set(recipe.get("tokenizers") or {})
+    if unknown:
+        raise ConfigError(f"{sweep_path}: spec_overrides: the recipe has no {sorted(unknown)} tokenizer")
+    recipe["model"] = str(resolve_spec_path(recipe["model"], recipe_path).resolve())
+    return recipe
+
+
+def _write_yaml(data: dict, path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    return path.resolve()
+
+
+def _point(recipe: dict, folder: Path, links: dict[str, Path], log, classifier_dir: Path | None = None) -> RecipeRun:
+    """A recipe run in `folder` (its recipe written there) whose stage folders named in `links`
+    are those of another point, linked."""
+    path = _write_yaml({**recipe, "output_dir": str(folder)}, folder / "recipe.yaml")
+    for stage, target in links.items():
+        link = folder / stage
+        if not link.is_symlink():
+            link.symlink_to(target.resolve(), target_is_directory=True)
+    return RecipeRun(load_recipe(path), log, classifier_dir)
+
+
+def _row(run: str, sampler: str, point: RecipeRun, modality: str) -> dict:
+    metrics = json.loads((point.out / "metrics.json").read_text())
+    history = json.loads((point.out / "lm" / "history.json").read_text())
+    generated = metrics[f"text_to_{modality}"]
+    row = {"run": run, "sampler": sampler, "lm_steps": metrics["lm"]["steps_trained"], "passes": generated["passes"],
+           "heldout_loss": metrics["lm"]["heldout_loss"], "lm_seconds": round(history.get("seconds", 0.0)),
+           "eval_seconds": round(json.loads((point.out / "eval_seconds.json").read_text()))}
+    row |= {key: generated.get(key) for key in COLUMNS if key in generated}
+    row["first_step_digit_ce_gain"] = metrics["lm"].get("first_step_digit_ce_gain")
+    return row
+
+
+def results_table(results: dict[str, dict]) -> str:
+    lines = ["| run | sampler | " + " | ".join(COLUMNS) + " |", "|---" * (len(COLUMNS) + 2) + "|"]
+    for row in results.values():
+        cells = [f"{row[c]:.3g}" if isinstance(row.get(c), float) else str(row.get(c, "")) for c in COLUMNS]
+        lines.append(f"| {row['run']} | {row['sampler']} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
