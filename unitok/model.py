@@ -71,28 +71,6 @@ def build_transformer(spec: ModelSpec, vocab: Vocabulary) -> LlamaForCausalLM:
     return LlamaForCausalLM(config)
 
 
-@torch.no_grad()
-def init_media_rows_from_codebooks(transformer: LlamaForCausalLM, vocab: Vocabulary,
-                                   codebooks: dict[str, torch.Tensor], generator: torch.Generator) -> None:
-    """Start each media range's code rows at ``P·c_k`` and its running-state rows at ``P``'s
-    columns, for one random projection ``P`` (H × C) per range and its codebook `c` (K × C, the
-    normalised residual space the tokenizer quantizes in).
-
-    Codes near each other in the latent then start near each other as inputs and as outputs (the
-    rows are tied), and a position's state input ``P·s`` lies in the same space as the codes that
-    refine it: the residual a block quantizes is a linear function of its state inputs and the
-    clean latent. With rows drawn at random the transformer must learn that geometry, code by
-    code, before it can learn what to draw."""
-    table = transformer.get_input_embeddings().weight  # (V, H)
-    std = transformer.config.initializer_range
-    for name, codebook in codebooks.items():
-        K, C = codebook.shape
-        projection = torch.randn(table.shape[1], C, generator=generator) * std / codebook.pow(2).mean().sqrt() / C**0.5
-        codes, state = vocab.range(name), vocab.range(f"{name}.state")
-        table[codes.offset : codes.end] = (codebook @ projection.T).to(table.dtype)
-        table[state.offset : state.offset + C] = projection.T.to(table.dtype)  # the running state's rows
-
-
 class StreamModel(nn.Module):
     """The transformer with unitok's input rule: a media position enters as the sum of the
     embeddings of its code (or the mask row while undecided), its latent cell and its noise step

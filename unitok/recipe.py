@@ -22,7 +22,7 @@ from transformers import LlamaForCausalLM
 from .config import ConfigError, config_hash, from_dict, load_config, to_dict
 from .digits_world import ClipWorldConfig, DigitsWorldConfig, ToneWorldConfig, write_world_folders
 from .media_tokenizer import MediaTokenizer, TokenizerSpec
-from .model import ModelSpec, build_transformer, init_media_rows_from_codebooks
+from .model import ModelSpec, build_transformer
 from .eval.recipe_eval import EvalRun, EvalSection, evaluate
 from .pipeline import PipelineTokenizers, UniTokPipeline
 from .sampling import SamplerConfig
@@ -365,10 +365,6 @@ class RecipeRun:
         def train():
             set_seed(self.recipe.seed)  # the initial weights depend on the recipe only, not on earlier stages
             model = build_transformer(self.loaded.model_spec, tokenizers.vocabulary)
-            if self.recipe.lm.media_rows_init == "codebook":
-                init_media_rows_from_codebooks(model, tokenizers.vocabulary,
-                                               {name: t.quantizer.codebook.mean(0) for name, t in tokenizers.media.items()},
-                                               torch.Generator().manual_seed(self.recipe.seed))
             history = train_lm(model, tokenizers.vocabulary, tokenizers.media, mixture, self.recipe.lm, folder,
                                self.recipe.seed)
             (folder / "history.json").write_text(json.dumps(history, indent=2) + "\n")
