@@ -153,3 +153,14 @@ def test_masks_need_a_trained_timestep_span_of_the_blocks_shape(vocab):
             assert "masked cells" in str(err)
         else:
             raise AssertionError(f"{order} {tuple(masked.shape)} trained={trained} was accepted")
+
+
+def test_packing_fills_rows_longest_first(vocab):
+    def doc(length):
+        return task_document(vocab, "timestep", "text", list(range(10, 8 + length)))  # <bos> … <eos>
+
+    docs = [doc(n) for n in (4, 10, 4, 4, 10, 3)]
+    rows = pack(docs, max_length=12)
+    assert sorted(len(d) for row in rows for d in row) == sorted(len(d) for d in docs), "every document, once"
+    assert [[len(d) for d in row] for row in rows] == [[10], [10], [4, 4, 4], [3]]
+    assert all(sum(len(d) for d in row) <= 12 for row in rows)

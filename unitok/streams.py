@@ -208,17 +208,21 @@ def collate(rows: Sequence[Sequence[Stream]], pad_id: int, length: int | None = 
 
 
 def pack(streams: Sequence[Stream], max_length: int) -> list[list[Stream]]:
-    """Greedy packing in order: start a new row when the next document does not fit."""
+    """Rows of at most `max_length` tokens, first-fit decreasing: the longest document first, each
+    into the first row with room. Documents of mixed lengths (a whole one and a few first-block
+    ones) then leave little padding, which costs as much compute as tokens."""
     rows: list[list[Stream]] = []
-    used = max_length
-    for stream in streams:
+    free: list[int] = []
+    for stream in sorted(streams, key=len, reverse=True):
         if len(stream) > max_length:
             raise ValueError(f"a document of {len(stream)} tokens is longer than max_length {max_length}")
-        if used + len(stream) > max_length:
+        row = next((r for r, room in enumerate(free) if room >= len(stream)), None)
+        if row is None:
             rows.append([])
-            used = 0
-        rows[-1].append(stream)
-        used += len(stream)
+            free.append(max_length)
+            row = len(rows) - 1
+        rows[row].append(stream)
+        free[row] -= len(stream)
     return rows
 
 
