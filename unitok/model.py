@@ -96,7 +96,7 @@ class StreamModel(nn.Module):
         # states are zero-padded beyond a modality's C, so rows past its state range weigh nothing
         from_state = torch.einsum("ms,msh->mh", media_states[coded].to(embeds.dtype),
                                   table(state_rows.clamp_max(table.num_embeddings - 1)))
-        embeds = embeds.index_put((coded,), from_state, accumulate=True)
+        embeds = embeds.index_put((coded,), from_state.to(embeds.dtype), accumulate=True)  # autocast: einsum in bf16
         return self.transformer(inputs_embeds=embeds, attention_mask=attention_mask, position_ids=position_ids,
                                 cache=cache, use_cache=cache is not None).logits
 
