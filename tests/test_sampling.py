@@ -70,15 +70,16 @@ def full_block_logits(model, vocab, prompt, fed, inputs, block):
         return batch_logits(model, collate([[stream]], pad_id=0))[0, -N:]
 
 
-def test_cached_rounds_equal_a_full_recompute_and_decide_every_cell_once(model, vocab):
+@pytest.mark.parametrize("schedule", ["cosine", "quadratic"])
+def test_cached_rounds_equal_a_full_recompute_and_decide_every_cell_once(model, vocab, schedule):
     prompts = [text(vocab, [1, 2, 3]), text(vocab, [4])]  # different lengths: exercises left padding
     first = torch.randint(0, 64, (2, 1, N))
-    sampler = rounds_sampler(rounds=(3, 2))
+    sampler = rounds_sampler(rounds=(3, 2), round_schedule=schedule)
     ids = sample(model, vocab, sampler, prompts, first)
     passes = model.passes[1:]  # the first call is the prompt prefix
     assert len(passes) == sampler.passes(BLOCKS, N) == 5
     mask_id, offset = vocab.mask_id("image"), vocab.range("image").offset
-    schedules = {1: undecided_after_rounds(N, 3), 2: undecided_after_rounds(N, 2)}
+    schedules = {1: undecided_after_rounds(N, 3, schedule), 2: undecided_after_rounds(N, 2, schedule)}
     fed_rounds = {1: passes[:3], 2: passes[3:]}
     for block, rounds in fed_rounds.items():
         decided_before = torch.zeros(2, N, dtype=torch.bool)
@@ -131,6 +132,8 @@ def test_rounds_must_fit_the_tokenizer_and_the_cells(model, vocab):
     with pytest.raises(ValueError, match="5 rounds cannot each decide one of 4 cells"):
         undecided_after_rounds(N, 5)
     assert undecided_after_rounds(64, 6) == [61, 55, 45, 32, 16, 0]
+    assert undecided_after_rounds(64, 6, "linear") == [53, 42, 32, 21, 10, 0]
+    assert undecided_after_rounds(64, 6, "quadratic") == [44, 28, 16, 7, 1, 0]
     assert undecided_after_rounds(4, 4) == [3, 2, 1, 0] and undecided_after_rounds(4, 1) == [0]
 
 

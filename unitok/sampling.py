@@ -29,7 +29,7 @@ from __future__ import annotations
 import math
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, replace
-from typing import Sequence
+from typing import Literal, Sequence
 
 import torch
 from transformers import DynamicCache
@@ -51,6 +51,10 @@ class SamplerConfig:
     gumbel_scale: float = 1.0  # Gumbel-max noise: 1 = exact sampling, 0 = greedy
     # RDPM: passes per generated block, noisiest first (e.g. [6, 2, 1, 1] for T = 4); None = one each
     rounds: tuple[int, ...] | None = None
+    # share of a block's cells still undecided after round r of R (`undecided_after_rounds`):
+    # "cosine" cos(π/2·r/R) (MaskGIT: few cells first), "linear" 1 − r/R, "quadratic" (1 − r/R)²
+    # (many cells first: the most confident, often the background, then a few at a time)
+    round_schedule: Literal["cosine", "linear", "quadratic"] = "cosine"
 
     def __post_init__(self):
         if self.guidance_scale < 0:
@@ -197,14 +201,22 @@ def media_prefix(vocab: Vocabulary, media_order: MediaOrder, name: str, prompt: 
             .media(name, no_blocks, no_inputs, complete=False).build())
 
 
-def undecided_after_rounds(num_positions: int, rounds: int) -> list[int]:
-    """Cells still undecided after each of `rounds` rounds: ⌊N·cos(π/2·r/R)⌋, at least one fewer
-    every round, 0 after the last."""
+ROUND_SCHEDULES = {
+    "cosine": lambda progress: math.cos(math.pi / 2 * progress),
+    "linear": lambda progress: 1 - progress,
+    "quadratic": lambda progress: (1 - progress) ** 2,
+}
+
+
+def undecided_after_rounds(num_positions: int, rounds: int, schedule: str = "cosine") -> list[int]:
+    """Cells still undecided after each of `rounds` rounds: ⌊N·f(r/R)⌋ for the schedule's f
+    (`SamplerConfig.round_schedule`), at least one fewer every round, 0 after the last."""
     if rounds > num_positions:
         raise ValueError(f"{rounds} rounds cannot each decide one of {num_positions} cells")
+    share = ROUND_SCHEDULES[schedule]
     left, counts = num_positions, []
     for r in range(1, rounds + 1):
-        left = min(math.floor(num_positions * math.cos(math.pi / 2 * r / rounds)), left - 1)
+        left = min(math.floor(num_positions * share(r / rounds)), left - 1)
         counts.append(max(left, rounds - r))
     counts[-1] = 0
     return counts
@@ -240,7 +252,7 @@ class RoundsSampler(MediaSampler):
             block = torch.zeros(B, N, dtype=torch.long, device=device)
             decided = torch.zeros(B, N, dtype=torch.bool, device=device)
             undecided = N
-            for left in undecided_after_rounds(N, rounds[b - 1]):
+            for left in undecided_after_rounds(N, rounds[b - 1], cfg.round_schedule):
                 decoder.rewind()
                 fed = torch.where(decided, block + codes.offset, mask_id)
                 logits = decoder.feed(_repeat_for_guidance(fed, cfg), rows[b], inputs, block=True)
