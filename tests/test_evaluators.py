@@ -160,3 +160,43 @@ def test_recon_digit_accuracy_reads_what_the_tokenizer_gives_back(classifier):
     shuffled = real[np.roll(np.arange(len(real)), 1)]  # every reconstruction is another item's digit
     wrong = recon_digit_accuracy(_FakeTokenizer(shuffled), items, classifier, CFG, seed=0)
     assert wrong == float((classifier.predict(shuffled) == digits).mean()) < 0.5
+
+
+class _CoarseToFineTokenizer:
+    """Two blocks per image, summed by `decode`: a coarse one (the mean colour of every 8x8 patch)
+    and the detail the coarse one lacks; ids index the blocks, -1 is an empty block."""
+
+    def __init__(self):
+        self.blocks: list[np.ndarray] = []
+
+    def encode(self, images, seed):
+        for image in images:
+            pixels = np.asarray(image, dtype=np.float32)
+            coarse = pixels.reshape(4, 8, 4, 8, 3).mean(axis=(1, 3), keepdims=True)
+            self.blocks += [np.broadcast_to(coarse, (4, 8, 4, 8, 3)).reshape(pixels.shape), pixels]
+            self.blocks[-1] = self.blocks[-1] - self.blocks[-2]
+        return torch.arange(len(self.blocks) - 2 * len(images), len(self.blocks)).reshape(-1, 2)
+
+    def decode(self, ids):
+        return [Image.fromarray(np.clip(sum(self.blocks[i] for i in item.tolist() if i >= 0), 0, 255)
+                                .round().astype(np.uint8)) for item in ids]
+
+
+class _DropsLastBlock(_CoarseToFineTokenizer):
+    def encode(self, images, seed):
+        ids = super().encode(images, seed)
+        ids[:, -1] = -1  # the detail never comes back
+        return ids
+
+
+def test_recon_digit_accuracy_falls_for_a_tokenizer_that_drops_detail(classifier):
+    """The score reads encode -> decode of the real renders: it is the classifier's own accuracy
+    when every block comes back, and falls when the last block's detail is lost."""
+    from unitok.eval.recipe_eval import recon_digit_accuracy
+
+    items = build_digits_world(CFG)["heldout"][:100]
+    digits = np.array([it.scene.digit for it in items])
+    whole = recon_digit_accuracy(_CoarseToFineTokenizer(), items, classifier, CFG, seed=0)
+    assert whole == pytest.approx(float((classifier.predict(real_renders(items, CFG.image_size)) == digits).mean()),
+                                  abs=0.02) and whole > 0.9
+    assert recon_digit_accuracy(_DropsLastBlock(), items, classifier, CFG, seed=0) < 0.5

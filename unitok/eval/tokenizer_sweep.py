@@ -1,7 +1,8 @@
 """Rate–distortion sweep: train variants of a recipe's media tokenizer the same way, measure each.
 
-A sweep file names a recipe (its data and tokenizer training settings are used unchanged) and a
-set of named variants, each a partial override of the recipe's tokenizer spec::
+A sweep file names a recipe (its data and tokenizer training settings are the base) and a set of
+named variants, each a partial override of the recipe's tokenizer spec and, under ``training``,
+of its training settings::
 
     kind: tokenizer
     recipe: recipes/quickstart.yaml
@@ -9,6 +10,7 @@ set of named variants, each a partial override of the recipe's tokenizer spec::
     variants:
       plain_vq: {quantizer: {steps: 0}}
       rdpm_T10: {quantizer: {steps: 10}}
+      longer: {training: {steps: 1200}}
 
 Every variant is a resumable stage (``<output_dir>/<name>/``); the table of held-out PSNR, codebook
 usage, tokens per item and (on digits world) the classifier's accuracy on reconstructions lands
@@ -27,7 +29,7 @@ from ..config import ConfigError, config_hash, from_dict, load_config, merged, t
 from ..digits_world import build_digits_world
 from ..media_tokenizer import MediaTokenizer, TokenizerSpec
 from ..recipe import RecipeRun, load_recipe, resolve_spec_path, run_stage
-from ..training.tokenizer import tokenizer_metrics, train_media_tokenizer
+from ..training.tokenizer import TokenizerTraining, tokenizer_metrics, train_media_tokenizer
 from .classifier import load_or_train_digit_classifier
 from .recipe_eval import recon_digit_accuracy
 
@@ -47,9 +49,15 @@ class TokenizerSweep:
             raise ValueError("list at least one variant")
 
 
-def variant_spec(base: TokenizerSpec, overrides: dict[str, Any], source: str) -> TokenizerSpec:
-    """The base spec with ``overrides`` merged in; a wrong field is reported under ``source``."""
-    return from_dict(TokenizerSpec, merged(to_dict(base), overrides), source=source)
+def variant(base: TokenizerSpec, base_training: TokenizerTraining, overrides: dict[str, Any],
+            source: str) -> tuple[TokenizerSpec, TokenizerTraining]:
+    """The base spec and training with ``overrides`` merged in (``training:`` for the training);
+    a wrong field is reported under ``source``."""
+    spec_overrides = {key: value for key, value in overrides.items() if key != "training"}
+    spec = from_dict(TokenizerSpec, merged(to_dict(base), spec_overrides), source=source)
+    training = from_dict(TokenizerTraining, merged(to_dict(base_training), overrides.get("training", {})),
+                         source=f"{source}: training")
+    return spec, training
 
 
 def run_tokenizer_sweep(path: str | Path, log=print) -> dict[str, dict]:
@@ -59,11 +67,11 @@ def run_tokenizer_sweep(path: str | Path, log=print) -> dict[str, dict]:
     modality = sweep.modality
     if modality not in run.loaded.tokenizer_specs:
         raise ConfigError(f"{path}: modality: the recipe has no {modality} tokenizer (it has {run.loaded.modalities})")
-    base = run.loaded.tokenizer_specs[modality]
-    specs = {name: variant_spec(base, overrides, f"{path}: variants.{name}") for name, overrides in sweep.variants.items()}
+    base, seed = run.loaded.tokenizer_specs[modality], run.recipe.seed
+    variants = {name: variant(base, run.recipe.tokenizers[modality].training, overrides, f"{path}: variants.{name}")
+                for name, overrides in sweep.variants.items()}
     run.stage_data()
     out = Path(sweep.output_dir)
-    training, seed = run.recipe.tokenizers[modality].training, run.recipe.seed
     probe = MediaTokenizer(base)
     train_x, heldout_x = (run.split_tensors(modality, split, probe) for split in ("train", "heldout"))
     world = run.recipe.data.image.digits_world if modality == "image" else None
@@ -71,10 +79,12 @@ def run_tokenizer_sweep(path: str | Path, log=print) -> dict[str, dict]:
         items = build_digits_world(world)["heldout"]
         classifier = load_or_train_digit_classifier(out / "classifier", world, run.recipe.eval.classifier_steps)
 
-    def measure(name: str, spec: TokenizerSpec) -> None:
+    def measure(name: str, spec: TokenizerSpec, training: TokenizerTraining) -> None:
         start = time.perf_counter()
         tokenizer = train_media_tokenizer(spec, train_x, training, seed, desc=f"sweep:{name}")
-        row = {"train_seconds": round(time.perf_counter() - start, 1), "steps": spec.quantizer.steps,
+        row = {"train_seconds": round(time.perf_counter() - start, 1), "train_steps": training.steps,
+               "steps": spec.quantizer.steps, "latent_channels": spec.autoencoder.latent_channels,
+               "codebook_size": spec.quantizer.codebook_size,
                "tokens_per_item": tokenizer.num_blocks * tokenizer.num_positions,
                **tokenizer_metrics(tokenizer, heldout_x, seed)}
         if world is not None:
@@ -82,16 +92,18 @@ def run_tokenizer_sweep(path: str | Path, log=print) -> dict[str, dict]:
         (out / name / METRICS_FILE).write_text(json.dumps(row, indent=2) + "\n")
         log(f"  {name}: {row}")
 
-    for name, spec in specs.items():
-        run_stage(out / name, config_hash(run.data_key(modality), spec, training, seed), lambda: measure(name, spec), log)
-    results = {name: json.loads((out / name / METRICS_FILE).read_text()) for name in specs}
+    for name, (spec, training) in variants.items():
+        run_stage(out / name, config_hash(run.data_key(modality), spec, training, seed),
+                  lambda: measure(name, spec, training), log)
+    results = {name: json.loads((out / name / METRICS_FILE).read_text()) for name in variants}
     (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
     (out / "results.md").write_text(results_table(results))
     return results
 
 
 def results_table(results: dict[str, dict]) -> str:
-    columns = ["steps", "tokens_per_item", "psnr_db", "codebook_usage", "recon_digit_accuracy", "train_seconds"]
+    columns = ["steps", "latent_channels", "codebook_size", "train_steps", "tokens_per_item", "psnr_db", "codebook_usage",
+               "recon_digit_accuracy", "train_seconds"]
     columns = [c for c in columns if any(c in row for row in results.values())]
     lines = ["| variant | " + " | ".join(columns) + " |", "|---" * (len(columns) + 1) + "|"]
     for name, row in results.items():
