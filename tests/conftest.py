@@ -94,7 +94,7 @@ def write_tiny_recipe(folder: Path, **overrides) -> Path:
         "eval": {"num_samples": 8, "batch_size": 8, "grid_samples": 8, "trajectory_samples": 2, "classifier_steps": 30},
     }
     for key, value in overrides.items():
-        recipe[key] = {**recipe[key], **value} if isinstance(value, dict) else value
+        recipe[key] = {**recipe.get(key, {}), **value} if isinstance(value, dict) else value
     path = folder / "recipe.yaml"
     path.write_text(yaml.safe_dump(recipe))
     return path
@@ -116,7 +116,7 @@ def write_tiny_multimodal_recipe(folder: Path, **overrides) -> Path:
     recipe["lm"]["loss_weights"] = {"audio": 2.0}
     recipe["samplers"] = {"audio": {"guidance_scale": 2.0, "top_k": 8}}
     for key, value in overrides.items():
-        recipe[key] = {**recipe[key], **value} if isinstance(value, dict) else value
+        recipe[key] = {**recipe.get(key, {}), **value} if isinstance(value, dict) else value
     path.write_text(yaml.safe_dump(recipe))
     return path
 

@@ -12,8 +12,8 @@ from unitok.eval.generation_sweep import run_generation_sweep
 from .conftest import TINY_SPEC, write_tiny_recipe
 
 
-def write_sweep(folder, runs, multiples=(0.5, 1)):
-    recipe = write_tiny_recipe(folder, lm={"eval_every": 3, "checkpoint_every": 3},
+def write_sweep(folder, runs, lm_steps=(3, 6)):
+    recipe = write_tiny_recipe(folder, lm={"eval_every": 3, "checkpoint_every": 3}, samplers={"image": {"rounds": [2, 1, 1, 1]}},
                                eval={"num_samples": 6, "batch_size": 6, "grid_samples": 2, "trajectory_samples": 1,
                                      "classifier_steps": 10})
     raster_spec = folder / "tiny-raster.yaml"
@@ -24,30 +24,33 @@ def write_sweep(folder, runs, multiples=(0.5, 1)):
                                            "lm": {"media_order": "raster"}}, **runs["raster_ar"]}
     path = folder / "sweep.yaml"
     path.write_text(yaml.safe_dump({"kind": "generation", "recipe": str(recipe), "output_dir": str(folder / "sweep"),
-                                    "step_multiples": list(multiples), "eval": {"num_samples": 4}, "runs": runs}))
+                                    "lm_steps": list(lm_steps), "eval": {"num_samples": 4}, "runs": runs}))
     return path
 
 
 def test_generation_sweep_trains_each_lm_once_and_evaluates_each_sampler(tmp_path):
     path = write_sweep(tmp_path, {
         "rdpm": {"samplers": {"one_pass": {"rounds": [1, 1, 1, 1]}, "rounds": {"rounds": [3, 1, 1, 1]}}},
-        "rdpm_uniform_masks": {"overrides": {"lm": {"mask_schedule": "uniform"}}, "samplers": {"one_pass": {}}},
-        "raster_ar": {},
+        "rdpm_T2_uniform_masks": {"overrides": {"lm": {"mask_schedule": "uniform"}},
+                                  "spec_overrides": {"image": {"quantizer": {"steps": 2}}},
+                                  "samplers": {"rounds": {"rounds": [2, 1]}}},
+        "raster_ar": {"samplers": {"ar": {"rounds": None}}, "lm_steps": [6]},  # the base recipe's rounds are for T = 4
     })
     logs = []
     results = run_generation_sweep(path, log=logs.append)
     assert set(results) == {f"{run}/{steps}/{sampler}" for steps in (3, 6) for run, sampler in
-                            (("rdpm", "one_pass"), ("rdpm", "rounds"), ("rdpm_uniform_masks", "one_pass"),
-                             ("raster_ar", "recipe"))}
+                            (("rdpm", "one_pass"), ("rdpm", "rounds"), ("rdpm_T2_uniform_masks", "rounds"))} | {
+                                "raster_ar/6/ar"}
     for key, row in results.items():
         assert row["lm_steps"] == int(key.split("/")[1])
         assert 0 <= row["digit_accuracy"] <= 1 and row["fid"] > 0 and row["lm_seconds"] >= 0
-        assert row["passes"] == {"one_pass": 4, "rounds": 6, "recipe": 16}[row["sampler"]]  # raster: N = 16 codes
+        assert row["passes"] == {"rdpm/one_pass": 4, "rdpm/rounds": 6, "rdpm_T2_uniform_masks/rounds": 3,
+                                 "raster_ar/ar": 16}[f"{row['run']}/{row['sampler']}"]  # raster: N = 16 codes
     out = tmp_path / "sweep"
     trained = [line for line in logs if line.startswith("[run]") and line.endswith("/lm")]
-    assert len(trained) == 3 * 2, "one LM per run and step count, shared by its samplers"
-    assert len([line for line in logs if line.startswith("[run]") and "tokenizers" in line]) == 2, \
-        "RDPM runs share one tokenizer; the raster baseline trains its own"
+    assert len(trained) == 2 * 2 + 1, "one LM per run and step count, shared by its samplers"
+    assert len([line for line in logs if line.startswith("[run]") and "tokenizers" in line]) == 3, \
+        "one tokenizer per spec: T = 4, T = 2 and the raster baseline's"
     for sampler in ("one_pass", "rounds"):
         assert (out / "rdpm" / "steps-000003" / sampler / "lm").resolve() == (out / "rdpm" / "steps-000003" / "lm").resolve()
         recipe = yaml.safe_load((out / "rdpm" / "steps-000003" / sampler / "recipe.yaml").read_text())

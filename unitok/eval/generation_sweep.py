@@ -6,7 +6,7 @@ overrides, trained at every step count of the sweep and evaluated with each of i
     kind: generation
     recipe: recipes/quickstart.yaml
     output_dir: runs/sweeps/generation
-    step_multiples: [1, 2, 4, 8]        # LM steps = multiple × the base recipe's lm.steps
+    lm_steps: [500, 1000, 2000, 4000]   # every run's LM is trained for each (a run may list its own)
     eval: {num_samples: 200}            # merged into every run's eval section
     runs:
       raster_ar: {recipe: recipes/quickstart-ar.yaml}
@@ -49,6 +49,7 @@ class SweepRun:
     recipe: str | None = None  # default: the sweep's base recipe
     overrides: dict[str, Any] = field(default_factory=dict)  # merged into the recipe
     spec_overrides: dict[str, dict[str, Any]] = field(default_factory=dict)  # modality -> merged into its tokenizer spec
+    lm_steps: list[int] | None = None  # default: the sweep's
     # sampler name -> settings merged into the recipe's sampler for the sweep's modality
     samplers: dict[str, dict[str, Any]] = field(default_factory=lambda: {"recipe": {}})
 
@@ -63,15 +64,15 @@ class GenerationSweep:
     recipe: str
     output_dir: str
     runs: dict[str, SweepRun]
-    step_multiples: list[float] = field(default_factory=lambda: [1.0, 2.0, 4.0, 8.0])
+    lm_steps: list[int] = field(default_factory=lambda: [500, 1000, 2000, 4000])
     modality: Literal["image"] = "image"
     eval: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self):
         if not self.runs:
             raise ValueError("runs: list at least one run")
-        if not self.step_multiples or min(self.step_multiples) <= 0:
-            raise ValueError("step_multiples: list positive multiples of the base recipe's lm.steps")
+        if not self.lm_steps or min(self.lm_steps) < 1:
+            raise ValueError("lm_steps: list positive step counts")
 
 
 def run_generation_sweep(path: str | Path, log=print) -> dict[str, dict]:
@@ -79,14 +80,13 @@ def run_generation_sweep(path: str | Path, log=print) -> dict[str, dict]:
     path = Path(path)
     sweep = load_config(path, GenerationSweep)
     out = Path(sweep.output_dir)
-    base_steps = load_recipe(resolve_spec_path(sweep.recipe, path)).recipe.lm.steps
     plan = []  # (upstream run, [(lm run, {sampler name: evaluated run})] per step count) per sweep run
     for name, run in sweep.runs.items():
         recipe = _run_recipe(sweep, run, path)
         upstream = _point(recipe, out / f"upstream-{config_hash(*(recipe.get(k) for k in UPSTREAM_SECTIONS))}", {}, log)
         trainings = []
-        for multiple in sweep.step_multiples:
-            lm_recipe = merged(recipe, {"lm": {"steps": round(multiple * base_steps)}})
+        for steps in run.lm_steps or sweep.lm_steps:
+            lm_recipe = merged(recipe, {"lm": {"steps": steps}})
             folder = out / name / f"steps-{lm_recipe['lm']['steps']:06d}"
             lm_run = _point(lm_recipe, folder, {stage: upstream.out / stage for stage in UPSTREAM_STAGES}, log)
             points = {sampler_name: _point(merged(lm_recipe, {"samplers": {sweep.modality: sampler}}),
@@ -120,6 +120,8 @@ def _run_recipe(sweep: GenerationSweep, run: SweepRun, sweep_path: Path) -> dict
     recipe_path = resolve_spec_path(run.recipe or sweep.recipe, sweep_path)
     recipe = merged(yaml.safe_load(recipe_path.read_text()), run.overrides)
     recipe["eval"] = merged(recipe.get("eval") or {}, sweep.eval)
+    # the run's upstream and LM points carry its first sampler: the recipe's own may not fit (another T)
+    recipe = merged(recipe, {"samplers": {sweep.modality: next(iter(run.samplers.values()))}})
     for modality, section in (recipe.get("tokenizers") or {}).items():
         section["spec"] = str(resolve_spec_path(section["spec"], recipe_path).resolve())
         if modality in run.spec_overrides:
