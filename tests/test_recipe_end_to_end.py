@@ -9,6 +9,7 @@ import torch
 
 from unitok import UniTokPipeline
 from unitok.recipe import RecipeRun, load_recipe
+from unitok.sampling import SamplerConfig
 from unitok.vocabulary import VocabularyError
 
 from .conftest import write_tiny_recipe
@@ -32,16 +33,30 @@ def test_every_stage_leaves_its_output(tiny_run):
 
 
 def test_pipeline_generates_and_round_trips_identically(tiny_run, tmp_path):
+    """Its sampler settings (rounds per block) are saved with it: the same seed gives the same
+    samples after save -> load, and options given to a call override the saved ones."""
     pipe = UniTokPipeline.from_pretrained(tiny_run / "model")
-    out = pipe.text_to_image(["a red 7 on the left", "a blue 3"], guidance_scale=3.0, seed=0)
-    assert len(out.images) == 2 and out.images[0].size == (32, 32)
+    pipe.samplers["image"] = SamplerConfig(guidance_scale=2.0, rounds=(3, 2, 1, 1), round_schedule="quadratic")
+    prompts = ["a red 7 on the left", "a blue 3"]
+    out = pipe.text_to_image(prompts, seed=0)
+    assert len(out.images) == 2 and out.images[0].size == (32, 32) and pipe.passes("image") == 7
     pipe.save_pretrained(tmp_path / "copy")
-    again = UniTokPipeline.from_pretrained(tmp_path / "copy").text_to_image(
-        ["a red 7 on the left", "a blue 3"], guidance_scale=3.0, seed=0)
+    loaded = UniTokPipeline.from_pretrained(tmp_path / "copy")
+    assert loaded.samplers == pipe.samplers
+    again = loaded.text_to_image(prompts, seed=0)
     assert torch.equal(out.token_ids, again.token_ids)
     assert np.array_equal(np.asarray(out.images[1]), np.asarray(again.images[1]))
-    other_seed = pipe.text_to_image(["a red 7 on the left", "a blue 3"], seed=1)
-    assert not torch.equal(out.token_ids, other_seed.token_ids)
+    assert not torch.equal(out.token_ids, pipe.text_to_image(prompts, seed=1).token_ids)
+    one_pass = loaded.text_to_image(prompts, seed=0, rounds=[1, 1, 1, 1])
+    assert loaded.passes("image", rounds=[1, 1, 1, 1]) == 4 and not torch.equal(out.token_ids, one_pass.token_ids)
+    assert torch.equal(one_pass.token_ids, pipe.text_to_image(prompts, seed=0, rounds=[1, 1, 1, 1]).token_ids)
+    with pytest.raises(ValueError, match="rounds lists 2 blocks"):
+        pipe.text_to_image(prompts, rounds=[2, 1])
+    index = json.loads((tmp_path / "copy" / "unitok_pipeline.json").read_text())
+    index["samplers"]["image"]["rounds"] = [2, 1]
+    (tmp_path / "copy" / "unitok_pipeline.json").write_text(json.dumps(index))
+    with pytest.raises(ValueError, match="samplers.image: rounds lists 2 blocks, but this tokenizer draws 4"):
+        UniTokPipeline.from_pretrained(tmp_path / "copy")
 
 
 def test_pipeline_refuses_a_tokenizer_from_another_vocabulary(tiny_run, tmp_path):

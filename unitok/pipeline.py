@@ -93,7 +93,10 @@ class UniTokPipeline:
             )
         for modality in self.samplers:
             tokenizer = self.tokenizer_for(modality)
-            self.sampler_for(modality).passes(tokenizer.num_blocks, tokenizer.num_positions)  # rounds fit T
+            try:
+                self.sampler_for(modality).passes(tokenizer.num_blocks, tokenizer.num_positions)  # rounds fit T
+            except ValueError as err:
+                raise ValueError(f"samplers.{modality}: {err}") from None
 
     # --- devices -------------------------------------------------------------------------------
     def to(self, device: str | torch.device) -> "UniTokPipeline":
