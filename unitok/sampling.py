@@ -240,29 +240,34 @@ class RoundsSampler(MediaSampler):
 
     @torch.no_grad()
     def sample(self, model, vocab, name, quantizer, prompts, first_blocks, generator=None):
-        cfg, device = self.config, next(model.parameters()).device
-        B, (num_blocks, N) = len(prompts), (quantizer.num_blocks, vocab.range(f"{name}.cells").size)
+        num_blocks, device = quantizer.num_blocks, next(model.parameters()).device
         rounds = self.block_rounds(num_blocks)
-        codes, mask_id = vocab.range(name), vocab.mask_id(name)
-        rows = vocab.position_rows(name, num_blocks, N).to(device)  # (blocks, N, 3)
+        rows = vocab.position_rows(name, num_blocks, vocab.range(f"{name}.cells").size).to(device)  # (blocks, N, 3)
         decoder = CachedDecoder(model, self._prompts_batch(vocab, name, prompts).to(device))
         blocks = list(first_blocks.to(device).unbind(1))
         for b in range(len(blocks), num_blocks):
-            inputs = _repeat_for_guidance(quantizer.next_block_inputs(torch.stack(blocks, dim=1)), cfg)
-            block = torch.zeros(B, N, dtype=torch.long, device=device)
-            decided = torch.zeros(B, N, dtype=torch.bool, device=device)
-            undecided = N
-            for left in undecided_after_rounds(N, rounds[b - 1], cfg.round_schedule):
-                decoder.rewind()
-                fed = torch.where(decided, block + codes.offset, mask_id)
-                logits = decoder.feed(_repeat_for_guidance(fed, cfg), rows[b], inputs, block=True)
-                logits = filtered_logits(_guided(logits, B, cfg)[..., codes.offset:codes.end], cfg)
-                drawn = gumbel_argmax(logits, cfg, generator)  # (B, N)
-                confidence = logits.log_softmax(-1).gather(-1, drawn[..., None])[..., 0].masked_fill(decided, -math.inf)
-                commit = torch.zeros_like(decided).scatter(1, confidence.topk(undecided - left, dim=-1).indices, True)
-                block, decided, undecided = torch.where(commit, drawn, block), decided | commit, left
-            blocks.append(block)
+            inputs = _repeat_for_guidance(quantizer.next_block_inputs(torch.stack(blocks, dim=1)), self.config)
+            blocks.append(self._draw_block(decoder, vocab, name, rows[b], inputs, rounds[b - 1], len(prompts), generator))
         return torch.stack(blocks, dim=1)
+
+    def _draw_block(self, decoder: CachedDecoder, vocab: Vocabulary, name: str, rows_N3: torch.Tensor,
+                    inputs_BNS: torch.Tensor, rounds: int, B: int, generator: torch.Generator | None) -> torch.Tensor:
+        """One block's local codes (B, N), decided over `rounds` passes after the cached prompt
+        (`inputs_BNS` holds the unconditional rows' inputs too when guided)."""
+        cfg, (N, codes, mask_id) = self.config, (rows_N3.shape[0], vocab.range(name), vocab.mask_id(name))
+        block = torch.zeros(B, N, dtype=torch.long, device=inputs_BNS.device)
+        decided = torch.zeros(B, N, dtype=torch.bool, device=inputs_BNS.device)
+        undecided = N
+        for left in undecided_after_rounds(N, rounds, cfg.round_schedule):
+            decoder.rewind()
+            fed = torch.where(decided, block + codes.offset, mask_id)
+            logits = decoder.feed(_repeat_for_guidance(fed, cfg), rows_N3, inputs_BNS, block=True)
+            logits = filtered_logits(_guided(logits, B, cfg)[..., codes.offset:codes.end], cfg)
+            drawn = gumbel_argmax(logits, cfg, generator)  # (B, N)
+            confidence = logits.log_softmax(-1).gather(-1, drawn[..., None])[..., 0].masked_fill(decided, -math.inf)
+            commit = torch.zeros_like(decided).scatter(1, confidence.topk(undecided - left, dim=-1).indices, True)
+            block, decided, undecided = torch.where(commit, drawn, block), decided | commit, left
+        return block
 
 
 class RasterSampler(MediaSampler):
