@@ -71,16 +71,6 @@ def build_transformer(spec: ModelSpec, vocab: Vocabulary) -> LlamaForCausalLM:
     return LlamaForCausalLM(config)
 
 
-@torch.no_grad()
-def zero_state_rows(transformer: LlamaForCausalLM, vocab: Vocabulary) -> None:
-    """Start every media range's state rows at zero (experiment: the noise in the state inputs
-    swamps a masked cell's other rows at the table's initial scale)."""
-    table = transformer.get_input_embeddings().weight
-    for media in vocab.media_ranges():
-        state = vocab.range(f"{media.name}.state")
-        table[state.offset : state.end] = 0.0
-
-
 class StreamModel(nn.Module):
     """The transformer with unitok's input rule: a media position enters as the sum of the
     embeddings of its code (or the mask row while undecided), its latent cell and its noise step

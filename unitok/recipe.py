@@ -22,7 +22,7 @@ from transformers import LlamaForCausalLM
 from .config import ConfigError, config_hash, from_dict, load_config, to_dict
 from .digits_world import ClipWorldConfig, DigitsWorldConfig, ToneWorldConfig, write_world_folders
 from .media_tokenizer import MediaTokenizer, TokenizerSpec
-from .model import ModelSpec, build_transformer, zero_state_rows
+from .model import ModelSpec, build_transformer
 from .eval.recipe_eval import EvalRun, EvalSection, evaluate
 from .pipeline import PipelineTokenizers, UniTokPipeline
 from .sampling import SamplerConfig
@@ -365,8 +365,6 @@ class RecipeRun:
         def train():
             set_seed(self.recipe.seed)  # the initial weights depend on the recipe only, not on earlier stages
             model = build_transformer(self.loaded.model_spec, tokenizers.vocabulary)
-            if self.recipe.lm.state_rows_init == "zero":
-                zero_state_rows(model, tokenizers.vocabulary)
             history = train_lm(model, tokenizers.vocabulary, tokenizers.media, mixture, self.recipe.lm, folder,
                                self.recipe.seed)
             (folder / "history.json").write_text(json.dumps(history, indent=2) + "\n")

@@ -58,7 +58,6 @@ class LMTraining:
     # How many cells of a generated block are undecided (the targets) in a training document: a
     # share cos(π/2·u) ("cosine", MaskGIT's, matching the sampler's rounds) or 1 − u ("uniform"), u ~ U(0, 1)
     mask_schedule: Literal["cosine", "uniform"] = "cosine"
-    state_rows_init: Literal["table", "zero"] = "table"
     # Loss weight per target kind: "text" (text and special tokens) or a modality ("image", …);
     # unlisted kinds weigh 1. The loss is the weighted mean over labelled positions.
     loss_weights: dict[str, float] = field(default_factory=dict)
