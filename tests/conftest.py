@@ -55,9 +55,13 @@ def _image_quantizer() -> RDPMQuantizer:
 IMAGE_QUANTIZER = _image_quantizer()
 
 
-def span_inputs(vocab: Vocabulary, blocks: torch.Tensor) -> torch.Tensor:
-    """State inputs (b, N, 8) of a span's global image ids (b, N), from `IMAGE_QUANTIZER`."""
-    return IMAGE_QUANTIZER.block_inputs(vocab.to_local("image", blocks)[None])[0]
+def span_inputs(vocab: Vocabulary, blocks: torch.Tensor, masked: torch.Tensor | None = None) -> torch.Tensor:
+    """State inputs (b, N, 8) of a span's global image ids (b, N) from `IMAGE_QUANTIZER`, every
+    cell decided but those `masked` (g, N) marks in blocks 1 … g."""
+    decided = torch.ones(blocks.shape, dtype=torch.bool)
+    if masked is not None:
+        decided[1 : 1 + masked.shape[0]] = ~masked
+    return IMAGE_QUANTIZER.block_inputs(vocab.to_local("image", blocks)[None], decided[None])[0]
 
 
 def tiny_tokenizer_spec(**quantizer) -> TokenizerSpec:

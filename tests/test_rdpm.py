@@ -133,17 +133,21 @@ def test_running_states_of_a_trajectory_prefix_are_its_states(tiny_tokenizer):
         tiny_tokenizer.quantizer.running_states(torch.cat([ids, ids], dim=1))
 
 
-def test_block_inputs_are_the_state_before_each_block_and_the_noise(tiny_tokenizer):
-    """A block's inputs are the running state before it and ε̂ = s_T, the same whether computed
-    for the whole span or, while sampling, from the blocks before it alone."""
+def test_block_inputs_are_the_state_at_each_cell_and_the_noise(tiny_tokenizer):
+    """A cell's inputs are the running state before its block, plus its own step once decided,
+    and ε̂ = s_T; an undecided cell's never depend on its own code."""
     quantizer = tiny_tokenizer.quantizer
     ids = tiny_tokenizer.encode_tensor(torch.rand(2, 3, 32, 32), seeds=[0, 1])
     states = quantizer.running_states(ids)  # (B, T+1, N, C): s_T … s_0
-    inputs = quantizer.block_inputs(ids)  # (B, T+1, N, 2C)
     C = states.shape[-1]
-    assert inputs.shape == (*states.shape[:3], 2 * C)
-    torch.testing.assert_close(inputs[:, 0, :, :C], torch.zeros_like(states[:, 0]))
-    torch.testing.assert_close(inputs[:, 1:, :, :C], states[:, :-1])
-    torch.testing.assert_close(inputs[..., C:], states[:, :1].expand_as(states))
-    for b in range(1, ids.shape[1]):
-        torch.testing.assert_close(quantizer.next_block_inputs(ids[:, :b]), inputs[:, b])
+    before = torch.cat([torch.zeros_like(states[:, :1]), states[:, :-1]], dim=1)
+    undecided = quantizer.block_inputs(ids)  # (B, T+1, N, 2C)
+    torch.testing.assert_close(undecided[..., :C], before)
+    torch.testing.assert_close(undecided[..., C:], states[:, :1].expand_as(states))
+    decided = torch.rand(ids.shape, generator=torch.Generator().manual_seed(0)) < 0.5
+    mixed = quantizer.block_inputs(ids, decided)
+    torch.testing.assert_close(mixed[..., :C], torch.where(decided[..., None], states, before))
+    other = ids.clone()
+    other[:, 2] = (ids[:, 2] + 1) % 64
+    changed = (quantizer.block_inputs(other, decided)[:, 2] - mixed[:, 2]).abs().amax(-1) > 0
+    assert torch.equal(changed, decided[:, 2])

@@ -26,7 +26,8 @@ def vocab():
 
 
 def span_inputs(vocab, blocks):
-    return IMAGE_QUANTIZER.block_inputs(vocab.to_local("image", blocks)[None])[0]
+    """Every cell decided."""
+    return IMAGE_QUANTIZER.block_inputs(vocab.to_local("image", blocks)[None], torch.ones(1, *blocks.shape, dtype=torch.bool))[0]
 
 
 class RecordingModel(StreamModel):
@@ -90,12 +91,14 @@ def test_cached_rounds_equal_a_full_recompute_and_decide_every_cell_once(model, 
             cond, uncond = fed[:2], fed[2:]
             assert torch.equal(cond, uncond), "guidance feeds both rows the same block"
             decided = cond != mask_id
+            expected = IMAGE_QUANTIZER.block_inputs(ids[:, : block + 1], torch.cat(
+                [torch.ones(2, block, N, dtype=torch.bool), decided[:, None]], 1))[:, block]
+            torch.testing.assert_close(inputs[:2], expected), "state inputs: earlier blocks and the decided cells"
             assert (decided | ~decided_before).all(), "a decided cell stays decided"
             assert torch.equal(cond[decided_before], ids[:, block][decided_before] + offset), "with its code"
             assert (decided.sum(1) == N - ([N] + schedules[block])[r]).all()
             decided_before = decided
         assert (~decided_before).sum(1).tolist() == [schedules[block][-2]] * 2, "the last round decides the rest"
-    torch.testing.assert_close(model.passes[4][1][:2], IMAGE_QUANTIZER.next_block_inputs(ids[:, :2]))
 
 
 def test_one_round_per_block_is_the_one_pass_sampler(model, vocab):
@@ -109,7 +112,7 @@ def test_one_round_per_block_is_the_one_pass_sampler(model, vocab):
     assert torch.equal(ids[:, :1], first)
     codes = vocab.range("image")
     for block in range(1, BLOCKS):
-        inputs = IMAGE_QUANTIZER.next_block_inputs(ids[:, :block])
+        inputs = IMAGE_QUANTIZER.block_inputs(ids[:, : block + 1])[:, block]  # nothing of the block decided
         for row, prompt in enumerate(prompts):
             fed = torch.full((N,), vocab.mask_id("image"))
             full = full_block_logits(model, vocab, prompt, fed, inputs[row], block)
@@ -144,7 +147,7 @@ def test_raster_sampler_matches_full_recompute(model, vocab):
     codes = vocab.range("image")
     block = vocab.to_global("image", ids[0])
     stream = StreamBuilder(vocab, "raster").special("<bos>").text(text(vocab, [5, 6])).media(
-        "image", block, IMAGE_QUANTIZER.block_inputs(ids)[0]).build()
+        "image", block, IMAGE_QUANTIZER.block_inputs(ids, torch.ones(ids.shape, dtype=torch.bool))[0]).build()
     with torch.no_grad():
         logits = batch_logits(model, collate([[stream]], pad_id=0))
     boi = 1 + 2

@@ -11,6 +11,7 @@ import sys
 import time
 from collections import Counter
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -18,12 +19,13 @@ import yaml
 
 from unitok.config import ConfigError
 from unitok.pipeline import PipelineTokenizers
+from unitok.rdpm import QuantizerConfig, RDPMQuantizer
 from unitok.recipe import RecipeRun, load_recipe
 from unitok.shards import ShardError, read_manifest
 from unitok.training.data import (DocumentRecipe, MixtureBatches, ShardMix, heldout_rng, heldout_rows,
                                  resolve_mixture)
 
-from .conftest import span_inputs, write_tiny_recipe
+from .conftest import write_tiny_recipe
 
 SCRIPT = Path(__file__).parent / "scripts" / "ddp_train.py"
 ENV = {**os.environ, "ACCELERATE_USE_CPU": "1"}
@@ -81,8 +83,8 @@ def test_data_positions_are_refused_for_other_shard_files_and_sets_too_small_to_
     tokenizers = PipelineTokenizers.from_pretrained(tiny_run / "model")
     vocab, train_set = tokenizers.vocabulary, tiny_run / "shards" / "image" / "train"
     entries = resolve_mixture([ShardMix(str(train_set))], vocab, tokenizers.media)
-    documents = DocumentRecipe(vocab, "timestep", 0.0, 0.0)
-    data = MixtureBatches(entries, vocab, tokenizers.media, documents, batch_size=2, seed=0, buffer=4)
+    documents = DocumentRecipe(vocab, tokenizers.media, "timestep", 0.0, 0.0)
+    data = MixtureBatches(entries, vocab, documents, batch_size=2, seed=0, buffer=4)
     data.batch(0, 0)
     state = data.state_dict()
     assert state["streams"][0]["consumed"] == 2
@@ -147,44 +149,62 @@ def test_heldout_caption_rows_come_from_every_modality(tiny_multimodal_run):
     assert len(rows["text_to_image"]) == 12
 
 
+def three_block_tokenizer():
+    """What a DocumentRecipe needs of a tokenizer, for the `vocab` fixture's image range: spans of
+    k_T and two generated blocks (T = 2) of 4 cells, C = 4."""
+    torch.manual_seed(0)
+    quantizer = RDPMQuantizer(QuantizerConfig(steps=2, codebook_size=64), latent_channels=4)
+    return SimpleNamespace(name="image", num_blocks=3, quantizer=quantizer, device=torch.device("cpu"))
+
+
+def image_row(vocab, key="heldout-000001"):
+    """A shard row of one item: 3 blocks of 4 distinct codes and a two-piece caption."""
+    media = vocab.to_global("image", torch.arange(3 * 4).reshape(3, 4))
+    return {"key": key, "draw": 0, "media": "image", "media_ids": media.reshape(-1).tolist(),
+            "text_ids": vocab.to_global("text", torch.tensor([1, 2])).tolist()}
+
+
 def test_text_to_media_training_documents_hold_the_generated_blocks_with_masked_cells(vocab):
     """A text-to-image training document is caption + <boi> + the generated blocks k_{T-1} … k_0,
     each with its own share of undecided cells (at least one); the targets are exactly those
-    cells' codes. A held-out document is the same for the same row at every evaluation."""
-    media = vocab.to_global("image", torch.arange(3 * 4).reshape(3, 4))  # one item: 3 blocks of 4 distinct codes
-    text, inputs = vocab.to_global("text", torch.tensor([1, 2])).tolist(), span_inputs(vocab, media)
-    documents = DocumentRecipe(vocab, "timestep", 0.0, 0.0)
+    cells' codes, and their state inputs do not hold them. A held-out document is the same for
+    the same row at every evaluation."""
+    tokenizer, row = three_block_tokenizer(), image_row(vocab)
+    media = torch.tensor(row["media_ids"]).reshape(3, 4)
+    documents = DocumentRecipe(vocab, {"image": tokenizer}, "timestep", 0.0, 0.0)
     ratios = []
     for seed in range(40):
-        doc = documents.document("text_to_image", text, "image", (media, inputs), random.Random(seed))
+        doc = documents.document("text_to_image", row, random.Random(seed))
         assert len(doc) == 1 + 2 + 1 + 2 * 4
-        cells = doc.input_ids[4:]
-        targets = doc.targets[4:]
-        masked = [c == vocab.mask_id("image") for c in cells]
-        assert [t for t, m in zip(targets, masked) if m] == [c for c, m in zip(media[1:].reshape(-1).tolist(), masked) if m]
-        assert all(t == -100 for t, m in zip(targets, masked) if not m)
-        assert sum(masked[:4]) >= 1 and sum(masked[4:]) >= 1
-        ratios.append(sum(masked) / 8)
+        cells, targets = doc.input_ids[4:], doc.targets[4:]
+        masked = torch.tensor([c == vocab.mask_id("image") for c in cells]).reshape(2, 4)
+        assert [t for t, m in zip(targets, masked.reshape(-1)) if m] == media[1:][masked].tolist()
+        assert all(t == -100 for t, m in zip(targets, masked.reshape(-1)) if not m)
+        assert masked.sum(1).min() >= 1
+        decided = torch.cat([torch.ones(1, 4, dtype=torch.bool), ~masked])
+        expected = tokenizer.quantizer.block_inputs(vocab.to_local("image", media)[None], decided[None])[0, 1:]
+        assert torch.tensor(doc.media_states[4:]).reshape(2, 4, -1).allclose(expected)
+        ratios.append(masked.float().mean().item())
     assert 0.3 < sum(ratios) / len(ratios) < 0.9 and len(set(ratios)) > 3  # masks of many sizes
-    row = {"key": "heldout-000001", "draw": 0}
-    first, again = (documents.document("text_to_image", text, "image", (media, inputs), heldout_rng(row), heldout=True)
-                    for _ in range(2))
+    first, again = (documents.document("text_to_image", row, heldout_rng(row), heldout=True) for _ in range(2))
     assert first.input_ids == again.input_ids and first.targets == again.targets
-    raster = DocumentRecipe(vocab, "raster", 0.0, 0.0).document("text_to_image", text, "image",
-                                                                 (media[:1], inputs[:1]), random.Random(0))
+    raster_row = {**row, "media_ids": row["media_ids"][:4]}
+    raster_tokenizer = SimpleNamespace(name="image", num_blocks=1, quantizer=RDPMQuantizer(
+        QuantizerConfig(steps=0, codebook_size=64), latent_channels=4), device=torch.device("cpu"))
+    raster = DocumentRecipe(vocab, {"image": raster_tokenizer}, "raster", 0.0, 0.0).document(
+        "text_to_image", raster_row, random.Random(0))
     assert raster.input_ids[-1] == vocab.special_id("<eos>") and vocab.mask_id("image") not in raster.input_ids
 
 
 def test_first_step_documents_hold_only_the_first_generated_block(vocab):
     """With first_step_fraction = 1 a training document is caption + <boi> + k_{T-1}; held-out
     documents keep every generated block so per-block losses stay comparable."""
-    media = vocab.to_global("image", torch.arange(3 * 4).reshape(3, 4))
-    text, inputs = vocab.to_global("text", torch.tensor([1, 2])).tolist(), span_inputs(vocab, media)
-    documents = DocumentRecipe(vocab, "timestep", 0.0, 1.0)
-    doc = documents.document("text_to_image", text, "image", (media, inputs), random.Random(0))
+    row = image_row(vocab)
+    documents = DocumentRecipe(vocab, {"image": three_block_tokenizer()}, "timestep", 0.0, 1.0)
+    doc = documents.document("text_to_image", row, random.Random(0))
     assert len(doc) == 1 + 2 + 1 + 4  # <bos>, caption, <boi>, k_{T-1}
-    assert [t for t in doc.targets[-4:] if t != -100] == [c for c, t in zip(media[1].tolist(), doc.targets[-4:])
+    assert [t for t in doc.targets[-4:] if t != -100] == [c for c, t in zip(row["media_ids"][4:8], doc.targets[-4:])
                                                          if t != -100]
     assert set(doc.target_block) <= {-1, 0}
-    heldout = documents.document("text_to_image", text, "image", (media, inputs), random.Random(0), heldout=True)
+    heldout = documents.document("text_to_image", row, random.Random(0), heldout=True)
     assert len(heldout) == len(doc) + 4

@@ -134,9 +134,12 @@ def bench_training(spec: ModelSpec, positions: int = 64, steps: int = 10, batch:
     for i in range(batch):
         text = (torch.randint(0, 512, (10,), generator=g) + vocab.range("text").offset).tolist()
         media = torch.randint(0, 512, (1, steps + 1, positions), generator=g)
-        inputs = quantizer.block_inputs(media.to(device))[0].cpu()
         task = "text_to_image" if i % 4 else "image_to_text"  # mixed directions in one batch
         masked = random_masks(steps, positions, "cosine", rng) if task == "text_to_image" else None
+        decided = torch.ones(media.shape, dtype=torch.bool)
+        if masked is not None:
+            decided[0, 1:] = ~masked
+        inputs = quantizer.block_inputs(media.to(device), decided)[0].cpu()
         docs.append(task_document(vocab, "timestep", task, text, "image", media[0] + vocab.range("image").offset,
                                   inputs, masked))
     ours = collate([[d] for d in docs], vocab.special_id("<pad>")).to(device)

@@ -75,7 +75,8 @@ class StreamModel(nn.Module):
     """The transformer with unitok's input rule: a media position enters as the sum of the
     embeddings of its code (or the mask row while undecided), its latent cell and its noise step
     (`Batch.media_rows`), plus its state inputs (2C floats, `Batch.media_states`: the running RDPM
-    state before its block and the noise ε̂) times its modality's 2C state rows, a learned linear
+    state at its cell, its own code included once decided, and the noise ε̂) times its modality's
+    2C state rows, a learned linear
     map; every other token as its own embedding. The extra rows live in the transformer's
     embedding table, so its `save_pretrained` holds the whole model, and the sum is taken inside
     `forward`, where DDP and FSDP expect every use of a parameter."""

@@ -187,21 +187,19 @@ class RDPMQuantizer(nn.Module):
             return ids_BbN.new_zeros(*ids_BbN.shape, self.codebook.shape[-1], dtype=self.codebook.dtype)
         return torch.stack(steps, dim=1).cumsum(dim=1).transpose(2, 3)
 
-    def block_inputs(self, ids_BbN: torch.Tensor) -> torch.Tensor:
-        """(B, b, N, 2C): what the transformer may know at every cell of each of the first b blocks
-        before that block's own code (`model.StreamModel`): the running state before the block
-        (``s_{t+1}``; 0 before ``k_T``) and the noise as ``k_T`` holds it (``ε̂ = s_T``). The
-        residual a block quantizes is ``sqrt(ᾱ_t)·z + sqrt(1−ᾱ_t)·ε̂ − s_{t+1}``: both are needed to
-        tell the clean latent from the noise. No block's input depends on its own codes (``k_T``,
-        the given noise, aside)."""
+    def block_inputs(self, ids_BbN: torch.Tensor, decided_BbN: torch.Tensor | None = None) -> torch.Tensor:
+        """(B, b, N, 2C): what the transformer may know at every cell of the first b blocks
+        (`model.StreamModel`): the running state at the cell, which holds the blocks before its
+        own (``s_{t+1}``; 0 before ``k_T``) and, where `decided_BbN` is True, its own code's step
+        ``σ_t·c[k_t]``; and the noise as ``k_T`` holds it (``ε̂ = s_T``). The residual a block
+        quantizes is ``sqrt(ᾱ_t)·z + sqrt(1−ᾱ_t)·ε̂ − s_{t+1}``: the noise is needed beside the
+        state to tell the clean latent from it. An undecided cell's inputs never depend on its own
+        code (``k_T``, always given, aside: ε̂ is its step). `decided_BbN` None: no cell decided."""
         after = self.running_states(ids_BbN)  # (B, b, N, C)
-        before = torch.cat([torch.zeros_like(after[:, :1]), after[:, :-1]], dim=1)
-        return torch.cat([before, after[:, :1].expand_as(before)], dim=-1)
-
-    def next_block_inputs(self, ids_BbN: torch.Tensor) -> torch.Tensor:
-        """(B, N, 2C): the inputs of block b given the blocks 0 … b−1 before it (see `block_inputs`)."""
-        after = self.running_states(ids_BbN)
-        return torch.cat([after[:, -1], after[:, 0]], dim=-1)
+        state = torch.cat([torch.zeros_like(after[:, :1]), after[:, :-1]], dim=1)
+        if decided_BbN is not None:
+            state = torch.where(decided_BbN.to(state.device)[..., None], after, state)
+        return torch.cat([state, after[:, :1].expand_as(state)], dim=-1)
 
     def dequantize(self, ids_BTN: torch.Tensor) -> torch.Tensor:
         """s_0 (B, C, N): the sum of every step's scaled code vectors."""

@@ -30,6 +30,7 @@ from .shards import FORMAT as SHARD_FORMAT
 from .shards import ShardWriter, TokenizeSettings, read_manifest
 from .sources import FolderSource, SourceItem
 from .text_bpe import TextBPE, TextBPEConfig
+from .streams import LAYOUT as STREAM_LAYOUT
 from .streams import task_modality
 from .training.data import ShardMix
 from .training.lm import LMTraining, train_lm
@@ -373,7 +374,7 @@ class RecipeRun:
         data_key = [read_manifest(m.shards)["shards"] for m in mixture] if self.loaded.from_shards \
             else stage_key(self.out / "shards")
         return run_stage(folder, config_hash(data_key, mixture, self.loaded.model_spec, self.recipe.lm,
-                                             self.recipe.seed, tokenizers.vocabulary.hash), train, self.log)
+                                             self.recipe.seed, tokenizers.vocabulary.hash, STREAM_LAYOUT), train, self.log)
 
     # pipeline ---------------------------------------------------------------------------------
     def stage_pipeline(self) -> bool:

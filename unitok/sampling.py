@@ -244,24 +244,30 @@ class RoundsSampler(MediaSampler):
         rounds = self.block_rounds(num_blocks)
         rows = vocab.position_rows(name, num_blocks, vocab.range(f"{name}.cells").size).to(device)  # (blocks, N, 3)
         decoder = CachedDecoder(model, self._prompts_batch(vocab, name, prompts).to(device))
-        blocks = list(first_blocks.to(device).unbind(1))
-        for b in range(len(blocks), num_blocks):
-            inputs = _repeat_for_guidance(quantizer.next_block_inputs(torch.stack(blocks, dim=1)), self.config)
-            blocks.append(self._draw_block(decoder, vocab, name, rows[b], inputs, rounds[b - 1], len(prompts), generator))
-        return torch.stack(blocks, dim=1)
+        blocks = first_blocks.to(device)  # (B, b, N): every cell decided
+        for b in range(blocks.shape[1], num_blocks):
+            block = self._draw_block(decoder, vocab, name, quantizer, blocks, rows[b], rounds[b - 1], generator)
+            blocks = torch.cat([blocks, block[:, None]], dim=1)
+        return blocks
 
-    def _draw_block(self, decoder: CachedDecoder, vocab: Vocabulary, name: str, rows_N3: torch.Tensor,
-                    inputs_BNS: torch.Tensor, rounds: int, B: int, generator: torch.Generator | None) -> torch.Tensor:
-        """One block's local codes (B, N), decided over `rounds` passes after the cached prompt
-        (`inputs_BNS` holds the unconditional rows' inputs too when guided)."""
-        cfg, (N, codes, mask_id) = self.config, (rows_N3.shape[0], vocab.range(name), vocab.mask_id(name))
-        block = torch.zeros(B, N, dtype=torch.long, device=inputs_BNS.device)
-        decided = torch.zeros(B, N, dtype=torch.bool, device=inputs_BNS.device)
+    def _draw_block(self, decoder: CachedDecoder, vocab: Vocabulary, name: str, quantizer: RDPMQuantizer,
+                    before_BbN: torch.Tensor, rows_N3: torch.Tensor, rounds: int,
+                    generator: torch.Generator | None) -> torch.Tensor:
+        """The next block's local codes (B, N) after the blocks `before_BbN`, decided over `rounds`
+        passes after the cached prompt; each pass's state inputs hold the cells decided so far."""
+        cfg, codes, mask_id = self.config, vocab.range(name), vocab.mask_id(name)
+        B, N = before_BbN.shape[0], before_BbN.shape[2]
+        block = torch.zeros(B, N, dtype=torch.long, device=before_BbN.device)
+        decided = torch.zeros(B, N, dtype=torch.bool, device=before_BbN.device)
+        earlier = torch.ones_like(before_BbN, dtype=torch.bool)
         undecided = N
         for left in undecided_after_rounds(N, rounds, cfg.round_schedule):
             decoder.rewind()
             fed = torch.where(decided, block + codes.offset, mask_id)
-            logits = decoder.feed(_repeat_for_guidance(fed, cfg), rows_N3, inputs_BNS, block=True)
+            inputs = quantizer.block_inputs(torch.cat([before_BbN, block[:, None]], 1),
+                                            torch.cat([earlier, decided[:, None]], 1))[:, -1]  # (B, N, 2C)
+            logits = decoder.feed(_repeat_for_guidance(fed, cfg), rows_N3, _repeat_for_guidance(inputs, cfg),
+                                  block=True)
             logits = filtered_logits(_guided(logits, B, cfg)[..., codes.offset:codes.end], cfg)
             drawn = gumbel_argmax(logits, cfg, generator)  # (B, N)
             confidence = logits.log_softmax(-1).gather(-1, drawn[..., None])[..., 0].masked_fill(decided, -math.inf)
@@ -289,7 +295,8 @@ class RasterSampler(MediaSampler):
         for n in range(N):
             generated.append(choose(_guided(logits, B, cfg)[..., codes.offset:codes.end], cfg, generator))
             if n < N - 1:
-                inputs = quantizer.block_inputs(generated[-1][:, None])[:, 0]  # (B, 1, 2C)
+                inputs = quantizer.block_inputs(generated[-1][:, None], torch.ones_like(generated[-1][:, None],
+                                                                                      dtype=torch.bool))[:, 0]  # (B, 1, 2C)
                 logits = decoder.feed(_repeat_for_guidance(generated[-1] + codes.offset, cfg), rows[n : n + 1],
                                       _repeat_for_guidance(inputs, cfg), block=False)
         return torch.cat(generated, dim=1).unsqueeze(1)

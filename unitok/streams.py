@@ -15,8 +15,9 @@ cells each (docs/RDPM.md). Per position we record:
 - its *position id*: every block of a span takes the positions right after ``<bo?>``, so a block
   sits at the same positions whichever blocks come before it in a document or a sampler's cache;
 - for media positions, the global ids of its *cell*, *block* and first *state* row
-  (`Vocabulary.position_rows`), and its 2C state inputs: the running RDPM state before its block
-  at its cell and the noise ε̂ (`RDPMQuantizer.block_inputs`), which weigh the state rows.
+  (`Vocabulary.position_rows`), and its 2C state inputs: the running RDPM state at its cell (the
+  blocks before its own, and its own code once decided) and the noise ε̂
+  (`RDPMQuantizer.block_inputs`), which weigh the state rows.
 
 Packed rows add document ids so that documents never see each other. `media_order="raster"` is the
 autoregressive baseline: the codes of one clean block in raster order, causal, next-token.
@@ -31,6 +32,7 @@ import torch
 
 from .vocabulary import Vocabulary
 
+LAYOUT = 2  # of documents and their inputs; part of the LM stage's key, so a change re-trains
 IGNORE = -100
 NO_ROWS = (-1, -1, -1)  # media_rows of a token that is not a media position
 MediaOrder = Literal["timestep", "raster"]

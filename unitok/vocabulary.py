@@ -4,8 +4,8 @@ Global id = range offset + local id. Every media range comes with four ranges of
 embedding rows that never stand for a code but enter a media position's input (see
 `model.StreamModel`): ``<name>.cells`` (N rows) and ``<name>.blocks`` (T+1 rows) say which latent
 cell and which noise step it holds (learned absolute positions); ``<name>.state`` (2C rows) is a
-learned projection of what the RDPM trajectory holds at its cell before its block: the running
-state and the noise ε̂ (C latent channels each); ``<name>.mask`` (1 row) is the input of a cell
+learned projection of what the RDPM trajectory holds at its cell: the running state (its own code
+included once decided) and the noise ε̂ (C latent channels each); ``<name>.mask`` (1 row) is the input of a cell
 whose code is not decided yet. The manifest (``vocabulary.json``) is saved
 with every model and shard set and records a content hash of every tokenizer,
 so that shards or checkpoints made with other tokenizers are refused.

@@ -111,21 +111,17 @@ class ShardStream:
         self.epoch, self.consumed, self._rows = position["epoch"], position["consumed"], None
 
 
-def media_inputs(rows: Sequence[dict], vocab: Vocabulary, tokenizers: dict[str, MediaTokenizer]
-                 ) -> list[tuple[torch.Tensor, torch.Tensor] | None]:
-    """(global ids (num_blocks, N), state inputs (num_blocks, N, 2C)) of each row's media span,
-    None for a text-only row; the inputs come from the row's tokenizer, one call per range."""
-    out: list = [None] * len(rows)
-    for name in {row["media"] for row in rows} - {""}:
-        tokenizer = tokenizers[name]
-        indices = [i for i, row in enumerate(rows) if row["media"] == name]
-        ids = torch.tensor([rows[i]["media_ids"] for i in indices], dtype=torch.long)
-        ids = ids.reshape(len(indices), tokenizer.num_blocks, -1)
-        with torch.no_grad():
-            inputs = tokenizer.quantizer.block_inputs(vocab.to_local(name, ids).to(tokenizer.device)).cpu()
-        for i, blocks, block_inputs in zip(indices, ids, inputs):
-            out[i] = (blocks, block_inputs)
-    return out
+def span_inputs(vocab: Vocabulary, tokenizer: MediaTokenizer, blocks: torch.Tensor,
+                masked: torch.Tensor | None = None) -> torch.Tensor:
+    """(num_blocks, N, 2C) state inputs of a span of global ids `blocks` (num_blocks, N) whose
+    cells are all decided but those `masked` (g, N) marks in the generated blocks 1 … g
+    (`RDPMQuantizer.block_inputs`)."""
+    decided = torch.ones(blocks.shape, dtype=torch.bool)
+    if masked is not None:
+        decided[1 : 1 + masked.shape[0]] = ~masked
+    local = vocab.to_local(tokenizer.name, blocks)
+    with torch.no_grad():
+        return tokenizer.quantizer.block_inputs(local[None].to(tokenizer.device), decided[None])[0].cpu()
 
 
 def mask_ratio(schedule: str, u: float) -> float:
@@ -150,36 +146,39 @@ def random_masks(num_blocks: int, num_positions: int, schedule: str, rng: random
 
 
 class DocumentRecipe:
-    """How a row becomes a training document: caption dropout, which generated blocks it holds and
-    which of their cells are undecided (the targets)."""
+    """How a shard row becomes a training document: caption dropout, which generated blocks it
+    holds, which of their cells are undecided (the targets), and every position's state inputs
+    (from the row's tokenizer, `tokenizers` by vocabulary range)."""
 
-    def __init__(self, vocab: Vocabulary, media_order: str, caption_dropout: float, first_step_fraction: float,
-                 mask_schedule: str = "cosine"):
-        self.vocab, self.media_order = vocab, media_order
+    def __init__(self, vocab: Vocabulary, tokenizers: dict[str, MediaTokenizer], media_order: str,
+                 caption_dropout: float, first_step_fraction: float, mask_schedule: str = "cosine"):
+        self.vocab, self.tokenizers, self.media_order = vocab, tokenizers, media_order
         self.caption_dropout, self.first_step_fraction = caption_dropout, first_step_fraction
         self.mask_schedule = mask_schedule
 
-    def document(self, task: str, text_ids: Sequence[int], media_name: str,
-                 media: tuple[torch.Tensor, torch.Tensor] | None, rng: random.Random, heldout: bool = False) -> Stream:
+    def document(self, task: str, row: dict, rng: random.Random, heldout: bool = False) -> Stream:
         """A held-out document keeps its caption and every generated block; its masks come from
         `rng` like any other, so seed it by the row to measure the same cells at every eval."""
-        blocks, inputs = media if media is not None else (None, None)
         drop = not heldout and rng.random() < self.caption_dropout
+        if not row["media"]:
+            return task_document(self.vocab, self.media_order, task, row["text_ids"])
+        tokenizer = self.tokenizers[row["media"]]
+        blocks = torch.tensor(row["media_ids"], dtype=torch.long).reshape(tokenizer.num_blocks, -1)
         masked = None
         if task.startswith("text_to_") and self.media_order == "timestep":
             first_step_only = not heldout and rng.random() < self.first_step_fraction
             generated = 1 if first_step_only else blocks.shape[0] - 1
             masked = random_masks(generated, blocks.shape[1], self.mask_schedule, rng)
-        return task_document(self.vocab, self.media_order, task, text_ids, media_name or None, blocks, inputs,
-                             masked, drop_text=drop)
+        return task_document(self.vocab, self.media_order, task, row["text_ids"], row["media"], blocks,
+                             span_inputs(self.vocab, tokenizer, blocks, masked), masked, drop_text=drop)
 
 
 class MixtureBatches:
     """Training batches for one rank: documents drawn from the mixture's entries by weight."""
 
-    def __init__(self, entries: Sequence[MixtureEntry], vocab: Vocabulary, tokenizers: dict[str, MediaTokenizer],
-                 documents: DocumentRecipe, batch_size: int, seed: int, buffer: int, rank: int = 0, world: int = 1):
-        self.entries, self.vocab, self.tokenizers, self.documents = list(entries), vocab, tokenizers, documents
+    def __init__(self, entries: Sequence[MixtureEntry], vocab: Vocabulary, documents: DocumentRecipe,
+                 batch_size: int, seed: int, buffer: int, rank: int = 0, world: int = 1):
+        self.entries, self.vocab, self.documents = list(entries), vocab, documents
         self.batch_size, self.seed, self.rank, self.world = batch_size, seed, rank, world
         self.weights = [e.mix.weight for e in self.entries]
         self.streams = [ShardStream(e.mix.shards, vocab, seed + i, buffer, rank, world)
@@ -190,8 +189,7 @@ class MixtureBatches:
         rng = random.Random(hash((self.seed, step, micro, self.rank)))
         picks = rng.choices(range(len(self.entries)), self.weights, k=self.batch_size)
         rows = [self.streams[p].next() for p in picks]
-        docs = [self.documents.document(self.entries[p].task, row["text_ids"], row["media"], media, rng)
-                for p, row, media in zip(picks, rows, media_inputs(rows, self.vocab, self.tokenizers))]
+        docs = [self.documents.document(self.entries[p].task, row, rng) for p, row in zip(picks, rows)]
         batch = collate(pack(docs, max(len(d) for d in docs)), pad_id=self.vocab.special_id("<pad>"))
         return batch, [(self.entries[p].task, f"{row['key']}#{row['draw']}") for p, row in zip(picks, rows)]
 
@@ -231,11 +229,10 @@ def heldout_rows(entries: Sequence[MixtureEntry], vocab: Vocabulary, count: int)
     return rows
 
 
-def heldout_documents(entries: Sequence[MixtureEntry], vocab: Vocabulary, tokenizers: dict[str, MediaTokenizer],
-                      documents: DocumentRecipe, count: int) -> dict[str, list[Stream]]:
+def heldout_documents(entries: Sequence[MixtureEntry], vocab: Vocabulary, documents: DocumentRecipe,
+                      count: int) -> dict[str, list[Stream]]:
     """Held-out documents of `heldout_rows`: every caption and generated block, masks seeded by the row."""
-    return {task: [documents.document(task, row["text_ids"], row["media"], media, heldout_rng(row), heldout=True)
-                   for row, media in zip(rows, media_inputs(rows, vocab, tokenizers))]
+    return {task: [documents.document(task, row, heldout_rng(row), heldout=True) for row in rows]
             for task, rows in heldout_rows(entries, vocab, count).items()}
 
 
