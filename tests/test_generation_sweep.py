@@ -24,13 +24,14 @@ def write_sweep(folder, runs, lm_steps=(3, 6)):
                                            "lm": {"media_order": "raster"}}, **runs["raster_ar"]}
     path = folder / "sweep.yaml"
     path.write_text(yaml.safe_dump({"kind": "generation", "recipe": str(recipe), "output_dir": str(folder / "sweep"),
-                                    "lm_steps": list(lm_steps), "eval": {"num_samples": 4}, "runs": runs}))
+                                    "lm_steps": list(lm_steps), "eval": {"num_samples": 4}, "runs": runs}, sort_keys=False))
     return path
 
 
 def test_generation_sweep_trains_each_lm_once_and_evaluates_each_sampler(tmp_path):
     path = write_sweep(tmp_path, {
-        "rdpm": {"samplers": {"one_pass": {"rounds": [1, 1, 1, 1]}, "rounds": {"rounds": [3, 1, 1, 1]}}},
+        "rdpm": {"samplers": {"rounds": {"rounds": [3, 1, 1, 1], "round_schedule": "quadratic"},
+                              "one_pass": {"rounds": [1, 1, 1, 1]}}},
         "rdpm_T2_uniform_masks": {"overrides": {"lm": {"mask_schedule": "uniform"}},
                                   "spec_overrides": {"image": {"quantizer": {"steps": 2}}},
                                   "samplers": {"rounds": {"rounds": [2, 1]}}},
@@ -51,10 +52,14 @@ def test_generation_sweep_trains_each_lm_once_and_evaluates_each_sampler(tmp_pat
     assert len(trained) == 2 * 2 + 1, "one LM per run and step count, shared by its samplers"
     assert len([line for line in logs if line.startswith("[run]") and "tokenizers" in line]) == 3, \
         "one tokenizer per spec: T = 4, T = 2 and the raster baseline's"
-    for sampler in ("one_pass", "rounds"):
+    for sampler, rounds in (("one_pass", [1, 1, 1, 1]), ("rounds", [3, 1, 1, 1])):
         assert (out / "rdpm" / "steps-000003" / sampler / "lm").resolve() == (out / "rdpm" / "steps-000003" / "lm").resolve()
         recipe = yaml.safe_load((out / "rdpm" / "steps-000003" / sampler / "recipe.yaml").read_text())
         assert recipe["lm"]["steps"] == 3 and recipe["eval"]["num_samples"] == 4
+        saved = json.loads((out / "rdpm" / "steps-000003" / sampler / "model" / "unitok_pipeline.json").read_text())
+        assert saved["samplers"]["image"]["rounds"] == rounds
+        assert saved["samplers"]["image"]["round_schedule"] == ("quadratic" if sampler == "rounds" else "cosine"), \
+            "a sampler takes nothing from the run's other samplers"
     table = (out / "results.md").read_text().splitlines()
     assert table[0].startswith("| run | sampler | lm_steps |") and len(table) == 2 + len(results)
     assert json.loads((out / "results.json").read_text()) == results

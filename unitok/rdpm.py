@@ -32,7 +32,9 @@ class QuantizerConfig:
     # "quantized": the trajectory is built from ε̂ = σ_T·c[k_T], the noise as the tokens hold it, so
     # every later residual is a function of z and tokens the model has seen. "gaussian" uses ε
     # itself; its unresolved fine detail then reappears in every block and cannot be predicted.
-    noise: Literal["quantized", "gaussian"] = "quantized"
+    # "subtracted" (experiment): from ε̂ too, but every step quantizes only what ε̂ does not already
+    # determine; the noise's share of each step is added to the state exactly
+    noise: Literal["quantized", "gaussian", "subtracted"] = "quantized"
     codebook_per_step: bool = False  # one codebook per step instead of one shared
     commitment_weight: float = 0.25
     ema_decay: float = 0.99  # EMA codebook and σ_t updates
@@ -126,12 +128,14 @@ class RDPMQuantizer(nn.Module):
         """Quantize the trajectory of `z`; in training mode also update σ_t and the EMA codebook."""
         if self.training and not bool(self.initialized):
             self._init_scales(self.trajectory(z_BCN, noise_BDCN))
-        if self.config.noise == "quantized":
+        if self.config.noise != "gaussian":
             noise_BDCN = self.quantized_noise(noise_BDCN)
         noisy = self.trajectory(z_BCN, noise_BDCN)
         state = torch.zeros_like(z_BCN)
         ids, commitment = [], []
         for t in range(self.steps, -1, -1):
+            known = self._known_noise(t, noise_BDCN[:, 0])
+            state = state + known
             residual = noisy[t] - state.detach()  # what the running state still lacks
             with torch.no_grad():
                 if self.training:
@@ -152,6 +156,14 @@ class RDPMQuantizer(nn.Module):
         """ε̂ = σ_T·c[k_T] for every noise draw (B, D, C, N)."""
         draws = [self.code_vectors(self.quantize_noise(noise_BDCN[:, d]), self.steps) for d in range(noise_BDCN.shape[1])]
         return torch.stack(draws, dim=1)
+
+    def _known_noise(self, t: int, eps_hat_BCN: torch.Tensor) -> torch.Tensor:
+        """With noise "subtracted": the share of ε̂ that step t < T adds to the trajectory, which the
+        tokens before it already determine; 0 otherwise."""
+        if self.config.noise != "subtracted" or t == self.steps:
+            return torch.zeros_like(eps_hat_BCN)
+        a = self.alpha_bar
+        return ((1 - a[t]).sqrt() - (1 - a[t + 1]).sqrt()) * eps_hat_BCN
 
     def quantize_noise(self, noise_BCN: torch.Tensor) -> torch.Tensor:
         """k_T for sampling: the tokenizer's own quantization of pure noise ε, (B, N)."""
@@ -185,6 +197,7 @@ class RDPMQuantizer(nn.Module):
         steps = [self.code_vectors(ids_BbN[:, b], self.steps - b) for b in range(ids_BbN.shape[1])]  # each (B, C, N)
         if not steps:
             return ids_BbN.new_zeros(*ids_BbN.shape, self.codebook.shape[-1], dtype=self.codebook.dtype)
+        steps = [step + self._known_noise(self.steps - b, steps[0]) for b, step in enumerate(steps)]
         return torch.stack(steps, dim=1).cumsum(dim=1).transpose(2, 3)
 
     def block_inputs(self, ids_BbN: torch.Tensor, decided_BbN: torch.Tensor | None = None) -> torch.Tensor:
@@ -211,6 +224,7 @@ class RDPMQuantizer(nn.Module):
         """σ_t from the first batch: quantize once with the initial codebook and record residual RMS."""
         state = torch.zeros_like(noisy[0])
         for t in range(self.steps, -1, -1):
+            state = state + self._known_noise(t, noisy[self.steps])
             residual = noisy[t] - state
             self.step_scale[t] = residual.pow(2).mean().sqrt().clamp_min(1e-4)
             state = state + self.code_vectors(self.nearest_code(residual, t), t)

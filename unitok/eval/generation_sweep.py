@@ -83,14 +83,21 @@ def run_generation_sweep(path: str | Path, log=print) -> dict[str, dict]:
     plan = []  # (upstream run, [(lm run, {sampler name: evaluated run})] per step count) per sweep run
     for name, run in sweep.runs.items():
         recipe = _run_recipe(sweep, run, path)
-        upstream = _point(recipe, out / f"upstream-{config_hash(*(recipe.get(k) for k in UPSTREAM_SECTIONS))}", {}, log)
+
+        def with_sampler(recipe: dict, sampler: dict) -> dict:
+            return merged(recipe, {"samplers": {sweep.modality: sampler}})
+
+        # upstream and LM points carry the run's first sampler: the recipe's own may not fit (another T)
+        first = next(iter(run.samplers.values()))
+        upstream = _point(with_sampler(recipe, first),
+                          out / f"upstream-{config_hash(*(recipe.get(k) for k in UPSTREAM_SECTIONS))}", {}, log)
         trainings = []
         for steps in run.lm_steps or sweep.lm_steps:
             lm_recipe = merged(recipe, {"lm": {"steps": steps}})
-            folder = out / name / f"steps-{lm_recipe['lm']['steps']:06d}"
-            lm_run = _point(lm_recipe, folder, {stage: upstream.out / stage for stage in UPSTREAM_STAGES}, log)
-            points = {sampler_name: _point(merged(lm_recipe, {"samplers": {sweep.modality: sampler}}),
-                                           folder / sampler_name,
+            folder = out / name / f"steps-{steps:06d}"
+            lm_run = _point(with_sampler(lm_recipe, first), folder,
+                            {stage: upstream.out / stage for stage in UPSTREAM_STAGES}, log)
+            points = {sampler_name: _point(with_sampler(lm_recipe, sampler), folder / sampler_name,
                                            {stage: folder / stage for stage in (*UPSTREAM_STAGES, "lm")}, log,
                                            classifier_dir=out / "classifier")
                       for sampler_name, sampler in run.samplers.items()}
@@ -120,8 +127,6 @@ def _run_recipe(sweep: GenerationSweep, run: SweepRun, sweep_path: Path) -> dict
     recipe_path = resolve_spec_path(run.recipe or sweep.recipe, sweep_path)
     recipe = merged(yaml.safe_load(recipe_path.read_text()), run.overrides)
     recipe["eval"] = merged(recipe.get("eval") or {}, sweep.eval)
-    # the run's upstream and LM points carry its first sampler: the recipe's own may not fit (another T)
-    recipe = merged(recipe, {"samplers": {sweep.modality: next(iter(run.samplers.values()))}})
     for modality, section in (recipe.get("tokenizers") or {}).items():
         section["spec"] = str(resolve_spec_path(section["spec"], recipe_path).resolve())
         if modality in run.spec_overrides:
