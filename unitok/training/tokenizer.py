@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from accelerate import Accelerator
-from accelerate.utils import set_seed
+from accelerate.utils import AutocastKwargs, set_seed
 from torch.utils.data import DataLoader, TensorDataset
 from tqdm.auto import tqdm
 
@@ -35,8 +35,9 @@ def train_media_tokenizer(spec: TokenizerSpec, inputs: torch.Tensor, cfg: Tokeni
                           desc: str = "tokenizer") -> MediaTokenizer:
     """Fit a tokenizer on preprocessed inputs (M, C, …) in [-1, 1]; returns it in eval mode."""
     set_seed(seed)
-    accelerator = Accelerator(mixed_precision=mixed_precision(cfg.mixed_precision))
     tokenizer = MediaTokenizer(spec)
+    accelerator = Accelerator(mixed_precision=mixed_precision(cfg.mixed_precision),
+                              kwargs_handlers=[AutocastKwargs(enabled=_autocast_safe(tokenizer))])
     memory_format = torch.channels_last if tokenizer.adapter.dims == 2 else torch.channels_last_3d
     tokenizer = tokenizer.to(memory_format=memory_format)  # ~2x faster convs on CPU
     optimizer = torch.optim.AdamW(tokenizer.parameters(), lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
@@ -61,6 +62,13 @@ def train_media_tokenizer(spec: TokenizerSpec, inputs: torch.Tensor, cfg: Tokeni
         progress.set_postfix(psnr=f"{psnr_db(mse.item()):.1f}", commit=f"{out.commitment_loss.item():.3f}")
     tokenizer = accelerator.unwrap_model(tokenizer)
     return tokenizer.eval()
+
+
+def _autocast_safe(tokenizer: MediaTokenizer) -> bool:
+    """False for video tokenizers on CPU: this torch's CPU bf16 Conv3d weight gradient turns NaN for
+    some inputs (a (3, 4, 4) kernel over 2 frames at batch 32, for one), so they train in fp32
+    inside a process whose other stages may use bf16 (the precision is per process in accelerate)."""
+    return tokenizer.adapter.dims == 2 or torch.cuda.is_available()
 
 
 def psnr_db(mse_in_unit_range: float) -> float:
