@@ -8,6 +8,7 @@ import torch
 from unitok.digits_world import DigitsWorldConfig, build_digits_world, real_renders
 from unitok.media_tokenizer import MediaTokenizer, TokenizerSpec
 from unitok.rdpm import alpha_bar_schedule
+from unitok.training.common import TrainingDiverged
 from unitok.training.tokenizer import TokenizerTraining, tokenizer_metrics, train_media_tokenizer
 
 from .conftest import tiny_tokenizer_spec
@@ -58,6 +59,13 @@ def test_training_reconstructs_and_uses_the_codebook(trained_tokenizer):
     metrics = tokenizer_metrics(trained_tokenizer, digit_images(128))
     assert metrics["psnr_db"] > 15
     assert metrics["codebook_usage"] > 0.5
+
+
+def test_training_stops_at_the_first_non_finite_loss():
+    images = digit_images(32)
+    images[5, 0, 3, 3] = float("nan")  # one bad pixel makes the first batch's loss NaN
+    with pytest.raises(TrainingDiverged, match="loss is nan at step 1"):
+        train_media_tokenizer(tiny_tokenizer_spec(steps=2), images, TokenizerTraining(steps=3, batch_size=32, warmup_steps=1))
 
 
 def test_decode_rejects_out_of_range_and_misshapen_ids(tiny_tokenizer):

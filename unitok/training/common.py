@@ -9,6 +9,17 @@ import torch
 from torch.optim.lr_scheduler import LambdaLR
 
 
+class TrainingDiverged(ValueError):
+    """The loss stopped being a finite number; the weights are not saved."""
+
+
+def check_finite(loss: torch.Tensor, step: int, desc: str) -> None:
+    """Stop at the first non-finite loss instead of training (and saving) NaN weights."""
+    if not torch.isfinite(loss.detach()).all():
+        raise TrainingDiverged(f"{desc}: the loss is {loss.item()} at step {step}; lower the learning rate"
+                               " or set mixed_precision: \"no\"")
+
+
 def warmup_cosine(optimizer: torch.optim.Optimizer, warmup_steps: int, total_steps: int,
                   final_fraction: float = 0.1) -> LambdaLR:
     """Linear warmup to the peak, then cosine decay to `final_fraction` of it."""

@@ -30,7 +30,7 @@ from ..media_tokenizer import MediaTokenizer
 from ..model import StreamModel, batch_logits, stream_loss
 from ..streams import IGNORE, Stream, collate, task_modality
 from ..vocabulary import Vocabulary
-from .common import mixed_precision, warmup_cosine
+from .common import check_finite, mixed_precision, warmup_cosine
 from .data import DocumentRecipe, MixtureBatches, ShardMix, heldout_documents, resolve_mixture
 
 PROGRESS_NAME = "progress.json"
@@ -139,6 +139,7 @@ def train_lm(transformer: LlamaForCausalLM, vocab: Vocabulary, tokenizers: dict[
             with accelerator.accumulate(model):
                 loss = stream_loss(model, batch.to(accelerator.device),
                                    None if weights is None else weights.to(accelerator.device))
+                check_finite(loss, step + 1, "lm")
                 accelerator.backward(loss)
                 if accelerator.sync_gradients:
                     accelerator.clip_grad_norm_(model.parameters(), cfg.grad_clip)

@@ -18,7 +18,7 @@ from torch.utils.data import DataLoader, TensorDataset
 from tqdm.auto import tqdm
 
 from ..media_tokenizer import MediaTokenizer, TokenizerSpec
-from .common import cycle, mixed_precision, warmup_cosine
+from .common import check_finite, cycle, mixed_precision, warmup_cosine
 
 
 @dataclass(frozen=True)
@@ -49,12 +49,13 @@ def train_media_tokenizer(spec: TokenizerSpec, inputs: torch.Tensor, cfg: Tokeni
     batches = cycle(loader)
     progress = tqdm(range(cfg.steps), desc=desc, disable=not accelerator.is_local_main_process)
     tokenizer.train()
-    for _ in progress:
+    for step in progress:
         (x,) = next(batches)
         x = x.contiguous(memory_format=memory_format)
         reconstruction, out = tokenizer(x)
         mse = F.mse_loss(reconstruction.float(), x.float())
         loss = mse + beta * out.commitment_loss
+        check_finite(loss, step + 1, desc)
         optimizer.zero_grad(set_to_none=True)
         accelerator.backward(loss)
         optimizer.step()
