@@ -55,6 +55,9 @@ class SamplerConfig:
     # "cosine" cos(π/2·r/R) (MaskGIT: few cells first), "linear" 1 − r/R, "quadratic" (1 − r/R)²
     # (many cells first: the most confident, often the background, then a few at a time)
     round_schedule: Literal["cosine", "linear", "quadratic"] = "cosine"
+    # which cells a round commits: the most "confident" (MaskGIT) or the next of a "fixed" cell
+    # order (`cell_order`), the order a model trained with `mask_schedule: groups` has seen
+    order: Literal["confidence", "fixed"] = "confidence"
 
     def __post_init__(self):
         if self.guidance_scale < 0:
@@ -208,6 +211,12 @@ ROUND_SCHEDULES = {
 }
 
 
+def cell_order(num_positions: int) -> torch.Tensor:
+    """A fixed order of a block's cells (a seeded permutation): round r of a "fixed"-order sampler
+    commits the next cells of it, and `mask_schedule: groups` trains on the same groups."""
+    return torch.randperm(num_positions, generator=torch.Generator().manual_seed(0))
+
+
 def undecided_after_rounds(num_positions: int, rounds: int, schedule: str = "cosine") -> list[int]:
     """Cells still undecided after each of `rounds` rounds: ⌊N·f(r/R)⌋ for the schedule's f
     (`SamplerConfig.round_schedule`), at least one fewer every round, 0 after the last."""
@@ -261,6 +270,7 @@ class RoundsSampler(MediaSampler):
         decided = torch.zeros(B, N, dtype=torch.bool, device=before_BbN.device)
         earlier = torch.ones_like(before_BbN, dtype=torch.bool)
         undecided = N
+        order_rank = torch.empty(N, dtype=torch.long).scatter_(0, cell_order(N), torch.arange(N)).to(block.device)
         for left in undecided_after_rounds(N, rounds, cfg.round_schedule):
             decoder.rewind()
             fed = torch.where(decided, block + codes.offset, mask_id)
@@ -270,7 +280,10 @@ class RoundsSampler(MediaSampler):
                                   block=True)
             logits = filtered_logits(_guided(logits, B, cfg)[..., codes.offset:codes.end], cfg)
             drawn = gumbel_argmax(logits, cfg, generator)  # (B, N)
-            confidence = logits.log_softmax(-1).gather(-1, drawn[..., None])[..., 0].masked_fill(decided, -math.inf)
+            confidence = logits.log_softmax(-1).gather(-1, drawn[..., None])[..., 0]
+            if cfg.order == "fixed":  # later cells of the order are less "confident" than earlier ones
+                confidence = -order_rank.to(confidence).expand_as(confidence)
+            confidence = confidence.masked_fill(decided, -math.inf)
             commit = torch.zeros_like(decided).scatter(1, confidence.topk(undecided - left, dim=-1).indices, True)
             block, decided, undecided = torch.where(commit, drawn, block), decided | commit, left
         return block

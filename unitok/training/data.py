@@ -22,6 +22,7 @@ from typing import Iterator, Sequence
 import torch
 
 from ..media_tokenizer import MediaTokenizer
+from ..sampling import cell_order, undecided_after_rounds
 from ..shards import ShardError, load_shards, read_manifest, shard_set_hash
 from ..streams import Batch, Stream, collate, pack, task_document, task_modality
 from ..vocabulary import Vocabulary
@@ -134,11 +135,21 @@ def mask_ratio(schedule: str, u: float) -> float:
     raise ValueError(f"unknown mask schedule {schedule!r}")
 
 
-def random_masks(num_blocks: int, num_positions: int, schedule: str, rng: random.Random) -> torch.Tensor:
+def random_masks(num_blocks: int, num_positions: int, schedule: str, rng: random.Random,
+                 groups: tuple[tuple[int, ...], str] | None = None) -> torch.Tensor:
     """(num_blocks, N) bool: the undecided cells of each block, at least one, each block with its
-    own ratio from `schedule` (`mask_ratio`)."""
+    own ratio from `schedule` (`mask_ratio`). Schedule "groups": the cells a "fixed"-order sampler
+    has left undecided before one of its rounds (`groups` = (rounds per block, round schedule)),
+    each round equally often."""
     generator = torch.Generator().manual_seed(rng.getrandbits(63))
     masks = torch.zeros(num_blocks, num_positions, dtype=torch.bool)
+    if schedule == "groups":
+        rounds, round_schedule = groups
+        order = cell_order(num_positions)
+        for b in range(num_blocks):
+            left = [num_positions] + undecided_after_rounds(num_positions, rounds[b], round_schedule)[:-1]
+            masks[b, order[num_positions - rng.choice(left):]] = True
+        return masks
     for b in range(num_blocks):
         count = max(1, math.ceil(mask_ratio(schedule, rng.random()) * num_positions))
         masks[b, torch.randperm(num_positions, generator=generator)[:count]] = True
@@ -151,10 +162,11 @@ class DocumentRecipe:
     (from the row's tokenizer, `tokenizers` by vocabulary range)."""
 
     def __init__(self, vocab: Vocabulary, tokenizers: dict[str, MediaTokenizer], media_order: str,
-                 caption_dropout: float, first_step_fraction: float, mask_schedule: str = "cosine"):
+                 caption_dropout: float, first_step_fraction: float, mask_schedule: str = "cosine",
+                 mask_groups: tuple[tuple[int, ...], str] | None = None):
         self.vocab, self.tokenizers, self.media_order = vocab, tokenizers, media_order
         self.caption_dropout, self.first_step_fraction = caption_dropout, first_step_fraction
-        self.mask_schedule = mask_schedule
+        self.mask_schedule, self.mask_groups = mask_schedule, mask_groups
 
     def document(self, task: str, row: dict, rng: random.Random, heldout: bool = False) -> Stream:
         """A held-out document keeps its caption and every generated block; its masks come from
@@ -168,7 +180,7 @@ class DocumentRecipe:
         if task.startswith("text_to_") and self.media_order == "timestep":
             first_step_only = not heldout and rng.random() < self.first_step_fraction
             generated = 1 if first_step_only else blocks.shape[0] - 1
-            masked = random_masks(generated, blocks.shape[1], self.mask_schedule, rng)
+            masked = random_masks(generated, blocks.shape[1], self.mask_schedule, rng, self.mask_groups)
         return task_document(self.vocab, self.media_order, task, row["text_ids"], row["media"], blocks,
                              span_inputs(self.vocab, tokenizer, blocks, masked), masked, drop_text=drop)
 

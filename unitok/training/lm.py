@@ -57,7 +57,11 @@ class LMTraining:
     first_step_fraction: float = 0.0
     # How many cells of a generated block are undecided (the targets) in a training document: a
     # share cos(π/2·u) ("cosine", MaskGIT's, matching the sampler's rounds) or 1 − u ("uniform"), u ~ U(0, 1)
-    mask_schedule: Literal["cosine", "uniform"] = "cosine"
+    mask_schedule: Literal["cosine", "uniform", "groups"] = "cosine"
+    # "groups" (experiment): the undecided cells before one round of a "fixed"-order sampler with
+    # these rounds per generated block and round schedule (`SamplerConfig`)
+    mask_rounds: list[int] | None = None
+    mask_round_schedule: str = "cosine"
     # Loss weight per target kind: "text" (text and special tokens) or a modality ("image", …);
     # unlisted kinds weigh 1. The loss is the weighted mean over labelled positions.
     loss_weights: dict[str, float] = field(default_factory=dict)
@@ -117,7 +121,7 @@ def train_lm(transformer: LlamaForCausalLM, vocab: Vocabulary, tokenizers: dict[
         tokenizer.to(accelerator.device)
     entries = resolve_mixture(mixture, vocab, tokenizers, accelerator.num_processes)
     documents = DocumentRecipe(vocab, tokenizers, cfg.media_order, cfg.caption_dropout, cfg.first_step_fraction,
-                               cfg.mask_schedule)
+                               cfg.mask_schedule, (tuple(cfg.mask_rounds or ()), cfg.mask_round_schedule))
     data = MixtureBatches(entries, vocab, documents, cfg.batch_size, seed, cfg.shuffle_buffer,
                           accelerator.process_index, accelerator.num_processes)
     weights = loss_weight_table(vocab, cfg.loss_weights, transformer.config.vocab_size)
