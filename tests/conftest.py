@@ -55,13 +55,11 @@ def _image_quantizer() -> RDPMQuantizer:
 IMAGE_QUANTIZER = _image_quantizer()
 
 
-def span_inputs(vocab: Vocabulary, blocks: torch.Tensor, masked: torch.Tensor | None = None) -> torch.Tensor:
+def span_inputs(vocab: Vocabulary, blocks: torch.Tensor, decided: bool = True) -> torch.Tensor:
     """State inputs (b, N, 8) of a span's global image ids (b, N) from `IMAGE_QUANTIZER`, every
-    cell decided but those `masked` (g, N) marks in blocks 1 … g."""
-    decided = torch.ones(blocks.shape, dtype=torch.bool)
-    if masked is not None:
-        decided[1 : 1 + masked.shape[0]] = ~masked
-    return IMAGE_QUANTIZER.block_inputs(vocab.to_local("image", blocks)[None], decided[None])[0]
+    cell decided (a context or a condition) or every cell undecided (a query)."""
+    local = vocab.to_local("image", blocks)[None]
+    return IMAGE_QUANTIZER.block_inputs(local, torch.ones(local.shape, dtype=torch.bool) if decided else None)[0]
 
 
 def tiny_tokenizer_spec(**quantizer) -> TokenizerSpec:
@@ -94,7 +92,8 @@ def write_tiny_recipe(folder: Path, **overrides) -> Path:
         "text_bpe": {"vocab_size": 300},
         "shards": {"items_per_shard": 64},
         "model": str(model_path),
-        "lm": {"steps": 6, "batch_size": 8, "warmup_steps": 2, "checkpoint_every": 3, "eval_every": 3, "eval_items": 8},
+        "lm": {"steps": 6, "batch_size": 8, "warmup_steps": 2, "checkpoint_every": 3, "eval_every": 3, "eval_items": 8,
+               "rounds": {"image": [2, 1, 1, 1]}},
         "eval": {"num_samples": 8, "batch_size": 8, "grid_samples": 8, "trajectory_samples": 2, "classifier_steps": 30},
     }
     for key, value in overrides.items():

@@ -58,3 +58,13 @@ def test_first_step_fraction_outside_zero_one_is_refused_with_its_field(tmp_path
     path.write_text(yaml.safe_dump(data))
     with pytest.raises(ConfigError, match=r"lm: first_step_fraction must be in \[0, 1\]"):
         load_recipe(path)
+
+
+def test_groups_must_fit_the_tokenizer_and_the_sampler_must_draw_the_trained_ones(tmp_path):
+    path = write_tiny_recipe(tmp_path, lm={"rounds": {"image": [2, 1]}}, samplers={"image": {"rounds": [3, 1, 1, 1]}})
+    with pytest.raises(ConfigError) as err:
+        load_recipe(path)
+    assert "lm.rounds.image: expected one entry per generated block (4 for T = 4 in timestep order), got [2, 1]" in str(err.value)
+    assert "samplers.image: rounds [3, 1, 1, 1] (cosine) are not the groups the model trains on" in str(err.value)
+    trained = write_tiny_recipe(tmp_path, samplers={"image": {"rounds": [2, 1, 1, 1]}})
+    assert load_recipe(trained).recipe.samplers["image"].rounds == (2, 1, 1, 1)

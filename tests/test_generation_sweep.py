@@ -13,7 +13,7 @@ from .conftest import TINY_SPEC, write_tiny_recipe
 
 
 def write_sweep(folder, runs, lm_steps=(3, 6)):
-    recipe = write_tiny_recipe(folder, lm={"eval_every": 3, "checkpoint_every": 3}, samplers={"image": {"rounds": [2, 1, 1, 1]}},
+    recipe = write_tiny_recipe(folder, lm={"eval_every": 3, "checkpoint_every": 3, "rounds": {}}, samplers={"image": {"temperature": 0.9}},
                                eval={"num_samples": 6, "batch_size": 6, "grid_samples": 2, "trajectory_samples": 1,
                                      "classifier_steps": 10})
     raster_spec = folder / "tiny-raster.yaml"
@@ -30,36 +30,34 @@ def write_sweep(folder, runs, lm_steps=(3, 6)):
 
 def test_generation_sweep_trains_each_lm_once_and_evaluates_each_sampler(tmp_path):
     path = write_sweep(tmp_path, {
-        "rdpm": {"samplers": {"rounds": {"rounds": [3, 1, 1, 1], "round_schedule": "quadratic"},
-                              "one_pass": {"rounds": [1, 1, 1, 1]}}},
-        "rdpm_T2_uniform_masks": {"overrides": {"lm": {"mask_schedule": "uniform"}},
-                                  "spec_overrides": {"image": {"quantizer": {"steps": 2}}},
-                                  "samplers": {"rounds": {"rounds": [2, 1]}}},
-        "raster_ar": {"samplers": {"ar": {"rounds": None}}, "lm_steps": [6]},  # the base recipe's rounds are for T = 4
+        "groups": {"overrides": {"lm": {"rounds": {"image": [3, 1, 1, 1]}, "round_schedule": "quadratic"}},
+                   "samplers": {"sampled": {}, "greedy": {"gumbel_scale": 0.0}}},
+        "T2": {"overrides": {"lm": {"rounds": {"image": [2, 1]}}},
+               "spec_overrides": {"image": {"quantizer": {"steps": 2}}}},
+        "raster_ar": {"lm_steps": [6]},
     })
     logs = []
     results = run_generation_sweep(path, log=logs.append)
     assert set(results) == {f"{run}/{steps}/{sampler}" for steps in (3, 6) for run, sampler in
-                            (("rdpm", "one_pass"), ("rdpm", "rounds"), ("rdpm_T2_uniform_masks", "rounds"))} | {
-                                "raster_ar/6/ar"}
+                            (("groups", "sampled"), ("groups", "greedy"), ("T2", "recipe"))} | {"raster_ar/6/recipe"}
     for key, row in results.items():
         assert row["lm_steps"] == int(key.split("/")[1])
         assert 0 <= row["digit_accuracy"] <= 1 and row["fid"] > 0 and row["lm_seconds"] >= 0
-        assert row["passes"] == {"rdpm/one_pass": 4, "rdpm/rounds": 6, "rdpm_T2_uniform_masks/rounds": 3,
-                                 "raster_ar/ar": 16}[f"{row['run']}/{row['sampler']}"]  # raster: N = 16 codes
+        assert row["passes"] == {"groups": 6, "T2": 3, "raster_ar": 16}[row["run"]]  # raster: N = 16 codes
     out = tmp_path / "sweep"
     trained = [line for line in logs if line.startswith("[run]") and line.endswith("/lm")]
     assert len(trained) == 2 * 2 + 1, "one LM per run and step count, shared by its samplers"
     assert len([line for line in logs if line.startswith("[run]") and "tokenizers" in line]) == 3, \
         "one tokenizer per spec: T = 4, T = 2 and the raster baseline's"
-    for sampler, rounds in (("one_pass", [1, 1, 1, 1]), ("rounds", [3, 1, 1, 1])):
-        assert (out / "rdpm" / "steps-000003" / sampler / "lm").resolve() == (out / "rdpm" / "steps-000003" / "lm").resolve()
-        recipe = yaml.safe_load((out / "rdpm" / "steps-000003" / sampler / "recipe.yaml").read_text())
+    for sampler, gumbel in (("sampled", 1.0), ("greedy", 0.0)):
+        assert (out / "groups" / "steps-000003" / sampler / "lm").resolve() == (out / "groups" / "steps-000003" / "lm").resolve()
+        recipe = yaml.safe_load((out / "groups" / "steps-000003" / sampler / "recipe.yaml").read_text())
         assert recipe["lm"]["steps"] == 3 and recipe["eval"]["num_samples"] == 4
-        saved = json.loads((out / "rdpm" / "steps-000003" / sampler / "model" / "unitok_pipeline.json").read_text())
-        assert saved["samplers"]["image"]["rounds"] == rounds
-        assert saved["samplers"]["image"]["round_schedule"] == ("quadratic" if sampler == "rounds" else "cosine"), \
-            "a sampler takes nothing from the run's other samplers"
+        saved = json.loads((out / "groups" / "steps-000003" / sampler / "model" / "unitok_pipeline.json").read_text())
+        image = saved["samplers"]["image"]
+        assert image["rounds"] == [3, 1, 1, 1] and image["round_schedule"] == "quadratic", "the groups the LM trained on"
+        assert image["gumbel_scale"] == gumbel and image["temperature"] == 0.9, \
+            "a sampler is its settings over the recipe's, nothing from the run's other samplers"
     table = (out / "results.md").read_text().splitlines()
     assert table[0].startswith("| run | sampler | lm_steps |") and len(table) == 2 + len(results)
     assert json.loads((out / "results.json").read_text()) == results
@@ -70,8 +68,8 @@ def test_generation_sweep_trains_each_lm_once_and_evaluates_each_sampler(tmp_pat
 
 
 def test_a_bad_point_is_named_before_anything_trains(tmp_path):
-    path = write_sweep(tmp_path, {"rdpm": {"samplers": {"too_many": {"rounds": [2, 1, 1, 1, 1]}}}})
-    with pytest.raises(ConfigError, match=r"samplers\.image\.rounds: expected one entry per generated block"):
+    path = write_sweep(tmp_path, {"rdpm": {"overrides": {"lm": {"rounds": {"image": [2, 1, 1, 1, 1]}}}}})
+    with pytest.raises(ConfigError, match=r"lm\.rounds\.image: expected one entry per generated block"):
         run_generation_sweep(path, log=lambda _: None)
     assert not list((tmp_path / "sweep").rglob("stage.json"))
     path = write_sweep(tmp_path, {"rdpm": {"overrides": {"lm": {"stepz": 3}}}})

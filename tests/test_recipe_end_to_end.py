@@ -27,7 +27,7 @@ def test_every_stage_leaves_its_output(tiny_run):
     for key in ("digit_accuracy", "color_accuracy", "unseen_combo_digit_accuracy", "real_digit_accuracy",
                 "fid", "fid_real_floor", "exact_copy_fraction", "digit_accuracy_given_first_step"):
         assert key in metrics["text_to_image"]
-    assert metrics["text_to_image"]["passes"] == 4  # the tiny recipe's default: one round per generated block
+    assert metrics["text_to_image"]["passes"] == 5  # the tiny recipe's lm.rounds: [2, 1, 1, 1]
     assert len(metrics["lm"]["heldout_ce_per_block"]) == 4  # T = 4 generated blocks, noisiest first
     assert np.isfinite(metrics["lm"]["first_step_digit_ce_gain"])
 

@@ -1,13 +1,12 @@
-"""Samplers: in-block rounds (cached passes equal a full recompute, every cell decided once, one
+"""Samplers: in-block rounds (cached passes equal the trained layout, every cell decided once, one
 round = one pass), raster AR, media→text, the codebook range, sampler options."""
 
 import pytest
 import torch
 
 from unitok.model import StreamModel, batch_logits, build_transformer
-from unitok.sampling import (RasterSampler, RoundsSampler, SamplerConfig, choose, media_prefix, sample_text,
-                             undecided_after_rounds)
-from unitok.streams import StreamBuilder, collate
+from unitok.sampling import RasterSampler, RoundsSampler, SamplerConfig, choose, media_prefix, sample_text
+from unitok.streams import StreamBuilder, cell_order, collate, group_bounds, task_document, undecided_after_rounds
 from unitok.vocabulary import MediaLayout, Vocabulary
 
 from unitok.rdpm import QuantizerConfig, RDPMQuantizer
@@ -31,7 +30,7 @@ def span_inputs(vocab, blocks):
 
 
 class RecordingModel(StreamModel):
-    """A StreamModel that keeps every pass's fed ids, state inputs and logits."""
+    """A StreamModel that keeps every pass's fed ids, cells, state inputs and logits."""
 
     def __init__(self, transformer):
         super().__init__(transformer)
@@ -39,7 +38,7 @@ class RecordingModel(StreamModel):
 
     def forward(self, input_ids, media_rows, media_states, attention_mask, position_ids, cache=None):
         logits = super().forward(input_ids, media_rows, media_states, attention_mask, position_ids, cache)
-        self.passes.append((input_ids.clone(), media_states.clone(), logits.clone()))
+        self.passes.append((input_ids.clone(), media_rows[..., 0].clone(), media_states.clone(), logits.clone()))
         return logits
 
 
@@ -61,62 +60,59 @@ def sample(model, vocab, sampler, prompts, first, seed=0):
     return sampler.sample(model, vocab, "image", IMAGE_QUANTIZER, prompts, first, torch.Generator().manual_seed(seed))
 
 
-def full_block_logits(model, vocab, prompt, fed, inputs, block):
-    """Logits of a full forward of ``<bos> prompt <boi>`` + one block as fed (mask rows where undecided)."""
-    undecided = fed == vocab.mask_id("image")
-    codes = torch.where(undecided, vocab.range("image").offset, fed)  # any code: undecided cells show the mask row
-    stream = (StreamBuilder(vocab).special("<bos>").text(prompt)
-              .media("image", codes[None], inputs[None], undecided[None], first_block=block, complete=False).build())
+def trained_query_logits(model, vocab, prompt, local_ids, bounds):
+    """Logits of every query of a training document of the span `local_ids` (T+1, N) with the
+    generated blocks' groups `bounds`, in document order (block, then cell order)."""
+    blocks = vocab.to_global("image", local_ids)
+    decided = IMAGE_QUANTIZER.block_inputs(local_ids[None], torch.ones(1, *local_ids.shape, dtype=torch.bool))[0]
+    undecided = IMAGE_QUANTIZER.block_inputs(local_ids[None])[0]
+    stream = task_document(vocab, "timestep", "text_to_image", prompt, "image", blocks, decided, undecided, bounds)
     with torch.no_grad():
-        return batch_logits(model, collate([[stream]], pad_id=0))[0, -N:]
+        logits = batch_logits(model, collate([[stream]], pad_id=0))[0]
+    return logits[torch.tensor(stream.input_ids) == vocab.mask_id("image")]
 
 
-@pytest.mark.parametrize("schedule", ["cosine", "quadratic"])
-def test_cached_rounds_equal_a_full_recompute_and_decide_every_cell_once(model, vocab, schedule):
+@pytest.mark.parametrize("schedule", ["cosine", "linear"])
+def test_cached_rounds_equal_the_trained_layout_and_decide_every_cell_once(model, vocab, schedule):
+    """Every round's query logits equal those of a training document of the sampled span: the
+    sampler gives each cell exactly the context it was trained with."""
     prompts = [text(vocab, [1, 2, 3]), text(vocab, [4])]  # different lengths: exercises left padding
     first = torch.randint(0, 64, (2, 1, N))
-    sampler = rounds_sampler(rounds=(3, 2), round_schedule=schedule)
+    rounds = (3, 2)
+    sampler = rounds_sampler(rounds=rounds, round_schedule=schedule)
     ids = sample(model, vocab, sampler, prompts, first)
     passes = model.passes[1:]  # the first call is the prompt prefix
     assert len(passes) == sampler.passes(BLOCKS, N) == 5
-    mask_id, offset = vocab.mask_id("image"), vocab.range("image").offset
-    schedules = {1: undecided_after_rounds(N, 3, schedule), 2: undecided_after_rounds(N, 2, schedule)}
-    fed_rounds = {1: passes[:3], 2: passes[3:]}
-    for block, rounds in fed_rounds.items():
-        decided_before = torch.zeros(2, N, dtype=torch.bool)
-        for r, (fed, inputs, logits) in enumerate(rounds):
-            for row, prompt in enumerate(prompts + [[], []]):  # conditional rows, then unconditional ones
-                full = full_block_logits(model, vocab, prompt, fed[row], inputs[row], block)
-                torch.testing.assert_close(logits[row], full, atol=1e-4, rtol=1e-4)
-            cond, uncond = fed[:2], fed[2:]
-            assert torch.equal(cond, uncond), "guidance feeds both rows the same block"
-            decided = cond != mask_id
-            expected = IMAGE_QUANTIZER.block_inputs(ids[:, : block + 1], torch.cat(
-                [torch.ones(2, block, N, dtype=torch.bool), decided[:, None]], 1))[:, block]
-            torch.testing.assert_close(inputs[:2], expected), "state inputs: earlier blocks and the decided cells"
-            assert (decided | ~decided_before).all(), "a decided cell stays decided"
-            assert torch.equal(cond[decided_before], ids[:, block][decided_before] + offset), "with its code"
-            assert (decided.sum(1) == N - ([N] + schedules[block])[r]).all()
-            decided_before = decided
-        assert (~decided_before).sum(1).tolist() == [schedules[block][-2]] * 2, "the last round decides the rest"
+    mask_id, cells = vocab.mask_id("image"), vocab.range("image.cells").offset
+    bounds = [group_bounds(N, r, schedule) for r in rounds]
+    for row, prompt in enumerate(prompts + [[], []]):  # conditional rows, then unconditional ones
+        trained = trained_query_logits(model, vocab, prompt, ids[row % 2], bounds)
+        queried = torch.cat([logits[row][fed[row] == mask_id] for fed, _, _, logits in passes])
+        torch.testing.assert_close(queried, trained, atol=1e-4, rtol=1e-4)
+    for block, block_passes in ((1, passes[:3]), (2, passes[3:])):
+        drawn = torch.cat([cell[0][fed[0] == mask_id] for fed, cell, _, _ in block_passes]) - cells
+        assert sorted(drawn.tolist()) == list(range(N)), "every cell of a block is drawn exactly once"
+        fed_contexts = torch.cat([fed[:2][fed[:2] != mask_id].view(2, -1) for fed, _, _, _ in block_passes], 1)
+        context_cells = torch.cat([cell[0][fed[0] != mask_id] for fed, cell, _, _ in block_passes]) - cells
+        assert torch.equal(fed_contexts, ids[:, block, context_cells] + vocab.range("image").offset), \
+            "a context is its cell's drawn code"
 
 
 def test_one_round_per_block_is_the_one_pass_sampler(model, vocab):
-    """With one round per block every cell of a block is decided by one pass in which all are
-    undecided: greedy, it is the argmax of a full recompute of each block with every cell masked."""
+    """With one round per block every cell of a block is drawn by one pass that holds only its
+    queries: greedy, it is the argmax of a training document's one-group queries."""
     first = torch.randint(0, 64, (2, 1, N))
     prompts = [text(vocab, [1, 2]), text(vocab, [3])]
     greedy = RoundsSampler(SamplerConfig(guidance_scale=1.0, gumbel_scale=0.0))
     ids = sample(model, vocab, greedy, prompts, first)
     assert greedy.passes(BLOCKS, N) == BLOCKS - 1 == len(model.passes) - 1
+    assert all((fed == vocab.mask_id("image")).all() for fed, _, _, _ in model.passes[1:])
     assert torch.equal(ids[:, :1], first)
     codes = vocab.range("image")
-    for block in range(1, BLOCKS):
-        inputs = IMAGE_QUANTIZER.block_inputs(ids[:, : block + 1])[:, block]  # nothing of the block decided
-        for row, prompt in enumerate(prompts):
-            fed = torch.full((N,), vocab.mask_id("image"))
-            full = full_block_logits(model, vocab, prompt, fed, inputs[row], block)
-            assert torch.equal(full[:, codes.offset:codes.end].argmax(-1), ids[row, block])
+    order = cell_order(N)
+    for row, prompt in enumerate(prompts):
+        logits = trained_query_logits(model, vocab, prompt, ids[row], [[0, N]] * (BLOCKS - 1)).view(BLOCKS - 1, N, -1)
+        assert torch.equal(logits[..., codes.offset:codes.end].argmax(-1), ids[row, 1:, order])
 
 
 def test_rounds_samples_are_seeded_and_continue_a_given_trajectory(model, vocab):

@@ -1,12 +1,16 @@
-"""Stream layout: within-block masking, targets, block attention, positions, document masks."""
+"""Stream layout: generated blocks as contexts and group queries, targets, attention, positions,
+document masks."""
 
 import torch
 
-from unitok.streams import IGNORE, StreamBuilder, collate, pack, task_document
+from unitok.streams import IGNORE, StreamBuilder, cell_order, collate, group_bounds, pack, task_document
 
 from .conftest import span_inputs
 
 N, BLOCKS = 3, 4  # 3 cells per block, T = 3
+ORDER = cell_order(N).tolist()
+# the groups of the generated blocks k_2, k_1, k_0 over ORDER: 2 groups, 2 groups, 1 group
+BOUNDS = [[0, 1, 3], [0, 2, 3], [0, 3]]
 
 
 def media_blocks(vocab):
@@ -14,86 +18,90 @@ def media_blocks(vocab):
     return vocab.to_global("image", local)
 
 
-# which cells of the generated blocks k_2, k_1, k_0 are undecided (the targets)
-MASKED = torch.tensor([[True, False, True], [False, True, False], [True, True, True]])
-
-
-def text_to_image(vocab, text=(10, 11, 12), masked=MASKED):
-    blocks = media_blocks(vocab)
-    return task_document(vocab, "timestep", "text_to_image", list(text), "image", blocks,
-                         span_inputs(vocab, blocks, masked), masked)
+def text_to_image(vocab, text=(10, 11, 12), bounds=BOUNDS, blocks=None):
+    blocks = media_blocks(vocab) if blocks is None else blocks
+    return task_document(vocab, "timestep", "text_to_image", list(text), "image", blocks, span_inputs(vocab, blocks),
+                         span_inputs(vocab, blocks, decided=False), bounds)
 
 
 def layout(vocab, stream):
-    """Index of <boi> and the index of (generated block g, cell n); g = 0 is k_{T-1}."""
+    """Index of <boi>, and per generated block g: {cell: context index}, {cell: query index}."""
     boi = stream.input_ids.index(vocab.special_id("<boi>"))
-    return boi, lambda g, n: boi + 1 + g * N + n
+    contexts, queries, start = [], [], boi + 1
+    for bounds in BOUNDS:
+        contexts.append({cell: start + k for k, cell in enumerate(ORDER[: bounds[-2]])})
+        start += bounds[-2]
+        queries.append({cell: start + k for k, cell in enumerate(ORDER)})
+        start += N
+    return boi, contexts, queries
 
 
-def test_a_masked_cell_predicts_its_own_code_and_its_input_carries_no_trace_of_it(vocab):
+def group_of(g, cell):
+    rank = ORDER.index(cell)
+    return next(i for i in range(len(BOUNDS[g]) - 1) if BOUNDS[g][i] <= rank < BOUNDS[g][i + 1])
+
+
+def test_a_query_predicts_its_cell_and_its_input_carries_no_trace_of_its_code(vocab):
     stream = text_to_image(vocab)
-    _, pos = layout(vocab, stream)
+    _, contexts, queries = layout(vocab, stream)
     blocks, mask_id = media_blocks(vocab), vocab.mask_id("image")
-    inputs = span_inputs(vocab, blocks, MASKED)
+    decided, undecided = span_inputs(vocab, blocks), span_inputs(vocab, blocks, decided=False)
     for g in range(BLOCKS - 1):
-        for n in range(N):
-            p, code = pos(g, n), int(blocks[g + 1, n])
-            if MASKED[g, n]:
-                assert stream.input_ids[p] == mask_id and stream.targets[p] == code
-            else:
-                assert stream.input_ids[p] == code and stream.targets[p] == IGNORE
-            assert stream.target_block[p] == (g if MASKED[g, n] else -1)
-            assert stream.media_states[p] == inputs[g + 1, n].tolist()
-    for b in range(1, BLOCKS):  # other codes in block b: its masked cells' inputs stay, its decided cells' change
+        for cell, p in queries[g].items():
+            assert stream.input_ids[p] == mask_id and stream.targets[p] == int(blocks[g + 1, cell])
+            assert stream.target_block[p] == g and stream.media_states[p] == undecided[g + 1, cell].tolist()
+        for cell, p in contexts[g].items():
+            assert stream.input_ids[p] == int(blocks[g + 1, cell]) and stream.targets[p] == IGNORE
+            assert stream.media_states[p] == decided[g + 1, cell].tolist()
+    for b in range(1, BLOCKS):  # other codes in block b: its queries' inputs stay, its contexts' change
         changed = blocks.clone()
         changed[b] = vocab.to_global("image", (vocab.to_local("image", blocks[b]) + 17) % 64)
-        moved = (span_inputs(vocab, changed, MASKED)[b] - inputs[b]).abs().amax(-1) > 0
-        assert torch.equal(moved, ~MASKED[b - 1]), "a cell's inputs hold its own code only once it is decided"
+        assert torch.equal(span_inputs(vocab, changed, decided=False)[b], undecided[b])
+        assert (span_inputs(vocab, changed)[b] != decided[b]).any(-1).all()
         if b + 1 < BLOCKS:
-            assert (span_inputs(vocab, changed, MASKED)[b + 1] != inputs[b + 1]).any(), "and the next block's"
+            assert (span_inputs(vocab, changed, decided=False)[b + 1] != undecided[b + 1]).any(), "the next block's change"
 
 
 def test_the_noise_block_has_no_position_and_nothing_follows_the_last_trained_block(vocab):
     stream = text_to_image(vocab)
-    boi, _ = layout(vocab, stream)
+    boi, _, _ = layout(vocab, stream)
     for p in range(boi):  # <bos> and caption: next token, the last caption token predicts <boi>
         assert stream.targets[p] == stream.input_ids[p + 1]
     assert stream.targets[boi] == IGNORE  # <boi> would predict k_T, which is drawn from noise
-    assert len(stream) == boi + 1 + (BLOCKS - 1) * N
+    assert len(stream) == boi + 1 + sum(b[-2] + N for b in BOUNDS), "contexts of all groups but the last, N queries"
     assert vocab.special_id("<eoi>") not in stream.input_ids
-    first_only = text_to_image(vocab, masked=MASKED[:1])
-    assert len(first_only) == boi + 1 + N and first_only.input_ids == stream.input_ids[: boi + 1 + N]
+    first_only = text_to_image(vocab, bounds=BOUNDS[:1])
+    assert first_only.input_ids == stream.input_ids[: len(first_only)] and len(first_only) == boi + 1 + 1 + N
 
 
-def test_a_block_sees_the_prefix_and_itself_and_no_other_block(vocab):
+def test_a_query_sees_the_prefix_and_the_earlier_groups_of_its_block_only(vocab):
     stream = text_to_image(vocab)
-    boi, pos = layout(vocab, stream)
+    boi, contexts, queries = layout(vocab, stream)
     mask = collate([[stream]], pad_id=0).attention_mask[0, 0]
     for g in range(BLOCKS - 1):
-        for q in range(N):
-            assert mask[pos(g, q), : boi + 1].all(), "a media position sees the whole prefix"
-            for n in range(N):
-                assert mask[pos(g, q), pos(g, n)], "and every cell of its own block, decided or not"
-                for other in set(range(BLOCKS - 1)) - {g}:
-                    assert not mask[pos(g, q), pos(other, n)], "and no cell of another block"
-    # decided cells' codes reach the other cells of their block only, never an earlier block
-    for g in range(BLOCKS - 1):
-        decided = [pos(g, n) for n in range(N) if not MASKED[g, n]]
-        for p in decided:
-            assert [q for q in range(len(stream)) if mask[q, p]] == [pos(g, n) for n in range(N)]
+        for cell, q in queries[g].items():
+            seen = {p for p in range(len(stream)) if mask[q, p]}
+            earlier = {p for c, p in contexts[g].items() if group_of(g, c) < group_of(g, cell)}
+            assert seen == set(range(boi + 1)) | earlier, "no other block, no query (itself included)"
+        for k, (cell, p) in enumerate(contexts[g].items()):
+            seen = {s for s in range(len(stream)) if mask[p, s]}
+            assert seen == set(range(boi + 1)) | set(list(contexts[g].values())[: k + 1]), "contexts: causal"
+            readers = {q for q in range(len(stream)) if mask[q, p]}
+            assert all(r in contexts[g].values() or r in queries[g].values() for r in readers), \
+                "a drawn code reaches its own block only, never an earlier one"
     assert mask[1, 0] and not mask[1, 2], "text is causal"
 
 
 def test_every_block_takes_the_positions_after_boi(vocab):
     stream = text_to_image(vocab)
-    boi, pos = layout(vocab, stream)
+    boi, contexts, queries = layout(vocab, stream)
     batch = collate([[stream]], pad_id=0)
     assert batch.position_ids[0, : boi + 1].tolist() == list(range(boi + 1))
+    cells, block_rows = vocab.range("image.cells").offset, vocab.range("image.blocks").offset
     for g in range(BLOCKS - 1):
-        assert [stream.positions[pos(g, n)] for n in range(N)] == list(range(boi + 1, boi + 1 + N))
-    rows = batch.media_rows[0, boi + 1:]
-    assert rows[:, 0].tolist() == (torch.arange(N).repeat(BLOCKS - 1) + vocab.range("image.cells").offset).tolist()
-    assert rows[:, 1].tolist() == (torch.arange(1, BLOCKS).repeat_interleave(N) + vocab.range("image.blocks").offset).tolist()
+        for cell, p in [*contexts[g].items(), *queries[g].items()]:
+            assert stream.positions[p] == boi + 1 + cell
+            assert batch.media_rows[0, p, :2].tolist() == [cells + cell, block_rows + g + 1]
 
 
 def test_packed_documents_never_see_each_other(vocab):
@@ -113,9 +121,8 @@ def test_packed_documents_never_see_each_other(vocab):
 
 def test_caption_dropout_and_media_to_text(vocab):
     blocks = media_blocks(vocab)
-    inputs = span_inputs(vocab, blocks, MASKED)
-    dropped = task_document(vocab, "timestep", "text_to_image", [10, 11], "image", blocks, inputs, MASKED,
-                            drop_text=True)
+    dropped = task_document(vocab, "timestep", "text_to_image", [10, 11], "image", blocks, span_inputs(vocab, blocks),
+                            span_inputs(vocab, blocks, decided=False), BOUNDS, drop_text=True)
     assert dropped.input_ids[:2] == [vocab.special_id("<bos>"), vocab.special_id("<boi>")]
     to_text = task_document(vocab, "timestep", "image_to_text", [10, 11], "image", blocks, span_inputs(vocab, blocks))
     boi, eoi = to_text.input_ids.index(vocab.special_id("<boi>")), to_text.input_ids.index(vocab.special_id("<eoi>"))
@@ -142,17 +149,21 @@ def test_raster_order_is_causal_next_token(vocab):
     assert stream.positions == list(range(len(stream)))
 
 
-def test_masks_need_a_trained_timestep_span_of_the_blocks_shape(vocab):
+def test_state_inputs_must_match_the_blocks(vocab):
     blocks = media_blocks(vocab)
-    inputs = span_inputs(vocab, blocks)
-    for order, masked, trained in (("timestep", MASKED, True), ("raster", torch.ones(BLOCKS, N, dtype=torch.bool), True),
-                                   ("timestep", torch.ones(BLOCKS, N, dtype=torch.bool), False)):
+    for build in (lambda i: StreamBuilder(vocab).media("image", blocks, i),
+                  lambda i: StreamBuilder(vocab).generated("image", blocks[1:], i[1:], i[1:], BOUNDS)):
         try:
-            StreamBuilder(vocab, order).media("image", blocks, inputs, masked=masked, trained=trained)
+            build(span_inputs(vocab, blocks)[:, :, :4])
         except ValueError as err:
-            assert "masked cells" in str(err)
+            assert "state inputs of shape" in str(err)
         else:
-            raise AssertionError(f"{order} {tuple(masked.shape)} trained={trained} was accepted")
+            raise AssertionError("state inputs of the wrong width were accepted")
+
+
+def test_groups_split_a_block_over_the_cell_order():
+    assert group_bounds(64, 4, "linear") == [0, 16, 32, 48, 64] and group_bounds(3, 1) == [0, 3]
+    assert sorted(cell_order(64).tolist()) == list(range(64)) and torch.equal(cell_order(64), cell_order(64))
 
 
 def test_packing_fills_rows_longest_first(vocab):

@@ -22,7 +22,8 @@ from unitok.pipeline import PipelineTokenizers
 from unitok.rdpm import QuantizerConfig, RDPMQuantizer
 from unitok.recipe import RecipeRun, load_recipe
 from unitok.shards import ShardError, read_manifest
-from unitok.training.data import (DocumentRecipe, MixtureBatches, ShardMix, heldout_rng, heldout_rows,
+from unitok.streams import cell_order
+from unitok.training.data import (DocumentRecipe, MixtureBatches, ShardMix, heldout_rows,
                                  resolve_mixture)
 
 from .conftest import write_tiny_recipe
@@ -164,30 +165,28 @@ def image_row(vocab, key="heldout-000001"):
             "text_ids": vocab.to_global("text", torch.tensor([1, 2])).tolist()}
 
 
-def test_text_to_media_training_documents_hold_the_generated_blocks_with_masked_cells(vocab):
+def test_text_to_media_training_documents_hold_the_generated_blocks_in_their_groups(vocab):
     """A text-to-image training document is caption + <boi> + the generated blocks k_{T-1} … k_0,
-    each with its own share of undecided cells (at least one); the targets are exactly those
-    cells' codes, and their state inputs do not hold them. A held-out document is the same for
-    the same row at every evaluation."""
+    each as its contexts and one query per cell over the groups of `rounds`; the targets are the
+    queries' cells' codes, whose state inputs do not hold them, and a context's inputs hold its code."""
     tokenizer, row = three_block_tokenizer(), image_row(vocab)
     media = torch.tensor(row["media_ids"]).reshape(3, 4)
-    documents = DocumentRecipe(vocab, {"image": tokenizer}, "timestep", 0.0, 0.0)
-    ratios = []
-    for seed in range(40):
-        doc = documents.document("text_to_image", row, random.Random(seed))
-        assert len(doc) == 1 + 2 + 1 + 2 * 4
-        cells, targets = doc.input_ids[4:], doc.targets[4:]
-        masked = torch.tensor([c == vocab.mask_id("image") for c in cells]).reshape(2, 4)
-        assert [t for t, m in zip(targets, masked.reshape(-1)) if m] == media[1:][masked].tolist()
-        assert all(t == -100 for t, m in zip(targets, masked.reshape(-1)) if not m)
-        assert masked.sum(1).min() >= 1
-        decided = torch.cat([torch.ones(1, 4, dtype=torch.bool), ~masked])
-        expected = tokenizer.quantizer.block_inputs(vocab.to_local("image", media)[None], decided[None])[0, 1:]
-        assert torch.tensor(doc.media_states[4:]).reshape(2, 4, -1).allclose(expected)
-        ratios.append(masked.float().mean().item())
-    assert 0.3 < sum(ratios) / len(ratios) < 0.9 and len(set(ratios)) > 3  # masks of many sizes
-    first, again = (documents.document("text_to_image", row, heldout_rng(row), heldout=True) for _ in range(2))
-    assert first.input_ids == again.input_ids and first.targets == again.targets
+    documents = DocumentRecipe(vocab, {"image": tokenizer}, "timestep", 0.0, 0.0, rounds={"image": [3, 1]},
+                               round_schedule="linear")
+    assert documents.bounds("image", 3, 4) == [[0, 2, 3, 4], [0, 4]]
+    doc = documents.document("text_to_image", row, random.Random(0))
+    order = cell_order(4)
+    local = vocab.to_local("image", media)[None]
+    decided = tokenizer.quantizer.block_inputs(local, torch.ones(local.shape, dtype=torch.bool))[0]
+    undecided = tokenizer.quantizer.block_inputs(local)[0]
+    assert len(doc) == 1 + 2 + 1 + (3 + 4) + (0 + 4), "contexts of all groups but the last, then 4 queries"
+    first, second = slice(4, 11), slice(11, 15)
+    assert doc.input_ids[first][:3] == media[1, order[:3]].tolist() and doc.targets[first][:3] == [-100] * 3
+    assert doc.targets[first][3:] == media[1, order].tolist() and doc.targets[second] == media[2, order].tolist()
+    assert torch.tensor(doc.media_states[first][:3]).allclose(decided[1, order[:3]])
+    assert torch.tensor(doc.media_states[first][3:]).allclose(undecided[1, order])
+    assert torch.tensor(doc.media_states[second]).allclose(undecided[2, order])
+    assert documents.document("text_to_image", row, random.Random(1), heldout=True).input_ids == doc.input_ids
     raster_row = {**row, "media_ids": row["media_ids"][:4]}
     raster_tokenizer = SimpleNamespace(name="image", num_blocks=1, quantizer=RDPMQuantizer(
         QuantizerConfig(steps=0, codebook_size=64), latent_channels=4), device=torch.device("cpu"))
@@ -202,9 +201,8 @@ def test_first_step_documents_hold_only_the_first_generated_block(vocab):
     row = image_row(vocab)
     documents = DocumentRecipe(vocab, {"image": three_block_tokenizer()}, "timestep", 0.0, 1.0)
     doc = documents.document("text_to_image", row, random.Random(0))
-    assert len(doc) == 1 + 2 + 1 + 4  # <bos>, caption, <boi>, k_{T-1}
-    assert [t for t in doc.targets[-4:] if t != -100] == [c for c, t in zip(row["media_ids"][4:8], doc.targets[-4:])
-                                                         if t != -100]
+    assert len(doc) == 1 + 2 + 1 + 4  # <bos>, caption, <boi>, k_{T-1}: one group, 4 queries
+    assert doc.targets[-4:] == [row["media_ids"][4:8][c] for c in cell_order(4).tolist()]
     assert set(doc.target_block) <= {-1, 0}
     heldout = documents.document("text_to_image", row, random.Random(0), heldout=True)
     assert len(heldout) == len(doc) + 4

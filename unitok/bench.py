@@ -21,7 +21,6 @@ Speed does not depend on training, so models have random weights (the quickstart
 from __future__ import annotations
 
 import platform
-import random
 import statistics
 import tempfile
 import time
@@ -33,8 +32,7 @@ from .digits_world import ClipWorldConfig, DigitsWorldConfig, ToneWorldConfig, w
 from .model import ModelSpec, StreamModel, build_transformer, stream_loss
 from .rdpm import QuantizerConfig, RDPMQuantizer
 from .sampling import RasterSampler, RoundsSampler, SamplerConfig
-from .streams import collate, task_document
-from .training.data import random_masks
+from .streams import collate, group_bounds, task_document
 from .vocabulary import MediaLayout, Vocabulary
 
 REPO = Path(__file__).resolve().parent.parent
@@ -130,18 +128,15 @@ def bench_training(spec: ModelSpec, positions: int = 64, steps: int = 10, batch:
     device = next(model.parameters()).device
     g = torch.Generator().manual_seed(0)
     docs = []
-    rng = random.Random(0)
     for i in range(batch):
         text = (torch.randint(0, 512, (10,), generator=g) + vocab.range("text").offset).tolist()
         media = torch.randint(0, 512, (1, steps + 1, positions), generator=g)
         task = "text_to_image" if i % 4 else "image_to_text"  # mixed directions in one batch
-        masked = random_masks(steps, positions, "cosine", rng) if task == "text_to_image" else None
-        decided = torch.ones(media.shape, dtype=torch.bool)
-        if masked is not None:
-            decided[0, 1:] = ~masked
-        inputs = quantizer.block_inputs(media.to(device), decided)[0].cpu()
+        decided = quantizer.block_inputs(media.to(device), torch.ones(media.shape, dtype=torch.bool))[0].cpu()
+        undecided = quantizer.block_inputs(media.to(device))[0].cpu()
+        bounds = [group_bounds(positions, 4)] * steps if task == "text_to_image" else None
         docs.append(task_document(vocab, "timestep", task, text, "image", media[0] + vocab.range("image").offset,
-                                  inputs, masked))
+                                  decided, undecided, bounds))
     ours = collate([[d] for d in docs], vocab.special_id("<pad>")).to(device)
     plain_ids = ours.input_ids.clone()
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)

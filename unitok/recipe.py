@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import shutil
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable
 
@@ -136,6 +136,22 @@ class LoadedRecipe:
         return isinstance(self.recipe.data, list)
 
 
+def _rounds_errors(path: Path, recipe: Recipe, modality: str, steps: int) -> list[str]:
+    """The groups a modality trains with (`lm.rounds`) fit its tokenizer; its sampler, if it names
+    rounds, draws the same groups."""
+    trained, sampler = recipe.lm.rounds.get(modality), recipe.samplers.get(modality, SamplerConfig())
+    errors = []
+    for where, rounds in ((f"lm.rounds.{modality}", trained), (f"samplers.{modality}.rounds", sampler.rounds)):
+        if rounds and (recipe.lm.media_order == "raster" or len(rounds) != steps):
+            errors.append(f"{path}: {where}: expected one entry per generated block "
+                          f"({steps} for T = {steps} in timestep order), got {list(rounds)}")
+    if sampler.rounds and (list(sampler.rounds) != list(trained or [1] * steps)
+                           or sampler.round_schedule != recipe.lm.round_schedule):
+        errors.append(f"{path}: samplers.{modality}: rounds {list(sampler.rounds)} ({sampler.round_schedule}) are not "
+                      f"the groups the model trains on (lm.rounds, lm.round_schedule); leave them out")
+    return errors
+
+
 def load_recipe(path: str | Path) -> LoadedRecipe:
     """Read a recipe and the specs it names; every problem is reported with its file and field."""
     path = Path(path)
@@ -158,10 +174,7 @@ def load_recipe(path: str | Path) -> LoadedRecipe:
         if recipe.lm.media_order == "timestep" and not steps:
             errors.append(f"{where}: lm.media_order: timestep needs a tokenizer with quantizer.steps >= 1 "
                           "(T = 0 is the raster baseline)")
-        rounds = recipe.samplers.get(modality, SamplerConfig()).rounds
-        if rounds and (recipe.lm.media_order == "raster" or len(rounds) != steps):
-            errors.append(f"{path}: samplers.{modality}.rounds: expected one entry per generated block "
-                          f"({steps} for T = {steps} in timestep order), got {list(rounds)}")
+        errors += _rounds_errors(path, recipe, modality, steps)
     if isinstance(recipe.data, list):
         if recipe.tokenizers or not recipe.tokenizers_from:
             errors.append(f"{path}: tokenizers_from: a `data` list of shard sets trains with the tokenizers of a "
@@ -382,7 +395,10 @@ class RecipeRun:
         Its own stage, so that other sampler settings do not re-train the transformer."""
         tokenizers = self.tokenizers()
         modalities = {t.modality for t in tokenizers.media.values()}
-        samplers = {m: config for m, config in self.recipe.samplers.items() if m in modalities}
+        lm = self.recipe.lm
+        samplers = {m: replace(self.recipe.samplers.get(m, SamplerConfig()), rounds=tuple(lm.rounds[m]),
+                               round_schedule=lm.round_schedule) if m in lm.rounds else self.recipe.samplers[m]
+                    for m in modalities if m in lm.rounds or m in self.recipe.samplers}
 
         def assemble():
             transformer = LlamaForCausalLM.from_pretrained(self.out / "lm" / "transformer", use_safetensors=True)

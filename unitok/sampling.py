@@ -5,13 +5,12 @@ one scheduler per algorithm; the pipeline only calls it. `SamplerConfig` is the 
 sampler's settings and their defaults: what the pipeline and the CLI use when told nothing.
 
 RDPM (`RoundsSampler`): draw ε and quantize it to ``k_T`` with the tokenizer itself; then every
-block ``k_{T−1} … k_0`` is drawn in ``rounds[b]`` passes. A pass feeds the block's N cells (the
-decided ones with their codes, the others with the mask row, all with their state inputs) after
-the cached prompt, predicts every undecided cell, and commits the most confident of them: after
-round r of R, ``⌊N·cos(π/2·r/R)⌋`` cells stay undecided (MaskGIT's schedule), so the last round
-commits the rest. A block sees only the prompt and itself (streams.py), so the cache holds the
-prompt alone and every pass rewinds to it. One round per block is the one-pass sampler: every
-cell of a block drawn independently from one pass.
+block ``k_{T−1} … k_0`` is drawn in ``rounds[b]`` passes, one group of its cells per pass, in a
+fixed cell order (`streams.group_bounds`). Round g feeds, after the cached prompt, the codes group
+g − 1 drew (context positions, which stay in the cache) and a query per cell of group g (dropped
+after the round), exactly the layout the model trained on (`StreamBuilder.generated`). A block
+sees only the prompt and itself, so each block starts from the prompt's cache. One round per
+block is the one-pass sampler: every cell of a block drawn independently from one pass.
 
 Raster AR (`RasterSampler`): one clean block, N sequential one-token passes.
 
@@ -36,7 +35,8 @@ from transformers import DynamicCache
 
 from .model import StreamModel
 from .rdpm import RDPMQuantizer
-from .streams import NO_ROWS, Batch, MediaOrder, Stream, StreamBuilder, collate
+from .streams import (NO_ROWS, Batch, MediaOrder, Stream, StreamBuilder, cell_order, collate, group_bounds,
+                      undecided_after_rounds)
 from .vocabulary import Vocabulary
 
 
@@ -49,15 +49,13 @@ class SamplerConfig:
     top_k: int | None = None
     top_p: float | None = None
     gumbel_scale: float = 1.0  # Gumbel-max noise: 1 = exact sampling, 0 = greedy
-    # RDPM: passes per generated block, noisiest first (e.g. [6, 2, 1, 1] for T = 4); None = one each
+    # RDPM: passes per generated block, noisiest first (e.g. [8, 2, 1, 1] for T = 4); None = one
+    # each. Round r draws group r of the block's cells (`streams.group_bounds`): use the rounds and
+    # schedule the model trained with (`LMTraining.rounds`)
     rounds: tuple[int, ...] | None = None
     # share of a block's cells still undecided after round r of R (`undecided_after_rounds`):
-    # "cosine" cos(π/2·r/R) (MaskGIT: few cells first), "linear" 1 − r/R, "quadratic" (1 − r/R)²
-    # (many cells first: the most confident, often the background, then a few at a time)
+    # "cosine" cos(π/2·r/R) (few cells first), "linear" 1 − r/R, "quadratic" (1 − r/R)² (many first)
     round_schedule: Literal["cosine", "linear", "quadratic"] = "cosine"
-    # which cells a round commits: the most "confident" (MaskGIT) or the next of a "fixed" cell
-    # order (`cell_order`), the order a model trained with `mask_schedule: groups` has seen
-    order: Literal["confidence", "fixed"] = "confidence"
 
     def __post_init__(self):
         if self.guidance_scale < 0:
@@ -123,23 +121,31 @@ class CachedDecoder:
         self.prefix = (self.key_valid, self.next_position)
 
     def feed(self, ids_BQ: torch.Tensor, media_rows_Q3: torch.Tensor, states_BQS: torch.Tensor,
-             block: bool) -> torch.Tensor:
+             inner_QQ: torch.Tensor | None = None, cells_Q: torch.Tensor | None = None) -> torch.Tensor:
         """Append q tokens per row, whose input rows are `media_rows_Q3` (the same for every row)
-        and state inputs `states_BQS` (width 0 for text); `block=True` lets them all see each other
-        (a media block), otherwise they are causal. Returns logits (B, q, V)."""
+        and state inputs `states_BQS` (width 0 for text). `inner_QQ` says which of the new tokens
+        each sees (None: causal); all see what the cache holds. Positions: the next ones in order,
+        or for the `cells_Q` of a media block, the span's first position plus the cell (every
+        block takes the positions after ``<bo?>``, streams.py). Returns logits (B, q, V)."""
         B, q = ids_BQ.shape
         device = ids_BQ.device
-        inner = torch.ones(q, q, dtype=torch.bool, device=device)
-        if not block:
-            inner = inner.tril()
+        inner = torch.ones(q, q, dtype=torch.bool, device=device).tril() if inner_QQ is None else inner_QQ.to(device)
         past = self.key_valid[:, None, :].expand(B, q, -1)
         mask = torch.cat([past, inner.expand(B, q, q)], dim=2).unsqueeze(1)  # (B, 1, q, past + q)
-        positions = self.next_position[:, None] + torch.arange(q, device=device)
+        if cells_Q is None:
+            positions = self.next_position[:, None] + torch.arange(q, device=device)
+            self.next_position = self.next_position + q
+        else:
+            positions = self.prefix[1][:, None] + cells_Q.to(device)
         self.key_valid = torch.cat([self.key_valid, torch.ones(B, q, dtype=torch.bool, device=device)], 1)
-        self.next_position = self.next_position + q
         self.logits = self.model(ids_BQ, media_rows_Q3.to(device).expand(B, q, 3), states_BQS.to(device), mask,
                                  positions, self.cache)
         return self.logits
+
+    def drop(self, count: int) -> None:
+        """Forget the last `count` tokens fed (a round's queries, which later rounds must not see)."""
+        self.cache.crop(-count)
+        self.key_valid = self.key_valid[:, :-count]
 
     def rewind(self) -> None:
         """Forget everything fed after the prefix (the cache keeps the prefix's keys and values)."""
@@ -204,33 +210,6 @@ def media_prefix(vocab: Vocabulary, media_order: MediaOrder, name: str, prompt: 
             .media(name, no_blocks, no_inputs, complete=False).build())
 
 
-ROUND_SCHEDULES = {
-    "cosine": lambda progress: math.cos(math.pi / 2 * progress),
-    "linear": lambda progress: 1 - progress,
-    "quadratic": lambda progress: (1 - progress) ** 2,
-}
-
-
-def cell_order(num_positions: int) -> torch.Tensor:
-    """A fixed order of a block's cells (a seeded permutation): round r of a "fixed"-order sampler
-    commits the next cells of it, and `mask_schedule: groups` trains on the same groups."""
-    return torch.randperm(num_positions, generator=torch.Generator().manual_seed(0))
-
-
-def undecided_after_rounds(num_positions: int, rounds: int, schedule: str = "cosine") -> list[int]:
-    """Cells still undecided after each of `rounds` rounds: ⌊N·f(r/R)⌋ for the schedule's f
-    (`SamplerConfig.round_schedule`), at least one fewer every round, 0 after the last."""
-    if rounds > num_positions:
-        raise ValueError(f"{rounds} rounds cannot each decide one of {num_positions} cells")
-    share = ROUND_SCHEDULES[schedule]
-    left, counts = num_positions, []
-    for r in range(1, rounds + 1):
-        left = min(math.floor(num_positions * share(r / rounds)), left - 1)
-        counts.append(max(left, rounds - r))
-    counts[-1] = 0
-    return counts
-
-
 class RoundsSampler(MediaSampler):
     """RDPM: every generated block in `config.rounds` passes (see the module docstring)."""
 
@@ -262,30 +241,33 @@ class RoundsSampler(MediaSampler):
     def _draw_block(self, decoder: CachedDecoder, vocab: Vocabulary, name: str, quantizer: RDPMQuantizer,
                     before_BbN: torch.Tensor, rows_N3: torch.Tensor, rounds: int,
                     generator: torch.Generator | None) -> torch.Tensor:
-        """The next block's local codes (B, N) after the blocks `before_BbN`, decided over `rounds`
-        passes after the cached prompt; each pass's state inputs hold the cells decided so far."""
+        """The next block's local codes (B, N) after the blocks `before_BbN`: round g feeds the
+        cells group g − 1 decided as contexts (they stay cached) and group g's queries (dropped
+        after the round), the layout of `StreamBuilder.generated`."""
         cfg, codes, mask_id = self.config, vocab.range(name), vocab.mask_id(name)
         B, N = before_BbN.shape[0], before_BbN.shape[2]
-        block = torch.zeros(B, N, dtype=torch.long, device=before_BbN.device)
-        decided = torch.zeros(B, N, dtype=torch.bool, device=before_BbN.device)
-        earlier = torch.ones_like(before_BbN, dtype=torch.bool)
-        undecided = N
-        order_rank = torch.empty(N, dtype=torch.long).scatter_(0, cell_order(N), torch.arange(N)).to(block.device)
-        for left in undecided_after_rounds(N, rounds, cfg.round_schedule):
-            decoder.rewind()
-            fed = torch.where(decided, block + codes.offset, mask_id)
-            inputs = quantizer.block_inputs(torch.cat([before_BbN, block[:, None]], 1),
-                                            torch.cat([earlier, decided[:, None]], 1))[:, -1]  # (B, N, 2C)
-            logits = decoder.feed(_repeat_for_guidance(fed, cfg), rows_N3, _repeat_for_guidance(inputs, cfg),
-                                  block=True)
-            logits = filtered_logits(_guided(logits, B, cfg)[..., codes.offset:codes.end], cfg)
-            drawn = gumbel_argmax(logits, cfg, generator)  # (B, N)
-            confidence = logits.log_softmax(-1).gather(-1, drawn[..., None])[..., 0]
-            if cfg.order == "fixed":  # later cells of the order are less "confident" than earlier ones
-                confidence = -order_rank.to(confidence).expand_as(confidence)
-            confidence = confidence.masked_fill(decided, -math.inf)
-            commit = torch.zeros_like(decided).scatter(1, confidence.topk(undecided - left, dim=-1).indices, True)
-            block, decided, undecided = torch.where(commit, drawn, block), decided | commit, left
+        device = before_BbN.device
+        block = torch.zeros(B, N, dtype=torch.long, device=device)
+        spans = torch.cat([before_BbN, block[:, None]], 1)
+        order, bounds = cell_order(N).to(device), group_bounds(N, rounds, cfg.round_schedule)
+        decoder.rewind()
+        for g in range(rounds):
+            contexts = order[bounds[g - 1]:bounds[g]] if g else order[:0]
+            queries = order[bounds[g]:bounds[g + 1]]
+            spans[:, -1] = block
+            decided = quantizer.block_inputs(spans, torch.ones_like(spans, dtype=torch.bool))[:, -1]  # (B, N, 2C)
+            undecided = quantizer.block_inputs(spans)[:, -1]
+            ids = torch.cat([block[:, contexts] + codes.offset, torch.full_like(block[:, queries], mask_id)], 1)
+            states = torch.cat([decided[:, contexts], undecided[:, queries]], 1)
+            c, q = len(contexts), len(queries)
+            inner = torch.zeros(c + q, c + q, dtype=torch.bool)
+            inner[:c, :c] = torch.ones(c, c, dtype=torch.bool).tril()  # contexts: causal, in cell order
+            inner[c:, :c] = True  # queries: every context, no other query (nor themselves)
+            cells = torch.cat([contexts, queries])
+            logits = decoder.feed(_repeat_for_guidance(ids, cfg), rows_N3[cells], _repeat_for_guidance(states, cfg),
+                                  inner, cells)[:, c:]
+            decoder.drop(q)
+            block[:, queries] = choose(_guided(logits, B, cfg)[..., codes.offset:codes.end], cfg, generator)
         return block
 
 
@@ -311,7 +293,7 @@ class RasterSampler(MediaSampler):
                 inputs = quantizer.block_inputs(generated[-1][:, None], torch.ones_like(generated[-1][:, None],
                                                                                       dtype=torch.bool))[:, 0]  # (B, 1, 2C)
                 logits = decoder.feed(_repeat_for_guidance(generated[-1] + codes.offset, cfg), rows[n : n + 1],
-                                      _repeat_for_guidance(inputs, cfg), block=False)
+                                      _repeat_for_guidance(inputs, cfg))
         return torch.cat(generated, dim=1).unsqueeze(1)
 
 
@@ -345,5 +327,5 @@ def sample_text(model: StreamModel, vocab: Vocabulary, prefixes: Sequence[Stream
         finished |= ids == eos
         if finished.all() or step == max_new_tokens - 1:
             break
-        logits = decoder.feed(ids[:, None], torch.tensor([NO_ROWS]), torch.zeros(len(ids), 1, 0), block=False)[:, -1]
+        logits = decoder.feed(ids[:, None], torch.tensor([NO_ROWS]), torch.zeros(len(ids), 1, 0))[:, -1]
     return rows

@@ -4,14 +4,18 @@ A document is ``<bos> … <eos>`` made of text spans and media spans ``<boi> blo
 (``<boa>``/``<bov>`` for audio/video). A media span's blocks are RDPM steps ``k_T … k_0`` of N
 cells each (docs/RDPM.md). Per position we record:
 
-- its *input id*: a text or special token, a media code, or, for a cell whose code is not decided
-  yet, its modality's mask row (`Vocabulary.mask_id`);
-- its *target* (-100 for none): text positions predict the next token; an undecided media cell
-  predicts its own code; decided cells and ``<boi>`` have none (``k_T`` is drawn from noise);
-- what it *sees*: text is causal. A media position sees everything before its span's first block
-  and every position of its own block, and no other block of its span: what the earlier blocks
-  decided reaches it through its state inputs, so a block never depends on how the blocks before
-  it were fed (``reach`` is the last key it sees, ``skip`` a range of earlier keys it does not);
+- its *input id*: a text or special token, a media code, or, for a *query* (a cell to be drawn),
+  its modality's mask row (`Vocabulary.mask_id`);
+- its *target* (-100 for none): text positions predict the next token; a query predicts its
+  cell's code; contexts (drawn cells), condition spans and ``<boi>`` have none (``k_T`` is drawn
+  from noise);
+- what it *sees*: text is causal. A generated block's cells are drawn in groups over a fixed cell
+  order (`group_bounds`, `cell_order`); a training block holds the *contexts* (codes) of its groups
+  but the last, causal in cell order, then one query per cell that sees the prefix and the
+  contexts of the groups before its own: what the sampler knows when it draws that cell
+  (`StreamBuilder.generated`). A media position never sees another block of its span: what the
+  earlier blocks decided reaches it through its state inputs (``reach`` is the last key it sees,
+  ``skip`` a range of earlier keys it does not);
 - its *position id*: every block of a span takes the positions right after ``<bo?>``, so a block
   sits at the same positions whichever blocks come before it in a document or a sampler's cache;
 - for media positions, the global ids of its *cell*, *block* and first *state* row
@@ -25,6 +29,7 @@ autoregressive baseline: the codes of one clean block in raster order, causal, n
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Literal, Sequence
 
@@ -32,11 +37,43 @@ import torch
 
 from .vocabulary import Vocabulary
 
-LAYOUT = 2  # of documents and their inputs; part of the LM stage's key, so a change re-trains
+LAYOUT = 3  # of documents and their inputs; part of the LM stage's key, so a change re-trains
 IGNORE = -100
 NO_ROWS = (-1, -1, -1)  # media_rows of a token that is not a media position
 MediaOrder = Literal["timestep", "raster"]
 _NEXT, _NONE = "next", "none"  # target rules; an int rule is the target id itself
+
+
+ROUND_SCHEDULES = {
+    "cosine": lambda progress: math.cos(math.pi / 2 * progress),
+    "linear": lambda progress: 1 - progress,
+    "quadratic": lambda progress: (1 - progress) ** 2,
+}
+
+
+def undecided_after_rounds(num_positions: int, rounds: int, schedule: str = "cosine") -> list[int]:
+    """Cells still undecided after each of `rounds` rounds: ⌊N·f(r/R)⌋ for the schedule's f,
+    at least one fewer every round, 0 after the last."""
+    if rounds > num_positions:
+        raise ValueError(f"{rounds} rounds cannot each decide one of {num_positions} cells")
+    share = ROUND_SCHEDULES[schedule]
+    left, counts = num_positions, []
+    for r in range(1, rounds + 1):
+        left = min(math.floor(num_positions * share(r / rounds)), left - 1)
+        counts.append(max(left, rounds - r))
+    counts[-1] = 0
+    return counts
+
+
+def cell_order(num_positions: int) -> torch.Tensor:
+    """The fixed order in which a block's cells are decided, group after group: a seeded
+    permutation, so that every group is spread over the whole latent."""
+    return torch.randperm(num_positions, generator=torch.Generator().manual_seed(0))
+
+
+def group_bounds(num_positions: int, rounds: int, schedule: str = "cosine") -> list[int]:
+    """[0, a_1, …, N]: group g holds the cells `cell_order(N)[a_g : a_{g+1}]`."""
+    return [0] + [num_positions - left for left in undecided_after_rounds(num_positions, rounds, schedule)]
 
 
 @dataclass
@@ -93,46 +130,74 @@ class StreamBuilder:
             self._append_causal(token)
         return self
 
-    def media(self, name: str, blocks: torch.Tensor, inputs: torch.Tensor, masked: torch.Tensor | None = None,
-              first_block: int = 0, complete: bool = True, trained: bool = True) -> "StreamBuilder":
-        """A media span ``<bo?> blocks [<eo?>]`` from global code ids `blocks` (b, N) of the blocks
-        `first_block` … `first_block` + b − 1 and their state inputs `inputs` (b, N, 2C).
-
-        `masked` (b, N) bool marks undecided cells: their input is the mask row and, if `trained`,
-        their target their code (None: every cell decided). `complete=False` leaves the span open
-        (a document that ends with its last trained block, or a sampler's prefix). `trained=False`
-        gives the span no targets (the media of a media→text document is the condition).
-        """
-        begin, end = self.vocab.delimiters(name)
-        num_blocks, n = blocks.shape
-        width = self.vocab.range(f"{name}.state").size
-        if inputs.shape != (num_blocks, n, width):
-            raise ValueError(f"{name} state inputs of shape {tuple(inputs.shape)} do not match blocks of shape "
-                             f"{tuple(blocks.shape)} with {width} state inputs")
-        if masked is not None and (masked.shape != blocks.shape or self.media_order == "raster" or not trained):
-            raise ValueError("masked cells need a trained timestep-order span of the same shape as its blocks")
+    def media(self, name: str, blocks: torch.Tensor, inputs: torch.Tensor, complete: bool = True,
+              trained: bool = True) -> "StreamBuilder":
+        """A media span ``<bo?> blocks [<eo?>]`` of decided blocks from global code ids `blocks`
+        (b, N) and their state inputs `inputs` (b, N, 2C). Timestep order: every block sees the
+        prefix and itself, no targets (the media of a media→text document is its condition). Raster
+        order: the codes of one block, causal, each predicting the next if `trained`.
+        `complete=False` leaves the span open (a sampler's prefix)."""
+        self._check_inputs(name, blocks, inputs)
         timestep = self.media_order == "timestep"
+        begin, end = self.vocab.delimiters(name)
         self._append_causal(begin, _NEXT if trained and not timestep else _NONE, target_block=0)  # raster: code 0
         span_position, span_start = self._next_position, len(self._stream.input_ids)
-        rows = self.vocab.position_rows(name, first_block + num_blocks, n)[first_block:].reshape(-1, 3).tolist()
-        codes, states = blocks.reshape(-1).tolist(), inputs.flatten(0, 1).tolist()
-        undecided = masked.reshape(-1).tolist() if masked is not None else [False] * len(codes)
-        mask_id = self.vocab.mask_id(name)
-        for j in range(num_blocks * n):
-            cell, block_start = j % n, span_start + (j // n) * n
-            if timestep:  # block-causal: the prefix and its own block; its own code once decided
-                rule = codes[j] if undecided[j] else _NONE
-                self._append(mask_id if undecided[j] else codes[j], rule, span_position + cell,
-                             reach=block_start + n - 1, skip=(span_start, block_start),
-                             target_block=first_block + j // n - 1, media_rows=tuple(rows[j]), media_state=states[j])
-            else:  # raster: causal, each code predicts the next one
-                rule = _NEXT if trained and j < num_blocks * n - 1 else _NONE
-                self._append(codes[j], rule, span_position + j, target_block=0, media_rows=tuple(rows[j]),
-                             media_state=states[j])
+        num_blocks, n = blocks.shape
+        rows = self.vocab.position_rows(name, num_blocks, n)
+        for b in range(num_blocks):
+            block_start = span_start + b * n
+            for cell in range(n):
+                j = b * n + cell
+                if timestep:
+                    self._append(blocks[b, cell], _NONE, span_position + cell, reach=block_start + n - 1,
+                                 skip=(span_start, block_start), media_rows=tuple(rows[b, cell].tolist()),
+                                 media_state=inputs[b, cell].tolist())
+                else:
+                    rule = _NEXT if trained and j < num_blocks * n - 1 else _NONE
+                    self._append(blocks[b, cell], rule, span_position + j, target_block=0,
+                                 media_rows=tuple(rows[b, cell].tolist()), media_state=inputs[b, cell].tolist())
         self._next_position = span_position + (n if timestep else num_blocks * n)
         if complete:
             self._append_causal(end)
         return self
+
+    def generated(self, name: str, blocks: torch.Tensor, decided_inputs: torch.Tensor,
+                  undecided_inputs: torch.Tensor, bounds: Sequence[Sequence[int]]) -> "StreamBuilder":
+        """``<bo?>`` and the generated blocks 1 … b of a span, each drawn in groups of cells
+        (`bounds[b]` from `group_bounds`, over `cell_order`), every cell trained with what the
+        sampler knows when it draws it. A block is laid out as the *context* positions of its groups
+        0 … G−2 in cell order (code and `decided_inputs`: what a drawn cell tells the later ones;
+        causal, no target), then one *query* per cell (mask row and `undecided_inputs`, its own
+        code the target) that sees the prefix and the contexts of the groups before its own. Neither
+        sees another block of the span. The span stays open: the document ends with it."""
+        self._check_inputs(name, blocks, decided_inputs)
+        self._check_inputs(name, blocks, undecided_inputs)
+        begin, _ = self.vocab.delimiters(name)
+        self._append_causal(begin, _NONE)
+        span_position, span_start = self._next_position, len(self._stream.input_ids)
+        num_blocks, n = blocks.shape
+        rows, order, mask_id = self.vocab.position_rows(name, 1 + num_blocks, n)[1:], cell_order(n), self.vocab.mask_id(name)
+        for b, block_bounds in enumerate(bounds):
+            block_start = len(self._stream.input_ids)
+            contexts = block_bounds[-2]  # the last group's codes are never read in its block
+            for k, cell in enumerate(order[:contexts].tolist()):
+                self._append(blocks[b, cell], _NONE, span_position + cell, reach=block_start + k,
+                             skip=(span_start, block_start), media_rows=tuple(rows[b, cell].tolist()),
+                             media_state=decided_inputs[b, cell].tolist())
+            for g in range(len(block_bounds) - 1):
+                for cell in order[block_bounds[g]:block_bounds[g + 1]].tolist():
+                    self._append(mask_id, int(blocks[b, cell]), span_position + cell,
+                                 reach=block_start + block_bounds[g] - 1, skip=(span_start, block_start),
+                                 target_block=b, media_rows=tuple(rows[b, cell].tolist()),
+                                 media_state=undecided_inputs[b, cell].tolist())
+        self._next_position = span_position + n
+        return self
+
+    def _check_inputs(self, name: str, blocks: torch.Tensor, inputs: torch.Tensor) -> None:
+        width = self.vocab.range(f"{name}.state").size
+        if inputs.shape != (*blocks.shape, width):
+            raise ValueError(f"{name} state inputs of shape {tuple(inputs.shape)} do not match blocks of shape "
+                             f"{tuple(blocks.shape)} with {width} state inputs")
 
     def build(self) -> Stream:
         s, rules = self._stream, self._rules
@@ -242,15 +307,16 @@ def task_modality(task: str) -> str | None:
 
 def task_document(vocab: Vocabulary, media_order: MediaOrder, task: str, text_ids: Sequence[int],
                   media_name: str | None = None, media_blocks: torch.Tensor | None = None,
-                  media_inputs: torch.Tensor | None = None, masked: torch.Tensor | None = None,
-                  drop_text: bool = False) -> Stream:
+                  media_inputs: torch.Tensor | None = None, undecided_inputs: torch.Tensor | None = None,
+                  bounds: Sequence[Sequence[int]] | None = None, drop_text: bool = False) -> Stream:
     """One training document for `task` from a span's global code ids `media_blocks` (T+1, N) and
-    state inputs `media_inputs` (T+1, N, 2C):
+    state inputs `media_inputs` (T+1, N, 2C, every cell decided):
 
     - ``text_to_<modality>``, timestep order: ``<bos> caption <bo?>`` and the generated blocks
-      1 … b whose undecided cells `masked` (b, N) marks; they are the targets. The noise block k_T
-      is given: it reaches them through their state inputs, so it has no position of its own, and
-      the document ends with its last trained block (``<eo?>`` would only predict ``<eos>``).
+      1 … b, one per entry of `bounds` (their groups, `StreamBuilder.generated`), whose queries
+      take `undecided_inputs` (T+1, N, 2C). The noise block k_T is given: it reaches them through
+      their state inputs, so it has no position of its own, and the document ends with its last
+      trained block (``<eo?>`` would only predict ``<eos>``).
       Raster order: ``<bos> caption <bo?> codes <eo?> <eos>``, next-token;
     - ``<modality>_to_text``: ``<bos> <bo?> k_T … k_0 <eo?> text <eos>``, the span decided and
       untrained, the text trained and seeing the whole span;
@@ -267,6 +333,6 @@ def task_document(vocab: Vocabulary, media_order: MediaOrder, task: str, text_id
     builder.text([] if drop_text else text_ids)
     if media_order == "raster":
         return builder.media(media_name, media_blocks, media_inputs).special("<eos>", rule=_NONE).build()
-    generated = masked.shape[0]
-    return builder.media(media_name, media_blocks[1 : 1 + generated], media_inputs[1 : 1 + generated], masked,
-                         first_block=1, complete=False).build()
+    generated = slice(1, 1 + len(bounds))
+    return builder.generated(media_name, media_blocks[generated], media_inputs[generated],
+                             undecided_inputs[generated], bounds).build()

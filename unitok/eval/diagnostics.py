@@ -48,12 +48,12 @@ def first_step_digit_ce_gain(pipe: UniTokPipeline, items: list[Item], media_ids:
     tokenizer = pipe.tokenizer_for("image")
     model, vocab = StreamModel(pipe.transformer), pipe.vocabulary
     blocks = vocab.to_global(tokenizer.name, media_ids)
-    undecided = torch.ones(1, media_ids.shape[2], dtype=torch.bool) if pipe.media_order == "timestep" else None
-    inputs = [span_inputs(vocab, tokenizer, b, undecided) for b in blocks]
+    one_group = [[0, media_ids.shape[2]]] if pipe.media_order == "timestep" else None
+    inputs = [span_inputs(vocab, tokenizer, b) for b in blocks]
 
     def first_step_ce(captions: list[str]) -> float:
-        docs = [task_document(vocab, pipe.media_order, "text_to_image", pipe.encode_prompt(c), tokenizer.name, b, s,
-                              undecided) for c, b, s in zip(captions, blocks, inputs)]
+        docs = [task_document(vocab, pipe.media_order, "text_to_image", pipe.encode_prompt(c), tokenizer.name, b,
+                              *s, one_group) for c, b, s in zip(captions, blocks, inputs)]
         return heldout_loss(model, vocab, {"text_to_image": docs}, pipe.device)["ce_per_block"][0]
 
     swapped = [other_digit_caption(it.caption, it.scene.digit) for it in items]
@@ -80,7 +80,7 @@ def caption_ce_gain_from_media(pipe: UniTokPipeline, modality: str, shards, coun
     rows = shards.select(range(min(count, len(shards)))).to_list()
     tokenizer = pipe.tokenizer_for(modality)
     blocks = [torch.tensor(row["media_ids"]).reshape(tokenizer.num_blocks, -1) for row in rows]
-    media = [(b, span_inputs(vocab, tokenizer, b)) for b in blocks]
+    media = [(b, *span_inputs(vocab, tokenizer, b)) for b in blocks]  # blocks, decided and undecided inputs
     task = f"{modality}_to_text"
 
     def caption_ce(media_of: list[int]) -> float:

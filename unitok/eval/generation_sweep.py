@@ -10,11 +10,12 @@ overrides, trained at every step count of the sweep and evaluated with each of i
     eval: {num_samples: 200}            # merged into every run's eval section
     runs:
       raster_ar: {recipe: recipes/quickstart-ar.yaml}
-      rdpm:
-        samplers: {one_pass: {rounds: [1, 1, 1, 1]}, rounds: {rounds: [6, 2, 1, 1]}}
-      rdpm_T2:
+      queries:
+        overrides: {lm: {rounds: {image: [8, 2, 1, 1]}}}   # merged into the recipe
+        samplers: {sampled: {}, greedy: {gumbel_scale: 0.0}}
+      T2:
         spec_overrides: {image: {quantizer: {steps: 2}}}   # written to <output_dir>/specs/
-        samplers: {rounds: {rounds: [8, 2]}}
+        overrides: {lm: {rounds: {image: [8, 2]}}}
 
 Data, tokenizers, text BPE and shards are made once for all runs with the same settings
 (``<output_dir>/upstream-<hash>``) and linked into their points. A run's LM is trained once per

@@ -12,7 +12,6 @@ uninterrupted one would.
 
 from __future__ import annotations
 
-import math
 import random
 from dataclasses import dataclass
 from itertools import islice
@@ -22,9 +21,8 @@ from typing import Iterator, Sequence
 import torch
 
 from ..media_tokenizer import MediaTokenizer
-from ..sampling import cell_order, undecided_after_rounds
 from ..shards import ShardError, load_shards, read_manifest, shard_set_hash
-from ..streams import Batch, Stream, collate, pack, task_document, task_modality
+from ..streams import Batch, Stream, collate, group_bounds, pack, task_document, task_modality
 from ..vocabulary import Vocabulary
 
 COLUMNS = ["key", "draw", "text_ids", "media", "media_ids"]
@@ -112,77 +110,49 @@ class ShardStream:
         self.epoch, self.consumed, self._rows = position["epoch"], position["consumed"], None
 
 
-def span_inputs(vocab: Vocabulary, tokenizer: MediaTokenizer, blocks: torch.Tensor,
-                masked: torch.Tensor | None = None) -> torch.Tensor:
-    """(num_blocks, N, 2C) state inputs of a span of global ids `blocks` (num_blocks, N) whose
-    cells are all decided but those `masked` (g, N) marks in the generated blocks 1 … g
-    (`RDPMQuantizer.block_inputs`)."""
-    decided = torch.ones(blocks.shape, dtype=torch.bool)
-    if masked is not None:
-        decided[1 : 1 + masked.shape[0]] = ~masked
-    local = vocab.to_local(tokenizer.name, blocks)
+def span_inputs(vocab: Vocabulary, tokenizer: MediaTokenizer, blocks: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """State inputs (num_blocks, N, 2C) of a span of global ids `blocks` (num_blocks, N): of its
+    cells decided (a context, or a condition) and undecided (a query), `RDPMQuantizer.block_inputs`."""
+    local = vocab.to_local(tokenizer.name, blocks)[None].to(tokenizer.device)
     with torch.no_grad():
-        return tokenizer.quantizer.block_inputs(local[None].to(tokenizer.device), decided[None])[0].cpu()
-
-
-def mask_ratio(schedule: str, u: float) -> float:
-    """Share of a block's cells left undecided for a uniform draw `u` in [0, 1): MaskGIT's cosine
-    (the sampler's rounds follow the same curve) or uniform."""
-    if schedule == "cosine":
-        return math.cos(math.pi / 2 * u)
-    if schedule == "uniform":
-        return 1.0 - u
-    raise ValueError(f"unknown mask schedule {schedule!r}")
-
-
-def random_masks(num_blocks: int, num_positions: int, schedule: str, rng: random.Random,
-                 groups: tuple[tuple[int, ...], str] | None = None) -> torch.Tensor:
-    """(num_blocks, N) bool: the undecided cells of each block, at least one, each block with its
-    own ratio from `schedule` (`mask_ratio`). Schedule "groups": the cells a "fixed"-order sampler
-    has left undecided before one of its rounds (`groups` = (rounds per block, round schedule)),
-    each round equally often."""
-    generator = torch.Generator().manual_seed(rng.getrandbits(63))
-    masks = torch.zeros(num_blocks, num_positions, dtype=torch.bool)
-    if schedule == "groups":
-        rounds, round_schedule = groups
-        order = cell_order(num_positions)
-        for b in range(num_blocks):
-            left = [num_positions] + undecided_after_rounds(num_positions, rounds[b], round_schedule)[:-1]
-            masks[b, order[num_positions - rng.choice(left):]] = True
-        return masks
-    for b in range(num_blocks):
-        count = max(1, math.ceil(mask_ratio(schedule, rng.random()) * num_positions))
-        masks[b, torch.randperm(num_positions, generator=generator)[:count]] = True
-    return masks
+        decided = tokenizer.quantizer.block_inputs(local, torch.ones(local.shape, dtype=torch.bool))
+        undecided = tokenizer.quantizer.block_inputs(local)
+    return decided[0].cpu(), undecided[0].cpu()
 
 
 class DocumentRecipe:
     """How a shard row becomes a training document: caption dropout, which generated blocks it
-    holds, which of their cells are undecided (the targets), and every position's state inputs
-    (from the row's tokenizer, `tokenizers` by vocabulary range)."""
+    holds and in which groups their cells are drawn (`rounds` per media range, one round per
+    block where not given), and every position's state inputs (from the row's tokenizer,
+    `tokenizers` by vocabulary range)."""
 
     def __init__(self, vocab: Vocabulary, tokenizers: dict[str, MediaTokenizer], media_order: str,
-                 caption_dropout: float, first_step_fraction: float, mask_schedule: str = "cosine",
-                 mask_groups: tuple[tuple[int, ...], str] | None = None):
+                 caption_dropout: float, first_step_fraction: float, rounds: dict[str, Sequence[int]] | None = None,
+                 round_schedule: str = "cosine"):
         self.vocab, self.tokenizers, self.media_order = vocab, tokenizers, media_order
         self.caption_dropout, self.first_step_fraction = caption_dropout, first_step_fraction
-        self.mask_schedule, self.mask_groups = mask_schedule, mask_groups
+        self.rounds, self.round_schedule = dict(rounds or {}), round_schedule
+
+    def bounds(self, name: str, num_blocks: int, num_positions: int) -> list[list[int]]:
+        """The groups (`streams.group_bounds`) of the generated blocks of range `name`."""
+        rounds = self.rounds.get(name) or [1] * (num_blocks - 1)
+        return [group_bounds(num_positions, r, self.round_schedule) for r in rounds]
 
     def document(self, task: str, row: dict, rng: random.Random, heldout: bool = False) -> Stream:
-        """A held-out document keeps its caption and every generated block; its masks come from
-        `rng` like any other, so seed it by the row to measure the same cells at every eval."""
+        """A held-out document keeps its caption and every generated block."""
         drop = not heldout and rng.random() < self.caption_dropout
         if not row["media"]:
             return task_document(self.vocab, self.media_order, task, row["text_ids"])
         tokenizer = self.tokenizers[row["media"]]
         blocks = torch.tensor(row["media_ids"], dtype=torch.long).reshape(tokenizer.num_blocks, -1)
-        masked = None
+        decided, undecided = span_inputs(self.vocab, tokenizer, blocks)
+        bounds = None
         if task.startswith("text_to_") and self.media_order == "timestep":
-            first_step_only = not heldout and rng.random() < self.first_step_fraction
-            generated = 1 if first_step_only else blocks.shape[0] - 1
-            masked = random_masks(generated, blocks.shape[1], self.mask_schedule, rng, self.mask_groups)
+            bounds = self.bounds(row["media"], *blocks.shape)
+            if not heldout and rng.random() < self.first_step_fraction:
+                bounds = bounds[:1]
         return task_document(self.vocab, self.media_order, task, row["text_ids"], row["media"], blocks,
-                             span_inputs(self.vocab, tokenizer, blocks, masked), masked, drop_text=drop)
+                             decided, undecided, bounds, drop_text=drop)
 
 
 class MixtureBatches:
@@ -243,11 +213,6 @@ def heldout_rows(entries: Sequence[MixtureEntry], vocab: Vocabulary, count: int)
 
 def heldout_documents(entries: Sequence[MixtureEntry], vocab: Vocabulary, documents: DocumentRecipe,
                       count: int) -> dict[str, list[Stream]]:
-    """Held-out documents of `heldout_rows`: every caption and generated block, masks seeded by the row."""
-    return {task: [documents.document(task, row, heldout_rng(row), heldout=True) for row in rows]
+    """Held-out documents of `heldout_rows`: every caption and generated block."""
+    return {task: [documents.document(task, row, random.Random(0), heldout=True) for row in rows]
             for task, rows in heldout_rows(entries, vocab, count).items()}
-
-
-def heldout_rng(row: dict) -> random.Random:
-    """The same masks for a held-out row at every evaluation."""
-    return random.Random(f"heldout/{row['key']}#{row['draw']}")

@@ -55,13 +55,12 @@ class LMTraining:
     # caption's content enters, at about a quarter of a whole document's tokens. A block sees only
     # the prefix and itself, so its gradients are exactly those of that block in a whole document.
     first_step_fraction: float = 0.0
-    # How many cells of a generated block are undecided (the targets) in a training document: a
-    # share cos(π/2·u) ("cosine", MaskGIT's, matching the sampler's rounds) or 1 − u ("uniform"), u ~ U(0, 1)
-    mask_schedule: Literal["cosine", "uniform", "groups"] = "cosine"
-    # "groups" (experiment): the undecided cells before one round of a "fixed"-order sampler with
-    # these rounds per generated block and round schedule (`SamplerConfig`)
-    mask_rounds: list[int] | None = None
-    mask_round_schedule: str = "cosine"
+    # In how many groups the cells of each generated block are drawn, per media range (e.g.
+    # {image: [8, 2, 1, 1]} for T = 4), and the groups' sizes (`streams.undecided_after_rounds`):
+    # every cell is trained with what the sampler knows when it draws it; one round per block
+    # where not given. The sampler's `rounds` must be these (the pipeline stage checks).
+    rounds: dict[str, list[int]] = field(default_factory=dict)
+    round_schedule: Literal["cosine", "linear", "quadratic"] = "cosine"
     # Loss weight per target kind: "text" (text and special tokens) or a modality ("image", …);
     # unlisted kinds weigh 1. The loss is the weighted mean over labelled positions.
     loss_weights: dict[str, float] = field(default_factory=dict)
@@ -121,7 +120,7 @@ def train_lm(transformer: LlamaForCausalLM, vocab: Vocabulary, tokenizers: dict[
         tokenizer.to(accelerator.device)
     entries = resolve_mixture(mixture, vocab, tokenizers, accelerator.num_processes)
     documents = DocumentRecipe(vocab, tokenizers, cfg.media_order, cfg.caption_dropout, cfg.first_step_fraction,
-                               cfg.mask_schedule, (tuple(cfg.mask_rounds or ()), cfg.mask_round_schedule))
+                               cfg.rounds, cfg.round_schedule)
     data = MixtureBatches(entries, vocab, documents, cfg.batch_size, seed, cfg.shuffle_buffer,
                           accelerator.process_index, accelerator.num_processes)
     weights = loss_weight_table(vocab, cfg.loss_weights, transformer.config.vocab_size)
