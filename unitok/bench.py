@@ -1,10 +1,11 @@
 """`unitok bench`: speed as ratios against a baseline measured in the same run, on one machine.
 
-Sampling: seconds per image of RDPM sampling (the quickstart's T and rounds per block: one pass
-per round, each feeding one block of N cells after the cached prompt) against raster-AR sampling
-(N sequential one-token passes with a KV cache), for N positions, batch sizes and with/without
-guidance. RDPM forwards (passes × N) tokens against AR's N but takes `passes` sequential steps
-instead of N: it wins on latency, and can lose on throughput — the table shows both.
+Sampling: seconds per image of RDPM sampling (the quickstart's T and groups per block: one pass
+per group, each feeding the cells the last group drew and the next group's queries after the
+cached prompt) against raster-AR sampling (N sequential one-token passes with a KV cache), for N
+positions, batch sizes and with/without guidance. RDPM forwards about twice N tokens per block
+against AR's N in all, but takes `passes` sequential steps instead of N: it wins on latency, and
+can lose on throughput; the table shows both.
 
 Training: tokens/s of one optimizer step on mixed streams (4D block-causal masks, unitok's loss)
 against a plain `transformers` causal-LM step (``labels=``, causal mask) of the same size and length.
@@ -24,6 +25,7 @@ import platform
 import statistics
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -90,9 +92,11 @@ def _setup(spec: ModelSpec, num_blocks: int, num_positions: int, codebook: int =
     return vocab, StreamModel(build_transformer(spec, vocab)).to(device).eval(), quantizer.to(device)
 
 
-def bench_sampling(spec: ModelSpec, rounds: tuple[int, ...], positions=(64, 256), batches=(1, 64),
+def bench_sampling(spec: ModelSpec, groups: SamplerConfig, positions=(64, 256), batches=(1, 64),
                    repeats: int = 2) -> list[dict]:
-    """RDPM with `rounds` per generated block (T = len(rounds)) against raster AR, per N and batch."""
+    """RDPM with the `groups` (rounds and round_schedule) per generated block (T = len(rounds))
+    against raster AR, per N and batch."""
+    rounds = groups.rounds
     rows = []
     for n in positions:
         vocab, model, quantizer = _setup(spec, len(rounds) + 1, n)
@@ -100,7 +104,7 @@ def bench_sampling(spec: ModelSpec, rounds: tuple[int, ...], positions=(64, 256)
         prompt = (torch.arange(8) + vocab.range("text").offset).tolist()
         for batch in batches:
             for guidance in (1.0, 3.0):
-                rdpm_sampler = RoundsSampler(SamplerConfig(guidance_scale=guidance, rounds=rounds))
+                rdpm_sampler = RoundsSampler(replace(groups, guidance_scale=guidance))
                 raster_sampler = RasterSampler(SamplerConfig(guidance_scale=guidance))
                 first = torch.randint(0, 512, (batch, 1, n), device=quantizer.codebook.device)
                 rdpm = _timed(lambda: rdpm_sampler.sample(model, vocab, "image", quantizer, [prompt] * batch, first,
@@ -113,7 +117,8 @@ def bench_sampling(spec: ModelSpec, rounds: tuple[int, ...], positions=(64, 256)
                     "positions": n, "batch": batch, "guidance": guidance > 1, "rounds": list(rounds),
                     "rdpm_s_per_image": rdpm / batch, "raster_s_per_image": raster / batch,
                     "rdpm_sequential_steps": passes, "raster_sequential_steps": n,
-                    "rdpm_token_forwards": passes * n, "raster_token_forwards": n,
+                    "rdpm_token_forwards": sum(group_bounds(n, r, groups.round_schedule)[-2] + n for r in rounds),
+                    "raster_token_forwards": n,
                     "speedup": raster / rdpm,  # > 1: RDPM is faster
                 })
                 print(f"  sampling N={n:<4} batch={batch:<3} guidance={guidance > 1!s:<5} "
@@ -121,8 +126,10 @@ def bench_sampling(spec: ModelSpec, rounds: tuple[int, ...], positions=(64, 256)
     return rows
 
 
-def bench_training(spec: ModelSpec, positions: int = 64, steps: int = 10, batch: int = 8, repeats: int = 3) -> dict:
-    """One optimizer step on mixed streams vs a plain causal-LM step, same shapes, interleaved."""
+def bench_training(spec: ModelSpec, groups: SamplerConfig, positions: int = 64, batch: int = 8, repeats: int = 3) -> dict:
+    """One optimizer step on mixed streams (generated blocks in `groups`) vs a plain causal-LM
+    step, same shapes, interleaved."""
+    steps = len(groups.rounds)
     vocab, model, quantizer = _setup(spec, steps + 1, positions)
     model.train()
     device = next(model.parameters()).device
@@ -134,7 +141,8 @@ def bench_training(spec: ModelSpec, positions: int = 64, steps: int = 10, batch:
         task = "text_to_image" if i % 4 else "image_to_text"  # mixed directions in one batch
         decided = quantizer.block_inputs(media.to(device), torch.ones(media.shape, dtype=torch.bool))[0].cpu()
         undecided = quantizer.block_inputs(media.to(device))[0].cpu()
-        bounds = [group_bounds(positions, 4)] * steps if task == "text_to_image" else None
+        bounds = [group_bounds(positions, r, groups.round_schedule) for r in groups.rounds] \
+            if task == "text_to_image" else None
         docs.append(task_document(vocab, "timestep", task, text, "image", media[0] + vocab.range("image").offset,
                                   decided, undecided, bounds))
     ours = collate([[d] for d in docs], vocab.special_id("<pad>")).to(device)
@@ -221,29 +229,30 @@ def bench_tokenize(modality: str, items: int, items_per_shard: int, batch: int) 
     return result
 
 
-def quickstart_settings() -> tuple[ModelSpec, tuple[int, ...]]:
-    """The quickstart's transformer size and its image sampler's rounds per block."""
+def quickstart_settings() -> tuple[ModelSpec, SamplerConfig]:
+    """The quickstart's transformer size and its image groups per block (`lm.rounds`)."""
     from .recipe import load_recipe
 
     loaded = load_recipe(QUICKSTART)
     steps = loaded.tokenizer_specs["image"].quantizer.steps
-    rounds = loaded.recipe.samplers.get("image", SamplerConfig()).rounds or (1,) * steps
-    return loaded.model_spec, tuple(rounds)
+    rounds = loaded.recipe.lm.rounds.get("image") or [1] * steps
+    return loaded.model_spec, SamplerConfig(rounds=tuple(rounds), round_schedule=loaded.recipe.lm.round_schedule)
 
 
 def run_bench(quick: bool = False) -> dict:
     """Tokenize first: its workers fork, before the other benches can start CUDA."""
-    spec, rounds = quickstart_settings()
+    spec, groups = quickstart_settings()
     if quick:  # smoke test sizes
         spec = ModelSpec(hidden_size=32, num_layers=1, num_heads=2, intermediate_size=64)
         tokenize = {m: bench_tokenize(m, items=16, items_per_shard=4, batch=4) for m in TOKENIZE_WORLDS}
-        rows = bench_sampling(spec, rounds=(3, 1), positions=(8, 16), batches=(1, 2), repeats=1)
-        training = bench_training(spec, positions=8, steps=3, batch=2, repeats=1)
+        groups = SamplerConfig(rounds=(3, 1))
+        rows = bench_sampling(spec, groups, positions=(8, 16), batches=(1, 2), repeats=1)
+        training = bench_training(spec, groups, positions=8, batch=2, repeats=1)
     else:
         tokenize = {m: bench_tokenize(m, items, items_per_shard=items // 8, batch=64)
                     for m, items in (("image", 2048), ("audio", 512), ("video", 512))}
-        rows = bench_sampling(spec, rounds)
-        training = bench_training(spec, steps=len(rounds))
+        rows = bench_sampling(spec, groups)
+        training = bench_training(spec, groups)
 
     def speedup(n, batch):
         return next(r["speedup"] for r in rows if r["positions"] == n and r["batch"] == batch and not r["guidance"])

@@ -101,8 +101,9 @@ def build_parser() -> argparse.ArgumentParser:
     generate.add_argument("--gumbel-scale", type=float,
                           help="1 = sample, 0 = greedy (default: the pipeline's for media, else 1; 0 for text)")
     generate.add_argument("--rounds", type=_rounds, metavar="R1,R2,…",
-                          help="RDPM passes per generated block, noisiest first, e.g. 6,2,1,1 (default: the "
-                               "pipeline's; one round per block = the one-pass sampler)")
+                          help="RDPM passes (groups of cells) per generated block, noisiest first, e.g. 8,2,1,1 "
+                               "(default: the groups the model trained on, saved with the pipeline; others run "
+                               "but were not trained)")
     generate.add_argument("--max-new-tokens", type=int, default=32, help="longest caption (media→text)")
     generate.add_argument("--seed", type=int, default=0)
     generate.set_defaults(command=cmd_generate)

@@ -64,8 +64,9 @@ class MediaPipelineOutput:
 
 
 class UniTokPipeline:
-    """`samplers` holds each modality's sampler settings (`SamplerConfig`: rounds per block,
-    guidance, …), saved with the pipeline; a call's own options override them for that call."""
+    """`samplers` holds each modality's sampler settings (`SamplerConfig`: the groups of cells
+    per block the transformer trained on, guidance, …), saved with the pipeline; a call's own
+    options override them for that call."""
 
     def __init__(self, transformer: LlamaForCausalLM, text_tokenizer: TextBPE,
                  media_tokenizers: dict[str, MediaTokenizer], vocabulary: Vocabulary,

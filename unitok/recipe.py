@@ -175,6 +175,9 @@ def load_recipe(path: str | Path) -> LoadedRecipe:
             errors.append(f"{where}: lm.media_order: timestep needs a tokenizer with quantizer.steps >= 1 "
                           "(T = 0 is the raster baseline)")
         errors += _rounds_errors(path, recipe, modality, steps)
+    if recipe.tokenizers and set(recipe.lm.rounds) - set(recipe.tokenizers):
+        errors.append(f"{path}: lm.rounds: {sorted(set(recipe.lm.rounds) - set(recipe.tokenizers))} name no tokenizer "
+                      f"of this recipe ({sorted(recipe.tokenizers)})")
     if isinstance(recipe.data, list):
         if recipe.tokenizers or not recipe.tokenizers_from:
             errors.append(f"{path}: tokenizers_from: a `data` list of shard sets trains with the tokenizers of a "
