@@ -59,7 +59,7 @@ def span_inputs(vocab: Vocabulary, blocks: torch.Tensor, decided: bool = True) -
     """State inputs (b, N, 8) of a span's global image ids (b, N) from `IMAGE_QUANTIZER`, every
     cell decided (a context or a condition) or every cell undecided (a query)."""
     local = vocab.to_local("image", blocks)[None]
-    return IMAGE_QUANTIZER.block_inputs(local, torch.ones(local.shape, dtype=torch.bool) if decided else None)[0]
+    return IMAGE_QUANTIZER.block_inputs(local)[0 if decided else 1][0]
 
 
 def tiny_tokenizer_spec(**quantizer) -> TokenizerSpec:

@@ -142,20 +142,21 @@ def test_running_states_of_a_trajectory_prefix_are_its_states(tiny_tokenizer):
 
 
 def test_block_inputs_are_the_state_at_each_cell_and_the_noise(tiny_tokenizer):
-    """A cell's inputs are the running state before its block, plus its own step once decided,
-    and ε̂ = s_T; an undecided cell's never depend on its own code."""
+    """A query's inputs are the running state before its block and ε̂ = s_T, and never depend on
+    its own code; a context's state holds its own step too."""
     quantizer = tiny_tokenizer.quantizer
     ids = tiny_tokenizer.encode_tensor(torch.rand(2, 3, 32, 32), seeds=[0, 1])
     states = quantizer.running_states(ids)  # (B, T+1, N, C): s_T … s_0
     C = states.shape[-1]
     before = torch.cat([torch.zeros_like(states[:, :1]), states[:, :-1]], dim=1)
-    undecided = quantizer.block_inputs(ids)  # (B, T+1, N, 2C)
-    torch.testing.assert_close(undecided[..., :C], before)
-    torch.testing.assert_close(undecided[..., C:], states[:, :1].expand_as(states))
-    decided = torch.rand(ids.shape, generator=torch.Generator().manual_seed(0)) < 0.5
-    mixed = quantizer.block_inputs(ids, decided)
-    torch.testing.assert_close(mixed[..., :C], torch.where(decided[..., None], states, before))
+    context, query = quantizer.block_inputs(ids)  # each (B, T+1, N, 2C)
+    torch.testing.assert_close(query[..., :C], before)
+    torch.testing.assert_close(context[..., :C], states)
+    for inputs in (context, query):
+        torch.testing.assert_close(inputs[..., C:], states[:, :1].expand_as(states))
     other = ids.clone()
     other[:, 2] = (ids[:, 2] + 1) % 64
-    changed = (quantizer.block_inputs(other, decided)[:, 2] - mixed[:, 2]).abs().amax(-1) > 0
-    assert torch.equal(changed, decided[:, 2])
+    other_context, other_query = quantizer.block_inputs(other)
+    assert torch.equal(other_query[:, 2], query[:, 2]), "a query never holds its own code"
+    assert ((other_context[:, 2] - context[:, 2]).abs().amax(-1) > 0).all(), "a context does"
+    assert (other_query[:, 3] != query[:, 3]).any(), "and the next block's queries see it"

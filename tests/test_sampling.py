@@ -26,7 +26,7 @@ def vocab():
 
 def span_inputs(vocab, blocks):
     """Every cell decided."""
-    return IMAGE_QUANTIZER.block_inputs(vocab.to_local("image", blocks)[None], torch.ones(1, *blocks.shape, dtype=torch.bool))[0]
+    return IMAGE_QUANTIZER.block_inputs(vocab.to_local("image", blocks)[None])[0][0]
 
 
 class RecordingModel(StreamModel):
@@ -64,8 +64,7 @@ def trained_query_logits(model, vocab, prompt, local_ids, bounds):
     """Logits of every query of a training document of the span `local_ids` (T+1, N) with the
     generated blocks' groups `bounds`, in document order (block, then cell order)."""
     blocks = vocab.to_global("image", local_ids)
-    decided = IMAGE_QUANTIZER.block_inputs(local_ids[None], torch.ones(1, *local_ids.shape, dtype=torch.bool))[0]
-    undecided = IMAGE_QUANTIZER.block_inputs(local_ids[None])[0]
+    decided, undecided = (inputs[0] for inputs in IMAGE_QUANTIZER.block_inputs(local_ids[None]))
     stream = task_document(vocab, "timestep", "text_to_image", prompt, "image", blocks, decided, undecided, bounds)
     with torch.no_grad():
         logits = batch_logits(model, collate([[stream]], pad_id=0))[0]
@@ -143,7 +142,7 @@ def test_raster_sampler_matches_full_recompute(model, vocab):
     codes = vocab.range("image")
     block = vocab.to_global("image", ids[0])
     stream = StreamBuilder(vocab, "raster").special("<bos>").text(text(vocab, [5, 6])).media(
-        "image", block, IMAGE_QUANTIZER.block_inputs(ids, torch.ones(ids.shape, dtype=torch.bool))[0]).build()
+        "image", block, IMAGE_QUANTIZER.block_inputs(ids)[0][0]).build()
     with torch.no_grad():
         logits = batch_logits(model, collate([[stream]], pad_id=0))
     boi = 1 + 2

@@ -23,7 +23,7 @@ from unitok.rdpm import QuantizerConfig, RDPMQuantizer
 from unitok.recipe import RecipeRun, load_recipe
 from unitok.shards import ShardError, read_manifest
 from unitok.streams import cell_order
-from unitok.training.data import (DocumentRecipe, MixtureBatches, ShardMix, heldout_rows,
+from unitok.training.data import (DocumentRecipe, MixtureBatches, ShardMix, heldout_rows, media_inputs,
                                  resolve_mixture)
 
 from .conftest import write_tiny_recipe
@@ -84,8 +84,8 @@ def test_data_positions_are_refused_for_other_shard_files_and_sets_too_small_to_
     tokenizers = PipelineTokenizers.from_pretrained(tiny_run / "model")
     vocab, train_set = tokenizers.vocabulary, tiny_run / "shards" / "image" / "train"
     entries = resolve_mixture([ShardMix(str(train_set))], vocab, tokenizers.media)
-    documents = DocumentRecipe(vocab, tokenizers.media, "timestep", 0.0, 0.0)
-    data = MixtureBatches(entries, vocab, documents, batch_size=2, seed=0, buffer=4)
+    documents = DocumentRecipe(vocab, "timestep", 0.0, 0.0)
+    data = MixtureBatches(entries, vocab, tokenizers.media, documents, batch_size=2, seed=0, buffer=4)
     data.batch(0, 0)
     state = data.state_dict()
     assert state["streams"][0]["consumed"] == 2
@@ -171,14 +171,13 @@ def test_text_to_media_training_documents_hold_the_generated_blocks_in_their_gro
     queries' cells' codes, whose state inputs do not hold them, and a context's inputs hold its code."""
     tokenizer, row = three_block_tokenizer(), image_row(vocab)
     media = torch.tensor(row["media_ids"]).reshape(3, 4)
-    documents = DocumentRecipe(vocab, {"image": tokenizer}, "timestep", 0.0, 0.0, rounds={"image": [3, 1]},
-                               round_schedule="linear")
+    documents = DocumentRecipe(vocab, "timestep", 0.0, 0.0, rounds={"image": [3, 1]}, round_schedule="linear")
     assert documents.bounds("image", 3, 4) == [[0, 2, 3, 4], [0, 4]]
-    doc = documents.document("text_to_image", row, random.Random(0))
+    span = media_inputs([row], vocab, {"image": tokenizer})[0]
+    doc = documents.document("text_to_image", row["text_ids"], "image", span, random.Random(0))
     order = cell_order(4)
     local = vocab.to_local("image", media)[None]
-    decided = tokenizer.quantizer.block_inputs(local, torch.ones(local.shape, dtype=torch.bool))[0]
-    undecided = tokenizer.quantizer.block_inputs(local)[0]
+    decided, undecided = (inputs[0] for inputs in tokenizer.quantizer.block_inputs(local))
     assert len(doc) == 1 + 2 + 1 + (3 + 4) + (0 + 4), "contexts of all groups but the last, then 4 queries"
     first, second = slice(4, 11), slice(11, 15)
     assert doc.input_ids[first][:3] == media[1, order[:3]].tolist() and doc.targets[first][:3] == [-100] * 3
@@ -186,12 +185,14 @@ def test_text_to_media_training_documents_hold_the_generated_blocks_in_their_gro
     assert torch.tensor(doc.media_states[first][:3]).allclose(decided[1, order[:3]])
     assert torch.tensor(doc.media_states[first][3:]).allclose(undecided[1, order])
     assert torch.tensor(doc.media_states[second]).allclose(undecided[2, order])
-    assert documents.document("text_to_image", row, random.Random(1), heldout=True).input_ids == doc.input_ids
+    heldout = documents.document("text_to_image", row["text_ids"], "image", span, random.Random(1), heldout=True)
+    assert heldout.input_ids == doc.input_ids
     raster_row = {**row, "media_ids": row["media_ids"][:4]}
     raster_tokenizer = SimpleNamespace(name="image", num_blocks=1, quantizer=RDPMQuantizer(
         QuantizerConfig(steps=0, codebook_size=64), latent_channels=4), device=torch.device("cpu"))
-    raster = DocumentRecipe(vocab, {"image": raster_tokenizer}, "raster", 0.0, 0.0).document(
-        "text_to_image", raster_row, random.Random(0))
+    raster = DocumentRecipe(vocab, "raster", 0.0, 0.0).document(
+        "text_to_image", row["text_ids"], "image", media_inputs([raster_row], vocab, {"image": raster_tokenizer})[0],
+        random.Random(0))
     assert raster.input_ids[-1] == vocab.special_id("<eos>") and vocab.mask_id("image") not in raster.input_ids
 
 
@@ -199,10 +200,11 @@ def test_first_step_documents_hold_only_the_first_generated_block(vocab):
     """With first_step_fraction = 1 a training document is caption + <boi> + k_{T-1}; held-out
     documents keep every generated block so per-block losses stay comparable."""
     row = image_row(vocab)
-    documents = DocumentRecipe(vocab, {"image": three_block_tokenizer()}, "timestep", 0.0, 1.0)
-    doc = documents.document("text_to_image", row, random.Random(0))
+    documents = DocumentRecipe(vocab, "timestep", 0.0, 1.0)
+    span = media_inputs([row], vocab, {"image": three_block_tokenizer()})[0]
+    doc = documents.document("text_to_image", row["text_ids"], "image", span, random.Random(0))
     assert len(doc) == 1 + 2 + 1 + 4  # <bos>, caption, <boi>, k_{T-1}: one group, 4 queries
     assert doc.targets[-4:] == [row["media_ids"][4:8][c] for c in cell_order(4).tolist()]
     assert set(doc.target_block) <= {-1, 0}
-    heldout = documents.document("text_to_image", row, random.Random(0), heldout=True)
+    heldout = documents.document("text_to_image", row["text_ids"], "image", span, random.Random(0), heldout=True)
     assert len(heldout) == len(doc) + 4

@@ -139,8 +139,7 @@ def bench_training(spec: ModelSpec, groups: SamplerConfig, positions: int = 64, 
         text = (torch.randint(0, 512, (10,), generator=g) + vocab.range("text").offset).tolist()
         media = torch.randint(0, 512, (1, steps + 1, positions), generator=g)
         task = "text_to_image" if i % 4 else "image_to_text"  # mixed directions in one batch
-        decided = quantizer.block_inputs(media.to(device), torch.ones(media.shape, dtype=torch.bool))[0].cpu()
-        undecided = quantizer.block_inputs(media.to(device))[0].cpu()
+        decided, undecided = (inputs[0].cpu() for inputs in quantizer.block_inputs(media.to(device)))
         bounds = [group_bounds(positions, r, groups.round_schedule) for r in groups.rounds] \
             if task == "text_to_image" else None
         docs.append(task_document(vocab, "timestep", task, text, "image", media[0] + vocab.range("image").offset,

@@ -187,7 +187,7 @@ class UniTokPipeline:
             raise ValueError("media: expected an item or a non-empty list of items")
         tokenizer = self.tokenizer_for(modality)
         ids = tokenizer.encode(items, seed=[seed + i for i in range(len(items))])
-        inputs = tokenizer.quantizer.block_inputs(ids, torch.ones(ids.shape, dtype=torch.bool)).cpu()  # all decided
+        inputs = tokenizer.quantizer.block_inputs(ids)[0].cpu()  # every code given
         prefixes = [StreamBuilder(self.vocabulary, self.media_order).special("<bos>")
                     .media(tokenizer.name, self.vocabulary.to_global(tokenizer.name, item_ids), item_inputs,
                            trained=False).build()

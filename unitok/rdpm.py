@@ -200,19 +200,19 @@ class RDPMQuantizer(nn.Module):
         steps = [step + self._known_noise(self.steps - b, steps[0]) for b, step in enumerate(steps)]
         return torch.stack(steps, dim=1).cumsum(dim=1).transpose(2, 3)
 
-    def block_inputs(self, ids_BbN: torch.Tensor, decided_BbN: torch.Tensor | None = None) -> torch.Tensor:
-        """(B, b, N, 2C): what the transformer may know at every cell of the first b blocks
-        (`model.StreamModel`): the running state at the cell, which holds the blocks before its
-        own (``s_{t+1}``; 0 before ``k_T``) and, where `decided_BbN` is True, its own code's step
-        ``σ_t·c[k_t]``; and the noise as ``k_T`` holds it (``ε̂ = s_T``). The residual a block
-        quantizes is ``sqrt(ᾱ_t)·z + sqrt(1−ᾱ_t)·ε̂ − s_{t+1}``: the noise is needed beside the
-        state to tell the clean latent from it. An undecided cell's inputs never depend on its own
-        code (``k_T``, always given, aside: ε̂ is its step). `decided_BbN` None: no cell decided."""
+    def block_inputs(self, ids_BbN: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """What the transformer may know at every cell of the first b blocks (`model.StreamModel`),
+        as a *context* (its code drawn) and as a *query* (to be drawn), each (B, b, N, 2C): the
+        running state at the cell, which holds the blocks before its own (``s_{t+1}``; 0 before
+        ``k_T``) and, for a context, its own code's step ``σ_t·c[k_t]``; and the noise as ``k_T``
+        holds it (``ε̂ = s_T``). The residual a block quantizes is
+        ``sqrt(ᾱ_t)·z + sqrt(1−ᾱ_t)·ε̂ − s_{t+1}``: the noise is needed beside the state to tell the
+        clean latent from it. A query's inputs never depend on its own code (``k_T``, always given,
+        aside: ε̂ is its step)."""
         after = self.running_states(ids_BbN)  # (B, b, N, C)
-        state = torch.cat([torch.zeros_like(after[:, :1]), after[:, :-1]], dim=1)
-        if decided_BbN is not None:
-            state = torch.where(decided_BbN.to(state.device)[..., None], after, state)
-        return torch.cat([state, after[:, :1].expand_as(state)], dim=-1)
+        before = torch.cat([torch.zeros_like(after[:, :1]), after[:, :-1]], dim=1)
+        noise = after[:, :1].expand_as(after)
+        return torch.cat([after, noise], dim=-1), torch.cat([before, noise], dim=-1)
 
     def dequantize(self, ids_BTN: torch.Tensor) -> torch.Tensor:
         """s_0 (B, C, N): the sum of every step's scaled code vectors."""

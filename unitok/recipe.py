@@ -398,10 +398,10 @@ class RecipeRun:
         Its own stage, so that other sampler settings do not re-train the transformer."""
         tokenizers = self.tokenizers()
         modalities = {t.modality for t in tokenizers.media.values()}
-        lm = self.recipe.lm
-        samplers = {m: replace(self.recipe.samplers.get(m, SamplerConfig()), rounds=tuple(lm.rounds[m]),
-                               round_schedule=lm.round_schedule) if m in lm.rounds else self.recipe.samplers[m]
-                    for m in modalities if m in lm.rounds or m in self.recipe.samplers}
+        samplers = {m: config for m, config in self.recipe.samplers.items() if m in modalities}
+        for m in modalities & set(self.recipe.lm.rounds):  # the sampler draws the groups the model trained on
+            samplers[m] = replace(samplers.get(m, SamplerConfig()), rounds=tuple(self.recipe.lm.rounds[m]),
+                                  round_schedule=self.recipe.lm.round_schedule)
 
         def assemble():
             transformer = LlamaForCausalLM.from_pretrained(self.out / "lm" / "transformer", use_safetensors=True)

@@ -250,15 +250,15 @@ class RoundsSampler(MediaSampler):
         block = torch.zeros(B, N, dtype=torch.long, device=device)
         spans = torch.cat([before_BbN, block[:, None]], 1)
         order, bounds = cell_order(N).to(device), group_bounds(N, rounds, cfg.round_schedule)
+        query_inputs = quantizer.block_inputs(spans)[1][:, -1]  # (B, N, 2C): no code of the block in them
         decoder.rewind()
         for g in range(rounds):
             contexts = order[bounds[g - 1]:bounds[g]] if g else order[:0]
             queries = order[bounds[g]:bounds[g + 1]]
             spans[:, -1] = block
-            decided = quantizer.block_inputs(spans, torch.ones_like(spans, dtype=torch.bool))[:, -1]  # (B, N, 2C)
-            undecided = quantizer.block_inputs(spans)[:, -1]
+            context_inputs = quantizer.block_inputs(spans)[0][:, -1]
             ids = torch.cat([block[:, contexts] + codes.offset, torch.full_like(block[:, queries], mask_id)], 1)
-            states = torch.cat([decided[:, contexts], undecided[:, queries]], 1)
+            states = torch.cat([context_inputs[:, contexts], query_inputs[:, queries]], 1)
             c, q = len(contexts), len(queries)
             inner = torch.zeros(c + q, c + q, dtype=torch.bool)
             inner[:c, :c] = torch.ones(c, c, dtype=torch.bool).tril()  # contexts: causal, in cell order
@@ -290,8 +290,7 @@ class RasterSampler(MediaSampler):
         for n in range(N):
             generated.append(choose(_guided(logits, B, cfg)[..., codes.offset:codes.end], cfg, generator))
             if n < N - 1:
-                inputs = quantizer.block_inputs(generated[-1][:, None], torch.ones_like(generated[-1][:, None],
-                                                                                      dtype=torch.bool))[:, 0]  # (B, 1, 2C)
+                inputs = quantizer.block_inputs(generated[-1][:, None])[0][:, 0]  # (B, 2C): a drawn code
                 logits = decoder.feed(_repeat_for_guidance(generated[-1] + codes.offset, cfg), rows[n : n + 1],
                                       _repeat_for_guidance(inputs, cfg))
         return torch.cat(generated, dim=1).unsqueeze(1)

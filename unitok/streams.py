@@ -20,7 +20,7 @@ cells each (docs/RDPM.md). Per position we record:
   sits at the same positions whichever blocks come before it in a document or a sampler's cache;
 - for media positions, the global ids of its *cell*, *block* and first *state* row
   (`Vocabulary.position_rows`), and its 2C state inputs: the running RDPM state at its cell (the
-  blocks before its own, and its own code once decided) and the noise ε̂
+  blocks before its own, and for a context its own code) and the noise ε̂
   (`RDPMQuantizer.block_inputs`), which weigh the state rows.
 
 Packed rows add document ids so that documents never see each other. `media_order="raster"` is the
@@ -143,53 +143,54 @@ class StreamBuilder:
         self._append_causal(begin, _NEXT if trained and not timestep else _NONE, target_block=0)  # raster: code 0
         span_position, span_start = self._next_position, len(self._stream.input_ids)
         num_blocks, n = blocks.shape
-        rows = self.vocab.position_rows(name, num_blocks, n)
+        codes, rows, states = blocks.tolist(), self.vocab.position_rows(name, num_blocks, n).tolist(), inputs.tolist()
         for b in range(num_blocks):
             block_start = span_start + b * n
             for cell in range(n):
                 j = b * n + cell
                 if timestep:
-                    self._append(blocks[b, cell], _NONE, span_position + cell, reach=block_start + n - 1,
-                                 skip=(span_start, block_start), media_rows=tuple(rows[b, cell].tolist()),
-                                 media_state=inputs[b, cell].tolist())
+                    self._append(codes[b][cell], _NONE, span_position + cell, reach=block_start + n - 1,
+                                 skip=(span_start, block_start), media_rows=tuple(rows[b][cell]),
+                                 media_state=states[b][cell])
                 else:
                     rule = _NEXT if trained and j < num_blocks * n - 1 else _NONE
-                    self._append(blocks[b, cell], rule, span_position + j, target_block=0,
-                                 media_rows=tuple(rows[b, cell].tolist()), media_state=inputs[b, cell].tolist())
+                    self._append(codes[b][cell], rule, span_position + j, target_block=0,
+                                 media_rows=tuple(rows[b][cell]), media_state=states[b][cell])
         self._next_position = span_position + (n if timestep else num_blocks * n)
         if complete:
             self._append_causal(end)
         return self
 
-    def generated(self, name: str, blocks: torch.Tensor, decided_inputs: torch.Tensor,
-                  undecided_inputs: torch.Tensor, bounds: Sequence[Sequence[int]]) -> "StreamBuilder":
+    def generated(self, name: str, blocks: torch.Tensor, context_inputs: torch.Tensor,
+                  query_inputs: torch.Tensor, bounds: Sequence[Sequence[int]]) -> "StreamBuilder":
         """``<bo?>`` and the generated blocks 1 … b of a span, each drawn in groups of cells
         (`bounds[b]` from `group_bounds`, over `cell_order`), every cell trained with what the
         sampler knows when it draws it. A block is laid out as the *context* positions of its groups
-        0 … G−2 in cell order (code and `decided_inputs`: what a drawn cell tells the later ones;
-        causal, no target), then one *query* per cell (mask row and `undecided_inputs`, its own
+        0 … G−2 in cell order (code and `context_inputs`: what a drawn cell tells the later ones;
+        causal, no target), then one *query* per cell (mask row and `query_inputs`, its own
         code the target) that sees the prefix and the contexts of the groups before its own. Neither
         sees another block of the span. The span stays open: the document ends with it."""
-        self._check_inputs(name, blocks, decided_inputs)
-        self._check_inputs(name, blocks, undecided_inputs)
+        self._check_inputs(name, blocks, context_inputs)
+        self._check_inputs(name, blocks, query_inputs)
         begin, _ = self.vocab.delimiters(name)
         self._append_causal(begin, _NONE)
         span_position, span_start = self._next_position, len(self._stream.input_ids)
         num_blocks, n = blocks.shape
-        rows, order, mask_id = self.vocab.position_rows(name, 1 + num_blocks, n)[1:], cell_order(n), self.vocab.mask_id(name)
+        rows = self.vocab.position_rows(name, 1 + num_blocks, n)[1:].tolist()
+        codes, context_states, query_states = blocks.tolist(), context_inputs.tolist(), query_inputs.tolist()
+        order, mask_id = cell_order(n).tolist(), self.vocab.mask_id(name)
         for b, block_bounds in enumerate(bounds):
             block_start = len(self._stream.input_ids)
             contexts = block_bounds[-2]  # the last group's codes are never read in its block
-            for k, cell in enumerate(order[:contexts].tolist()):
-                self._append(blocks[b, cell], _NONE, span_position + cell, reach=block_start + k,
-                             skip=(span_start, block_start), media_rows=tuple(rows[b, cell].tolist()),
-                             media_state=decided_inputs[b, cell].tolist())
+            for k, cell in enumerate(order[:contexts]):
+                self._append(codes[b][cell], _NONE, span_position + cell, reach=block_start + k,
+                             skip=(span_start, block_start), media_rows=tuple(rows[b][cell]),
+                             media_state=context_states[b][cell])
             for g in range(len(block_bounds) - 1):
-                for cell in order[block_bounds[g]:block_bounds[g + 1]].tolist():
-                    self._append(mask_id, int(blocks[b, cell]), span_position + cell,
+                for cell in order[block_bounds[g]:block_bounds[g + 1]]:
+                    self._append(mask_id, codes[b][cell], span_position + cell,
                                  reach=block_start + block_bounds[g] - 1, skip=(span_start, block_start),
-                                 target_block=b, media_rows=tuple(rows[b, cell].tolist()),
-                                 media_state=undecided_inputs[b, cell].tolist())
+                                 target_block=b, media_rows=tuple(rows[b][cell]), media_state=query_states[b][cell])
         self._next_position = span_position + n
         return self
 
@@ -307,14 +308,14 @@ def task_modality(task: str) -> str | None:
 
 def task_document(vocab: Vocabulary, media_order: MediaOrder, task: str, text_ids: Sequence[int],
                   media_name: str | None = None, media_blocks: torch.Tensor | None = None,
-                  media_inputs: torch.Tensor | None = None, undecided_inputs: torch.Tensor | None = None,
+                  context_inputs: torch.Tensor | None = None, query_inputs: torch.Tensor | None = None,
                   bounds: Sequence[Sequence[int]] | None = None, drop_text: bool = False) -> Stream:
     """One training document for `task` from a span's global code ids `media_blocks` (T+1, N) and
-    state inputs `media_inputs` (T+1, N, 2C, every cell decided):
+    state inputs `context_inputs` (T+1, N, 2C: every code given, `RDPMQuantizer.block_inputs`):
 
     - ``text_to_<modality>``, timestep order: ``<bos> caption <bo?>`` and the generated blocks
       1 … b, one per entry of `bounds` (their groups, `StreamBuilder.generated`), whose queries
-      take `undecided_inputs` (T+1, N, 2C). The noise block k_T is given: it reaches them through
+      take `query_inputs` (T+1, N, 2C). The noise block k_T is given: it reaches them through
       their state inputs, so it has no position of its own, and the document ends with its last
       trained block (``<eo?>`` would only predict ``<eos>``).
       Raster order: ``<bos> caption <bo?> codes <eo?> <eos>``, next-token;
@@ -328,11 +329,11 @@ def task_document(vocab: Vocabulary, media_order: MediaOrder, task: str, text_id
     if task_modality(task) is None:
         return builder.text(text_ids).special("<eos>", rule=_NONE).build()
     if task.endswith("_to_text"):
-        builder.media(media_name, media_blocks, media_inputs, trained=False).text(text_ids)
+        builder.media(media_name, media_blocks, context_inputs, trained=False).text(text_ids)
         return builder.special("<eos>", rule=_NONE).build()
     builder.text([] if drop_text else text_ids)
     if media_order == "raster":
-        return builder.media(media_name, media_blocks, media_inputs).special("<eos>", rule=_NONE).build()
+        return builder.media(media_name, media_blocks, context_inputs).special("<eos>", rule=_NONE).build()
     generated = slice(1, 1 + len(bounds))
-    return builder.generated(media_name, media_blocks[generated], media_inputs[generated],
-                             undecided_inputs[generated], bounds).build()
+    return builder.generated(media_name, media_blocks[generated], context_inputs[generated],
+                             query_inputs[generated], bounds).build()

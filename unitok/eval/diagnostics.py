@@ -22,7 +22,7 @@ from ..digits_world import DIGIT_WORDS, Item, image_file
 from ..model import StreamModel
 from ..pipeline import UniTokPipeline
 from ..streams import task_document
-from ..training.data import span_inputs
+from ..training.data import media_inputs
 from ..training.lm import heldout_loss
 
 
@@ -48,12 +48,13 @@ def first_step_digit_ce_gain(pipe: UniTokPipeline, items: list[Item], media_ids:
     tokenizer = pipe.tokenizer_for("image")
     model, vocab = StreamModel(pipe.transformer), pipe.vocabulary
     blocks = vocab.to_global(tokenizer.name, media_ids)
+    contexts, queries = (inputs.cpu() for inputs in tokenizer.quantizer.block_inputs(media_ids.to(tokenizer.device)))
     one_group = [[0, media_ids.shape[2]]] if pipe.media_order == "timestep" else None
-    inputs = [span_inputs(vocab, tokenizer, b) for b in blocks]
 
     def first_step_ce(captions: list[str]) -> float:
         docs = [task_document(vocab, pipe.media_order, "text_to_image", pipe.encode_prompt(c), tokenizer.name, b,
-                              *s, one_group) for c, b, s in zip(captions, blocks, inputs)]
+                              context, query, one_group)
+                for c, b, context, query in zip(captions, blocks, contexts, queries)]
         return heldout_loss(model, vocab, {"text_to_image": docs}, pipe.device)["ce_per_block"][0]
 
     swapped = [other_digit_caption(it.caption, it.scene.digit) for it in items]
@@ -78,13 +79,11 @@ def caption_ce_gain_from_media(pipe: UniTokPipeline, modality: str, shards, coun
     held-out shard rows (a `<modality>_to_text` diagnostic)."""
     vocab = pipe.vocabulary
     rows = shards.select(range(min(count, len(shards)))).to_list()
-    tokenizer = pipe.tokenizer_for(modality)
-    blocks = [torch.tensor(row["media_ids"]).reshape(tokenizer.num_blocks, -1) for row in rows]
-    media = [(b, *span_inputs(vocab, tokenizer, b)) for b in blocks]  # blocks, decided and undecided inputs
+    media = media_inputs(rows, vocab, pipe.media_tokenizers)
     task = f"{modality}_to_text"
 
     def caption_ce(media_of: list[int]) -> float:
-        docs = [task_document(vocab, pipe.media_order, task, row["text_ids"], tokenizer.name, *media[m])
+        docs = [task_document(vocab, pipe.media_order, task, row["text_ids"], row["media"], *media[m])
                 for row, m in zip(rows, media_of)]
         return heldout_loss(StreamModel(pipe.transformer), vocab, {task: docs}, pipe.device)["loss"]
 

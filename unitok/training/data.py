@@ -110,26 +110,32 @@ class ShardStream:
         self.epoch, self.consumed, self._rows = position["epoch"], position["consumed"], None
 
 
-def span_inputs(vocab: Vocabulary, tokenizer: MediaTokenizer, blocks: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """State inputs (num_blocks, N, 2C) of a span of global ids `blocks` (num_blocks, N): of its
-    cells decided (a context, or a condition) and undecided (a query), `RDPMQuantizer.block_inputs`."""
-    local = vocab.to_local(tokenizer.name, blocks)[None].to(tokenizer.device)
-    with torch.no_grad():
-        decided = tokenizer.quantizer.block_inputs(local, torch.ones(local.shape, dtype=torch.bool))
-        undecided = tokenizer.quantizer.block_inputs(local)
-    return decided[0].cpu(), undecided[0].cpu()
+def media_inputs(rows: Sequence[dict], vocab: Vocabulary, tokenizers: dict[str, MediaTokenizer]
+                 ) -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None]:
+    """Each row's media span as (global ids (num_blocks, N), context and query state inputs
+    (num_blocks, N, 2C), `RDPMQuantizer.block_inputs`), None for a text-only row; the inputs come
+    from the row's tokenizer, one call per range."""
+    out: list = [None] * len(rows)
+    for name in {row["media"] for row in rows} - {""}:
+        tokenizer = tokenizers[name]
+        indices = [i for i, row in enumerate(rows) if row["media"] == name]
+        ids = torch.tensor([rows[i]["media_ids"] for i in indices], dtype=torch.long)
+        ids = ids.reshape(len(indices), tokenizer.num_blocks, -1)
+        with torch.no_grad():
+            contexts, queries = tokenizer.quantizer.block_inputs(vocab.to_local(name, ids).to(tokenizer.device))
+        for i, blocks, context, query in zip(indices, ids, contexts.cpu(), queries.cpu()):
+            out[i] = (blocks, context, query)
+    return out
 
 
 class DocumentRecipe:
     """How a shard row becomes a training document: caption dropout, which generated blocks it
     holds and in which groups their cells are drawn (`rounds` per media range, one round per
-    block where not given), and every position's state inputs (from the row's tokenizer,
-    `tokenizers` by vocabulary range)."""
+    block where not given)."""
 
-    def __init__(self, vocab: Vocabulary, tokenizers: dict[str, MediaTokenizer], media_order: str,
-                 caption_dropout: float, first_step_fraction: float, rounds: dict[str, Sequence[int]] | None = None,
-                 round_schedule: str = "cosine"):
-        self.vocab, self.tokenizers, self.media_order = vocab, tokenizers, media_order
+    def __init__(self, vocab: Vocabulary, media_order: str, caption_dropout: float, first_step_fraction: float,
+                 rounds: dict[str, Sequence[int]] | None = None, round_schedule: str = "cosine"):
+        self.vocab, self.media_order = vocab, media_order
         self.caption_dropout, self.first_step_fraction = caption_dropout, first_step_fraction
         self.rounds, self.round_schedule = dict(rounds or {}), round_schedule
 
@@ -138,29 +144,30 @@ class DocumentRecipe:
         rounds = self.rounds.get(name) or [1] * (num_blocks - 1)
         return [group_bounds(num_positions, r, self.round_schedule) for r in rounds]
 
-    def document(self, task: str, row: dict, rng: random.Random, heldout: bool = False) -> Stream:
-        """A held-out document keeps its caption and every generated block."""
+    def document(self, task: str, text_ids: Sequence[int], media_name: str,
+                 media: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None, rng: random.Random,
+                 heldout: bool = False) -> Stream:
+        """The document of a row's text and its `media_inputs`; a held-out one keeps its caption
+        and every generated block."""
         drop = not heldout and rng.random() < self.caption_dropout
-        if not row["media"]:
-            return task_document(self.vocab, self.media_order, task, row["text_ids"])
-        tokenizer = self.tokenizers[row["media"]]
-        blocks = torch.tensor(row["media_ids"], dtype=torch.long).reshape(tokenizer.num_blocks, -1)
-        decided, undecided = span_inputs(self.vocab, tokenizer, blocks)
+        if media is None:
+            return task_document(self.vocab, self.media_order, task, text_ids)
+        blocks, contexts, queries = media
         bounds = None
         if task.startswith("text_to_") and self.media_order == "timestep":
-            bounds = self.bounds(row["media"], *blocks.shape)
+            bounds = self.bounds(media_name, *blocks.shape)
             if not heldout and rng.random() < self.first_step_fraction:
                 bounds = bounds[:1]
-        return task_document(self.vocab, self.media_order, task, row["text_ids"], row["media"], blocks,
-                             decided, undecided, bounds, drop_text=drop)
+        return task_document(self.vocab, self.media_order, task, text_ids, media_name, blocks, contexts, queries,
+                             bounds, drop_text=drop)
 
 
 class MixtureBatches:
     """Training batches for one rank: documents drawn from the mixture's entries by weight."""
 
-    def __init__(self, entries: Sequence[MixtureEntry], vocab: Vocabulary, documents: DocumentRecipe,
-                 batch_size: int, seed: int, buffer: int, rank: int = 0, world: int = 1):
-        self.entries, self.vocab, self.documents = list(entries), vocab, documents
+    def __init__(self, entries: Sequence[MixtureEntry], vocab: Vocabulary, tokenizers: dict[str, MediaTokenizer],
+                 documents: DocumentRecipe, batch_size: int, seed: int, buffer: int, rank: int = 0, world: int = 1):
+        self.entries, self.vocab, self.tokenizers, self.documents = list(entries), vocab, tokenizers, documents
         self.batch_size, self.seed, self.rank, self.world = batch_size, seed, rank, world
         self.weights = [e.mix.weight for e in self.entries]
         self.streams = [ShardStream(e.mix.shards, vocab, seed + i, buffer, rank, world)
@@ -171,7 +178,8 @@ class MixtureBatches:
         rng = random.Random(hash((self.seed, step, micro, self.rank)))
         picks = rng.choices(range(len(self.entries)), self.weights, k=self.batch_size)
         rows = [self.streams[p].next() for p in picks]
-        docs = [self.documents.document(self.entries[p].task, row, rng) for p, row in zip(picks, rows)]
+        docs = [self.documents.document(self.entries[p].task, row["text_ids"], row["media"], media, rng)
+                for p, row, media in zip(picks, rows, media_inputs(rows, self.vocab, self.tokenizers))]
         batch = collate(pack(docs, max(len(d) for d in docs)), pad_id=self.vocab.special_id("<pad>"))
         return batch, [(self.entries[p].task, f"{row['key']}#{row['draw']}") for p, row in zip(picks, rows)]
 
@@ -211,8 +219,10 @@ def heldout_rows(entries: Sequence[MixtureEntry], vocab: Vocabulary, count: int)
     return rows
 
 
-def heldout_documents(entries: Sequence[MixtureEntry], vocab: Vocabulary, documents: DocumentRecipe,
-                      count: int) -> dict[str, list[Stream]]:
+def heldout_documents(entries: Sequence[MixtureEntry], vocab: Vocabulary, tokenizers: dict[str, MediaTokenizer],
+                      documents: DocumentRecipe, count: int) -> dict[str, list[Stream]]:
     """Held-out documents of `heldout_rows`: every caption and generated block."""
-    return {task: [documents.document(task, row, random.Random(0), heldout=True) for row in rows]
+    no_draws = random.Random(0)  # a held-out document draws nothing
+    return {task: [documents.document(task, row["text_ids"], row["media"], media, no_draws, heldout=True)
+                   for row, media in zip(rows, media_inputs(rows, vocab, tokenizers))]
             for task, rows in heldout_rows(entries, vocab, count).items()}

@@ -119,15 +119,15 @@ def train_lm(transformer: LlamaForCausalLM, vocab: Vocabulary, tokenizers: dict[
     for tokenizer in tokenizers.values():
         tokenizer.to(accelerator.device)
     entries = resolve_mixture(mixture, vocab, tokenizers, accelerator.num_processes)
-    documents = DocumentRecipe(vocab, tokenizers, cfg.media_order, cfg.caption_dropout, cfg.first_step_fraction,
-                               cfg.rounds, cfg.round_schedule)
-    data = MixtureBatches(entries, vocab, documents, cfg.batch_size, seed, cfg.shuffle_buffer,
+    documents = DocumentRecipe(vocab, cfg.media_order, cfg.caption_dropout, cfg.first_step_fraction, cfg.rounds,
+                               cfg.round_schedule)
+    data = MixtureBatches(entries, vocab, tokenizers, documents, cfg.batch_size, seed, cfg.shuffle_buffer,
                           accelerator.process_index, accelerator.num_processes)
     weights = loss_weight_table(vocab, cfg.loss_weights, transformer.config.vocab_size)
     checkpoints = output_dir / "checkpoints"
     state = _resume(accelerator, checkpoints, data)
     started, seconds_before = time.perf_counter(), state.get("seconds", 0.0)  # wall time over every invocation
-    eval_docs = heldout_documents(entries, vocab, documents, cfg.eval_items)
+    eval_docs = heldout_documents(entries, vocab, tokenizers, documents, cfg.eval_items)
     log = StepLog(output_dir / "log" / f"rank-{accelerator.process_index}.jsonl", state["step"])
 
     step = state["step"]
