@@ -65,9 +65,13 @@ def test_groups_must_fit_the_tokenizer_and_the_sampler_must_draw_the_trained_one
     with pytest.raises(ConfigError) as err:
         load_recipe(path)
     assert "lm.rounds.image: expected one entry per generated block (4 for T = 4 in timestep order), got [2, 1]" in str(err.value)
-    assert "samplers.image: rounds [3, 1, 1, 1] (cosine) are not the groups the model trains on" in str(err.value)
+    assert "samplers.image: rounds [3, 1, 1, 1] (cosine, random order) are not the groups the model trains on" \
+        in str(err.value)
     typo = write_tiny_recipe(tmp_path, lm={"rounds": {"imgae": [2, 1, 1, 1]}})
     with pytest.raises(ConfigError, match=r"lm\.rounds: \['imgae'\] name no tokenizer of this recipe \(\['image'\]\)"):
         load_recipe(typo)
     trained = write_tiny_recipe(tmp_path, samplers={"image": {"rounds": [2, 1, 1, 1]}})
     assert load_recipe(trained).recipe.samplers["image"].rounds == (2, 1, 1, 1)
+    reordered = write_tiny_recipe(tmp_path, samplers={"image": {"rounds": [2, 1, 1, 1], "cell_order": "lattice"}})
+    with pytest.raises(ConfigError, match=r"\(cosine, lattice order\) are not the groups the model trains on"):
+        load_recipe(reordered)

@@ -4,6 +4,7 @@ round = one pass), raster AR, media→text, the codebook range, sampler options.
 import pytest
 import torch
 
+from unitok import sampling
 from unitok.model import StreamModel, batch_logits, build_transformer
 from unitok.sampling import RasterSampler, RoundsSampler, SamplerConfig, choose, media_prefix, sample_text
 from unitok.streams import StreamBuilder, cell_order, collate, group_bounds, task_document, undecided_after_rounds
@@ -60,32 +61,33 @@ def sample(model, vocab, sampler, prompts, first, seed=0):
     return sampler.sample(model, vocab, "image", IMAGE_QUANTIZER, prompts, first, torch.Generator().manual_seed(seed))
 
 
-def trained_query_logits(model, vocab, prompt, local_ids, bounds):
+def trained_query_logits(model, vocab, prompt, local_ids, bounds, order="random"):
     """Logits of every query of a training document of the span `local_ids` (T+1, N) with the
     generated blocks' groups `bounds`, in document order (block, then cell order)."""
     blocks = vocab.to_global("image", local_ids)
     decided, undecided = (inputs[0] for inputs in IMAGE_QUANTIZER.block_inputs(local_ids[None]))
-    stream = task_document(vocab, "timestep", "text_to_image", prompt, "image", blocks, decided, undecided, bounds)
+    stream = task_document(vocab, "timestep", "text_to_image", prompt, "image", blocks, decided, undecided, bounds,
+                           order=order)
     with torch.no_grad():
         logits = batch_logits(model, collate([[stream]], pad_id=0))[0]
     return logits[torch.tensor(stream.input_ids) == vocab.mask_id("image")]
 
 
-@pytest.mark.parametrize("schedule", ["cosine", "linear"])
-def test_cached_rounds_equal_the_trained_layout_and_decide_every_cell_once(model, vocab, schedule):
+@pytest.mark.parametrize("schedule, order", [("cosine", "random"), ("linear", "lattice")])
+def test_cached_rounds_equal_the_trained_layout_and_decide_every_cell_once(model, vocab, schedule, order):
     """Every round's query logits equal those of a training document of the sampled span: the
     sampler gives each cell exactly the context it was trained with."""
     prompts = [text(vocab, [1, 2, 3]), text(vocab, [4])]  # different lengths: exercises left padding
     first = torch.randint(0, 64, (2, 1, N))
     rounds = (3, 2)
-    sampler = rounds_sampler(rounds=rounds, round_schedule=schedule)
+    sampler = rounds_sampler(rounds=rounds, round_schedule=schedule, cell_order=order)
     ids = sample(model, vocab, sampler, prompts, first)
     passes = model.passes[1:]  # the first call is the prompt prefix
     assert len(passes) == sampler.passes(BLOCKS, N) == 5
     mask_id, cells = vocab.mask_id("image"), vocab.range("image.cells").offset
     bounds = [group_bounds(N, r, schedule) for r in rounds]
     for row, prompt in enumerate(prompts + [[], []]):  # conditional rows, then unconditional ones
-        trained = trained_query_logits(model, vocab, prompt, ids[row % 2], bounds)
+        trained = trained_query_logits(model, vocab, prompt, ids[row % 2], bounds, order)
         queried = torch.cat([logits[row][fed[row] == mask_id] for fed, _, _, logits in passes])
         torch.testing.assert_close(queried, trained, atol=1e-4, rtol=1e-4)
     for block, block_passes in ((1, passes[:3]), (2, passes[3:])):
@@ -124,6 +126,21 @@ def test_rounds_samples_are_seeded_and_continue_a_given_trajectory(model, vocab)
     assert not torch.equal(a, sample(model, vocab, sampler, prompts, first, seed=1))
 
 
+def test_refine_temperature_applies_to_the_blocks_after_the_first_generated_one(model, vocab, monkeypatch):
+    temperatures = []
+
+    def recording_choose(logits, cfg, generator):
+        temperatures.append(cfg.temperature)
+        return choose(logits, cfg, generator)
+
+    monkeypatch.setattr(sampling, "choose", recording_choose)
+    prompts, noise = [text(vocab, [1, 2]), text(vocab, [3])], torch.randint(0, 64, (2, 1, N))
+    plain = sample(model, vocab, rounds_sampler(rounds=(2, 3)), prompts, noise)
+    cold = sample(model, vocab, rounds_sampler(rounds=(2, 3), refine_temperature=0.5), prompts, noise)
+    assert temperatures == [1.0] * 5 + [1.0, 1.0, 0.5, 0.5, 0.5]  # a draw per round: k_{T-1}'s 2, k_0's 3
+    assert torch.equal(cold[:, :2], plain[:, :2]) and not torch.equal(cold, plain)
+
+
 def test_rounds_must_fit_the_tokenizer_and_the_cells(model, vocab):
     with pytest.raises(ValueError, match="rounds lists 3 blocks, but this tokenizer draws 2"):
         sample(model, vocab, rounds_sampler(rounds=(2, 1, 1)), [text(vocab, [1])], torch.zeros(1, 1, N, dtype=torch.long))
@@ -133,6 +150,17 @@ def test_rounds_must_fit_the_tokenizer_and_the_cells(model, vocab):
     assert undecided_after_rounds(64, 6, "linear") == [53, 42, 32, 21, 10, 0]
     assert undecided_after_rounds(64, 6, "quadratic") == [44, 28, 16, 7, 1, 0]
     assert undecided_after_rounds(4, 4) == [3, 2, 1, 0] and undecided_after_rounds(4, 1) == [0]
+
+
+def test_lattice_order_goes_coarse_to_fine_over_sub_grids():
+    order = cell_order(64, "lattice")
+    assert sorted(order.tolist()) == list(range(64))
+    rows_cols = [divmod(cell, 8) for cell in order.tolist()]
+    assert set(rows_cols[:4]) == {(0, 0), (0, 4), (4, 0), (4, 4)}
+    assert set(rows_cols[:8]) == {(r, c) for r in (0, 2, 4, 6) for c in (0, 4)}
+    assert set(rows_cols[:16]) == {(r, c) for r in range(0, 8, 2) for c in range(0, 8, 2)}
+    with pytest.raises(ValueError, match="needs a square latent, got 48 cells"):
+        cell_order(48, "lattice")
 
 
 def test_raster_sampler_matches_full_recompute(model, vocab):
@@ -226,7 +254,7 @@ def test_choose_top_k_top_p_and_seeded_gumbel():
 
 
 def test_sampler_config_rejects_bad_values():
-    for bad in ({"temperature": 0}, {"top_k": 0}, {"top_p": 1.5}, {"gumbel_scale": -1}, {"rounds": (2, 0)},
+    for bad in ({"temperature": 0}, {"top_k": 0}, {"top_p": 1.5}, {"gumbel_scale": -1}, {"refine_temperature": 0.0}, {"rounds": (2, 0)},
                 {"rounds": ()}):
         with pytest.raises(ValueError):
             SamplerConfig(**bad)

@@ -235,7 +235,8 @@ def quickstart_settings() -> tuple[ModelSpec, SamplerConfig]:
     loaded = load_recipe(QUICKSTART)
     steps = loaded.tokenizer_specs["image"].quantizer.steps
     rounds = loaded.recipe.lm.rounds.get("image") or [1] * steps
-    return loaded.model_spec, SamplerConfig(rounds=tuple(rounds), round_schedule=loaded.recipe.lm.round_schedule)
+    return loaded.model_spec, SamplerConfig(rounds=tuple(rounds), round_schedule=loaded.recipe.lm.round_schedule,
+                                            cell_order=loaded.recipe.lm.cell_order)
 
 
 def run_bench(quick: bool = False) -> dict:

@@ -104,6 +104,9 @@ def build_parser() -> argparse.ArgumentParser:
                           help="RDPM passes (groups of cells) per generated block, noisiest first, e.g. 8,2,1,1 "
                                "(default: the groups the model trained on, saved with the pipeline; others run "
                                "but were not trained)")
+    generate.add_argument("--refine-temperature", type=float,
+                          help="RDPM: temperature of the blocks after the first generated one (default: the "
+                               "pipeline's, else --temperature)")
     generate.add_argument("--max-new-tokens", type=int, default=32, help="longest caption (media→text)")
     generate.add_argument("--seed", type=int, default=0)
     generate.set_defaults(command=cmd_generate)
@@ -215,7 +218,7 @@ def cmd_generate(args) -> int:
             print(f"{path}\t{caption}")
         return 0
     out = pipe.text_to_media(args.modality, args.prompt, guidance_scale=args.guidance_scale, rounds=args.rounds,
-                             **sampler)
+                             refine_temperature=args.refine_temperature, **sampler)
     for path in out.save(args.out):
         print(path)
     return 0

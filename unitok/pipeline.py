@@ -154,13 +154,14 @@ class UniTokPipeline:
     def text_to_media(self, modality: str, prompt: str | Sequence[str], guidance_scale: float | None = None,
                       temperature: float | None = None, top_k: int | None = None, top_p: float | None = None,
                       gumbel_scale: float | None = None, rounds: Sequence[int] | None = None,
-                      seed: int = 0) -> MediaPipelineOutput:
+                      refine_temperature: float | None = None, seed: int = 0) -> MediaPipelineOutput:
         """Generate one item of `modality` per prompt. Options left at None take the pipeline's
         saved sampler settings (`samplers`, else `SamplerConfig()`'s defaults). Same seed, same
         prompts, same options -> the same items."""
         prompts = _check_prompts(prompt)
         ids = self.generate_media_ids(modality, prompts, seed, guidance_scale=guidance_scale, temperature=temperature,
-                                      top_k=top_k, top_p=top_p, gumbel_scale=gumbel_scale, rounds=rounds)
+                                      top_k=top_k, top_p=top_p, gumbel_scale=gumbel_scale, rounds=rounds,
+                                      refine_temperature=refine_temperature)
         return MediaPipelineOutput(self.tokenizer_for(modality).decode(ids), ids.cpu())
 
     def text_to_image(self, prompt: str | Sequence[str], **sampler) -> MediaPipelineOutput:

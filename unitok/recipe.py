@@ -146,9 +146,11 @@ def _rounds_errors(path: Path, recipe: Recipe, modality: str, steps: int) -> lis
             errors.append(f"{path}: {where}: expected one entry per generated block "
                           f"({steps} for T = {steps} in timestep order), got {list(rounds)}")
     if sampler.rounds and (list(sampler.rounds) != list(trained or [1] * steps)
-                           or sampler.round_schedule != recipe.lm.round_schedule):
-        errors.append(f"{path}: samplers.{modality}: rounds {list(sampler.rounds)} ({sampler.round_schedule}) are not "
-                      f"the groups the model trains on (lm.rounds, lm.round_schedule); leave them out")
+                           or sampler.round_schedule != recipe.lm.round_schedule
+                           or sampler.cell_order != recipe.lm.cell_order):
+        errors.append(f"{path}: samplers.{modality}: rounds {list(sampler.rounds)} ({sampler.round_schedule}, "
+                      f"{sampler.cell_order} order) are not the groups the model trains on (lm.rounds, "
+                      f"lm.round_schedule, lm.cell_order); leave them out")
     return errors
 
 
@@ -401,7 +403,8 @@ class RecipeRun:
         samplers = {m: config for m, config in self.recipe.samplers.items() if m in modalities}
         for m in modalities & set(self.recipe.lm.rounds):  # the sampler draws the groups the model trained on
             samplers[m] = replace(samplers.get(m, SamplerConfig()), rounds=tuple(self.recipe.lm.rounds[m]),
-                                  round_schedule=self.recipe.lm.round_schedule)
+                                  round_schedule=self.recipe.lm.round_schedule,
+                                  cell_order=self.recipe.lm.cell_order)
 
         def assemble():
             transformer = LlamaForCausalLM.from_pretrained(self.out / "lm" / "transformer", use_safetensors=True)

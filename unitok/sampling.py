@@ -35,7 +35,7 @@ from transformers import DynamicCache
 
 from .model import StreamModel
 from .rdpm import RDPMQuantizer
-from .streams import (NO_ROWS, Batch, MediaOrder, Stream, StreamBuilder, cell_order, collate, group_bounds,
+from .streams import (NO_ROWS, Batch, CellOrder, MediaOrder, Stream, StreamBuilder, cell_order, collate, group_bounds,
                       undecided_after_rounds)
 from .vocabulary import Vocabulary
 
@@ -56,12 +56,18 @@ class SamplerConfig:
     # share of a block's cells still undecided after round r of R (`undecided_after_rounds`):
     # "cosine" cos(π/2·r/R) (few cells first), "linear" 1 − r/R, "quadratic" (1 − r/R)² (many first)
     round_schedule: Literal["cosine", "linear", "quadratic"] = "cosine"
+    cell_order: CellOrder = "random"  # which cells a group takes (`streams.cell_order`)
+    # RDPM: temperature of the generated blocks after the first (k_{T−2} … k_0), which refine the
+    # shape k_{T−1} drew: a low one keeps cells from adding ink away from it; None = `temperature`
+    refine_temperature: float | None = None
 
     def __post_init__(self):
         if self.guidance_scale < 0:
             raise ValueError(f"guidance_scale must be >= 0, got {self.guidance_scale}")
         if self.temperature <= 0:
             raise ValueError(f"temperature must be > 0, got {self.temperature}")
+        if self.refine_temperature is not None and self.refine_temperature <= 0:
+            raise ValueError(f"refine_temperature must be > 0, got {self.refine_temperature}")
         if self.top_k is not None and self.top_k < 1:
             raise ValueError(f"top_k must be >= 1, got {self.top_k}")
         if self.top_p is not None and not 0 < self.top_p <= 1:
@@ -234,22 +240,29 @@ class RoundsSampler(MediaSampler):
         decoder = CachedDecoder(model, self._prompts_batch(vocab, name, prompts).to(device))
         blocks = first_blocks.to(device)  # (B, b, N): every cell decided
         for b in range(blocks.shape[1], num_blocks):
-            block = self._draw_block(decoder, vocab, name, quantizer, blocks, rows[b], rounds[b - 1], generator)
+            cfg = self.config if b == 1 else self.refining_config()
+            block = self._draw_block(decoder, vocab, name, quantizer, blocks, rows[b], rounds[b - 1], cfg, generator)
             blocks = torch.cat([blocks, block[:, None]], dim=1)
         return blocks
 
+    def refining_config(self) -> SamplerConfig:
+        """The settings of the blocks after the first generated one."""
+        if self.config.refine_temperature is None:
+            return self.config
+        return replace(self.config, temperature=self.config.refine_temperature)
+
     def _draw_block(self, decoder: CachedDecoder, vocab: Vocabulary, name: str, quantizer: RDPMQuantizer,
-                    before_BbN: torch.Tensor, rows_N3: torch.Tensor, rounds: int,
+                    before_BbN: torch.Tensor, rows_N3: torch.Tensor, rounds: int, cfg: SamplerConfig,
                     generator: torch.Generator | None) -> torch.Tensor:
         """The next block's local codes (B, N) after the blocks `before_BbN`: round g feeds the
         cells group g − 1 decided as contexts (they stay cached) and group g's queries (dropped
         after the round), the layout of `StreamBuilder.generated`."""
-        cfg, codes, mask_id = self.config, vocab.range(name), vocab.mask_id(name)
+        codes, mask_id = vocab.range(name), vocab.mask_id(name)
         B, N = before_BbN.shape[0], before_BbN.shape[2]
         device = before_BbN.device
         block = torch.zeros(B, N, dtype=torch.long, device=device)
         spans = torch.cat([before_BbN, block[:, None]], 1)
-        order, bounds = cell_order(N).to(device), group_bounds(N, rounds, cfg.round_schedule)
+        order, bounds = cell_order(N, cfg.cell_order).to(device), group_bounds(N, rounds, cfg.round_schedule)
         query_inputs = quantizer.block_inputs(spans)[1][:, -1]  # (B, N, 2C): no code of the block in them
         decoder.rewind()
         for g in range(rounds):

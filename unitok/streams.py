@@ -65,10 +65,31 @@ def undecided_after_rounds(num_positions: int, rounds: int, schedule: str = "cos
     return counts
 
 
-def cell_order(num_positions: int) -> torch.Tensor:
-    """The fixed order in which a block's cells are decided, group after group: a seeded
-    permutation, so that every group is spread over the whole latent."""
-    return torch.randperm(num_positions, generator=torch.Generator().manual_seed(0))
+CellOrder = Literal["random", "lattice"]
+
+
+def cell_order(num_positions: int, kind: CellOrder = "random") -> torch.Tensor:
+    """The fixed order in which a block's cells are decided, group after group.
+
+    "random": a seeded permutation, so that every group is spread over the whole latent.
+    "lattice" (a square latent of side s, cells in raster order): coarse to fine over sub-grids,
+    as in multiscale parallel decoding. Cell (r, c) is ranked by the bits of c and r from the
+    lowest up, interleaved, so the first N/4 cells are the even rows and columns, the first N/16
+    every fourth, and so on: a group's cells are evenly spaced, and a cell sees its decided
+    neighbours at the same offsets as every other cell of its group.
+    """
+    if kind == "random":
+        return torch.randperm(num_positions, generator=torch.Generator().manual_seed(0))
+    side = math.isqrt(num_positions)
+    if side * side != num_positions:
+        raise ValueError(f"cell order 'lattice' needs a square latent, got {num_positions} cells")
+    bits = side.bit_length()
+
+    def coarse_first(cell: int) -> list[int]:
+        row, col = divmod(cell, side)
+        return [(x >> k) & 1 for k in range(bits) for x in (col, row)]
+
+    return torch.tensor(sorted(range(num_positions), key=coarse_first))
 
 
 def group_bounds(num_positions: int, rounds: int, schedule: str = "cosine") -> list[int]:
@@ -162,9 +183,10 @@ class StreamBuilder:
         return self
 
     def generated(self, name: str, blocks: torch.Tensor, context_inputs: torch.Tensor,
-                  query_inputs: torch.Tensor, bounds: Sequence[Sequence[int]]) -> "StreamBuilder":
+                  query_inputs: torch.Tensor, bounds: Sequence[Sequence[int]],
+                  order: CellOrder = "random") -> "StreamBuilder":
         """``<bo?>`` and the generated blocks 1 … b of a span, each drawn in groups of cells
-        (`bounds[b]` from `group_bounds`, over `cell_order`), every cell trained with what the
+        (`bounds[b]` from `group_bounds`, over `cell_order(N, order)`), every cell trained with what the
         sampler knows when it draws it. A block is laid out as the *context* positions of its groups
         0 … G−2 in cell order (code and `context_inputs`: what a drawn cell tells the later ones;
         causal, no target), then one *query* per cell (mask row and `query_inputs`, its own
@@ -178,16 +200,16 @@ class StreamBuilder:
         num_blocks, n = blocks.shape
         rows = self.vocab.position_rows(name, 1 + num_blocks, n)[1:].tolist()
         codes, context_states, query_states = blocks.tolist(), context_inputs.tolist(), query_inputs.tolist()
-        order, mask_id = cell_order(n).tolist(), self.vocab.mask_id(name)
+        cells, mask_id = cell_order(n, order).tolist(), self.vocab.mask_id(name)
         for b, block_bounds in enumerate(bounds):
             block_start = len(self._stream.input_ids)
             contexts = block_bounds[-2]  # the last group's codes are never read in its block
-            for k, cell in enumerate(order[:contexts]):
+            for k, cell in enumerate(cells[:contexts]):
                 self._append(codes[b][cell], _NONE, span_position + cell, reach=block_start + k,
                              skip=(span_start, block_start), media_rows=tuple(rows[b][cell]),
                              media_state=context_states[b][cell])
             for g in range(len(block_bounds) - 1):
-                for cell in order[block_bounds[g]:block_bounds[g + 1]]:
+                for cell in cells[block_bounds[g]:block_bounds[g + 1]]:
                     self._append(mask_id, codes[b][cell], span_position + cell,
                                  reach=block_start + block_bounds[g] - 1, skip=(span_start, block_start),
                                  target_block=b, media_rows=tuple(rows[b][cell]), media_state=query_states[b][cell])
@@ -309,7 +331,8 @@ def task_modality(task: str) -> str | None:
 def task_document(vocab: Vocabulary, media_order: MediaOrder, task: str, text_ids: Sequence[int],
                   media_name: str | None = None, media_blocks: torch.Tensor | None = None,
                   context_inputs: torch.Tensor | None = None, query_inputs: torch.Tensor | None = None,
-                  bounds: Sequence[Sequence[int]] | None = None, drop_text: bool = False) -> Stream:
+                  bounds: Sequence[Sequence[int]] | None = None, drop_text: bool = False,
+                  order: CellOrder = "random") -> Stream:
     """One training document for `task` from a span's global code ids `media_blocks` (T+1, N) and
     state inputs `context_inputs` (T+1, N, 2C: every code given, `RDPMQuantizer.block_inputs`):
 
@@ -323,7 +346,8 @@ def task_document(vocab: Vocabulary, media_order: MediaOrder, task: str, text_id
       untrained, the text trained and seeing the whole span;
     - ``text``: ``<bos> text <eos>``.
 
-    `drop_text` removes the caption of a text-to-media document (classifier-free guidance).
+    `drop_text` removes the caption of a text-to-media document (classifier-free guidance);
+    `order` is the generated blocks' `cell_order`.
     """
     builder = StreamBuilder(vocab, media_order).special("<bos>")
     if task_modality(task) is None:
@@ -336,4 +360,4 @@ def task_document(vocab: Vocabulary, media_order: MediaOrder, task: str, text_id
         return builder.media(media_name, media_blocks, context_inputs).special("<eos>", rule=_NONE).build()
     generated = slice(1, 1 + len(bounds))
     return builder.generated(media_name, media_blocks[generated], context_inputs[generated],
-                             query_inputs[generated], bounds).build()
+                             query_inputs[generated], bounds, order).build()

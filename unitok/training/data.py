@@ -22,7 +22,7 @@ import torch
 
 from ..media_tokenizer import MediaTokenizer
 from ..shards import ShardError, load_shards, read_manifest, shard_set_hash
-from ..streams import Batch, Stream, collate, group_bounds, pack, task_document, task_modality
+from ..streams import Batch, CellOrder, Stream, collate, group_bounds, pack, task_document, task_modality
 from ..vocabulary import Vocabulary
 
 COLUMNS = ["key", "draw", "text_ids", "media", "media_ids"]
@@ -134,10 +134,11 @@ class DocumentRecipe:
     block where not given)."""
 
     def __init__(self, vocab: Vocabulary, media_order: str, caption_dropout: float, first_step_fraction: float,
-                 rounds: dict[str, Sequence[int]] | None = None, round_schedule: str = "cosine"):
+                 rounds: dict[str, Sequence[int]] | None = None, round_schedule: str = "cosine",
+                 cell_order: CellOrder = "random"):
         self.vocab, self.media_order = vocab, media_order
         self.caption_dropout, self.first_step_fraction = caption_dropout, first_step_fraction
-        self.rounds, self.round_schedule = dict(rounds or {}), round_schedule
+        self.rounds, self.round_schedule, self.cell_order = dict(rounds or {}), round_schedule, cell_order
 
     def bounds(self, name: str, num_blocks: int, num_positions: int) -> list[list[int]]:
         """The groups (`streams.group_bounds`) of the generated blocks of range `name`."""
@@ -159,7 +160,7 @@ class DocumentRecipe:
             if not heldout and rng.random() < self.first_step_fraction:
                 bounds = bounds[:1]
         return task_document(self.vocab, self.media_order, task, text_ids, media_name, blocks, contexts, queries,
-                             bounds, drop_text=drop)
+                             bounds, drop_text=drop, order=self.cell_order)
 
 
 class MixtureBatches:

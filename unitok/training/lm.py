@@ -28,7 +28,7 @@ from tqdm.auto import tqdm
 
 from ..media_tokenizer import MediaTokenizer
 from ..model import StreamModel, batch_logits, stream_loss
-from ..streams import IGNORE, Stream, collate, task_modality
+from ..streams import IGNORE, CellOrder, Stream, collate, task_modality
 from ..vocabulary import Vocabulary
 from .common import check_finite, mixed_precision, warmup_cosine
 from .data import DocumentRecipe, MixtureBatches, ShardMix, heldout_documents, resolve_mixture
@@ -61,6 +61,7 @@ class LMTraining:
     # where not given. The sampler's `rounds` must be these (the pipeline stage checks).
     rounds: dict[str, list[int]] = field(default_factory=dict)
     round_schedule: Literal["cosine", "linear", "quadratic"] = "cosine"
+    cell_order: CellOrder = "random"  # the order the groups take cells in (`streams.cell_order`)
     # Loss weight per target kind: "text" (text and special tokens) or a modality ("image", …);
     # unlisted kinds weigh 1. The loss is the weighted mean over labelled positions.
     loss_weights: dict[str, float] = field(default_factory=dict)
@@ -120,7 +121,7 @@ def train_lm(transformer: LlamaForCausalLM, vocab: Vocabulary, tokenizers: dict[
         tokenizer.to(accelerator.device)
     entries = resolve_mixture(mixture, vocab, tokenizers, accelerator.num_processes)
     documents = DocumentRecipe(vocab, cfg.media_order, cfg.caption_dropout, cfg.first_step_fraction, cfg.rounds,
-                               cfg.round_schedule)
+                               cfg.round_schedule, cfg.cell_order)
     data = MixtureBatches(entries, vocab, tokenizers, documents, cfg.batch_size, seed, cfg.shuffle_buffer,
                           accelerator.process_index, accelerator.num_processes)
     weights = loss_weight_table(vocab, cfg.loss_weights, transformer.config.vocab_size)
