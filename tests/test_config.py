@@ -1,5 +1,7 @@
 """Typed configs: wrong fields fail at load time with the file, the field path and what was expected."""
 
+from pathlib import Path
+
 import pytest
 import yaml
 
@@ -72,6 +74,19 @@ def test_groups_must_fit_the_tokenizer_and_the_sampler_must_draw_the_trained_one
         load_recipe(typo)
     trained = write_tiny_recipe(tmp_path, samplers={"image": {"rounds": [2, 1, 1, 1]}})
     assert load_recipe(trained).recipe.samplers["image"].rounds == (2, 1, 1, 1)
+    assert load_recipe(write_tiny_recipe(tmp_path, lm={"cell_order": "lattice"})).recipe.lm.cell_order == "lattice"
     reordered = write_tiny_recipe(tmp_path, samplers={"image": {"rounds": [2, 1, 1, 1], "cell_order": "lattice"}})
     with pytest.raises(ConfigError, match=r"\(cosine, lattice order\) are not the groups the model trains on"):
         load_recipe(reordered)
+
+
+def test_lattice_cell_order_is_refused_for_latents_that_are_not_square_images(tmp_path):
+    multimodal = Path("recipes/digits-multimodal.yaml")
+    data = yaml.safe_load(multimodal.read_text())
+    for section in data["tokenizers"].values():
+        section["spec"] = str(Path(section["spec"]).resolve())
+    data["model"], data["lm"]["cell_order"] = str(Path(data["model"]).resolve()), "lattice"
+    path = tmp_path / "recipe.yaml"
+    path.write_text(yaml.safe_dump(data))
+    with pytest.raises(ConfigError, match=r"tokenizers\.audio: lm\.cell_order: lattice needs square 2-D latents"):
+        load_recipe(path)

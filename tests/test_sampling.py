@@ -86,6 +86,9 @@ def test_cached_rounds_equal_the_trained_layout_and_decide_every_cell_once(model
     assert len(passes) == sampler.passes(BLOCKS, N) == 5
     mask_id, cells = vocab.mask_id("image"), vocab.range("image.cells").offset
     bounds = [group_bounds(N, r, schedule) for r in rounds]
+    fed, cell, _, _ = passes[0]
+    assert torch.equal(cell[0][fed[0] == mask_id] - cells, cell_order(N, order)[:bounds[0][1]]), \
+        "the first round queries the first group of the order"
     for row, prompt in enumerate(prompts + [[], []]):  # conditional rows, then unconditional ones
         trained = trained_query_logits(model, vocab, prompt, ids[row % 2], bounds, order)
         queried = torch.cat([logits[row][fed[row] == mask_id] for fed, _, _, logits in passes])
@@ -139,6 +142,9 @@ def test_refine_temperature_applies_to_the_blocks_after_the_first_generated_one(
     cold = sample(model, vocab, rounds_sampler(rounds=(2, 3), refine_temperature=0.5), prompts, noise)
     assert temperatures == [1.0] * 5 + [1.0, 1.0, 0.5, 0.5, 0.5]  # a draw per round: k_{T-1}'s 2, k_0's 3
     assert torch.equal(cold[:, :2], plain[:, :2]) and not torch.equal(cold, plain)
+    temperatures.clear()
+    sample(model, vocab, rounds_sampler(rounds=(2, 3), refine_temperature=0.5), prompts, plain[:, :2])
+    assert temperatures == [0.5] * 3  # k_{T-1} given: only refining rounds are drawn
 
 
 def test_rounds_must_fit_the_tokenizer_and_the_cells(model, vocab):

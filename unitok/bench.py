@@ -143,7 +143,7 @@ def bench_training(spec: ModelSpec, groups: SamplerConfig, positions: int = 64, 
         bounds = [group_bounds(positions, r, groups.round_schedule) for r in groups.rounds] \
             if task == "text_to_image" else None
         docs.append(task_document(vocab, "timestep", task, text, "image", media[0] + vocab.range("image").offset,
-                                  decided, undecided, bounds))
+                                  decided, undecided, bounds, order=groups.cell_order))
     ours = collate([[d] for d in docs], vocab.special_id("<pad>")).to(device)
     plain_ids = ours.input_ids.clone()
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)

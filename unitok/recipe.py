@@ -177,6 +177,8 @@ def load_recipe(path: str | Path) -> LoadedRecipe:
             errors.append(f"{where}: lm.media_order: timestep needs a tokenizer with quantizer.steps >= 1 "
                           "(T = 0 is the raster baseline)")
         errors += _rounds_errors(path, recipe, modality, steps)
+        if recipe.lm.cell_order == "lattice" and modality != "image":
+            errors.append(f"{where}: lm.cell_order: lattice needs square 2-D latents (image tokenizers); use random")
     if recipe.tokenizers and set(recipe.lm.rounds) - set(recipe.tokenizers):
         errors.append(f"{path}: lm.rounds: {sorted(set(recipe.lm.rounds) - set(recipe.tokenizers))} name no tokenizer "
                       f"of this recipe ({sorted(recipe.tokenizers)})")

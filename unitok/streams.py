@@ -72,11 +72,12 @@ def cell_order(num_positions: int, kind: CellOrder = "random") -> torch.Tensor:
     """The fixed order in which a block's cells are decided, group after group.
 
     "random": a seeded permutation, so that every group is spread over the whole latent.
-    "lattice" (a square latent of side s, cells in raster order): coarse to fine over sub-grids,
-    as in multiscale parallel decoding. Cell (r, c) is ranked by the bits of c and r from the
-    lowest up, interleaved, so the first N/4 cells are the even rows and columns, the first N/16
-    every fourth, and so on: a group's cells are evenly spaced, and a cell sees its decided
-    neighbours at the same offsets as every other cell of its group.
+    "lattice" (a square 2-D latent of side s, cells in raster order; image tokenizers): coarse to
+    fine over sub-grids, as in multiscale parallel decoding. Cell (r, c) is ranked by the bits of
+    c and r from the lowest up, interleaved, so that for a power-of-two side the first N/4 cells
+    are the even rows and columns, the first N/16 every fourth, and so on: groups whose sizes
+    follow these levels hold evenly spaced cells, each with its decided neighbours at the same
+    offsets.
     """
     if kind == "random":
         return torch.randperm(num_positions, generator=torch.Generator().manual_seed(0))

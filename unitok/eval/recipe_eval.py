@@ -158,7 +158,8 @@ def _sampler_summary(pipe: UniTokPipeline, modality: str) -> dict:
     """The sampler settings the samples were drawn with."""
     config = pipe.sampler_for(modality).config
     return {"guidance_scale": config.guidance_scale, "temperature": config.temperature,
-            "refine_temperature": config.refine_temperature, "rounds": list(config.rounds) if config.rounds else None}
+            "refine_temperature": config.refine_temperature, "rounds": list(config.rounds) if config.rounds else None,
+            "round_schedule": config.round_schedule, "cell_order": config.cell_order}
 
 
 def _tokenizer_metrics(measured: dict, main_name: str) -> dict:
