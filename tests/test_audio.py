@@ -103,11 +103,13 @@ def test_wrong_in_memory_audio_is_refused(adapter):
 
 def test_audio_tokenizer_encodes_deterministically_and_round_trips(tmp_path):
     torch.manual_seed(0)
-    tokenizer = MediaTokenizer(TokenizerSpec.load(SPEC)).eval()
-    assert (tokenizer.num_positions, tokenizer.num_blocks) == (8 * 16, 5)
+    spec = TokenizerSpec.load(SPEC)
+    tokenizer = MediaTokenizer(spec).eval()
+    blocks = spec.quantizer.steps + 1
+    assert (tokenizer.num_positions, tokenizer.num_blocks) == (8 * 16, blocks)
     audio = [Audio(dtmf_waveform(c, 8000), 8000) for c in clips(3, seed=3)]
     ids = tokenizer.encode(audio, seed=[0, 1, 2])
-    assert ids.shape == (3, 5, 128) and int(ids.max()) < 512
+    assert ids.shape == (3, blocks, 128) and int(ids.max()) < 512
     assert torch.equal(ids, tokenizer.encode(audio, seed=[0, 1, 2]))
     assert not torch.equal(ids[0, 0], tokenizer.encode(audio[:1], seed=[7])[0, 0])  # k_T follows the seed
     decoded = tokenizer.decode(ids)
