@@ -55,10 +55,10 @@ def _image_quantizer() -> RDPMQuantizer:
 IMAGE_QUANTIZER = _image_quantizer()
 
 
-def span_inputs(vocab: Vocabulary, blocks: torch.Tensor, decided: bool = True) -> torch.Tensor:
-    """State inputs (b, N, 8) of a span's global image ids (b, N) from `IMAGE_QUANTIZER`, every
-    cell decided (a context or a condition) or every cell undecided (a query)."""
-    local = vocab.to_local("image", blocks)[None]
+def span_inputs(vocab: Vocabulary, blocks: torch.Tensor, name: str = "image", decided: bool = True) -> torch.Tensor:
+    """State inputs (b, N, 8) of a span's global ids (b, N) of range `name` (C = 4) from
+    `IMAGE_QUANTIZER`, every cell decided (a context or a condition) or every cell undecided (a query)."""
+    local = vocab.to_local(name, blocks)[None]
     return IMAGE_QUANTIZER.block_inputs(local)[0 if decided else 1][0]
 
 
@@ -75,6 +75,13 @@ def tiny_tokenizer() -> MediaTokenizer:
 @pytest.fixture
 def vocab() -> Vocabulary:
     return Vocabulary.build(40, "texthash", [image_layout()])
+
+
+@pytest.fixture
+def audio_vocab() -> Vocabulary:
+    """`vocab` and an audio range of 64 codes, for spans of 2 blocks of 5 positions, C = 4."""
+    audio = MediaLayout("audio", "audio", 64, "audiohash", num_blocks=2, num_positions=5, latent_channels=4)
+    return Vocabulary.build(40, "texthash", [image_layout(), audio])
 
 
 def write_tiny_recipe(folder: Path, **overrides) -> Path:

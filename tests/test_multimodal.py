@@ -11,7 +11,9 @@ from unitok import UniTokPipeline
 from unitok.adapters.audio import Audio
 from unitok.cli import main
 from unitok.config import ConfigError
+from unitok.model import StreamModel, batch_logits
 from unitok.recipe import load_recipe
+from unitok.streams import collate, task_document
 
 from .conftest import write_tiny_multimodal_recipe
 
@@ -28,10 +30,12 @@ def test_every_direction_is_evaluated(tiny_multimodal_run):
     assert 0 <= metrics["video_to_text"]["digit_direction_accuracy"] <= 1
     assert 0 <= metrics["video_tokenizer"]["recon_digit_direction_accuracy"] <= 1
     for modality in ("image", "audio", "video"):  # the held-out captions differ, so their CE does
-        assert math.isfinite(gain := metrics[f"{modality}_to_text"]["caption_ce_gain_from_media"]) and gain != 0
+        read = metrics[f"{modality}_to_text"]
+        assert math.isfinite(gain := read["caption_ce_gain_from_media"]) and gain != 0
+        assert gain == pytest.approx(read["caption_loss_shuffled"] - read["caption_loss_matched"])
     assert set(metrics["lm"]["heldout_loss_per_task"]) == {"text_to_image", "image_to_text", "text_to_audio",
                                                            "audio_to_text", "text_to_video", "video_to_text", "text"}
-    for path in ("samples.png", "trajectory.png", "audio_trajectory.png", "audio_samples/sample-0.wav",
+    for path in ("samples.png", "trajectory.png", "audio_samples.png", "audio_trajectory.png", "audio_samples/sample-0.wav",
                  "video_samples.png", "video_trajectory.png", "video_samples/sample-0.gif",
                  "model/audio_tokenizer/model.safetensors", "model/video_tokenizer/model.safetensors",
                  "shards/audio/heldout/manifest.json", "data/video/train/videos/train-000000.mp4"):
@@ -68,6 +72,28 @@ def test_pipeline_generates_audio_and_describes_both_modalities(tiny_multimodal_
     assert clip.videos[0].frames.shape == (4, 32, 32, 3)
     mp4, gif = clip.save(tmp_path / "three.mp4")[0], clip.save(tmp_path / "three.gif")[0]
     assert gif.is_file() and isinstance(pipe.video_to_text(str(mp4)), str)
+
+
+def test_a_caption_reads_the_media_through_the_read_out_block(tiny_multimodal_run):
+    """The caption's logits after two different images differ (the text sees their read-out
+    blocks), and an interleaved prompt is continued through the same layout."""
+    pipe = UniTokPipeline.from_pretrained(tiny_multimodal_run / "model")
+    images = pipe.text_to_image(["a red 7", "a big blue 1 at the top"], seed=0).images
+    tokenizer, vocab = pipe.tokenizer_for("image"), pipe.vocabulary
+    caption = pipe.encode_prompt("a red 7")
+    clean = pipe._clean_inputs(tokenizer, images, seed=0)
+    docs = [task_document(vocab, "timestep", "image_to_text", caption, "image", None, torch.stack([c, c]))
+            for c in clean]
+    with torch.no_grad():
+        logits = batch_logits(StreamModel(pipe.transformer), collate([[d] for d in docs], pad_id=0))
+    eoi = docs[0].input_ids.index(vocab.special_id("<eoi>"))
+    assert not torch.allclose(logits[0, eoi:], logits[1, eoi:], atol=1e-4), "the caption depends on the media"
+    assert torch.equal(logits[0, :eoi - tokenizer.num_positions], logits[1, :eoi - tokenizer.num_positions])
+    text = pipe.continue_text(["a red 7", images[0], "in other words:"], max_new_tokens=4)
+    assert isinstance(text, str) and text == pipe.continue_text(["a red 7", images[0], "in other words:"],
+                                                                max_new_tokens=4), "same seed, same text"
+    with pytest.raises(ValueError, match="no tokenizer of this pipeline reads a dict"):
+        pipe.continue_text(["a red 7", {"not": "media"}])
 
 
 def test_generate_cli_for_audio_and_media_to_text(tiny_multimodal_run, tmp_path, capsys):

@@ -12,7 +12,10 @@ from unitok.vocabulary import MediaLayout, Vocabulary
 
 from unitok.rdpm import QuantizerConfig, RDPMQuantizer
 
-from .conftest import TINY_MODEL, image_layout
+from unitok.config import from_dict
+from unitok.media_tokenizer import MediaTokenizer, TokenizerSpec
+
+from .conftest import TINY_MODEL, TINY_VIDEO_SPEC, image_layout
 
 N, BLOCKS = 4, 3  # spans of k_T and two generated blocks of 4 cells
 torch.manual_seed(1234)
@@ -57,20 +60,21 @@ def rounds_sampler(**options):
     return RoundsSampler(SamplerConfig(**{"guidance_scale": 2.0, **options}))
 
 
-def sample(model, vocab, sampler, prompts, first, seed=0):
-    return sampler.sample(model, vocab, "image", IMAGE_QUANTIZER, prompts, first, torch.Generator().manual_seed(seed))
+def sample(model, vocab, sampler, prompts, first, seed=0, name="image", quantizer=IMAGE_QUANTIZER):
+    return sampler.sample(model, vocab, name, quantizer, prompts, first, torch.Generator().manual_seed(seed))
 
 
-def trained_query_logits(model, vocab, prompt, local_ids, bounds, order="random"):
+def trained_query_logits(model, vocab, prompt, local_ids, bounds, order="random", name="image",
+                         quantizer=IMAGE_QUANTIZER):
     """Logits of every query of a training document of the span `local_ids` (T+1, N) with the
     generated blocks' groups `bounds`, in document order (block, then cell order)."""
-    blocks = vocab.to_global("image", local_ids)
-    decided, undecided = (inputs[0] for inputs in IMAGE_QUANTIZER.block_inputs(local_ids[None]))
-    stream = task_document(vocab, "timestep", "text_to_image", prompt, "image", blocks, decided, undecided, bounds,
+    blocks = vocab.to_global(name, local_ids)
+    decided, undecided = (inputs[0] for inputs in quantizer.block_inputs(local_ids[None]))
+    stream = task_document(vocab, "timestep", f"text_to_{name}", prompt, name, blocks, decided, undecided, bounds,
                            order=order)
     with torch.no_grad():
         logits = batch_logits(model, collate([[stream]], pad_id=0))[0]
-    return logits[torch.tensor(stream.input_ids) == vocab.mask_id("image")]
+    return logits[torch.tensor(stream.input_ids) == vocab.mask_id(name)]
 
 
 @pytest.mark.parametrize("schedule, order", [("cosine", "random"), ("linear", "lattice")])
@@ -100,6 +104,35 @@ def test_cached_rounds_equal_the_trained_layout_and_decide_every_cell_once(model
         context_cells = torch.cat([cell[0][fed[0] != mask_id] for fed, cell, _, _ in block_passes]) - cells
         assert torch.equal(fed_contexts, ids[:, block, context_cells] + vocab.range("image").offset), \
             "a context is its cell's drawn code"
+
+
+def test_rounds_on_a_3d_video_latent_decide_every_cell_once_as_trained_and_are_seeded():
+    """The video tokenizer's latent is frames x height x width; its N cells are drawn in rounds
+    exactly as image cells: cached rounds equal a full recompute of the trained layout, every
+    cell once per block, the same seed the same clip."""
+    torch.manual_seed(0)
+    tokenizer = MediaTokenizer(from_dict(TokenizerSpec, TINY_VIDEO_SPEC)).eval()
+    assert len(tokenizer.latent_shape) == 3
+    n, num_blocks, quantizer = tokenizer.num_positions, tokenizer.num_blocks, tokenizer.quantizer
+    vocab = Vocabulary.build(40, "texthash", [tokenizer.layout()])
+    model = RecordingModel(build_transformer(TINY_MODEL, vocab)).eval()
+    first = quantizer.quantize_noise(tokenizer.draw_noise(2, seeds=[0, 1])[:, -1]).unsqueeze(1)
+    prompts, rounds = [text(vocab, [1, 2, 3]), text(vocab, [4])], (5, 3)
+    sampler = rounds_sampler(rounds=rounds)
+    ids = sample(model, vocab, sampler, prompts, first, name="video", quantizer=quantizer)
+    passes, mask_id, cells = model.passes[1:], vocab.mask_id("video"), vocab.range("video.cells").offset
+    assert ids.shape == (2, num_blocks, n) and len(passes) == sum(rounds)
+    bounds = [group_bounds(n, r) for r in rounds]
+    for row, prompt in enumerate(prompts + [[], []]):
+        trained = trained_query_logits(model, vocab, prompt, ids[row % 2], bounds, name="video", quantizer=quantizer)
+        queried = torch.cat([logits[row][fed[row] == mask_id] for fed, _, _, logits in passes])
+        torch.testing.assert_close(queried, trained, atol=1e-4, rtol=1e-4)
+    for block_passes in (passes[:rounds[0]], passes[rounds[0]:]):
+        drawn = torch.cat([cell[0][fed[0] == mask_id] for fed, cell, _, _ in block_passes]) - cells
+        assert sorted(drawn.tolist()) == list(range(n)), "every cell of a block is drawn exactly once"
+    again = sample(model, vocab, sampler, prompts, first, name="video", quantizer=quantizer)
+    other = sample(model, vocab, sampler, prompts, first, seed=1, name="video", quantizer=quantizer)
+    assert torch.equal(ids, again) and not torch.equal(ids, other)
 
 
 def test_one_round_per_block_is_the_one_pass_sampler(model, vocab):
@@ -222,7 +255,7 @@ def test_text_after_a_media_span_is_text_only_and_equals_full_recompute(model, v
         codes = vocab.range("image")
         model.transformer.lm_head.weight[codes.offset : codes.end] += 5.0
     blocks = vocab.to_global("image", torch.randint(0, 64, (2, BLOCKS, N), generator=torch.Generator().manual_seed(1)))
-    prefixes = [StreamBuilder(vocab, "timestep").special("<bos>").media("image", b, span_inputs(vocab, b), trained=False).build() for b in blocks]
+    prefixes = [StreamBuilder(vocab, "timestep").special("<bos>").read_out("image", span_inputs(vocab, b)[-1]).build() for b in blocks]
     got = sample_text(model, vocab, prefixes, 6, SamplerConfig.for_text())
     allowed = torch.full((model.transformer.config.vocab_size,), float("-inf"))
     text_range = vocab.range("text")
@@ -231,7 +264,7 @@ def test_text_after_a_media_span_is_text_only_and_equals_full_recompute(model, v
     for b, row in zip(blocks, got):
         expected = []
         while len(expected) < 6:
-            stream = (StreamBuilder(vocab, "timestep").special("<bos>").media("image", b, span_inputs(vocab, b), trained=False)
+            stream = (StreamBuilder(vocab, "timestep").special("<bos>").read_out("image", span_inputs(vocab, b)[-1])
                       .text([text_range.offset + t for t in expected]).build())
             with torch.no_grad():
                 logits = batch_logits(model, collate([[stream]], pad_id=0))[0, -1]

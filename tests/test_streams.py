@@ -119,21 +119,68 @@ def test_packed_documents_never_see_each_other(vocab):
     assert mask.any(-1).all(), "every row of the mask attends somewhere (no NaN in sdpa)"
 
 
-def test_caption_dropout_and_media_to_text(vocab):
+def test_caption_dropout(vocab):
     blocks = media_blocks(vocab)
     dropped = task_document(vocab, "timestep", "text_to_image", [10, 11], "image", blocks, span_inputs(vocab, blocks),
                             span_inputs(vocab, blocks, decided=False), BOUNDS, drop_text=True)
     assert dropped.input_ids[:2] == [vocab.special_id("<bos>"), vocab.special_id("<boi>")]
-    to_text = task_document(vocab, "timestep", "image_to_text", [10, 11], "image", blocks, span_inputs(vocab, blocks))
+
+
+def test_media_to_text_reads_the_clean_state_through_a_read_out_block(vocab):
+    blocks = media_blocks(vocab)
+    decided = span_inputs(vocab, blocks)
+    to_text = task_document(vocab, "timestep", "image_to_text", [10, 11], "image", blocks, decided)
     boi, eoi = to_text.input_ids.index(vocab.special_id("<boi>")), to_text.input_ids.index(vocab.special_id("<eoi>"))
-    assert eoi == boi + 1 + BLOCKS * N, "the whole span, k_T included, every cell decided"
-    assert to_text.input_ids[boi + 1 : eoi] == blocks.reshape(-1).tolist()
+    readout = range(boi + 1, eoi)
+    assert len(readout) == N, "the read-out block alone: no code block, no position without a dependent target"
+    assert all(to_text.input_ids[p] == vocab.readout_id("image") for p in readout)
+    assert [to_text.media_states[p] for p in readout] == decided[-1].tolist(), "s_0 and ε̂ at every cell"
+    assert [to_text.positions[p] for p in readout] == [to_text.positions[boi] + 1 + n for n in range(N)]
     assert to_text.targets[eoi] == 10 and to_text.targets[eoi + 1] == 11
     assert to_text.targets[eoi + 2] == vocab.special_id("<eos>") and to_text.targets[-1] == IGNORE
-    assert all(t == IGNORE for t in to_text.targets[boi:eoi]), "the media span is the condition, not trained"
+    assert all(to_text.targets[p] == IGNORE for p in range(boi, eoi)), "the media is the condition, not trained"
     mask = collate([[to_text]], pad_id=0).attention_mask[0, 0]
-    assert mask[eoi + 1, : eoi + 1].all(), "text after the span sees the whole media span"
-    assert to_text.positions[eoi] == to_text.positions[boi] + N + 1, "text continues after one block's positions"
+    assert mask[eoi + 1, : eoi + 1].all(), "the caption sees the read-out block"
+    for p in readout:
+        assert {k for k in range(len(to_text)) if mask[p, k]} == set(range(eoi)), "the prefix and the block itself"
+        assert not mask[: boi + 1, p].any(), "no earlier position sees it"
+
+
+def test_an_interleaved_document_trains_each_span_and_its_text_reads_only_read_outs(audio_vocab):
+    """<bos> text <boi> generated image, read-out <eoi> text <boa> generated audio: the image's
+    queries and the text after it are trained; the text sees the read-out, never the image's
+    blocks; the audio span sees the text and the image's read-out, never the image's blocks."""
+    vocab = audio_vocab
+    image, audio = media_blocks(vocab), vocab.to_global("audio", torch.arange(2 * 5).reshape(2, 5) % 7)
+    image_bounds, audio_bounds = [[0, 1, 3]], [[0, 2, 5]]
+    stream = (StreamBuilder(vocab).special("<bos>").text([10, 11])
+              .generated("image", image[-1:], span_inputs(vocab, image)[-1:], span_inputs(vocab, image, decided=False)[-1:],
+                         image_bounds)
+              .read_out("image", span_inputs(vocab, image)[-1]).text([12, 13])
+              .generated("audio", audio[-1:], span_inputs(vocab, audio, "audio")[-1:],
+                         span_inputs(vocab, audio, "audio", decided=False)[-1:], audio_bounds)
+              .build())
+    ids = stream.input_ids
+    boi, eoi, boa = (ids.index(vocab.special_id(t)) for t in ("<boi>", "<eoi>", "<boa>"))
+    image_block = range(boi + 1, boi + 1 + 1 + N)  # one context (groups [0, 1, 3]) and N queries
+    readout = range(image_block.stop, eoi)
+    text_after, audio_block = range(eoi, boa), range(boa + 1, len(stream))
+    assert len(readout) == N and len(audio_block) == 2 + 5
+    image_queries = [p for p in image_block if ids[p] == vocab.mask_id("image")]
+    assert sorted(stream.targets[p] for p in image_queries) == sorted(image[-1].tolist())
+    assert [stream.targets[p] for p in text_after] == [12, 13, vocab.special_id("<boa>")]
+    assert stream.targets[boi - 1] == vocab.special_id("<boi>") and stream.targets[boi] == IGNORE
+    audio_queries = [p for p in audio_block if ids[p] == vocab.mask_id("audio")]
+    assert sorted(stream.targets[p] for p in audio_queries) == sorted(audio[-1].tolist())
+    assert all(stream.targets[p] == IGNORE for p in [*readout, *(p for p in image_block if p not in image_queries)])
+    mask = collate([[stream]], pad_id=0).attention_mask[0, 0]
+    for p in [*readout, *text_after, *audio_block]:
+        assert not mask[p, list(image_block)].any(), "nothing after the image's block sees it"
+    for p in [*text_after, *audio_block]:
+        assert mask[p, list(readout)].all() and mask[p, : boi + 1].all()
+    for p in text_after:
+        assert mask[p, list(text_after)].tolist() == [k <= p for k in text_after], "text stays causal"
+    assert stream.positions[eoi] == stream.positions[boi] + N + 1 and stream.positions[boa] == stream.positions[eoi] + 3
 
 
 def test_raster_order_is_causal_next_token(vocab):

@@ -41,14 +41,15 @@ def test_manifest_round_trip_and_tampering(tmp_path, vocab):
 
 def test_position_rows_are_their_own_ranges(vocab):
     """Every position of a span gets the row of its cell, of its block and the first of its
-    modality's 2C state rows; the mask row comes last; spans larger than the layout are refused."""
+    modality's 2C state rows; the mask row and the read-out row come last; spans larger than the
+    layout are refused."""
     rows = vocab.position_rows("image", 3, 4)  # (blocks, N, 3)
     cells, blocks, state = vocab.range("image.cells"), vocab.range("image.blocks"), vocab.range("image.state")
     assert rows.shape == (3, 4, 3)
     assert rows[..., 0].tolist() == [list(range(cells.offset, cells.offset + 4))] * 3
     assert rows[..., 1].tolist() == [[blocks.offset + b] * 4 for b in range(3)]
     assert (rows[..., 2] == state.offset).all() and state.size == 8  # running state and noise, C = 4 each
-    assert vocab.mask_id("image") == state.end == vocab.size - 1
+    assert vocab.mask_id("image") == state.end == vocab.readout_id("image") - 1 == vocab.size - 2
     assert cells.offset >= vocab.range("image").end and vocab.range("image").kind == "media"
     with pytest.raises(VocabularyError, match="at most 5 blocks of 64"):
         vocab.position_rows("image", 6, 4)

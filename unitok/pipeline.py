@@ -181,24 +181,67 @@ class UniTokPipeline:
                       temperature: float | None = None, top_k: int | None = None, top_p: float | None = None,
                       gumbel_scale: float | None = None, seed: int = 0) -> str | list[str]:
         """Describe media (objects or file paths) in text: item i is tokenized with noise seed
-        `seed + i`, then text is sampled after its whole span (greedy by default: `gumbel_scale=0`).
-        One item in, one string out; a list in, a list out."""
+        `seed + i`, then text is sampled after its span, which the text reads through its
+        read-out block (greedy by default: `gumbel_scale=0`). One item in, one string out; a list
+        in, a list out."""
         items = list(media) if isinstance(media, (list, tuple)) else [media]
         if not items:
             raise ValueError("media: expected an item or a non-empty list of items")
         tokenizer = self.tokenizer_for(modality)
-        ids = tokenizer.encode(items, seed=[seed + i for i in range(len(items))])
-        inputs = tokenizer.quantizer.block_inputs(ids)[0].cpu()  # every code given
-        prefixes = [StreamBuilder(self.vocabulary, self.media_order).special("<bos>")
-                    .media(tokenizer.name, self.vocabulary.to_global(tokenizer.name, item_ids), item_inputs,
-                           trained=False).build()
-                    for item_ids, item_inputs in zip(ids.cpu(), inputs)]
-        given = {"temperature": temperature, "top_k": top_k, "top_p": top_p, "gumbel_scale": gumbel_scale}
-        sampler = replace(SamplerConfig.for_text(), **{k: v for k, v in given.items() if v is not None})
+        clean = self._clean_inputs(tokenizer, items, seed)
+        prefixes = [StreamBuilder(self.vocabulary, self.media_order).special("<bos>").read_out(tokenizer.name, c).build()
+                    for c in clean]
+        texts = self._sample_text(prefixes, max_new_tokens, seed, temperature=temperature, top_k=top_k, top_p=top_p,
+                                  gumbel_scale=gumbel_scale)
+        return texts if isinstance(media, (list, tuple)) else texts[0]
+
+    @torch.no_grad()
+    def continue_text(self, prompt: Sequence[Any], max_new_tokens: int = 32, temperature: float | None = None,
+                      top_k: int | None = None, top_p: float | None = None, gumbel_scale: float | None = None,
+                      seed: int = 0) -> str:
+        """Continue an interleaved prompt, a list of strings and media (PIL images, `Audio`, `Video`
+        or file paths), e.g. ``["a red 3", image, "in other words:"]``, with text. Each media item
+        is tokenized with noise seed `seed + its index` and read through its read-out block, as
+        the model trained to read media; sampling options as in `media_to_text`."""
+        parts = list(prompt) if isinstance(prompt, (list, tuple)) else [prompt]
+        if not parts:
+            raise ValueError("prompt: expected a non-empty list of strings and media")
+        builder = StreamBuilder(self.vocabulary, self.media_order).special("<bos>")
+        for index, part in enumerate(parts):
+            if isinstance(part, str) and self._is_text(part):
+                builder.text(self.encode_prompt(part))
+            else:
+                tokenizer = self.tokenizer_for(self.modality_of(part))
+                builder.read_out(tokenizer.name, self._clean_inputs(tokenizer, [part], seed + index)[0])
+        return self._sample_text([builder.build()], max_new_tokens, seed, temperature=temperature, top_k=top_k,
+                                 top_p=top_p, gumbel_scale=gumbel_scale)[0]
+
+    def modality_of(self, item: Any) -> str:
+        """The modality of a media object or file that one of this pipeline's tokenizers reads."""
+        if isinstance(item, (str, Path)):
+            return self.modality_of_file(item)
+        for tokenizer in self.media_tokenizers.values():
+            if tokenizer.adapter.accepts(item):
+                return tokenizer.modality
+        raise ValueError(f"no tokenizer of this pipeline reads a {type(item).__name__} "
+                         f"(it has {', '.join(t.modality for t in self.media_tokenizers.values())})")
+
+    def _is_text(self, part: str) -> bool:
+        """A string part of an interleaved prompt is text unless it names an existing media file."""
+        path = Path(part)
+        return not (path.suffix and path.is_file())
+
+    def _clean_inputs(self, tokenizer: MediaTokenizer, items: Sequence[Any], seed: int) -> torch.Tensor:
+        """(B, N, 2C) the read-out inputs (``s_0`` and ε̂) of items tokenized with seeds `seed + i`."""
+        ids = tokenizer.encode(list(items), seed=[seed + i for i in range(len(items))])
+        return tokenizer.quantizer.block_inputs(ids)[0][:, -1].cpu()
+
+    def _sample_text(self, prefixes: Sequence, max_new_tokens: int, seed: int, **options) -> list[str]:
+        given = {k: v for k, v in options.items() if v is not None}
+        sampler = replace(SamplerConfig.for_text(), **given)
         texts = sample_text(StreamModel(self.transformer), self.vocabulary, prefixes, max_new_tokens, sampler,
                             generator=torch.Generator().manual_seed(seed))
-        decoded = [self.text_tokenizer.decode(t) for t in texts]
-        return decoded if isinstance(media, (list, tuple)) else decoded[0]
+        return [self.text_tokenizer.decode(t) for t in texts]
 
     def image_to_text(self, image: Any | Sequence[Any], **sampler) -> str | list[str]:
         """Captions for images (PIL images or paths); options as in `media_to_text`."""

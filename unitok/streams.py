@@ -9,13 +9,15 @@ cells each (docs/RDPM.md). Per position we record:
 - its *target* (-100 for none): text positions predict the next token; a query predicts its
   cell's code; contexts (drawn cells), condition spans and ``<boi>`` have none (``k_T`` is drawn
   from noise);
-- what it *sees*: text is causal. A generated block's cells are drawn in groups over a fixed cell
-  order (`group_bounds`, `cell_order`); a training block holds the *contexts* (codes) of its groups
-  but the last, causal in cell order, then one query per cell that sees the prefix and the
-  contexts of the groups before its own: what the sampler knows when it draws that cell
-  (`StreamBuilder.generated`). A media position never sees another block of its span: what the
-  earlier blocks decided reaches it through its state inputs (``reach`` is the last key it sees,
-  ``skip`` a range of earlier keys it does not);
+- what it *sees*: ``reach`` is the last key it may see, and the positions of a media block are
+  *private* to it (``block``): only that block's own positions see them. Text is causal. A generated
+  block's cells are drawn in groups over a fixed cell order (`group_bounds`, `cell_order`); a
+  training block holds the *contexts* (codes) of its groups but the last, causal in cell order,
+  then one query per cell that sees the prefix and the contexts of the groups before its own: what
+  the sampler knows when it draws that cell (`StreamBuilder.generated`). A media position never
+  sees another block of its span: what the earlier blocks decided reaches it through its state
+  inputs. Text after a span reads it through the span's *read-out block* (`StreamBuilder.read_out`):
+  N public positions whose inputs are the clean state ``s_0``, which see the prefix and each other;
 - its *position id*: every block of a span takes the positions right after ``<bo?>``, so a block
   sits at the same positions whichever blocks come before it in a document or a sampler's cache;
 - for media positions, the global ids of its *cell*, *block* and first *state* row
@@ -37,9 +39,10 @@ import torch
 
 from .vocabulary import Vocabulary
 
-LAYOUT = 3  # of documents and their inputs; part of the LM stage's key, so a change re-trains
+LAYOUT = 4  # of documents and their inputs; part of the LM stage's key, so a change re-trains
 IGNORE = -100
 NO_ROWS = (-1, -1, -1)  # media_rows of a token that is not a media position
+PUBLIC = -1  # `Stream.block` of a position that every later position of its document may see
 MediaOrder = Literal["timestep", "raster"]
 _NEXT, _NONE = "next", "none"  # target rules; an int rule is the target id itself
 
@@ -105,7 +108,8 @@ class Stream:
     input_ids: list[int] = field(default_factory=list)
     targets: list[int] = field(default_factory=list)
     reach: list[int] = field(default_factory=list)  # last key each position sees
-    skip: list[tuple[int, int]] = field(default_factory=list)  # [start, end) of earlier keys it does not see
+    block: list[int] = field(default_factory=list)  # media block a position is private to (seen only from
+    # inside it), PUBLIC for text, delimiters and read-out positions
     positions: list[int] = field(default_factory=list)  # position ids (RoPE)
     target_block: list[int] = field(default_factory=list)  # generated media block of the target
     # (0 = the first generated block, k_{T-1}; raster codes all 0), -1 for text targets and no target
@@ -125,19 +129,25 @@ class StreamBuilder:
         self._stream = Stream()
         self._rules: list[str | int] = []
         self._next_position = 0
+        self._blocks = 0  # private blocks so far
+        self._open_span: tuple[str, int] | None = None  # (name, first position) of a span not yet closed
 
     def _append(self, token: int, rule: str | int, position: int, reach: int | None = None,
-                skip: tuple[int, int] = (0, 0), target_block: int = -1, media_rows: tuple[int, int, int] = NO_ROWS,
+                block: int = PUBLIC, target_block: int = -1, media_rows: tuple[int, int, int] = NO_ROWS,
                 media_state: list[float] | None = None) -> None:
         s = self._stream
         s.reach.append(len(s.input_ids) if reach is None else reach)
-        s.skip.append(skip)
+        s.block.append(block)
         s.positions.append(position)
         s.target_block.append(target_block if rule != _NONE else -1)
         s.media_rows.append(media_rows)
         s.media_states.append(media_state or [])
         s.input_ids.append(int(token))
         self._rules.append(rule)
+
+    def _new_block(self) -> int:
+        self._blocks += 1
+        return self._blocks - 1
 
     def _append_causal(self, token: int, rule: str | int = _NEXT, target_block: int = -1) -> None:
         self._append(token, rule, self._next_position, target_block=target_block)
@@ -156,31 +166,28 @@ class StreamBuilder:
               trained: bool = True) -> "StreamBuilder":
         """A media span ``<bo?> blocks [<eo?>]`` of decided blocks from global code ids `blocks`
         (b, N) and their state inputs `inputs` (b, N, 2C). Timestep order: every block sees the
-        prefix and itself, no targets (the media of a media→text document is its condition). Raster
-        order: the codes of one block, causal, each predicting the next if `trained`.
-        `complete=False` leaves the span open (a sampler's prefix)."""
+        prefix and itself, no targets. Raster order: the codes of one block, causal, each
+        predicting the next if `trained`. `complete=False` leaves the span open (a sampler's
+        prefix; `read_out` may close it)."""
         self._check_inputs(name, blocks, inputs)
         timestep = self.media_order == "timestep"
-        begin, end = self.vocab.delimiters(name)
-        self._append_causal(begin, _NEXT if trained and not timestep else _NONE, target_block=0)  # raster: code 0
-        span_position, span_start = self._next_position, len(self._stream.input_ids)
+        span_position = self._open(name, _NEXT if trained and not timestep else _NONE, target_block=0)  # raster: code 0
         num_blocks, n = blocks.shape
         codes, rows, states = blocks.tolist(), self.vocab.position_rows(name, num_blocks, n).tolist(), inputs.tolist()
         for b in range(num_blocks):
-            block_start = span_start + b * n
+            block_end, private = len(self._stream.input_ids) + n - 1, self._new_block() if timestep else PUBLIC
             for cell in range(n):
                 j = b * n + cell
                 if timestep:
-                    self._append(codes[b][cell], _NONE, span_position + cell, reach=block_start + n - 1,
-                                 skip=(span_start, block_start), media_rows=tuple(rows[b][cell]),
-                                 media_state=states[b][cell])
+                    self._append(codes[b][cell], _NONE, span_position + cell, reach=block_end, block=private,
+                                 media_rows=tuple(rows[b][cell]), media_state=states[b][cell])
                 else:
                     rule = _NEXT if trained and j < num_blocks * n - 1 else _NONE
                     self._append(codes[b][cell], rule, span_position + j, target_block=0,
                                  media_rows=tuple(rows[b][cell]), media_state=states[b][cell])
         self._next_position = span_position + (n if timestep else num_blocks * n)
         if complete:
-            self._append_causal(end)
+            self._close(name)
         return self
 
     def generated(self, name: str, blocks: torch.Tensor, context_inputs: torch.Tensor,
@@ -192,30 +199,61 @@ class StreamBuilder:
         0 … G−2 in cell order (code and `context_inputs`: what a drawn cell tells the later ones;
         causal, no target), then one *query* per cell (mask row and `query_inputs`, its own
         code the target) that sees the prefix and the contexts of the groups before its own. Neither
-        sees another block of the span. The span stays open: the document ends with it."""
+        sees another block of the span, and nothing after the span sees them. The span stays open:
+        a document ends with it, or text reads it after `read_out`."""
         self._check_inputs(name, blocks, context_inputs)
         self._check_inputs(name, blocks, query_inputs)
-        begin, _ = self.vocab.delimiters(name)
-        self._append_causal(begin, _NONE)
-        span_position, span_start = self._next_position, len(self._stream.input_ids)
+        span_position = self._open(name, _NONE)
         num_blocks, n = blocks.shape
         rows = self.vocab.position_rows(name, 1 + num_blocks, n)[1:].tolist()
         codes, context_states, query_states = blocks.tolist(), context_inputs.tolist(), query_inputs.tolist()
         cells, mask_id = cell_order(n, order).tolist(), self.vocab.mask_id(name)
         for b, block_bounds in enumerate(bounds):
-            block_start = len(self._stream.input_ids)
+            block_start, private = len(self._stream.input_ids), self._new_block()
             contexts = block_bounds[-2]  # the last group's codes are never read in its block
             for k, cell in enumerate(cells[:contexts]):
-                self._append(codes[b][cell], _NONE, span_position + cell, reach=block_start + k,
-                             skip=(span_start, block_start), media_rows=tuple(rows[b][cell]),
-                             media_state=context_states[b][cell])
+                self._append(codes[b][cell], _NONE, span_position + cell, reach=block_start + k, block=private,
+                             media_rows=tuple(rows[b][cell]), media_state=context_states[b][cell])
             for g in range(len(block_bounds) - 1):
                 for cell in cells[block_bounds[g]:block_bounds[g + 1]]:
                     self._append(mask_id, codes[b][cell], span_position + cell,
-                                 reach=block_start + block_bounds[g] - 1, skip=(span_start, block_start),
+                                 reach=block_start + block_bounds[g] - 1, block=private,
                                  target_block=b, media_rows=tuple(rows[b][cell]), media_state=query_states[b][cell])
         self._next_position = span_position + n
         return self
+
+    def read_out(self, name: str, clean_inputs: torch.Tensor) -> "StreamBuilder":
+        """Close a span with its *read-out block*, opening it first if no span of `name` is open:
+        one position per cell (the read-out row, the cell's row, the clean block's row, and the
+        state inputs `clean_inputs` (N, 2C): ``s_0`` and ε̂, `RDPMQuantizer.block_inputs`' last
+        context block), then ``<eo?>``. Read-out positions see the prefix and each other, never the
+        span's blocks, and have no target; the text after the span sees them (and not the blocks),
+        so that a caption reads the clean latent rather than reconstructing it from code ids."""
+        n = clean_inputs.shape[0]
+        self._check_inputs(name, torch.zeros(n, dtype=torch.long), clean_inputs)
+        span_position = self._open_span[1] if self._open_span and self._open_span[0] == name else self._open(name, _NONE)
+        num_blocks = self.vocab.range(f"{name}.blocks").size
+        rows = self.vocab.position_rows(name, num_blocks, n)[-1].tolist()
+        block_end, readout_id, states = len(self._stream.input_ids) + n - 1, self.vocab.readout_id(name), clean_inputs.tolist()
+        for cell in range(n):
+            self._append(readout_id, _NONE, span_position + cell, reach=block_end, media_rows=tuple(rows[cell]),
+                         media_state=states[cell])
+        self._next_position = span_position + n
+        self._close(name)
+        return self
+
+    def _open(self, name: str, rule: str, target_block: int = -1) -> int:
+        """Append ``<bo?>`` (its target `rule`); returns the span's first position: every block of a
+        span takes the positions after it."""
+        begin, _ = self.vocab.delimiters(name)
+        self._append_causal(begin, rule, target_block=target_block)
+        self._open_span = (name, self._next_position)
+        return self._next_position
+
+    def _close(self, name: str) -> None:
+        """``<eo?>`` after the span's blocks."""
+        self._open_span = None
+        self._append_causal(self.vocab.delimiters(name)[1])
 
     def _check_inputs(self, name: str, blocks: torch.Tensor, inputs: torch.Tensor) -> None:
         width = self.vocab.range(f"{name}.state").size
@@ -248,14 +286,14 @@ class Batch:
         return Batch(**{name: t.to(device) for name, t in vars(self).items()})
 
 
-def attention_mask_4d(reach_BL: torch.Tensor, skip_BL2: torch.Tensor, doc_BL: torch.Tensor) -> torch.Tensor:
-    """(B, 1, L, L): query q sees key k iff k <= reach[q], k is outside q's skipped range
-    [skip[q, 0], skip[q, 1]), and both are in the same document."""
+def attention_mask_4d(reach_BL: torch.Tensor, block_BL: torch.Tensor, doc_BL: torch.Tensor) -> torch.Tensor:
+    """(B, 1, L, L): query q sees key k iff k <= reach[q], k is public or in q's own block, and
+    both are in the same document."""
     key = torch.arange(reach_BL.shape[1], device=reach_BL.device)[None, None, :]
     visible = key <= reach_BL[:, :, None]
-    skipped = (key >= skip_BL2[:, :, :1]) & (key < skip_BL2[:, :, 1:])
+    private_to_other = (block_BL[:, None, :] != PUBLIC) & (block_BL[:, None, :] != block_BL[:, :, None])
     same_doc = doc_BL[:, :, None] == doc_BL[:, None, :]
-    return (visible & ~skipped & same_doc).unsqueeze(1)
+    return (visible & ~private_to_other & same_doc).unsqueeze(1)
 
 
 def collate(rows: Sequence[Sequence[Stream]], pad_id: int, length: int | None = None,
@@ -274,7 +312,7 @@ def collate(rows: Sequence[Sequence[Stream]], pad_id: int, length: int | None = 
     targets = torch.full((B, length), IGNORE, dtype=torch.long)
     position_ids = torch.zeros((B, length), dtype=torch.long)
     reach = torch.arange(length).repeat(B, 1)
-    skip = torch.zeros((B, length, 2), dtype=torch.long)
+    block = torch.full((B, length), PUBLIC, dtype=torch.long)
     doc = torch.full((B, length), -1, dtype=torch.long)
     media_rows = torch.full((B, length, 3), -1, dtype=torch.long)
     width = max((len(state) for row in rows for stream in row for state in stream.media_states), default=0)
@@ -287,7 +325,7 @@ def collate(rows: Sequence[Sequence[Stream]], pad_id: int, length: int | None = 
             targets[r, span] = torch.tensor(stream.targets)
             position_ids[r, span] = torch.tensor(stream.positions)
             reach[r, span] = torch.tensor(stream.reach) + start
-            skip[r, span] = torch.tensor(stream.skip).view(-1, 2) + start
+            block[r, span] = torch.tensor(stream.block)  # documents never see each other: ids may repeat
             doc[r, span] = d
             media_rows[r, span] = torch.tensor(stream.media_rows).view(-1, 3)
             coded = [p for p, state in enumerate(stream.media_states) if state]
@@ -295,7 +333,7 @@ def collate(rows: Sequence[Sequence[Stream]], pad_id: int, length: int | None = 
                 padded = [stream.media_states[p] + [0.0] * (width - len(stream.media_states[p])) for p in coded]
                 media_states[r, torch.tensor(coded) + start] = torch.tensor(padded)
             start += len(stream)
-    return Batch(input_ids, targets, position_ids, attention_mask_4d(reach, skip, doc), doc, media_rows, media_states)
+    return Batch(input_ids, targets, position_ids, attention_mask_4d(reach, block, doc), doc, media_rows, media_states)
 
 
 def pack(streams: Sequence[Stream], max_length: int) -> list[list[Stream]]:
@@ -343,8 +381,9 @@ def task_document(vocab: Vocabulary, media_order: MediaOrder, task: str, text_id
       their state inputs, so it has no position of its own, and the document ends with its last
       trained block (``<eo?>`` would only predict ``<eos>``).
       Raster order: ``<bos> caption <bo?> codes <eo?> <eos>``, next-token;
-    - ``<modality>_to_text``: ``<bos> <bo?> k_T … k_0 <eo?> text <eos>``, the span decided and
-      untrained, the text trained and seeing the whole span;
+    - ``<modality>_to_text``: ``<bos> <bo?> read-out <eo?> text <eos>``: the span is its read-out
+      block alone (``s_0`` from the last block of `context_inputs`, `StreamBuilder.read_out`), as
+      the text sees nothing else of a span; the text is trained;
     - ``text``: ``<bos> text <eos>``.
 
     `drop_text` removes the caption of a text-to-media document (classifier-free guidance);
@@ -354,7 +393,7 @@ def task_document(vocab: Vocabulary, media_order: MediaOrder, task: str, text_id
     if task_modality(task) is None:
         return builder.text(text_ids).special("<eos>", rule=_NONE).build()
     if task.endswith("_to_text"):
-        builder.media(media_name, media_blocks, context_inputs, trained=False).text(text_ids)
+        builder.read_out(media_name, context_inputs[-1]).text(text_ids)
         return builder.special("<eos>", rule=_NONE).build()
     builder.text([] if drop_text else text_ids)
     if media_order == "raster":

@@ -6,7 +6,8 @@ embedding rows that never stand for a code but enter a media position's input (s
 cell and which noise step it holds (learned absolute positions); ``<name>.state`` (2C rows) is a
 learned projection of what the RDPM trajectory holds at its cell: the running state (its own code
 included once decided) and the noise ε̂ (C latent channels each); ``<name>.mask`` (1 row) is the input of a cell
-whose code is not decided yet. The manifest (``vocabulary.json``) is saved
+whose code is not decided yet; ``<name>.readout`` (1 row) is the input of a read-out position,
+which holds the clean state ``s_0`` for the text after a span to read (`streams.StreamBuilder.read_out`). The manifest (``vocabulary.json``) is saved
 with every model and shard set and records a content hash of every tokenizer,
 so that shards or checkpoints made with other tokenizers are refused.
 """
@@ -44,8 +45,9 @@ class MediaLayout(NamedTuple):
 
 @dataclass(frozen=True)
 class TokenRange:
-    name: str  # "special", "text", a media tokenizer's name (e.g. "image"), or "<name>.cells" / ".blocks" / ".state" / ".mask"
-    kind: Literal["special", "text", "media", "position", "state", "mask"]
+    name: str  # "special", "text", a media tokenizer's name (e.g. "image"), or "<name>.cells" / ".blocks" /
+    # ".state" / ".mask" / ".readout"
+    kind: Literal["special", "text", "media", "position", "state", "mask", "readout"]
     offset: int
     size: int
     tokenizer_hash: str | None = None
@@ -68,7 +70,8 @@ class Vocabulary:
 
     @classmethod
     def build(cls, text_size: int, text_hash: str, media: Sequence[MediaLayout]) -> "Vocabulary":
-        """Lay out special tokens, text pieces, then per media tokenizer its codes, cells, blocks, state and mask rows."""
+        """Lay out special tokens, text pieces, then per media tokenizer its codes, cells, blocks, state, mask and
+        read-out rows."""
         ranges = [TokenRange("special", "special", 0, len(SPECIAL_TOKENS))]
         ranges.append(TokenRange("text", "text", ranges[-1].end, text_size, text_hash))
         for m in media:
@@ -77,7 +80,7 @@ class Vocabulary:
             for name, kind, size in ((m.name, "media", m.codebook_size), (f"{m.name}.cells", "position", m.num_positions),
                                      (f"{m.name}.blocks", "position", m.num_blocks),
                                      (f"{m.name}.state", "state", 2 * m.latent_channels),
-                                     (f"{m.name}.mask", "mask", 1)):
+                                     (f"{m.name}.mask", "mask", 1), (f"{m.name}.readout", "readout", 1)):
                 ranges.append(TokenRange(name, kind, ranges[-1].end, size, m.tokenizer_hash, m.modality))
         return cls(ranges)
 
@@ -108,6 +111,10 @@ class Vocabulary:
     def mask_id(self, name: str) -> int:
         """Global id of the input row of an undecided cell of media range `name`."""
         return self.range(f"{name}.mask").offset
+
+    def readout_id(self, name: str) -> int:
+        """Global id of the input row of a read-out position of media range `name`."""
+        return self.range(f"{name}.readout").offset
 
     def special_id(self, token: str) -> int:
         if token not in SPECIAL_TOKENS:

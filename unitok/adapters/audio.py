@@ -98,6 +98,7 @@ class GriffinLimVocoder(torch.nn.Module):
 
 class AudioAdapter(MediaAdapter):
     modality = "audio"
+    object_types = (Audio,)
     file_extensions = (".wav", ".flac", ".mp3", ".ogg", ".m4a", ".aac", ".opus", ".wma")
     channels = 1  # one log-mel spectrogram
 

@@ -32,6 +32,7 @@ class MediaAdapter(ABC):
     file_extensions: ClassVar[tuple[str, ...]]
     channels: ClassVar[int]  # leading dim of `input_shape`: what the autoencoder's in_channels must be
     dims: ClassVar[int] = 2  # axes after the channels: 2 (H, W) or 3 (frames, H, W)
+    object_types: ClassVar[tuple[type, ...]]  # the in-memory objects of the modality (`load` returns one)
 
     @abstractmethod
     def load(self, path: str | Path) -> Any:
@@ -53,6 +54,10 @@ class MediaAdapter(ABC):
     @abstractmethod
     def input_shape(self) -> tuple[int, ...]:
         """Shape of one preprocessed item, e.g. (3, 32, 32); starts with `channels`."""
+
+    def accepts(self, media: Any) -> bool:
+        """Whether `media` is an in-memory object of this modality (what an interleaved prompt holds)."""
+        return isinstance(media, self.object_types)
 
     def to_tensor(self, media: Any) -> torch.Tensor:
         """A file (path or open binary file) or an in-memory object -> the autoencoder's input."""

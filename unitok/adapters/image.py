@@ -25,6 +25,7 @@ class ImageConfig:
 
 class ImageAdapter(MediaAdapter):
     modality = "image"
+    object_types = (Image.Image,)
     file_extensions = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff")
     channels = 3
 

@@ -83,6 +83,7 @@ def _write_with_pyav(path: Path, frames: np.ndarray, fps: float, codec: str, pix
 
 class VideoAdapter(MediaAdapter):
     modality = "video"
+    object_types = (Video,)
     file_extensions = (".mp4", ".avi", ".webm", ".mkv", ".mov", ".m4v", ".mpg", ".mpeg", ".flv")
     channels = 3
     dims = 3
@@ -114,18 +115,28 @@ class VideoAdapter(MediaAdapter):
         fps = self.config.fps or native_fps / self.config.stride
         return Video(frames, fps)
 
-    def _frame_indices(self, count: int, native_fps: float) -> list[int]:
-        step = native_fps / self.config.fps if self.config.fps else self.config.stride
+    def _frame_indices(self, count: int, native_fps: float | None) -> list[int]:
+        """`frames` indices at `fps` (by the source's rate), else every `stride`-th; a source too
+        short holds its last frame."""
+        step = native_fps / self.config.fps if self.config.fps and native_fps else self.config.stride
         return [min(round(i * step), count - 1) for i in range(self.config.frames)]
 
+    def to_tensor(self, media: Any) -> torch.Tensor:
+        if isinstance(media, (str, Path)) or hasattr(media, "read"):
+            return self._tensor(self.load(media).frames)  # `load` decodes only the sampled frames
+        return self.preprocess(media)
+
     def preprocess(self, media: Any) -> torch.Tensor:
+        """An in-memory clip, its frames sampled as `load` samples a file's."""
         frames = _as_frames(media)
+        indices = self._frame_indices(len(frames), media.fps if isinstance(media, Video) else None)
+        return self._tensor(frames[indices])
+
+    def _tensor(self, frames: np.ndarray) -> torch.Tensor:
+        frames = _as_frames(frames)
         if min(frames.shape[1:3]) < self.config.min_input_size:
             raise MediaError(f"frames of size {frames.shape[2]}x{frames.shape[1]} are smaller than "
                              f"{self.config.min_input_size} px")
-        frames = frames[: self.config.frames]
-        if len(frames) < self.config.frames:  # too short: hold the last frame
-            frames = np.concatenate([frames, np.repeat(frames[-1:], self.config.frames - len(frames), axis=0)])
         x = torch.from_numpy(np.ascontiguousarray(frames)).float().permute(0, 3, 1, 2)  # (F, 3, H, W)
         x = _resize_center_crop(x, self.config.size)
         return (x / 127.5 - 1.0).permute(1, 0, 2, 3)  # (3, F, size, size)

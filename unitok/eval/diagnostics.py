@@ -6,9 +6,9 @@ and whether media→text reads the media at all.
   digit. About 0 means the model does not read the digit, whatever the sampler does afterwards.
 - `digit_accuracy_given_first_step`: digit accuracy when ``k_T`` and ``k_{T−1}`` are the item's
   own tokens and the model generates only the rest: what the later, refining blocks keep.
-- `caption_ce_gain_from_media`: how much worse the LM predicts held-out captions after another
-  item's media span than after its own (nats per caption token). About 0 means the captions do
-  not depend on the media.
+- `caption_loss_matched_vs_shuffled`: the held-out caption loss after each item's own media and
+  after another item's (nats per caption token), and their gap `caption_ce_gain_from_media`.
+  About 0 means the captions do not depend on the media.
 """
 
 from __future__ import annotations
@@ -74,9 +74,10 @@ def digit_accuracy_given_first_step(pipe: UniTokPipeline, items: list[Item], med
     return float((classifier.predict(images) == np.array([it.scene.digit for it in items])).mean())
 
 
-def caption_ce_gain_from_media(pipe: UniTokPipeline, modality: str, shards, count: int) -> float:
-    """Caption cross-entropy after the next item's span minus after the item's own, over `count`
-    held-out shard rows (a `<modality>_to_text` diagnostic)."""
+def caption_loss_matched_vs_shuffled(pipe: UniTokPipeline, modality: str, shards, count: int) -> dict:
+    """Held-out caption cross-entropy after each item's own media and after the next item's (a
+    `<modality>_to_text` diagnostic, over `count` shard rows): a large gap says the captions read
+    the media."""
     vocab = pipe.vocabulary
     rows = shards.select(range(min(count, len(shards)))).to_list()
     media = media_inputs(rows, vocab, pipe.media_tokenizers)
@@ -88,4 +89,6 @@ def caption_ce_gain_from_media(pipe: UniTokPipeline, modality: str, shards, coun
         return heldout_loss(StreamModel(pipe.transformer), vocab, {task: docs}, pipe.device)["loss"]
 
     own = list(range(len(rows)))
-    return caption_ce(own[1:] + own[:1]) - caption_ce(own)
+    matched, shuffled = caption_ce(own), caption_ce(own[1:] + own[:1])
+    return {"caption_loss_matched": matched, "caption_loss_shuffled": shuffled,
+            "caption_ce_gain_from_media": shuffled - matched}
