@@ -2,8 +2,8 @@
 
 Evaluation reads a run by paths and sections (`EvalRun`), not through the recipe runner, and
 writes ``metrics.json`` (keys as documented in docs/BENCHMARKS.md) with ``samples.png`` and
-``trajectory.png`` (D(s_t) at every step) for text→image, ``audio_samples/*.wav`` and
-``audio_trajectory.png`` (spectrograms) for text→audio, and ``video_samples.png``,
+``trajectory.png`` (D(s_t) at every step) for text→image, ``audio_samples/*.wav``,
+``audio_samples.png`` and ``audio_trajectory.png`` (spectrograms) for text→audio, and ``video_samples.png``,
 ``video_samples/*.gif`` and ``video_trajectory.png`` for text→video. Media are generated with the
 pipeline's own sampler settings (`UniTokPipeline.samplers`), media→text greedily.
 """
@@ -21,18 +21,19 @@ import torch
 from PIL import Image
 from tqdm.auto import tqdm
 
-from ..digits_world import Item, build_digits_world, digit_pools, image_file, parse_caption, real_renders
+from ..adapters.audio import Audio
 from ..adapters.video import Video
+from ..digits_world import Item, build_digits_world, digit_pools, image_file, parse_caption, real_renders
 from ..digits_world.clips import ClipItem, build_clip_world, parse_clip_caption, render_clip, video_file
-from ..digits_world.tones import ToneItem, audio_file, build_tone_world, parse_tone_caption
+from ..digits_world.tones import ToneItem, audio_file, build_tone_world, dtmf_waveform, parse_tone_caption
 from ..media_tokenizer import MediaTokenizer
 from ..pipeline import MediaPipelineOutput, UniTokPipeline
 from ..sampling import SamplerConfig
 from ..shards import load_shards
 from ..visualize import labelled_grid, trajectory_grid
 from .classifier import load_or_train_digit_classifier
-from .diagnostics import (caption_ce_gain_from_media, digit_accuracy_given_first_step, first_step_digit_ce_gain,
-                          media_ids_of)
+from .diagnostics import (caption_loss_matched_vs_shuffled, digit_accuracy_given_first_step,
+                          first_step_digit_ce_gain, media_ids_of)
 from .dtmf import decode_dtmf, dtmf_roundtrip_accuracy
 from .frechet import frechet_distance
 from .readers import read_color, read_direction, read_position
@@ -120,9 +121,16 @@ def _evaluate_audio(run: EvalRun, pipe: UniTokPipeline, world, metrics: dict) ->
     if _trains(run, "text_to_audio"):
         ids = _generate(pipe, "audio", [it.caption for it in items], cfg, run.seed)
         clips = tokenizer.decode(ids)
-        metrics["text_to_audio"] = {**text_to_audio_scores(clips, items), "passes": pipe.passes("audio"),
-                                    "sampler": _sampler_summary(pipe, "audio"), "num_samples": len(items)}
+        rate = tokenizer.adapter.config.sample_rate
+        real = [Audio(dtmf_waveform(it.clip, rate), rate) for it in items]
+        metrics["text_to_audio"] = {**text_to_audio_scores(clips, items),
+                                    "real_dtmf_sequence_accuracy": text_to_audio_scores(real, items)["dtmf_sequence_accuracy"],
+                                    "passes": pipe.passes("audio"), "sampler": _sampler_summary(pipe, "audio"),
+                                    "num_samples": len(items)}
         MediaPipelineOutput(clips[: cfg.grid_samples], ids).save(run.out / "audio_samples" / "sample.wav")
+        n = cfg.grid_samples
+        labelled_grid(tokenizer.adapter.picture(tokenizer.decode_tensor(ids[:n])), [it.caption for it in items[:n]],
+                      columns=4, scale=2).save(run.out / "audio_samples.png")
         _trajectory_picture(tokenizer, ids[: cfg.trajectory_samples], items).save(run.out / "audio_trajectory.png")
     if _trains(run, "audio_to_text"):
         metrics["audio_to_text"] = _media_to_text_metrics(run, pipe, "audio", items, audio_file, audio_to_text_scores)
@@ -133,15 +141,16 @@ def _evaluate_video(run: EvalRun, pipe: UniTokPipeline, world, metrics: dict) ->
     items = build_clip_world(world)["heldout"][: cfg.num_samples]
     tokenizer = pipe.tokenizer_for("video")
     classifier = load_or_train_digit_classifier(run.classifier, world.image_world(), cfg.classifier_steps)
-    real = [Video(render_clip(it.clip, world), world.fps) for it in items]
-    reconstructed = tokenizer.decode(tokenizer.encode(real, seed=[run.seed + i for i in range(len(real))]))
-    metrics["video_tokenizer"]["recon_digit_direction_accuracy"] = text_to_video_scores(
-        reconstructed, items, classifier)["digit_direction_accuracy"]
+    metrics["video_tokenizer"].update(video_recon_scores(tokenizer, items, classifier, world, run.seed))
     if _trains(run, "text_to_video"):
         ids = _generate(pipe, "video", [it.caption for it in items], cfg, run.seed)
         clips = tokenizer.decode(ids)
-        metrics["text_to_video"] = {**text_to_video_scores(clips, items, classifier), "passes": pipe.passes("video"),
-                                    "sampler": _sampler_summary(pipe, "video"), "num_samples": len(items)}
+        real = text_to_video_scores([Video(render_clip(it.clip, world), world.fps) for it in items], items, classifier)
+        metrics["text_to_video"] = {**text_to_video_scores(clips, items, classifier),
+                                    **{f"real_{key}": real[key] for key in ("digit_accuracy", "direction_accuracy",
+                                                                            "digit_direction_accuracy")},
+                                    "passes": pipe.passes("video"), "sampler": _sampler_summary(pipe, "video"),
+                                    "num_samples": len(items)}
         n = cfg.grid_samples
         labelled_grid(tokenizer.adapter.picture(tokenizer.decode_tensor(ids[:n])), [it.caption for it in items[:n]],
                       columns=2, scale=2).save(run.out / "video_samples.png")
@@ -200,10 +209,13 @@ def _generate(pipe: UniTokPipeline, modality: str, prompts: list[str], cfg: Eval
 
 def _media_to_text_metrics(run: EvalRun, pipe: UniTokPipeline, modality: str, items: list, file_of,
                            scores) -> dict:
-    """Scores of captions generated for held-out `items`, and whether captions read the media."""
+    """Scores of captions generated for held-out `items` beside the same scorer on the items' own
+    captions (``real_*``), and whether captions read the media."""
     heldout = load_shards(run.shards[modality]["heldout"], pipe.vocabulary)
+    real = scores([it.caption for it in items], items)
     return {**scores(_describe_heldout(run, pipe, modality, items, file_of), items),
-            "caption_ce_gain_from_media": caption_ce_gain_from_media(pipe, modality, heldout, len(items)),
+            **{f"real_{key}": value for key, value in real.items() if key != "examples"},
+            **caption_loss_matched_vs_shuffled(pipe, modality, heldout, len(items)),
             "num_samples": len(items)}
 
 
@@ -273,6 +285,17 @@ def recon_digit_accuracy(tokenizer: MediaTokenizer, items: list[Item], classifie
     ids = tokenizer.encode([Image.fromarray(r) for r in real], seed=[seed + i for i in range(len(real))])
     reconstructed = np.stack([np.asarray(im) for im in tokenizer.decode(ids)])
     return float((classifier.predict(reconstructed) == np.array([it.scene.digit for it in items])).mean())
+
+
+def video_recon_scores(tokenizer: MediaTokenizer, items: list[ClipItem], classifier, world, seed: int) -> dict:
+    """Digit and direction read from encode→decode of the held-out real clips (the ceiling that the
+    tokenizer puts on text→video), beside the same scorer on the real clips (the scorer's own)."""
+    real = [Video(render_clip(it.clip, world), world.fps) for it in items]
+    reconstructed = tokenizer.decode(tokenizer.encode(real, seed=[seed + i for i in range(len(real))]))
+    recon, ceiling = text_to_video_scores(reconstructed, items, classifier), text_to_video_scores(real, items, classifier)
+    return {"recon_digit_accuracy": recon["digit_accuracy"], "recon_direction_accuracy": recon["direction_accuracy"],
+            "recon_digit_direction_accuracy": recon["digit_direction_accuracy"],
+            "real_digit_direction_accuracy": ceiling["digit_direction_accuracy"]}
 
 
 def text_to_image_scores(images, items: list[Item], classifier, world) -> dict:

@@ -13,7 +13,7 @@ of its training settings::
       longer: {training: {steps: 1200}}
 
 Every variant is a resumable stage (``<output_dir>/<name>/``); the table of held-out PSNR, codebook
-usage, tokens per item and (on digits world) the classifier's accuracy on reconstructions lands
+usage, tokens per item and (on digits world) what is read back from reconstructions (digit, direction, DTMF) lands
 in ``<output_dir>/results.json`` and ``results.md``.
 """
 
@@ -25,13 +25,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+import torch
+
 from ..config import ConfigError, config_hash, from_dict, load_config, merged, to_dict
 from ..digits_world import build_digits_world
+from ..digits_world.clips import build_clip_world
+from ..digits_world.tones import build_tone_world
 from ..media_tokenizer import MediaTokenizer, TokenizerSpec
 from ..recipe import RecipeRun, load_recipe, resolve_spec_path, run_stage
 from ..training.tokenizer import TokenizerTraining, tokenizer_metrics, train_media_tokenizer
 from .classifier import load_or_train_digit_classifier
-from .recipe_eval import recon_digit_accuracy
+from .dtmf import dtmf_roundtrip_accuracy
+from .recipe_eval import recon_digit_accuracy, video_recon_scores
 
 METRICS_FILE = "metrics.json"
 
@@ -72,14 +77,14 @@ def run_tokenizer_sweep(path: str | Path, log=print) -> dict[str, dict]:
                 for name, overrides in sweep.variants.items()}
     run.stage_data()
     out = Path(sweep.output_dir)
-    probe = MediaTokenizer(base)
-    train_x, heldout_x = (run.split_tensors(modality, split, probe) for split in ("train", "heldout"))
-    world = run.recipe.data.image.digits_world if modality == "image" else None
-    if world is not None:  # built once: every variant is read by the same classifier on the same scenes
-        items = build_digits_world(world)["heldout"]
-        classifier = load_or_train_digit_classifier(out / "classifier", world, run.recipe.eval.classifier_steps)
+    read_back = _digits_read_back(run, modality, out)
+    tensors: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}  # per adapter section: variants may read media otherwise
 
     def measure(name: str, spec: TokenizerSpec, training: TokenizerTraining) -> None:
+        adapter = json.dumps(to_dict(getattr(spec, modality)), sort_keys=True)
+        if adapter not in tensors:
+            tensors[adapter] = tuple(run.split_tensors(modality, split, MediaTokenizer(spec)) for split in ("train", "heldout"))
+        train_x, heldout_x = tensors[adapter]
         start = time.perf_counter()
         tokenizer = train_media_tokenizer(spec, train_x, training, seed, desc=f"sweep:{name}")
         row = {"train_seconds": round(time.perf_counter() - start, 1), "train_steps": training.steps,
@@ -87,8 +92,8 @@ def run_tokenizer_sweep(path: str | Path, log=print) -> dict[str, dict]:
                "codebook_size": spec.quantizer.codebook_size,
                "tokens_per_item": tokenizer.num_blocks * tokenizer.num_positions,
                **tokenizer_metrics(tokenizer, heldout_x, seed)}
-        if world is not None:
-            row["recon_digit_accuracy"] = recon_digit_accuracy(tokenizer, items, classifier, world, seed)
+        if read_back is not None:
+            row.update(read_back(tokenizer, seed))
         (out / name / METRICS_FILE).write_text(json.dumps(row, indent=2) + "\n")
         log(f"  {name}: {row}")
 
@@ -101,9 +106,32 @@ def run_tokenizer_sweep(path: str | Path, log=print) -> dict[str, dict]:
     return results
 
 
+def _digits_read_back(run: RecipeRun, modality: str, out: Path):
+    """What the digit classifier reads back from a variant's reconstructions of the held-out
+    digits-world images or clips (None for other data): built once, so that every variant is read
+    by the same classifier on the same items."""
+    source = getattr(run.recipe.data, modality)
+    world = source.digits_world if source is not None else None
+    if world is None:
+        return None
+    if modality == "audio":
+        tones = build_tone_world(world)["heldout"]
+        return lambda tokenizer, seed: {"dtmf_roundtrip_accuracy": dtmf_roundtrip_accuracy(tokenizer, tones, seed)}
+    steps = run.recipe.eval.classifier_steps
+    if modality == "image":
+        items = build_digits_world(world)["heldout"]
+        classifier = load_or_train_digit_classifier(out / "classifier", world, steps)
+        return lambda tokenizer, seed: {"recon_digit_accuracy": recon_digit_accuracy(tokenizer, items, classifier,
+                                                                                     world, seed)}
+    items = build_clip_world(world)["heldout"]
+    classifier = load_or_train_digit_classifier(out / "classifier", world.image_world(), steps)
+    return lambda tokenizer, seed: video_recon_scores(tokenizer, items, classifier, world, seed)
+
+
 def results_table(results: dict[str, dict]) -> str:
     columns = ["steps", "latent_channels", "codebook_size", "train_steps", "tokens_per_item", "psnr_db", "codebook_usage",
-               "recon_digit_accuracy", "train_seconds"]
+               "recon_digit_accuracy", "recon_direction_accuracy", "recon_digit_direction_accuracy",
+               "real_digit_direction_accuracy", "dtmf_roundtrip_accuracy", "train_seconds"]
     columns = [c for c in columns if any(c in row for row in results.values())]
     lines = ["| variant | " + " | ".join(columns) + " |", "|---" * (len(columns) + 1) + "|"]
     for name, row in results.items():
