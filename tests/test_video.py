@@ -65,6 +65,14 @@ def test_frame_sampling_resizing_and_padding(tmp_path):
     x = adapter.preprocess(Video(frames[:3], fps=20.0))  # shorter than 6 frames: the last one is held
     assert x.shape == (3, 6, 16, 16) and torch.equal(x[:, 2], x[:, 5])
 
+    def level(x):  # which source frame each sampled one is, from its red level
+        return [round((float(f[0].mean()) + 1) * 127.5 / 10) for f in x.unbind(1)]
+
+    in_memory = VideoAdapter(VideoConfig(frames=4, size=16, stride=3)).preprocess(Video(frames, fps=20.0))
+    assert level(in_memory) == [0, 3, 6, 9], "an in-memory clip is sampled as a file is"
+    assert level(VideoAdapter(VideoConfig(frames=4, size=16, fps=5.0)).to_tensor(Video(frames, fps=20.0))) == [0, 4, 8, 12]
+    assert level(VideoAdapter(VideoConfig(frames=4, size=16, stride=3)).to_tensor(tmp_path / "long.mp4")) == [0, 3, 6, 9]
+
 
 def test_empty_or_undecodable_videos_are_clear_errors(tmp_path):
     adapter = VideoAdapter(VideoConfig())
@@ -88,6 +96,15 @@ def test_3d_autoencoder_halves_time_only_in_its_temporal_levels():
     assert model.decode(z).shape == x.shape
 
 
+def test_3d_stem_patches_frames_into_channels():
+    cfg = AutoencoderConfig(patch_size=2, temporal_patch_size=2, channels=(16,), temporal_levels=1, latent_channels=4)
+    model = Autoencoder(cfg, dims=3).eval()
+    x = torch.randn(2, 3, 8, 32, 32)
+    z = model.encode(x)
+    assert z.shape == (2, 4, 2, 8, 8) and cfg.downsample_factors(3) == (4, 4, 4)
+    assert model.decode(z).shape == x.shape
+
+
 def test_video_tokenizer_from_its_spec_encodes_deterministically(world):
     spec = TokenizerSpec.load("tokenizers/video-rdpm-clips.yaml")
     torch.manual_seed(0)
@@ -102,9 +119,10 @@ def test_video_tokenizer_from_its_spec_encodes_deterministically(world):
     assert len(tokenizer.adapter.picture(tokenizer.decode_tensor(ids))) == 3
 
 
-def test_temporal_levels_are_refused_for_images():
-    with pytest.raises(ValueError, match="temporal_levels needs frames"):
-        TokenizerSpec(modality="image", image=ImageConfig(), autoencoder=AutoencoderConfig(temporal_levels=1))
+def test_temporal_levels_and_patches_are_refused_for_images():
+    for temporal in ({"temporal_levels": 1}, {"temporal_patch_size": 2}):
+        with pytest.raises(ValueError, match="temporal_levels and temporal_patch_size need frames"):
+            TokenizerSpec(modality="image", image=ImageConfig(), autoencoder=AutoencoderConfig(**temporal))
 
 
 def test_clip_world_config_refuses_bad_values_at_load():

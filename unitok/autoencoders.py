@@ -11,6 +11,7 @@ the noise negligible by growing the latent.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -19,9 +20,9 @@ from torch import nn
 
 CONVS = {2: nn.Conv2d, 3: nn.Conv3d}
 BATCH_NORMS = {2: nn.BatchNorm2d, 3: nn.BatchNorm3d}
-# Space-to-depth stems: p×p spatial patches become channels (time is never patched).
-PATCH_IN = {2: "b c (h ph) (w pw) -> b (c ph pw) h w", 3: "b c f (h ph) (w pw) -> b (c ph pw) f h w"}
-PATCH_OUT = {2: "b (c ph pw) h w -> b c (h ph) (w pw)", 3: "b (c ph pw) f h w -> b c f (h ph) (w pw)"}
+# Space-to-depth stems: p×p spatial patches (and, for video, pf frames) become channels.
+PATCH_IN = {2: "b c (h ph) (w pw) -> b (c ph pw) h w", 3: "b c (f pf) (h ph) (w pw) -> b (c pf ph pw) f h w"}
+PATCH_OUT = {2: "b (c ph pw) h w -> b c (h ph) (w pw)", 3: "b (c pf ph pw) f h w -> b c (f pf) (h ph) (w pw)"}
 
 
 @dataclass(frozen=True)
@@ -32,12 +33,15 @@ class AutoencoderConfig:
     latent_channels: int = 8
     blocks_per_level: int = 1
     temporal_levels: int = 0  # video only: how many of the first levels also halve the frame count
+    temporal_patch_size: int = 1  # video only: frames per stem patch (cheap first halving of time)
 
     def __post_init__(self):
         if not self.channels:
             raise ValueError("channels must list at least one level")
         if not 0 <= self.temporal_levels <= len(self.channels):
             raise ValueError(f"temporal_levels must be in [0, {len(self.channels)}] (one per level at most)")
+        if self.temporal_patch_size < 1:
+            raise ValueError("temporal_patch_size must be >= 1")
 
     @property
     def downsample_factor(self) -> int:
@@ -48,7 +52,7 @@ class AutoencoderConfig:
         """Per axis of a `dims`-D input (frames first for video)."""
         if dims == 2:
             return (self.downsample_factor,) * 2
-        return (2 ** self.temporal_levels, self.downsample_factor, self.downsample_factor)
+        return (self.temporal_patch_size * 2 ** self.temporal_levels, self.downsample_factor, self.downsample_factor)
 
 
 class ResBlock(nn.Module):
@@ -72,14 +76,24 @@ def _halves_time(cfg: AutoencoderConfig, dims: int, level: int) -> bool:
     return dims == 3 and level < cfg.temporal_levels
 
 
+def _patch(cfg: AutoencoderConfig, dims: int) -> dict[str, int]:
+    """The stem's patch sizes by axis name (PATCH_IN / PATCH_OUT)."""
+    spatial = {"ph": cfg.patch_size, "pw": cfg.patch_size}
+    return spatial if dims == 2 else {"pf": cfg.temporal_patch_size, **spatial}
+
+
+def _patch_volume(cfg: AutoencoderConfig, dims: int) -> int:
+    return math.prod(_patch(cfg, dims).values())
+
+
 class Encoder(nn.Module):
     """(B, in, [F,] H, W) -> (B, latent, [F/2^t,] H/f, W/f)."""
 
     def __init__(self, cfg: AutoencoderConfig, dims: int):
         super().__init__()
-        conv, p = CONVS[dims], cfg.patch_size
-        layers: list[nn.Module] = [Rearrange(PATCH_IN[dims], ph=p, pw=p),
-                                   conv(cfg.in_channels * p * p, cfg.channels[0], 3, padding=1)]
+        conv = CONVS[dims]
+        layers: list[nn.Module] = [Rearrange(PATCH_IN[dims], **_patch(cfg, dims)),
+                                   conv(cfg.in_channels * _patch_volume(cfg, dims), cfg.channels[0], 3, padding=1)]
         width = cfg.channels[0]
         for level, level_width in enumerate(cfg.channels):
             if dims == 2 or _halves_time(cfg, dims, level):  # downsample x2 on every axis
@@ -101,7 +115,7 @@ class Decoder(nn.Module):
 
     def __init__(self, cfg: AutoencoderConfig, dims: int):
         super().__init__()
-        conv, p = CONVS[dims], cfg.patch_size
+        conv = CONVS[dims]
         widths = list(reversed(cfg.channels))
         layers: list[nn.Module] = [conv(cfg.latent_channels, widths[0], 3, padding=1)]
         width = widths[0]
@@ -111,8 +125,8 @@ class Decoder(nn.Module):
             layers += [ResBlock(width, dims) for _ in range(cfg.blocks_per_level)]
             layers += [nn.Upsample(scale_factor=scale, mode="nearest"), conv(width, level_width, 3, padding=1)]
             width = level_width
-        layers += [nn.GroupNorm(8, width), nn.SiLU(), conv(width, cfg.in_channels * p * p, 3, padding=1)]
-        layers.append(Rearrange(PATCH_OUT[dims], ph=p, pw=p))
+        layers += [nn.GroupNorm(8, width), nn.SiLU(), conv(width, cfg.in_channels * _patch_volume(cfg, dims), 3, padding=1)]
+        layers.append(Rearrange(PATCH_OUT[dims], **_patch(cfg, dims)))
         self.net = nn.Sequential(*layers)
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:

@@ -53,8 +53,9 @@ class TokenizerSpec:
         if self.autoencoder.in_channels != adapter.channels:
             raise ValueError(f"autoencoder.in_channels is {self.autoencoder.in_channels}, but {self.modality} "
                              f"tensors have {adapter.channels} channel(s)")
-        if self.autoencoder.temporal_levels and adapter.dims != 3:
-            raise ValueError(f"autoencoder.temporal_levels needs frames; {self.modality} tensors have none")
+        if (self.autoencoder.temporal_levels or self.autoencoder.temporal_patch_size > 1) and adapter.dims != 3:
+            raise ValueError(f"autoencoder.temporal_levels and temporal_patch_size need frames; {self.modality} "
+                             f"tensors have none")
 
     @classmethod
     def load(cls, path: str | Path) -> "TokenizerSpec":
