@@ -68,6 +68,17 @@ def test_training_stops_at_the_first_non_finite_loss():
         train_media_tokenizer(tiny_tokenizer_spec(steps=2), images, TokenizerTraining(steps=3, batch_size=32, warmup_steps=1))
 
 
+def test_an_l1_term_changes_what_the_tokenizer_learns():
+    images = digit_images(64)
+    train = lambda **extra: train_media_tokenizer(tiny_tokenizer_spec(steps=2), images,  # noqa: E731
+                                                  TokenizerTraining(steps=3, batch_size=32, warmup_steps=1, **extra))
+    plain, sharp = train(), train(l1_weight=1.0)
+    weights = lambda tokenizer: torch.cat([p.flatten() for p in tokenizer.parameters()])  # noqa: E731
+    assert not torch.equal(weights(plain), weights(sharp))
+    with pytest.raises(ValueError, match="l1_weight"):
+        TokenizerTraining(l1_weight=-1.0)
+
+
 def test_decode_rejects_out_of_range_and_misshapen_ids(tiny_tokenizer):
     ids = torch.zeros(1, tiny_tokenizer.num_blocks, 16, dtype=torch.long)
     ids[0, 2, 5] = tiny_tokenizer.codebook_size  # one past the end

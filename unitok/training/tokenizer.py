@@ -29,6 +29,11 @@ class TokenizerTraining:
     warmup_steps: int = 100
     weight_decay: float = 0.0
     mixed_precision: str = "auto"
+    l1_weight: float = 0.0  # adds weight x L1 to the MSE: sharper small objects (a 12-pixel digit) for the same PSNR
+
+    def __post_init__(self):
+        if self.l1_weight < 0:
+            raise ValueError(f"l1_weight must be >= 0, got {self.l1_weight}")
 
 
 def train_media_tokenizer(spec: TokenizerSpec, inputs: torch.Tensor, cfg: TokenizerTraining, seed: int = 0,
@@ -55,6 +60,8 @@ def train_media_tokenizer(spec: TokenizerSpec, inputs: torch.Tensor, cfg: Tokeni
         reconstruction, out = tokenizer(x)
         mse = F.mse_loss(reconstruction.float(), x.float())
         loss = mse + beta * out.commitment_loss
+        if cfg.l1_weight:
+            loss = loss + cfg.l1_weight * F.l1_loss(reconstruction.float(), x.float())
         check_finite(loss, step + 1, desc)
         optimizer.zero_grad(set_to_none=True)
         accelerator.backward(loss)
