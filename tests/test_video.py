@@ -111,11 +111,11 @@ def test_video_tokenizer_from_its_spec_encodes_deterministically(world):
     tokenizer = MediaTokenizer(spec).eval()
     clips = [Video(render_clip(it.clip, WORLD), WORLD.fps) for it in world["train"][:3]]
     ids = tokenizer.encode(clips, seed=[1, 2, 3])
-    assert ids.shape == (3, spec.quantizer.steps + 1, 64) and tokenizer.latent_shape == (4, 4, 4)
+    assert ids.shape == (3, spec.quantizer.steps + 1, 128) and tokenizer.latent_shape == (2, 8, 8)
     assert torch.equal(ids, tokenizer.encode(clips, seed=[1, 2, 3]))
     assert not torch.equal(ids, tokenizer.encode(clips, seed=[4, 5, 6])), "RDPM tokens depend on the noise seed"
     decoded = tokenizer.decode(ids)
-    assert len(decoded) == 3 and decoded[0].frames.shape == (8, 32, 32, 3)
+    assert len(decoded) == 3 and decoded[0].frames.shape == (4, 32, 32, 3)
     assert len(tokenizer.adapter.picture(tokenizer.decode_tensor(ids))) == 3
 
 
