@@ -1,5 +1,6 @@
 """The `unitok` CLI: --help everywhere, tokenize with bad inputs, generate, one-line errors."""
 
+import argparse
 import json
 import shutil
 import subprocess
@@ -8,7 +9,9 @@ import sys
 import pytest
 from PIL import Image
 
-from unitok.cli import main
+import unitok
+from unitok.cli import build_parser, main
+from unitok.errors import UnitokError
 
 COMMANDS = ["train", "tokenize", "generate", "eval", "sweep", "bench", "shards", "shards inspect", "shards verify"]
 
@@ -22,6 +25,25 @@ def test_help_everywhere(command, capsys):
     with pytest.raises(SystemExit) as exit_info:
         main([*command, "--help"])
     assert exit_info.value.code == 0 and "usage: unitok" in capsys.readouterr().out
+
+
+def all_parsers(parser: argparse.ArgumentParser):
+    yield parser
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for sub in action.choices.values():
+                yield from all_parsers(sub)
+
+
+def test_every_option_has_help_that_shows_its_default():
+    for parser in all_parsers(build_parser()):
+        formatter = parser._get_formatter()
+        for action in parser._actions:
+            if isinstance(action, (argparse._HelpAction, argparse._SubParsersAction)):
+                continue
+            assert action.help, f"{parser.prog} {action.dest}: no help text"
+            if action.default not in (None, False, argparse.SUPPRESS):
+                assert "default" in formatter._get_help_string(action), f"{parser.prog} {action.dest}: default not shown"
 
 
 def make_folder(tiny_run, tmp_path, n=6):
@@ -104,12 +126,12 @@ def test_other_tokenizer_against_existing_shards_is_refused(tiny_run, tmp_path, 
 
 def test_generate_writes_png_and_errors_are_one_line(tiny_run, tmp_path):
     out = tmp_path / "seven.png"
-    result = run_cli("generate", tiny_run / "model", "--prompt", "a red 7 on the left", "--out", out)
+    result = run_cli("generate", tiny_run / "model", "--prompt", "a red 7 on the left", "--out", out, "--device", "cpu")
     assert result.returncode == 0, result.stderr
     assert Image.open(out).size == (32, 32)
     missing = run_cli("generate", tmp_path / "nowhere", "--prompt", "x", "--out", out)
     assert missing.returncode == 1
-    assert missing.stderr.startswith("unitok: error:") and "not a saved UniTokPipeline" in missing.stderr
+    assert missing.stderr.startswith("unitok: error:") and "no such folder, and not a Hub repo id" in missing.stderr
     assert missing.stderr.count("\n") == 1
     bad = run_cli("train", tmp_path / "missing.yaml")
     assert bad.returncode == 1 and "no such config file" in bad.stderr
@@ -130,3 +152,22 @@ def test_sweep_needs_a_known_kind(tmp_path, capsys):
     path.write_text("recipe: recipes/quickstart.yaml\n")
     assert main(["sweep", str(path)]) == 1
     assert "kind: expected one of ['tokenizer', 'generation'], got None" in capsys.readouterr().err
+
+
+def test_a_bug_keeps_its_traceback_and_debug_shows_every_traceback(tmp_path, monkeypatch, capsys):
+    path = tmp_path / "sweep.yaml"
+    path.write_text("recipe: recipes/quickstart.yaml\n")
+    with pytest.raises(UnitokError, match="kind: expected one of"):  # a user error, with --debug
+        main(["--debug", "sweep", str(path)])
+
+    def buggy(args):
+        raise ValueError("too many values to unpack")  # what a bug inside unitok or a library raises
+    monkeypatch.setattr("unitok.cli.cmd_sweep", buggy)
+    with pytest.raises(ValueError, match="too many values"):
+        main(["sweep", str(path)])
+    assert "unitok: error" not in capsys.readouterr().err
+
+
+def test_version():
+    result = run_cli("--version")
+    assert result.returncode == 0 and result.stdout.strip() == f"unitok {unitok.__version__}"

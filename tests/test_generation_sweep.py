@@ -53,7 +53,7 @@ def test_generation_sweep_trains_each_lm_once_and_evaluates_each_sampler(tmp_pat
         assert (out / "groups" / "steps-000003" / sampler / "lm").resolve() == (out / "groups" / "steps-000003" / "lm").resolve()
         recipe = yaml.safe_load((out / "groups" / "steps-000003" / sampler / "recipe.yaml").read_text())
         assert recipe["lm"]["steps"] == 3 and recipe["eval"]["num_samples"] == 4
-        saved = json.loads((out / "groups" / "steps-000003" / sampler / "model" / "unitok_pipeline.json").read_text())
+        saved = json.loads((out / "groups" / "steps-000003" / sampler / "model" / "model_index.json").read_text())
         image = saved["samplers"]["image"]
         assert image["rounds"] == [3, 1, 1, 1] and image["round_schedule"] == "quadratic", "the groups the LM trained on"
         assert image["gumbel_scale"] == gumbel and image["temperature"] == 0.9, \

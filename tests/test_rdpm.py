@@ -1,6 +1,10 @@
 """RDPM quantizer and image tokenizer: round trips, determinism, the trajectory, bad ids."""
 
 import dataclasses
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -171,3 +175,18 @@ def test_block_inputs_are_the_state_at_each_cell_and_the_noise(tiny_tokenizer):
     assert torch.equal(other_query[:, 2], query[:, 2]), "a query never holds its own code"
     assert ((other_context[:, 2] - context[:, 2]).abs().amax(-1) > 0).all(), "a context does"
     assert (other_query[:, 3] != query[:, 3]).any(), "and the next block's queries see it"
+
+
+def test_two_processes_on_halves_of_a_batch_learn_the_codebook_of_one_process_on_all_of_it(tmp_path):
+    script = Path(__file__).parent / "scripts" / "ddp_codebook.py"
+    config = Path(__file__).parent.parent / "recipes" / "accelerate" / "cpu-2proc.yaml"
+    accelerate = Path(sys.executable).parent / "accelerate"
+    env = {**os.environ, "ACCELERATE_USE_CPU": "1"}
+    for launcher in ([sys.executable], [str(accelerate), "launch", "--config_file", str(config)]):
+        result = subprocess.run([*launcher, str(script), str(tmp_path)], capture_output=True, text=True, timeout=300,
+                                env=env)
+        assert result.returncode == 0, result.stderr[-3000:]
+    one, *two = (torch.load(tmp_path / name) for name in ("world-1-rank-0.pt", "world-2-rank-0.pt", "world-2-rank-1.pt"))
+    for name in ("codebook", "ema_count", "ema_sum", "step_scale"):  # EMA counts, sums and σ_t of the whole batch
+        torch.testing.assert_close(two[0]["exact"][name], one["exact"][name], rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(two[0]["restarts"]["codebook"], two[1]["restarts"]["codebook"], rtol=0, atol=0)

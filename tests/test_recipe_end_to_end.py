@@ -2,23 +2,33 @@
 
 import json
 import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
+import unitok
 from unitok import UniTokPipeline
 from unitok.recipe import RecipeRun, load_recipe
 from unitok.sampling import SamplerConfig
+from unitok.errors import UnitokError
 from unitok.vocabulary import VocabularyError
 
 from .conftest import write_tiny_recipe
 
+SCRIPTS = Path(__file__).parent / "scripts"
+
 
 def test_every_stage_leaves_its_output(tiny_run):
-    for path in ("model/unitok_pipeline.json", "model/vocabulary.json", "model/transformer/model.safetensors",
+    for path in ("model/model_index.json", "model/vocabulary.json", "model/transformer/model.safetensors",
                  "model/image_tokenizer/model.safetensors", "model/text_tokenizer/spm.model",
-                 "samples.png", "trajectory.png", "metrics.json", "shards/image/train/manifest.json"):
+                 "samples.png", "trajectory.png", "loss.png", "model/README.md", "metrics.json",
+                 "shards/image/train/manifest.json", "shards/image/train/README.md"):
         assert (tiny_run / path).is_file(), path
     assert not list((tiny_run / "model").rglob("*.bin")) and not list((tiny_run / "model").rglob("*.pkl"))
     metrics = json.loads((tiny_run / "metrics.json").read_text())
@@ -52,10 +62,25 @@ def test_pipeline_generates_and_round_trips_identically(tiny_run, tmp_path):
     assert torch.equal(one_pass.token_ids, pipe.text_to_image(prompts, seed=0, rounds=[1, 1, 1, 1]).token_ids)
     with pytest.raises(ValueError, match="rounds lists 2 blocks"):
         pipe.text_to_image(prompts, rounds=[2, 1])
-    index = json.loads((tmp_path / "copy" / "unitok_pipeline.json").read_text())
+    index = json.loads((tmp_path / "copy" / "model_index.json").read_text())
     index["samplers"]["image"]["rounds"] = [2, 1]
-    (tmp_path / "copy" / "unitok_pipeline.json").write_text(json.dumps(index))
+    (tmp_path / "copy" / "model_index.json").write_text(json.dumps(index))
     with pytest.raises(ValueError, match="samplers.image: rounds lists 2 blocks, but this tokenizer draws 4"):
+        UniTokPipeline.from_pretrained(tmp_path / "copy")
+
+
+def test_the_index_names_each_component_and_a_newer_format_is_refused(tiny_run, tmp_path):
+    shutil.copytree(tiny_run / "model", tmp_path / "copy")
+    path = tmp_path / "copy" / "model_index.json"
+    index = json.loads(path.read_text())
+    assert index["_class_name"] == "UniTokPipeline" and index["_unitok_version"] == unitok.__version__
+    assert index["transformer"] == ["transformers", "LlamaForCausalLM"]
+    assert index["text_tokenizer"] == ["unitok", "TextBPE"] and index["image_tokenizer"] == ["unitok", "MediaTokenizer"]
+    path.write_text(json.dumps({**index, "format": index["format"] + 1}))
+    with pytest.raises(UnitokError, match=f"format {index['format'] + 1} .* upgrade unitok"):
+        UniTokPipeline.from_pretrained(tmp_path / "copy")
+    path.rename(path.with_name("unitok_pipeline.json"))  # how unitok 0.1 saved it
+    with pytest.raises(UnitokError, match="saved by unitok 0.1"):
         UniTokPipeline.from_pretrained(tmp_path / "copy")
 
 
@@ -103,3 +128,75 @@ def test_lm_stage_starts_from_the_same_weights_whatever_ran_before(tmp_path):
     RecipeRun(load_recipe(recipe), log=lambda _: None).run(stop_after="lm")
     second = load_file(str(weights))
     assert first.keys() == second.keys() and all(torch.equal(first[k], second[k]) for k in first)
+
+
+def test_a_killed_save_never_leaves_a_pipeline_that_loads_a_mix_of_two(tiny_run, tmp_path):
+    """save_forever.py saves two pipelines into one folder by turns until killed (b: every weight
+    + 1, sampler temperature 0.25): what a kill leaves loads as all of a, all of b, or not at all."""
+    source, target = tiny_run / "model", tmp_path / "pipe"
+    a = UniTokPipeline.from_pretrained(source)
+    first_weight = lambda pipe: next(pipe.transformer.parameters())  # noqa: E731
+    temperature = lambda pipe: next(iter(pipe.samplers.values())).temperature  # noqa: E731
+    whole = {(temperature(a), 0.0), (0.25, 1.0)}
+    for kill_after in (0.05, 0.2, 0.45):
+        process = subprocess.Popen([sys.executable, str(SCRIPTS / "save_forever.py"), str(source), str(target)],
+                                   stdout=subprocess.PIPE, text=True)
+        assert process.stdout.readline().strip() == "saving"
+        time.sleep(kill_after)
+        process.send_signal(signal.SIGKILL)
+        process.wait()
+        try:
+            pipe = UniTokPipeline.from_pretrained(target)
+        except (FileNotFoundError, UnitokError):  # a save cut short refuses to load
+            continue
+        shift = round((first_weight(pipe) - first_weight(a)).mean().item(), 3)
+        assert (temperature(pipe), shift) in whole
+
+
+def test_a_hub_repo_id_loads_from_the_local_cache_and_missing_ones_are_clear_errors(tiny_run, tmp_path):
+    revision = "0123456789abcdef0123456789abcdef01234567"  # huggingface_hub's cache layout, no network
+    repo = tmp_path / "cache" / "models--someone--tiny-unitok"
+    shutil.copytree(tiny_run / "model", repo / "snapshots" / revision)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text(revision)
+    pipe = UniTokPipeline.from_pretrained("someone/tiny-unitok", cache_dir=tmp_path / "cache", local_files_only=True)
+    local = UniTokPipeline.from_pretrained(tiny_run / "model")
+    assert torch.equal(pipe.text_to_image(["a red 3"], seed=0).token_ids, local.text_to_image(["a red 3"], seed=0).token_ids)
+    with pytest.raises(UnitokError, match="someone/other: no such folder, and the Hub repo could not be read"):
+        UniTokPipeline.from_pretrained("someone/other", cache_dir=tmp_path / "cache", local_files_only=True)
+    with pytest.raises(FileNotFoundError, match="no such folder, and not a Hub repo id"):
+        UniTokPipeline.from_pretrained(tmp_path / "no" / "such" / "model")
+
+
+def test_push_to_hub_uploads_a_saved_pipeline_with_its_model_card(tiny_run, tmp_path, monkeypatch):
+    uploads = []
+
+    class FakeApi:  # records what would go to the Hub
+        def __init__(self, token=None):
+            self.token = token
+
+        def create_repo(self, repo_id, private=None, exist_ok=False):
+            uploads.append(("create", repo_id, private, exist_ok))
+
+        def upload_folder(self, repo_id, folder_path, commit_message):
+            files = sorted(p.relative_to(folder_path).as_posix() for p in Path(folder_path).rglob("*") if p.is_file())
+            card = (Path(folder_path) / "README.md").read_text()
+            uploads.append(("upload", repo_id, files, card))
+            return f"https://huggingface.co/{repo_id}/commit/1"
+
+    monkeypatch.setattr("unitok.hub.HfApi", FakeApi)
+    pipe = UniTokPipeline.from_pretrained(tiny_run / "model")
+    assert pipe.push_to_hub("someone/tiny-unitok", private=True).endswith("/commit/1")
+    pipe.save_pretrained(tmp_path / "saved", push_to_hub=True, repo_id="someone/again")
+    (create, upload), (_, again) = uploads[:2], uploads[2:]
+    assert create == ("create", "someone/tiny-unitok", True, True) and upload[1] == "someone/tiny-unitok"
+    assert {"model_index.json", "README.md", "transformer/model.safetensors", "image_tokenizer/config.json"} <= set(upload[2])
+    assert "library_name: unitok" in upload[3] and again[1] == "someone/again"
+
+
+def test_the_recipe_writes_a_model_card_with_its_recipe_metrics_and_samples(tiny_run):
+    card = (tiny_run / "model" / "README.md").read_text()
+    metrics = json.loads((tiny_run / "metrics.json").read_text())
+    assert card.startswith("---\n") and "library_name: unitok" in card and "pipeline_tag: text-to-image" in card
+    assert "![samples](samples.png)" in card and (tiny_run / "model" / "samples.png").is_file()
+    assert f'"digit_accuracy": {metrics["text_to_image"]["digit_accuracy"]}' in card and "name: tiny" in card

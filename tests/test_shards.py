@@ -12,13 +12,14 @@ import sys
 import time
 from pathlib import Path
 
+import datasets
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
 from unitok.cli import main
-from unitok.shards import RECORDS_DIR, verify_shards
+from unitok.shards import RECORDS_DIR, read_manifest, verify_shards
 
 ROOT = Path(__file__).parent.parent
 
@@ -332,3 +333,11 @@ def test_tokenize_refuses_changed_sources_and_settings_naming_what_changed_and_a
     assert "unknown device 'gpu'" in capsys.readouterr().err
     assert main(["shards", "inspect", str(tmp_path)]) == 1
     assert "not a unitok shard set" in capsys.readouterr().err
+
+
+def test_a_shard_folder_opens_by_name_with_datasets(tiny_run):
+    folder = tiny_run / "shards" / "image" / "train"  # records/*.json outnumber its parquet files
+    rows = datasets.load_dataset(str(folder), split="train")
+    assert rows.num_rows == read_manifest(folder)["totals"]["rows"] and "media_ids" in rows.column_names
+    stream = datasets.load_dataset(str(folder), split="train", streaming=True)
+    assert next(iter(stream))["key"] == rows[0]["key"]

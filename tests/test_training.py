@@ -18,6 +18,7 @@ import torch
 import yaml
 
 from unitok.config import ConfigError
+from unitok.model import ModelSpec, build_transformer
 from unitok.pipeline import PipelineTokenizers
 from unitok.rdpm import QuantizerConfig, RDPMQuantizer
 from unitok.recipe import RecipeRun, load_recipe
@@ -25,6 +26,7 @@ from unitok.shards import ShardError, read_manifest
 from unitok.streams import cell_order
 from unitok.training.data import (DocumentRecipe, MixtureBatches, ShardMix, heldout_rows, media_inputs,
                                  resolve_mixture)
+from unitok.training.lm import LMTraining, train_lm
 
 from .conftest import write_tiny_recipe
 
@@ -71,6 +73,10 @@ def test_two_processes_under_accelerate_launch_stay_in_sync_on_disjoint_rows(tin
     ranks = [json.loads((tmp_path / f"rank-{i}.json").read_text()) for i in range(2)]
     assert all(r["world"] == 2 for r in ranks)
     assert ranks[0]["final"] == ranks[1]["final"] != ranks[0]["initial"]
+    train(tmp_path / "one", 4, tiny_run)  # warmup and decay follow optimizer steps, not steps x processes
+    learning_rates = [[line["lr"] for line in step_log(out)] for out in (tmp_path, tmp_path / "one")]
+    assert learning_rates[0] == learning_rates[1] and len(set(learning_rates[0])) == 4
+    assert all(line["grad_norm"] > 0 for line in step_log(tmp_path))
     for task in ("text_to_image", "image_to_text"):  # each task's stream splits the rows between the ranks
         seen = [{item for line in step_log(tmp_path, rank) for item, t in zip(line["items"], line["tasks"]) if t == task}
                 for rank in range(2)]
@@ -117,7 +123,7 @@ def test_a_recipe_trains_on_a_weighted_list_of_shard_sets(tiny_run, tmp_path):
     metrics = json.loads((run.out / "metrics.json").read_text())
     assert metrics["lm"]["heldout_loss"] > 0 and metrics["lm"]["steps_trained"] == 6
     assert [line["step"] for line in step_log(run.out / "lm")] == list(range(1, 7))
-    assert (run.out / "model" / "unitok_pipeline.json").is_file()
+    assert (run.out / "model" / "model_index.json").is_file()
     assert not (run.out / "tokenizers").exists() and not (run.out / "shards").exists()
 
 
@@ -208,3 +214,24 @@ def test_first_step_documents_hold_only_the_first_generated_block(vocab):
     assert set(doc.target_block) <= {-1, 0}
     heldout = documents.document("text_to_image", row["text_ids"], "image", span, random.Random(0), heldout=True)
     assert len(heldout) == len(doc) + 4
+
+
+def test_tensorboard_gets_the_recipe_and_every_steps_loss_lr_grad_norm_and_tokens_per_s(tiny_run, tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    tokenizers = PipelineTokenizers.from_pretrained(tiny_run / "model")
+    torch.manual_seed(0)
+    model = build_transformer(ModelSpec(hidden_size=32, num_layers=1, num_heads=2, intermediate_size=64),
+                              tokenizers.vocabulary)
+    cfg = LMTraining(steps=3, batch_size=4, warmup_steps=1, checkpoint_every=3, eval_every=3, eval_items=8,
+                     log_with=["tensorboard"])
+    shards = tiny_run / "shards" / "image"
+    mixture = [ShardMix(str(shards / "train"), 1.0, "text_to_image", str(shards / "heldout"))]
+    train_lm(model, tokenizers.vocabulary, tokenizers.media, mixture, cfg, tmp_path,
+             tracker_config={"name": "tiny", "lm": {"steps": 3, "tasks": {"text_to_image": 1.0}}})
+    events = EventAccumulator(str(tmp_path / "trackers" / "lm")).Reload()
+    assert {"loss", "lr", "grad_norm", "tokens_per_s", "heldout_loss"} <= set(events.Tags()["scalars"])
+    assert [event.step for event in events.Scalars("loss")] == [1, 2, 3]
+    assert all(event.value > 0 for event in events.Scalars("tokens_per_s"))
+    (hparams,) = (tmp_path / "trackers" / "lm").rglob("hparams.yml")
+    assert yaml.safe_load(hparams.read_text()) == {"name": "tiny", "lm.steps": 3, "lm.tasks.text_to_image": 1.0}

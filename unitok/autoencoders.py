@@ -18,6 +18,8 @@ import torch
 from einops.layers.torch import Rearrange
 from torch import nn
 
+from .errors import UnitokError
+
 CONVS = {2: nn.Conv2d, 3: nn.Conv3d}
 BATCH_NORMS = {2: nn.BatchNorm2d, 3: nn.BatchNorm3d}
 # Space-to-depth stems: p×p spatial patches (and, for video, pf frames) become channels.
@@ -37,11 +39,11 @@ class AutoencoderConfig:
 
     def __post_init__(self):
         if not self.channels:
-            raise ValueError("channels must list at least one level")
+            raise UnitokError("channels must list at least one level")
         if not 0 <= self.temporal_levels <= len(self.channels):
-            raise ValueError(f"temporal_levels must be in [0, {len(self.channels)}] (one per level at most)")
+            raise UnitokError(f"temporal_levels must be in [0, {len(self.channels)}] (one per level at most)")
         if self.temporal_patch_size < 1:
-            raise ValueError("temporal_patch_size must be >= 1")
+            raise UnitokError("temporal_patch_size must be >= 1")
 
     @property
     def downsample_factor(self) -> int:
@@ -137,7 +139,7 @@ class Autoencoder(nn.Module):
     def __init__(self, cfg: AutoencoderConfig, dims: int = 2):
         super().__init__()
         if dims not in CONVS:
-            raise ValueError(f"autoencoders take 2D or 3D inputs, not {dims}D")
+            raise UnitokError(f"autoencoders take 2D or 3D inputs, not {dims}D")
         self.config, self.dims = cfg, dims
         self.encoder = Encoder(cfg, dims)
         self.decoder = Decoder(cfg, dims)

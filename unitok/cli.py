@@ -1,6 +1,8 @@
 """The `unitok` command line: train, tokenize, shards, generate, eval, sweep, bench.
 
-Every failure the user can fix ends with one line on stderr (``unitok: error: …``) and exit 1.
+Every failure the user can fix (a `UnitokError`: a wrong file, setting or prompt) ends with one
+line on stderr (``unitok: error: …``) and exit 1. Anything else is a bug and keeps its traceback;
+``--debug`` shows the traceback for every error.
 """
 
 from __future__ import annotations
@@ -10,13 +12,10 @@ import json
 import sys
 from pathlib import Path
 
-from .adapters import MediaError
-from .config import ConfigError
-from .shards import ShardError
-from .sources import SourceError
-from .vocabulary import VocabularyError
+from . import __version__
+from .errors import UnitokError
 
-USER_ERRORS = (ConfigError, VocabularyError, ShardError, SourceError, MediaError, FileNotFoundError, ValueError)
+USER_ERRORS = (UnitokError, FileNotFoundError)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -25,6 +24,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.command(args) or 0
     except USER_ERRORS as err:
+        if args.debug:
+            raise
         reason = str(err).strip().splitlines()
         print(f"unitok: error: {reason[0] if len(reason) == 1 else '; '.join(reason)}", file=sys.stderr)
         return 1
@@ -33,9 +34,26 @@ def main(argv: list[str] | None = None) -> int:
         return 130
 
 
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows each option's default, unless it has none (None, an off flag) or its help already says it."""
+
+    def _get_help_string(self, action):
+        if action.default in (None, False) or "default" in (action.help or ""):
+            return action.help
+        return super()._get_help_string(action)
+
+
+class SubParser(argparse.ArgumentParser):
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, formatter_class=HelpFormatter, **kwargs)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="unitok", description="Unified multimodal token models (RDPM media tokens + text BPE).")
-    commands = parser.add_subparsers(title="commands", required=True, metavar="COMMAND")
+    parser = argparse.ArgumentParser(prog="unitok", description="Unified multimodal token models (RDPM media tokens + text BPE).",
+                                     formatter_class=HelpFormatter)
+    parser.add_argument("--version", action="version", version=f"unitok {__version__}")
+    parser.add_argument("--debug", action="store_true", help="show the traceback of every error, not a one-line reason")
+    commands = parser.add_subparsers(title="commands", required=True, metavar="COMMAND", parser_class=SubParser)
 
     train = commands.add_parser("train", help="run a recipe: tokenizers, text BPE, shards, LM, eval (resumable)")
     train.add_argument("recipe", type=Path, help="recipe YAML, e.g. recipes/quickstart.yaml")
@@ -48,7 +66,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Tokenize a folder, a datasets dataset or a text corpus into a resumable parquet shard set. "
                     "Bad inputs are skipped and listed in OUT/errors.jsonl. Under `accelerate launch -m unitok "
                     "tokenize …` every rank writes its own shards.")
-    tokenize.add_argument("--tokenizer", type=Path, required=True, help="a saved pipeline folder (e.g. runs/quickstart/model)")
+    tokenize.add_argument("--tokenizer", required=True, help="a saved pipeline folder (e.g. runs/quickstart/model) or a Hub repo id")
     source = tokenize.add_mutually_exclusive_group(required=True)
     source.add_argument("--input", type=Path, help="folder of media files, or a text corpus (.txt, .jsonl, .csv)")
     source.add_argument("--dataset", help="a Hugging Face datasets name or builder, e.g. imagefolder")
@@ -57,14 +75,14 @@ def build_parser() -> argparse.ArgumentParser:
     tokenize.add_argument("--data-dir", help="data_dir for --dataset (e.g. an imagefolder layout)")
     tokenize.add_argument("--data-files", nargs="+", help="data_files for --dataset (e.g. --dataset csv "
                           "--data-dir photos --data-files items.csv; relative to --data-dir)")
-    tokenize.add_argument("--split", default="train")
-    tokenize.add_argument("--media-column", default="image")
+    tokenize.add_argument("--split", default="train", help="the --dataset split to tokenize")
+    tokenize.add_argument("--media-column", default="image", help="the --dataset column holding the media (or paths to it)")
     tokenize.add_argument("--text-column", default=None, help="caption column (default: caption or text)")
     tokenize.add_argument("--modality", choices=["image", "audio", "video"],
                           help="which of the pipeline's tokenizers to use (needed when it has several)")
     tokenize.add_argument("--task", help="the rows' default training task (default: text_to_<modality>, or text)")
     tokenize.add_argument("--out", type=Path, required=True, help="output shard folder")
-    tokenize.add_argument("--items-per-shard", type=int, default=1024)
+    tokenize.add_argument("--items-per-shard", type=int, default=1024, help="items per parquet shard (the unit of resuming)")
     tokenize.add_argument("--seed", type=int, default=0, help="base seed of the RDPM noise draws")
     tokenize.add_argument("--noise-draws", type=int, default=1, help="noise draws (token sequences) per item")
     tokenize.add_argument("--workers", type=int, default=1, help="local worker processes (CPU)")
@@ -75,17 +93,17 @@ def build_parser() -> argparse.ArgumentParser:
     tokenize.set_defaults(command=cmd_tokenize)
 
     shards = commands.add_parser("shards", help="inspect or verify a shard set")
-    shard_commands = shards.add_subparsers(title="commands", required=True, metavar="COMMAND")
+    shard_commands = shards.add_subparsers(title="commands", required=True, metavar="COMMAND", parser_class=SubParser)
     inspect = shard_commands.add_parser("inspect", help="counts, tokenizers, tasks, token lengths, errors")
-    inspect.add_argument("dir", type=Path)
+    inspect.add_argument("dir", type=Path, help="a shard set folder")
     inspect.add_argument("--json", action="store_true", help="print the summary as JSON")
     inspect.set_defaults(command=cmd_shards_inspect)
     verify = shard_commands.add_parser("verify", help="re-read every shard; check counts, hashes and id ranges")
-    verify.add_argument("dir", type=Path)
+    verify.add_argument("dir", type=Path, help="a shard set folder")
     verify.set_defaults(command=cmd_shards_verify)
 
     generate = commands.add_parser("generate", help="generate media from text prompts, or text from media files")
-    generate.add_argument("model", type=Path, help="a saved pipeline folder")
+    generate.add_argument("model", help="a saved pipeline folder or a Hub repo id")
     generate.add_argument("--modality", choices=["image", "audio", "video", "text"], default="image",
                           help="what to generate: media from --prompt, or text (a caption) from --input")
     generate.add_argument("--prompt", action="append", help="text prompt (repeat for several)")
@@ -108,11 +126,12 @@ def build_parser() -> argparse.ArgumentParser:
                           help="RDPM: temperature of the blocks after the first generated one (default: the "
                                "pipeline's, else --temperature)")
     generate.add_argument("--max-new-tokens", type=int, default=32, help="longest caption (media→text)")
-    generate.add_argument("--seed", type=int, default=0)
+    generate.add_argument("--seed", type=int, default=0, help="sampling seed: the same seed gives the same output")
+    generate.add_argument("--device", help="torch device to run on, e.g. cpu or cuda:0 (default: cuda if available, else cpu)")
     generate.set_defaults(command=cmd_generate)
 
     evaluate = commands.add_parser("eval", help="(re)evaluate a trained recipe and write metrics.json")
-    evaluate.add_argument("recipe", type=Path)
+    evaluate.add_argument("recipe", type=Path, help="the recipe YAML the run was trained from")
     evaluate.set_defaults(command=cmd_eval)
 
     sweep = commands.add_parser("sweep", help="train variants of a recipe and compare them: tokenizers (rate-distortion) "
@@ -122,7 +141,7 @@ def build_parser() -> argparse.ArgumentParser:
     sweep.set_defaults(command=cmd_sweep)
 
     bench = commands.add_parser("bench", help="measure sampling and training speed (ratios in one run)")
-    bench.add_argument("--out", type=Path, default=Path("bench.json"))
+    bench.add_argument("--out", type=Path, default=Path("bench.json"), help="where the measurements go (JSON)")
     bench.add_argument("--quick", action="store_true", help="tiny sizes, for a smoke test")
     bench.set_defaults(command=cmd_bench)
     return parser
@@ -201,16 +220,18 @@ def cmd_shards_verify(args) -> int:
 
 
 def cmd_generate(args) -> int:
+    import torch
+
     from .pipeline import UniTokPipeline
 
     sampler = {"temperature": args.temperature, "top_k": args.top_k, "top_p": args.top_p,
                "gumbel_scale": args.gumbel_scale, "seed": args.seed}
     describe = args.modality == "text"
     if describe and (not args.input or args.prompt):
-        raise ValueError("--modality text describes media: pass --input FILE (and no --prompt)")
+        raise UnitokError("--modality text describes media: pass --input FILE (and no --prompt)")
     if not describe and (not args.prompt or not args.out or args.input):
-        raise ValueError(f"--modality {args.modality} generates from text: pass --prompt TEXT and --out FILE")
-    pipe = UniTokPipeline.from_pretrained(args.model)
+        raise UnitokError(f"--modality {args.modality} generates from text: pass --prompt TEXT and --out FILE")
+    pipe = UniTokPipeline.from_pretrained(args.model, device=args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     if describe:
         captions = pipe.media_to_text(pipe.modality_of_file(args.input[0]), [str(p) for p in args.input],
                                       max_new_tokens=args.max_new_tokens, **sampler)

@@ -18,10 +18,12 @@ from typing import Any, Literal, TypeVar, Union
 
 import yaml
 
+from .errors import UnitokError
+
 T = TypeVar("T")
 
 
-class ConfigError(ValueError):
+class ConfigError(UnitokError):
     """A config file does not match the structure it configures."""
 
 

@@ -21,8 +21,10 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from .adapters import AudioAdapter, AudioConfig, ImageAdapter, ImageConfig, MediaAdapter, VideoAdapter, VideoConfig
+from .atomic import write_text_atomic
 from .autoencoders import Autoencoder, AutoencoderConfig
 from .config import from_dict, load_config, to_dict
+from .errors import UnitokError
 from .rdpm import QuantizerConfig, QuantizerOutput, RDPMQuantizer
 from .vocabulary import MediaLayout
 
@@ -48,13 +50,13 @@ class TokenizerSpec:
 
     def __post_init__(self):
         if getattr(self, self.modality) is None:
-            raise ValueError(f"modality {self.modality!r} needs a `{self.modality}:` section")
+            raise UnitokError(f"modality {self.modality!r} needs a `{self.modality}:` section")
         adapter = ADAPTERS[self.modality]
         if self.autoencoder.in_channels != adapter.channels:
-            raise ValueError(f"autoencoder.in_channels is {self.autoencoder.in_channels}, but {self.modality} "
+            raise UnitokError(f"autoencoder.in_channels is {self.autoencoder.in_channels}, but {self.modality} "
                              f"tensors have {adapter.channels} channel(s)")
         if (self.autoencoder.temporal_levels or self.autoencoder.temporal_patch_size > 1) and adapter.dims != 3:
-            raise ValueError(f"autoencoder.temporal_levels and temporal_patch_size need frames; {self.modality} "
+            raise UnitokError(f"autoencoder.temporal_levels and temporal_patch_size need frames; {self.modality} "
                              f"tensors have none")
 
     @classmethod
@@ -141,7 +143,7 @@ class MediaTokenizer(nn.Module):
     def encode_tensor(self, x: torch.Tensor, seeds: Sequence[int]) -> torch.Tensor:
         """Preprocessed batch (B, C_in, …) -> ids (B, T+1, N); deterministic given the seeds."""
         if len(seeds) != x.shape[0]:
-            raise ValueError(f"got {len(seeds)} seeds for a batch of {x.shape[0]}")
+            raise UnitokError(f"got {len(seeds)} seeds for a batch of {x.shape[0]}")
         z = self.latent(x.to(self.device))
         return self.quantizer(z, self.draw_noise(x.shape[0], seeds)).ids_BTN
 
@@ -182,10 +184,11 @@ class MediaTokenizer(nn.Module):
     def save_pretrained(self, directory: str | Path) -> None:
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
-        config = {"unitok_class": type(self).__name__, "content_hash": self.content_hash(), **to_dict(self.spec)}
-        (directory / CONFIG_NAME).write_text(json.dumps(config, indent=2) + "\n")
+        (directory / CONFIG_NAME).unlink(missing_ok=True)  # written last: a killed save does not load
         state = {k: v.detach().cpu().contiguous() for k, v in self.state_dict().items()}
         save_file(state, str(directory / WEIGHTS_NAME))
+        config = {"unitok_class": type(self).__name__, "content_hash": self.content_hash(), **to_dict(self.spec)}
+        write_text_atomic(directory / CONFIG_NAME, json.dumps(config, indent=2) + "\n")
 
     @classmethod
     def from_pretrained(cls, directory: str | Path) -> "MediaTokenizer":
@@ -200,5 +203,5 @@ class MediaTokenizer(nn.Module):
         tokenizer.load_state_dict(load_file(str(directory / WEIGHTS_NAME)))
         tokenizer.eval()
         if expected_hash is not None and tokenizer.content_hash() != expected_hash:
-            raise ValueError(f"{directory}: weights do not match the content hash in {CONFIG_NAME}")
+            raise UnitokError(f"{directory}: weights do not match the content hash in {CONFIG_NAME}")
         return tokenizer

@@ -17,6 +17,7 @@ from torch import nn
 from transformers import LlamaConfig, LlamaForCausalLM
 
 from .config import load_config
+from .errors import UnitokError
 from .streams import IGNORE, Batch
 from .vocabulary import Vocabulary
 
@@ -37,9 +38,9 @@ class ModelSpec:
 
     def __post_init__(self):
         if self.hidden_size % self.num_heads:
-            raise ValueError(f"hidden_size {self.hidden_size} is not divisible by num_heads {self.num_heads}")
+            raise UnitokError(f"hidden_size {self.hidden_size} is not divisible by num_heads {self.num_heads}")
         if self.num_kv_heads is not None and self.num_heads % self.num_kv_heads:
-            raise ValueError("num_heads must be a multiple of num_kv_heads")
+            raise UnitokError("num_heads must be a multiple of num_kv_heads")
 
     @classmethod
     def load(cls, path: str | Path) -> "ModelSpec":

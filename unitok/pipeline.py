@@ -3,7 +3,8 @@
 Saved like a diffusers pipeline: an index file plus one subfolder per component::
 
     model/
-      unitok_pipeline.json     components, media order, each modality's sampler settings (rounds …)
+      model_index.json         each component's [library, class], the unitok version and format,
+                               media order, each modality's sampler settings (rounds …)
       vocabulary.json          the shared vocabulary manifest
       transformer/             transformers `save_pretrained` (config.json + model.safetensors)
       text_tokenizer/          sentencepiece model + config.json
@@ -15,6 +16,7 @@ Saved like a diffusers pipeline: an index file plus one subfolder per component:
 from __future__ import annotations
 
 import json
+import tempfile
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Sequence
@@ -22,15 +24,20 @@ from typing import Any, Sequence
 import torch
 from transformers import LlamaForCausalLM
 
+from . import __version__
+from .atomic import write_text_atomic
+from .config import from_dict, to_dict
+from .errors import UnitokError
+from .hub import local_folder, push_folder, write_model_card
 from .media_tokenizer import MediaTokenizer
 from .model import StreamModel
-from .config import from_dict, to_dict
 from .sampling import SAMPLERS, MediaSampler, SamplerConfig, sample_text
 from .streams import MediaOrder, StreamBuilder
 from .text_bpe import TextBPE
 from .vocabulary import Vocabulary, VocabularyError
 
-INDEX_NAME = "unitok_pipeline.json"
+INDEX_NAME = "model_index.json"
+INDEX_FORMAT = 2  # format 1 was unitok_pipeline.json (unitok 0.1)
 
 
 @dataclass
@@ -97,7 +104,7 @@ class UniTokPipeline:
             try:
                 self.sampler_for(modality).passes(tokenizer.num_blocks, tokenizer.num_positions)  # rounds fit T
             except ValueError as err:
-                raise ValueError(f"samplers.{modality}: {err}") from None
+                raise UnitokError(f"samplers.{modality}: {err}") from None
 
     # --- devices -------------------------------------------------------------------------------
     def to(self, device: str | torch.device) -> "UniTokPipeline":
@@ -121,7 +128,7 @@ class UniTokPipeline:
             if suffix in tokenizer.adapter.file_extensions:
                 return tokenizer.modality
         known = sorted({e for t in self.media_tokenizers.values() for e in t.adapter.file_extensions})
-        raise ValueError(f"{path}: no tokenizer of this pipeline reads {suffix or 'extension-less'} files ({known})")
+        raise UnitokError(f"{path}: no tokenizer of this pipeline reads {suffix or 'extension-less'} files ({known})")
 
     def encode_prompt(self, prompt: str) -> list[int]:
         local = torch.tensor(self.text_tokenizer.encode(prompt), dtype=torch.long)
@@ -186,7 +193,7 @@ class UniTokPipeline:
         in, a list out."""
         items = list(media) if isinstance(media, (list, tuple)) else [media]
         if not items:
-            raise ValueError("media: expected an item or a non-empty list of items")
+            raise UnitokError("media: expected an item or a non-empty list of items")
         tokenizer = self.tokenizer_for(modality)
         clean = self._clean_inputs(tokenizer, items, seed)
         prefixes = [StreamBuilder(self.vocabulary, self.media_order).special("<bos>").read_out(tokenizer.name, c).build()
@@ -205,7 +212,7 @@ class UniTokPipeline:
         the model trained to read media; sampling options as in `media_to_text`."""
         parts = list(prompt) if isinstance(prompt, (list, tuple)) else [prompt]
         if not parts:
-            raise ValueError("prompt: expected a non-empty list of strings and media")
+            raise UnitokError("prompt: expected a non-empty list of strings and media")
         builder = StreamBuilder(self.vocabulary, self.media_order).special("<bos>")
         for index, part in enumerate(parts):
             if isinstance(part, str) and self._is_text(part):
@@ -223,7 +230,7 @@ class UniTokPipeline:
         for tokenizer in self.media_tokenizers.values():
             if tokenizer.adapter.accepts(item):
                 return tokenizer.modality
-        raise ValueError(f"no tokenizer of this pipeline reads a {type(item).__name__} "
+        raise UnitokError(f"no tokenizer of this pipeline reads a {type(item).__name__} "
                          f"(it has {', '.join(t.modality for t in self.media_tokenizers.values())})")
 
     def _is_text(self, part: str) -> bool:
@@ -256,28 +263,47 @@ class UniTokPipeline:
         return self.media_to_text("video", video, **sampler)
 
     # --- persistence ---------------------------------------------------------------------------
-    def save_pretrained(self, directory: str | Path) -> None:
+    def save_pretrained(self, directory: str | Path, push_to_hub: bool = False, repo_id: str | None = None,
+                        private: bool | None = None, token: str | None = None) -> None:
+        """Save every component and `model_index.json` (last: a killed save leaves a folder that
+        refuses to load) with a model card; `push_to_hub` then uploads the folder to `repo_id`
+        (default: the folder's name)."""
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
+        (directory / INDEX_NAME).unlink(missing_ok=True)  # written last: a killed save does not load
         self.vocabulary.save(directory)
         self.transformer.save_pretrained(directory / "transformer", safe_serialization=True)
         self.text_tokenizer.save_pretrained(directory / "text_tokenizer")
-        media = {}
+        media = {name: f"{name}_tokenizer" for name in self.media_tokenizers}
         for name, tokenizer in self.media_tokenizers.items():
-            folder = f"{name}_tokenizer"
-            tokenizer.save_pretrained(directory / folder)
-            media[name] = folder
-        index = {"unitok_class": type(self).__name__, "media_order": self.media_order,
-                 "transformer": "transformer", "text_tokenizer": "text_tokenizer", "media_tokenizers": media,
+            tokenizer.save_pretrained(directory / media[name])
+        components = {"transformer": self.transformer, "text_tokenizer": self.text_tokenizer,
+                      **{media[name]: tokenizer for name, tokenizer in self.media_tokenizers.items()}}
+        index = {"_class_name": type(self).__name__, "_unitok_version": __version__, "format": INDEX_FORMAT,
+                 **{folder: [type(c).__module__.split(".")[0], type(c).__name__] for folder, c in components.items()},
+                 "media_tokenizers": media, "media_order": self.media_order,
                  "samplers": {modality: to_dict(config) for modality, config in self.samplers.items()}}
-        (directory / INDEX_NAME).write_text(json.dumps(index, indent=2) + "\n")
+        write_model_card(directory, index)
+        write_text_atomic(directory / INDEX_NAME, json.dumps(index, indent=2) + "\n")
+        if push_to_hub:
+            push_folder(directory, repo_id or directory.name, private=private, token=token)
+
+    def push_to_hub(self, repo_id: str, private: bool | None = None, token: str | None = None) -> str:
+        """Save to a temporary folder and upload it to the Hub repo `repo_id`; returns the commit URL."""
+        with tempfile.TemporaryDirectory() as folder:
+            self.save_pretrained(folder)
+            return push_folder(Path(folder), repo_id, private=private, token=token)
 
     @classmethod
-    def from_pretrained(cls, directory: str | Path, device: str | torch.device | None = None) -> "UniTokPipeline":
+    def from_pretrained(cls, directory: str | Path, device: str | torch.device | None = None,
+                        revision: str | None = None, **hub_kwargs) -> "UniTokPipeline":
+        """Load a saved pipeline from a folder or a Hub repo id (`revision`, and `hub_kwargs` such as
+        `token` or `local_files_only`, go to `huggingface_hub.snapshot_download`)."""
+        directory = local_folder(directory, revision, **hub_kwargs)
         index = _read_index(directory)
         tokenizers = PipelineTokenizers.from_pretrained(directory)
         pipe = cls(
-            transformer=LlamaForCausalLM.from_pretrained(Path(directory) / index["transformer"], use_safetensors=True),
+            transformer=LlamaForCausalLM.from_pretrained(Path(directory) / "transformer", use_safetensors=True),
             text_tokenizer=tokenizers.text, media_tokenizers=tokenizers.media, vocabulary=tokenizers.vocabulary,
             media_order=index["media_order"],
             samplers={modality: from_dict(SamplerConfig, config, source=f"{directory}/{INDEX_NAME}: samplers.{modality}")
@@ -295,9 +321,10 @@ class PipelineTokenizers:
     vocabulary: Vocabulary
 
     @classmethod
-    def from_pretrained(cls, directory: str | Path) -> "PipelineTokenizers":
-        directory, index = Path(directory), _read_index(directory)
-        return cls(TextBPE.from_pretrained(directory / index["text_tokenizer"]),
+    def from_pretrained(cls, directory: str | Path, revision: str | None = None, **hub_kwargs) -> "PipelineTokenizers":
+        directory = local_folder(directory, revision, **hub_kwargs)
+        index = _read_index(directory)
+        return cls(TextBPE.from_pretrained(directory / "text_tokenizer"),
                    {n: MediaTokenizer.from_pretrained(directory / f) for n, f in index["media_tokenizers"].items()},
                    Vocabulary.load(directory))
 
@@ -305,7 +332,7 @@ class PipelineTokenizers:
         """The tokenizer of `modality`; None is allowed when there is only one."""
         if modality is None:
             if len(self.media) > 1:
-                raise ValueError(f"this pipeline has {', '.join(t.modality for t in self.media.values())} "
+                raise UnitokError(f"this pipeline has {', '.join(t.modality for t in self.media.values())} "
                                  "tokenizers: pass --modality")
             return next(iter(self.media.values()))
         return find_tokenizer(self.media, modality)
@@ -315,18 +342,25 @@ def find_tokenizer(tokenizers: dict[str, MediaTokenizer], modality: str) -> Medi
     for tokenizer in tokenizers.values():
         if tokenizer.modality == modality:
             return tokenizer
-    raise ValueError(f"this pipeline has no {modality} tokenizer (it has {list(tokenizers)})")
+    raise UnitokError(f"this pipeline has no {modality} tokenizer (it has {list(tokenizers)})")
 
 
 def _read_index(directory: str | Path) -> dict:
     index_path = Path(directory) / INDEX_NAME
+    if (Path(directory) / "unitok_pipeline.json").is_file() and not index_path.is_file():
+        raise UnitokError(f"{directory}: saved by unitok 0.1 (unitok_pipeline.json); save it again with this "
+                          "unitok (`unitok train RECIPE` redoes the pipeline stage)")
     if not index_path.is_file():
         raise FileNotFoundError(f"{directory}: no {INDEX_NAME}; not a saved UniTokPipeline")
-    return json.loads(index_path.read_text())
+    index = json.loads(index_path.read_text())
+    if index.get("format", 0) > INDEX_FORMAT:
+        raise UnitokError(f"{index_path}: format {index['format']} (unitok {index.get('_unitok_version')}); this "
+                          f"unitok {__version__} reads format {INDEX_FORMAT}: upgrade unitok to load it")
+    return index
 
 
 def _check_prompts(prompt: str | Sequence[str]) -> list[str]:
     prompts = [prompt] if isinstance(prompt, str) else list(prompt)
     if not prompts or not all(isinstance(p, str) for p in prompts):
-        raise ValueError("prompt: expected a string or a non-empty list of strings")
+        raise UnitokError("prompt: expected a string or a non-empty list of strings")
     return prompts

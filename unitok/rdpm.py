@@ -19,8 +19,11 @@ from dataclasses import dataclass
 from typing import Literal, NamedTuple
 
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
+
+from .errors import UnitokError
 
 
 @dataclass(frozen=True)
@@ -42,11 +45,11 @@ class QuantizerConfig:
 
     def __post_init__(self):
         if self.steps < 0:
-            raise ValueError("steps must be >= 0")
+            raise UnitokError("steps must be >= 0")
         if self.codebook_size < 2:
-            raise ValueError("codebook_size must be >= 2")
+            raise UnitokError("codebook_size must be >= 2")
         if not 0.0 < self.ema_decay < 1.0:
-            raise ValueError("ema_decay must be in (0, 1)")
+            raise UnitokError("ema_decay must be in (0, 1)")
 
 
 def alpha_bar_schedule(kind: str, steps: int) -> torch.Tensor:
@@ -57,7 +60,7 @@ def alpha_bar_schedule(kind: str, steps: int) -> torch.Tensor:
     elif kind == "linear":
         alpha_bar = 1.0 - t
     else:
-        raise ValueError(f"unknown schedule {kind!r}")
+        raise UnitokError(f"unknown schedule {kind!r}")
     alpha_bar[0] = 1.0
     if steps > 0:
         alpha_bar[-1] = 0.0
@@ -172,13 +175,13 @@ class RDPMQuantizer(nn.Module):
     # --- ids -> latents --------------------------------------------------------------------------
     def check_ids(self, ids_BTN: torch.Tensor) -> None:
         if ids_BTN.dim() != 3 or ids_BTN.shape[1] != self.num_blocks:
-            raise ValueError(f"expected ids of shape (B, {self.num_blocks}, N), got {tuple(ids_BTN.shape)}")
+            raise UnitokError(f"expected ids of shape (B, {self.num_blocks}, N), got {tuple(ids_BTN.shape)}")
         self._check_code_range(ids_BTN)
 
     def _check_code_range(self, ids: torch.Tensor) -> None:
         K = self.config.codebook_size
         if ids.numel() and (int(ids.min()) < 0 or int(ids.max()) >= K):
-            raise ValueError(
+            raise UnitokError(
                 f"code ids out of range [0, {K}): min {int(ids.min())}, max {int(ids.max())}"
                 " (global vocabulary ids must be converted to local ids first)"
             )
@@ -192,7 +195,7 @@ class RDPMQuantizer(nn.Module):
         """(B, b, N, C): the states s_T, …, s_{T−b+1} after each of the first b ≤ T+1 blocks
         [k_T, …]; what a code's transformer input carries (`model.StreamModel`)."""
         if ids_BbN.dim() != 3 or ids_BbN.shape[1] > self.num_blocks:
-            raise ValueError(f"expected ids of shape (B, b ≤ {self.num_blocks}, N), got {tuple(ids_BbN.shape)}")
+            raise UnitokError(f"expected ids of shape (B, b ≤ {self.num_blocks}, N), got {tuple(ids_BbN.shape)}")
         self._check_code_range(ids_BbN)
         steps = [self.code_vectors(ids_BbN[:, b], self.steps - b) for b in range(ids_BbN.shape[1])]  # each (B, C, N)
         if not steps:
@@ -226,18 +229,19 @@ class RDPMQuantizer(nn.Module):
         for t in range(self.steps, -1, -1):
             state = state + self._known_noise(t, noisy[self.steps])
             residual = noisy[t] - state
-            self.step_scale[t] = residual.pow(2).mean().sqrt().clamp_min(1e-4)
+            self.step_scale[t] = _rms_over_processes(residual)
             state = state + self.code_vectors(self.nearest_code(residual, t), t)
         self.initialized.fill_(True)
 
     @torch.no_grad()
     def _update_scale(self, t: int, residual: torch.Tensor) -> None:
-        rms = residual.pow(2).mean().sqrt().clamp_min(1e-4)
-        self.step_scale[t].lerp_(rms, 1 - self.config.ema_decay)
+        self.step_scale[t].lerp_(_rms_over_processes(residual), 1 - self.config.ema_decay)
 
     @torch.no_grad()
     def _update_codebook(self, t: int, residual_BCN: torch.Tensor, ids_BN: torch.Tensor) -> None:
-        """EMA k-means step on residual/σ_t, then restart codes whose use fell below the threshold."""
+        """EMA k-means step on residual/σ_t, then restart codes whose use fell below the threshold.
+        Under several processes the counts and sums are those of the whole batch, and every process
+        restarts with the same vectors, so the codebooks stay equal without DDP's buffer broadcast."""
         g = t if self.config.codebook_per_step else 0
         decay = self.config.ema_decay
         x = (residual_BCN / self.step_scale[t]).transpose(1, 2).reshape(-1, residual_BCN.shape[1])  # (B·N, C)
@@ -246,16 +250,44 @@ class RDPMQuantizer(nn.Module):
         C = x.shape[1]  # per-code sums via bincount: index_add_ is ~100x slower on CPU here
         flat = (ids[:, None] * C + torch.arange(C, device=x.device)).reshape(-1)
         sums = torch.bincount(flat, weights=x.reshape(-1), minlength=counts.numel() * C).view(-1, C).type_as(x)
+        _sum_over_processes(counts)
+        _sum_over_processes(sums)
         self.ema_count[g].mul_(decay).add_(counts, alpha=1 - decay)
         self.ema_sum[g].mul_(decay).add_(sums, alpha=1 - decay)
         self.codebook[g] = self.ema_sum[g] / self.ema_count[g].clamp_min(1e-5).unsqueeze(-1)
         dead = self.ema_count[g] < self.config.dead_code_threshold
         if dead.any():
             picks = torch.randint(0, x.shape[0], (int(dead.sum()),), device=x.device)
-            self.codebook[g, dead] = x[picks]
-            self.ema_sum[g, dead] = x[picks]
+            fresh = _from_first_process(x[picks].contiguous())
+            self.codebook[g, dead] = fresh
+            self.ema_sum[g, dead] = fresh
             self.ema_count[g, dead] = 1.0
 
     def codebook_usage(self, ids_BTN: torch.Tensor) -> float:
         """Fraction of the K codes used at least once in `ids`."""
         return torch.unique(ids_BTN).numel() / self.config.codebook_size
+
+
+def _several_processes() -> bool:
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
+def _sum_over_processes(tensor: torch.Tensor) -> torch.Tensor:
+    """In place: the sum over all training processes (the whole global batch's statistic)."""
+    if _several_processes():
+        dist.all_reduce(tensor)
+    return tensor
+
+
+def _from_first_process(tensor: torch.Tensor) -> torch.Tensor:
+    """In place: process 0's values on every process."""
+    if _several_processes():
+        dist.broadcast(tensor, src=0)
+    return tensor
+
+
+def _rms_over_processes(residual: torch.Tensor) -> torch.Tensor:
+    """RMS of `residual` over the whole global batch (equal or unequal shares per process)."""
+    stats = torch.stack([residual.float().pow(2).sum(), residual.new_tensor(residual.numel(), dtype=torch.float)])
+    stats = _sum_over_processes(stats)
+    return (stats[0] / stats[1]).sqrt().clamp_min(1e-4)

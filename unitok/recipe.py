@@ -19,12 +19,15 @@ import yaml
 from accelerate.utils import set_seed
 from transformers import LlamaForCausalLM
 
+from .atomic import write_text_atomic
 from .config import ConfigError, config_hash, from_dict, load_config, to_dict
 from .digits_world import ClipWorldConfig, DigitsWorldConfig, ToneWorldConfig, write_world_folders
+from .errors import UnitokError
+from .hub import write_model_card
 from .media_tokenizer import MediaTokenizer, TokenizerSpec
 from .model import ModelSpec, build_transformer
 from .eval.recipe_eval import EvalRun, EvalSection, evaluate
-from .pipeline import PipelineTokenizers, UniTokPipeline
+from .pipeline import INDEX_FORMAT, INDEX_NAME, PipelineTokenizers, UniTokPipeline
 from .sampling import SamplerConfig
 from .shards import FORMAT as SHARD_FORMAT
 from .shards import ShardWriter, TokenizeSettings, read_manifest
@@ -35,10 +38,12 @@ from .streams import task_modality
 from .training.data import ShardMix
 from .training.lm import LMTraining, train_lm
 from .training.tokenizer import TokenizerTraining, tokenizer_metrics, train_media_tokenizer
+from .visualize import plot_losses
 from .vocabulary import Vocabulary
 
 STAGE_NAME = "stage.json"
 STAGES = ("data", "tokenizer", "text_bpe", "shards", "lm", "pipeline", "eval")
+SAMPLE_GRIDS = ("samples.png", "audio_samples.png", "video_samples.png")  # the model card shows the first
 
 
 @dataclass(frozen=True)
@@ -59,7 +64,7 @@ class _MediaData:
 
     def __post_init__(self):
         if (self.digits_world is None) == (self.train is None or self.heldout is None):
-            raise ValueError("set either `digits_world` or both `train` and `heldout` folders")
+            raise UnitokError("set either `digits_world` or both `train` and `heldout` folders")
 
 
 @dataclass(frozen=True)
@@ -229,10 +234,10 @@ def run_stage(folder: Path, key: str, work: Callable[[], None], log: Callable[[s
             log(f"[redo] {folder}: its inputs changed")
             shutil.rmtree(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    marker.write_text(json.dumps({"key": key, "complete": False}))
+    write_text_atomic(marker, json.dumps({"key": key, "complete": False}))
     log(f"[run]  {folder}")
     work()
-    marker.write_text(json.dumps({"key": key, "complete": True}))
+    write_text_atomic(marker, json.dumps({"key": key, "complete": True}))
     return True
 
 
@@ -300,14 +305,15 @@ class RecipeRun:
                 metrics = {}
                 for label, (variant, target) in variants.items():
                     tokenizer = train_media_tokenizer(variant, inputs["train"], section.training, self.recipe.seed,
-                                                      desc=f"tokenizer:{modality}:{label}")
+                                                      desc=f"tokenizer:{modality}:{label}",
+                                                      tracker_dir=folder / "trackers", tracker_config=to_dict(self.recipe))
                     tokenizer.save_pretrained(target)
                     metrics[label] = tokenizer_metrics(tokenizer, inputs["heldout"], self.recipe.seed)
                     self.log(f"  {modality}/{label}: {metrics[label]}")
                 (folder / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
 
-            run_stage(folder, config_hash(self.data_key(modality), spec, section.training, self.recipe.seed,
-                                          section.plain_vq_baseline), train, self.log)
+            run_stage(folder, config_hash(self.data_key(modality), spec, replace(section.training, log_with=[]),
+                                          self.recipe.seed, section.plain_vq_baseline), train, self.log)
 
     def media_tokenizers(self) -> dict[str, MediaTokenizer]:
         """modality -> trained tokenizer, in the recipe's order."""
@@ -387,14 +393,16 @@ class RecipeRun:
             set_seed(self.recipe.seed)  # the initial weights depend on the recipe only, not on earlier stages
             model = build_transformer(self.loaded.model_spec, tokenizers.vocabulary)
             history = train_lm(model, tokenizers.vocabulary, tokenizers.media, mixture, self.recipe.lm, folder,
-                               self.recipe.seed)
+                               self.recipe.seed, tracker_config=to_dict(self.recipe))
             (folder / "history.json").write_text(json.dumps(history, indent=2) + "\n")
             model.save_pretrained(folder / "transformer")
+            plot_losses(folder / "log" / "rank-0.jsonl", history, self.out / "loss.png")
 
         data_key = [read_manifest(m.shards)["shards"] for m in mixture] if self.loaded.from_shards \
             else stage_key(self.out / "shards")
-        return run_stage(folder, config_hash(data_key, mixture, self.loaded.model_spec, self.recipe.lm,
-                                             self.recipe.seed, tokenizers.vocabulary.hash, STREAM_LAYOUT), train, self.log)
+        lm = replace(self.recipe.lm, log_with=[])  # trackers do not change what is trained
+        return run_stage(folder, config_hash(data_key, mixture, self.loaded.model_spec, lm, self.recipe.seed,
+                                             tokenizers.vocabulary.hash, STREAM_LAYOUT), train, self.log)
 
     # pipeline ---------------------------------------------------------------------------------
     def stage_pipeline(self) -> bool:
@@ -413,7 +421,8 @@ class RecipeRun:
             UniTokPipeline(transformer, tokenizers.text, tokenizers.media, tokenizers.vocabulary,
                            self.recipe.lm.media_order, samplers).save_pretrained(self.out / "model")
 
-        return run_stage(self.out / "model", config_hash(stage_key(self.out / "lm"), samplers), assemble, self.log)
+        key = config_hash(stage_key(self.out / "lm"), samplers, INDEX_FORMAT)  # a new format re-saves the pipeline
+        return run_stage(self.out / "model", key, assemble, self.log)
 
     # evaluation -------------------------------------------------------------------------------
     def stage_eval(self) -> bool:
@@ -428,8 +437,21 @@ class RecipeRun:
             worlds={m: getattr(self.recipe.data, m).digits_world for m in self.loaded.modalities
                     if getattr(self.recipe.data, m).digits_world is not None},
             tasks=self.recipe.lm.tasks, evaluation=self.recipe.eval, seed=self.recipe.seed, log=self.log)
+        def evaluate_and_describe():
+            evaluate(run)
+            self.write_model_card()
+
         return run_stage(self.out / "eval", config_hash(stage_key(self.out / "model"), self.recipe.eval,
-                                                        self.recipe.data), lambda: evaluate(run), self.log)
+                                                        self.recipe.data), evaluate_and_describe, self.log)
+
+    def write_model_card(self) -> None:
+        """``model/README.md`` with this recipe, its metrics and its first sample grid (copied beside it)."""
+        model = self.out / "model"
+        grid = next((self.out / name for name in SAMPLE_GRIDS if (self.out / name).is_file()), None)
+        if grid is not None:
+            shutil.copyfile(grid, model / grid.name)
+        write_model_card(model, json.loads((model / INDEX_NAME).read_text()), self.loaded.path.read_text(),
+                         json.loads((self.out / "metrics.json").read_text()), grid.name if grid else None)
 
 
 def _plain_vq(spec: TokenizerSpec) -> TokenizerSpec:

@@ -33,6 +33,7 @@ from typing import Literal, Sequence
 import torch
 from transformers import DynamicCache
 
+from .errors import UnitokError
 from .model import StreamModel
 from .rdpm import RDPMQuantizer
 from .streams import (NO_ROWS, Batch, CellOrder, MediaOrder, Stream, StreamBuilder, cell_order, collate, group_bounds,
@@ -63,19 +64,19 @@ class SamplerConfig:
 
     def __post_init__(self):
         if self.guidance_scale < 0:
-            raise ValueError(f"guidance_scale must be >= 0, got {self.guidance_scale}")
+            raise UnitokError(f"guidance_scale must be >= 0, got {self.guidance_scale}")
         if self.temperature <= 0:
-            raise ValueError(f"temperature must be > 0, got {self.temperature}")
+            raise UnitokError(f"temperature must be > 0, got {self.temperature}")
         if self.refine_temperature is not None and self.refine_temperature <= 0:
-            raise ValueError(f"refine_temperature must be > 0, got {self.refine_temperature}")
+            raise UnitokError(f"refine_temperature must be > 0, got {self.refine_temperature}")
         if self.top_k is not None and self.top_k < 1:
-            raise ValueError(f"top_k must be >= 1, got {self.top_k}")
+            raise UnitokError(f"top_k must be >= 1, got {self.top_k}")
         if self.top_p is not None and not 0 < self.top_p <= 1:
-            raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
+            raise UnitokError(f"top_p must be in (0, 1], got {self.top_p}")
         if self.gumbel_scale < 0:
-            raise ValueError(f"gumbel_scale must be >= 0, got {self.gumbel_scale}")
+            raise UnitokError(f"gumbel_scale must be >= 0, got {self.gumbel_scale}")
         if self.rounds is not None and (not self.rounds or min(self.rounds) < 1):
-            raise ValueError(f"rounds must list at least one round per generated block, got {list(self.rounds)}")
+            raise UnitokError(f"rounds must list at least one round per generated block, got {list(self.rounds)}")
 
     @property
     def guided(self) -> bool:
@@ -225,7 +226,7 @@ class RoundsSampler(MediaSampler):
         """Rounds of each generated block (T = num_blocks − 1 of them)."""
         rounds = self.config.rounds or (1,) * (num_blocks - 1)
         if len(rounds) != num_blocks - 1:
-            raise ValueError(f"rounds lists {len(rounds)} blocks, but this tokenizer draws {num_blocks - 1} "
+            raise UnitokError(f"rounds lists {len(rounds)} blocks, but this tokenizer draws {num_blocks - 1} "
                              f"(T = {num_blocks - 1})")
         return rounds
 
@@ -321,7 +322,7 @@ def sample_text(model: StreamModel, vocab: Vocabulary, prefixes: Sequence[Stream
     never drawn.
     """
     if cfg.guided:
-        raise ValueError("guidance_scale applies to text→media; media→text sampling takes 1.0")
+        raise UnitokError("guidance_scale applies to text→media; media→text sampling takes 1.0")
     device = next(model.parameters()).device
     batch = collate([[s] for s in prefixes], pad_id=vocab.special_id("<pad>"), pad_side="left").to(device)
     decoder = CachedDecoder(model, batch)

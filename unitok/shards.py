@@ -37,7 +37,9 @@ from accelerate.utils import gather_object, parse_flag_from_env
 from tqdm.auto import tqdm
 
 from .adapters import MediaError
+from .atomic import temporary_path, write_text_atomic
 from .config import config_hash
+from .errors import UnitokError
 from .media_tokenizer import MediaTokenizer
 from .sources import Source, SourceItem
 from .text_bpe import TextBPE
@@ -45,6 +47,29 @@ from .vocabulary import Vocabulary
 
 FORMAT = 3  # of the rows and manifest; a shard set of another format is refused (re-tokenize it)
 MANIFEST_NAME = "manifest.json"
+DATASET_CARD_NAME = "README.md"
+# Its `configs:` make `datasets.load_dataset(folder)` read the parquet shards; without it the JSON
+# records are the most common file type and `datasets` would pick its json builder.
+DATASET_CARD = """---
+configs:
+- config_name: default
+  data_files:
+  - split: train
+    path: "shard-*.parquet"
+tags:
+- unitok
+---
+
+# unitok token shards
+
+{rows} rows ({items} items, {tokens} tokens) tokenized by unitok: `manifest.json` says with which tokenizers and settings, `vocabulary.json` maps the ids. Columns:
+key, caption, task, text_ids, media, media_ids, seed, draw.
+
+```python
+import datasets
+rows = datasets.load_dataset("path/to/this/folder", split="train")
+```
+"""
 ERRORS_NAME = "errors.jsonl"
 RECORDS_DIR = "records"
 SCHEMA = pa.schema([
@@ -59,7 +84,7 @@ SCHEMA = pa.schema([
 ])
 
 
-class ShardError(ValueError):
+class ShardError(UnitokError):
     """A shard set that does not belong with this tokenizer/vocabulary, or a bad item under --strict."""
 
 
@@ -73,7 +98,7 @@ class TokenizeSettings:
 
     def __post_init__(self):
         if min(self.items_per_shard, self.noise_draws, self.batch_size) < 1:
-            raise ValueError("items_per_shard, noise_draws and batch_size must be >= 1")
+            raise ShardError("items_per_shard, noise_draws and batch_size must be >= 1")
 
 
 def item_seed(base_seed: int, key: str, draw: int) -> int:
@@ -86,19 +111,8 @@ def shard_name(index: int) -> str:
     return f"shard-{index:05d}.parquet"
 
 
-def _tmp_path(path: Path) -> Path:
-    """A temporary name of this process: a worker orphaned by a killed run never shares it."""
-    return path.with_name(f"{path.name}.{os.getpid()}.tmp")
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    tmp = _tmp_path(path)
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
 def _write_json_atomic(path: Path, data: dict) -> None:
-    _write_atomic(path, json.dumps(data, indent=2) + "\n")
+    write_text_atomic(path, json.dumps(data, indent=2) + "\n")
 
 
 def file_sha256(path: Path) -> str:
@@ -153,7 +167,7 @@ class ShardJob:
                   "source_range": [self.item_range(index).start, self.item_range(index).stop], "errors": errors}
         if rows:  # a shard of only bad inputs leaves no file (empty parquet trips readers)
             path = self.out_dir / shard_name(index)
-            tmp = _tmp_path(path)
+            tmp = temporary_path(path)
             pq.write_table(pa.Table.from_pylist(rows, schema=SCHEMA), tmp)
             os.replace(tmp, path)
             record |= {"file": path.name, "sha256": file_sha256(path),
@@ -286,7 +300,7 @@ class ShardWriter:
             raise ShardError(f"{self.out_dir}: shards {missing[:5]} were not written; re-run the same command")
         records = {shard_name(i): json.loads(job.record_path(i).read_text()) for i in range(job.num_shards)}
         errors = [e for r in records.values() for e in r["errors"]]
-        _write_atomic(self.out_dir / ERRORS_NAME, "".join(json.dumps(e) + "\n" for e in errors))
+        write_text_atomic(self.out_dir / ERRORS_NAME, "".join(json.dumps(e) + "\n" for e in errors))
         manifest = json.loads((self.out_dir / MANIFEST_NAME).read_text())
         manifest |= {"shards": records, "complete": True, "totals": {
             "shards": sum(1 for r in records.values() if r["file"]),
@@ -297,6 +311,7 @@ class ShardWriter:
             "errors": len(errors),
             "error_reasons": dict(Counter(error_kind(e["reason"]) for e in errors).most_common()),
         }}
+        write_text_atomic(self.out_dir / DATASET_CARD_NAME, DATASET_CARD.format(**manifest["totals"]))
         _write_json_atomic(self.out_dir / MANIFEST_NAME, manifest)
 
 
@@ -329,7 +344,7 @@ def run_shards(job: ShardJob, indices: list[int], workers: int, progress: Callab
     """Run `job` on every shard index: in this process, or in `workers` forked processes that split
     the CPU threads between them. Stops at the first error (a bad item under --strict)."""
     if workers < 1:
-        raise ValueError("--workers must be >= 1")
+        raise ShardError("--workers must be >= 1")
     if workers == 1 or len(indices) <= 1:
         for index in indices:
             job.run(index, progress)

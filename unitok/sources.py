@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from .adapters import AudioAdapter, ImageAdapter, MediaError, VideoAdapter
+from .errors import UnitokError
 
 CAPTION_COLUMNS = ("caption", "text")
 FILE_COLUMNS = ("file", "file_name", "path")
@@ -24,7 +25,7 @@ MANIFEST_NAMES = ("metadata.jsonl", "metadata.csv", "captions.jsonl", "captions.
 MEDIA_EXTENSIONS = frozenset(ImageAdapter.file_extensions + AudioAdapter.file_extensions + VideoAdapter.file_extensions)
 
 
-class SourceError(ValueError):
+class SourceError(UnitokError):
     """The source as a whole is unusable (missing manifest, no file column, …)."""
 
 

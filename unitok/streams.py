@@ -37,6 +37,7 @@ from typing import Literal, Sequence
 
 import torch
 
+from .errors import UnitokError
 from .vocabulary import Vocabulary
 
 LAYOUT = 4  # of documents and their inputs; part of the LM stage's key, so a change re-trains
@@ -58,7 +59,7 @@ def undecided_after_rounds(num_positions: int, rounds: int, schedule: str = "cos
     """Cells still undecided after each of `rounds` rounds: ⌊N·f(r/R)⌋ for the schedule's f,
     at least one fewer every round, 0 after the last."""
     if rounds > num_positions:
-        raise ValueError(f"{rounds} rounds cannot each decide one of {num_positions} cells")
+        raise UnitokError(f"{rounds} rounds cannot each decide one of {num_positions} cells")
     share = ROUND_SCHEDULES[schedule]
     left, counts = num_positions, []
     for r in range(1, rounds + 1):
@@ -86,7 +87,7 @@ def cell_order(num_positions: int, kind: CellOrder = "random") -> torch.Tensor:
         return torch.randperm(num_positions, generator=torch.Generator().manual_seed(0))
     side = math.isqrt(num_positions)
     if side * side != num_positions:
-        raise ValueError(f"cell order 'lattice' needs a square latent, got {num_positions} cells")
+        raise UnitokError(f"cell order 'lattice' needs a square latent, got {num_positions} cells")
     bits = side.bit_length()
 
     def coarse_first(cell: int) -> list[int]:
@@ -258,7 +259,7 @@ class StreamBuilder:
     def _check_inputs(self, name: str, blocks: torch.Tensor, inputs: torch.Tensor) -> None:
         width = self.vocab.range(f"{name}.state").size
         if inputs.shape != (*blocks.shape, width):
-            raise ValueError(f"{name} state inputs of shape {tuple(inputs.shape)} do not match blocks of shape "
+            raise UnitokError(f"{name} state inputs of shape {tuple(inputs.shape)} do not match blocks of shape "
                              f"{tuple(blocks.shape)} with {width} state inputs")
 
     def build(self) -> Stream:
@@ -306,7 +307,7 @@ def collate(rows: Sequence[Sequence[Stream]], pad_id: int, length: int | None = 
     row_lengths = [sum(len(s) for s in row) for row in rows]
     length = length or max(row_lengths)
     if max(row_lengths) > length:
-        raise ValueError(f"a row of {max(row_lengths)} tokens does not fit length {length}")
+        raise UnitokError(f"a row of {max(row_lengths)} tokens does not fit length {length}")
     B = len(rows)
     input_ids = torch.full((B, length), pad_id, dtype=torch.long)
     targets = torch.full((B, length), IGNORE, dtype=torch.long)
@@ -344,7 +345,7 @@ def pack(streams: Sequence[Stream], max_length: int) -> list[list[Stream]]:
     free: list[int] = []
     for stream in sorted(streams, key=len, reverse=True):
         if len(stream) > max_length:
-            raise ValueError(f"a document of {len(stream)} tokens is longer than max_length {max_length}")
+            raise UnitokError(f"a document of {len(stream)} tokens is longer than max_length {max_length}")
         row = next((r for r, room in enumerate(free) if room >= len(stream)), None)
         if row is None:
             rows.append([])
@@ -364,7 +365,7 @@ def task_modality(task: str) -> str | None:
         return task.removeprefix("text_to_")
     if task.endswith("_to_text"):
         return task.removesuffix("_to_text")
-    raise ValueError(f"unknown task {task!r}; expected text_to_<modality>, <modality>_to_text or text")
+    raise UnitokError(f"unknown task {task!r}; expected text_to_<modality>, <modality>_to_text or text")
 
 
 def task_document(vocab: Vocabulary, media_order: MediaOrder, task: str, text_ids: Sequence[int],

@@ -16,6 +16,9 @@ from typing import Iterable
 
 import sentencepiece as spm
 
+from .atomic import write_bytes_atomic, write_text_atomic
+from .errors import UnitokError
+
 MODEL_NAME = "spm.model"
 CONFIG_NAME = "config.json"
 
@@ -27,7 +30,7 @@ class TextBPEConfig:
 
     def __post_init__(self):
         if self.vocab_size < 16:
-            raise ValueError("vocab_size must be >= 16")
+            raise UnitokError("vocab_size must be >= 16")
 
 
 class TextBPE:
@@ -71,9 +74,9 @@ class TextBPE:
     def save_pretrained(self, directory: str | Path) -> None:
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
-        (directory / MODEL_NAME).write_bytes(self.model_proto)
+        write_bytes_atomic(directory / MODEL_NAME, self.model_proto)
         config = {"unitok_class": "TextBPE", "vocab_size": self.vocab_size, "content_hash": self.content_hash()}
-        (directory / CONFIG_NAME).write_text(json.dumps(config, indent=2) + "\n")
+        write_text_atomic(directory / CONFIG_NAME, json.dumps(config, indent=2) + "\n")
 
     @classmethod
     def from_pretrained(cls, directory: str | Path) -> "TextBPE":

@@ -1,9 +1,12 @@
-"""Pictures for people: labelled sample grids and noise-to-image trajectories."""
+"""Pictures for people: labelled sample grids, noise-to-image trajectories and loss curves."""
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
 from typing import Sequence
 
+from matplotlib.figure import Figure
 from PIL import Image, ImageDraw, ImageFont
 
 
@@ -52,3 +55,18 @@ def _wrap(text: str, width: int) -> list[str]:
         else:
             line = f"{line} {word}".strip()
     return lines + ([line] if line else [])
+
+
+def plot_losses(step_log: Path, history: dict, out: Path) -> None:
+    """loss.png: the training loss of every step (rank 0's step log) and the held-out loss of every eval."""
+    lines = [json.loads(line) for line in step_log.read_text().splitlines()]
+    figure = Figure(figsize=(7, 4), dpi=100, layout="tight")  # no pyplot: no global backend state
+    axes = figure.subplots()
+    axes.plot([r["step"] for r in lines], [r["loss"] for r in lines], lw=0.6, alpha=0.7, label="training (per step)")
+    evals = history.get("evals", [])
+    if evals:
+        axes.plot([e["step"] for e in evals], [e["loss"] for e in evals], "o-", label="held-out")
+    axes.set(xlabel="step", ylabel="loss (nats per target)", yscale="log")
+    axes.grid(alpha=0.3)
+    axes.legend()
+    figure.savefig(out)

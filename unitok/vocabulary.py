@@ -22,12 +22,14 @@ from typing import Literal, NamedTuple, Sequence
 
 import torch
 
+from .errors import UnitokError
+
 SPECIAL_TOKENS = ("<pad>", "<bos>", "<eos>", "<boi>", "<eoi>", "<boa>", "<eoa>", "<bov>", "<eov>")
 MEDIA_DELIMITERS = {"image": ("<boi>", "<eoi>"), "audio": ("<boa>", "<eoa>"), "video": ("<bov>", "<eov>")}
 MANIFEST_NAME = "vocabulary.json"
 
 
-class VocabularyError(ValueError):
+class VocabularyError(UnitokError):
     """Ids outside their range, or a manifest that does not match."""
 
 

@@ -40,14 +40,14 @@ class AudioConfig:
 
     def __post_init__(self):
         if self.sample_rate <= 0 or self.frames < 2 or self.hop_length <= 0 or self.n_mels <= 0:
-            raise ValueError("sample_rate, hop_length and n_mels must be positive and frames >= 2")
+            raise MediaError("sample_rate, hop_length and n_mels must be positive and frames >= 2")
         if self.n_fft < self.hop_length:
-            raise ValueError(f"n_fft ({self.n_fft}) must be >= hop_length ({self.hop_length})")
+            raise MediaError(f"n_fft ({self.n_fft}) must be >= hop_length ({self.hop_length})")
         if not self.floor_db < self.ceil_db:
-            raise ValueError(f"floor_db ({self.floor_db}) must be below ceil_db ({self.ceil_db})")
+            raise MediaError(f"floor_db ({self.floor_db}) must be below ceil_db ({self.ceil_db})")
         top = self.sample_rate / 2 if self.f_max is None else self.f_max
         if not 0 <= self.f_min < top <= self.sample_rate / 2:
-            raise ValueError(f"need 0 <= f_min < f_max <= sample_rate / 2, got {self.f_min}, {top}")
+            raise MediaError(f"need 0 <= f_min < f_max <= sample_rate / 2, got {self.f_min}, {top}")
 
     @property
     def samples(self) -> int:

@@ -13,8 +13,10 @@ from typing import Any, ClassVar
 
 import torch
 
+from ..errors import UnitokError
 
-class MediaError(ValueError):
+
+class MediaError(UnitokError):
     """A media file or object that cannot be used; the message names it and says why."""
 
 

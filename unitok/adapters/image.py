@@ -20,7 +20,7 @@ class ImageConfig:
 
     def __post_init__(self):
         if self.size < 8:
-            raise ValueError("size must be >= 8")
+            raise MediaError("size must be >= 8")
 
 
 class ImageAdapter(MediaAdapter):

@@ -35,13 +35,13 @@ class VideoConfig:
 
     def __post_init__(self):
         if self.frames < 1:
-            raise ValueError("frames must be >= 1")
+            raise MediaError("frames must be >= 1")
         if self.size < 8:
-            raise ValueError("size must be >= 8")
+            raise MediaError("size must be >= 8")
         if self.stride < 1:
-            raise ValueError("stride must be >= 1")
+            raise MediaError("stride must be >= 1")
         if (self.fps is not None and self.fps <= 0) or self.output_fps <= 0:
-            raise ValueError("fps and output_fps must be > 0")
+            raise MediaError("fps and output_fps must be > 0")
 
 
 @dataclass
@@ -60,7 +60,7 @@ class Video:
             images[0].save(path, save_all=True, append_images=images[1:], duration=round(1000 / self.fps), loop=0)
             return
         if suffix not in VIDEO_CODECS:
-            raise ValueError(f"{path}: cannot write {suffix or 'extension-less'} video; use one of "
+            raise MediaError(f"{path}: cannot write {suffix or 'extension-less'} video; use one of "
                              f"{sorted([*VIDEO_CODECS, '.gif'])}")
         _write_with_pyav(path, self.frames, self.fps, *VIDEO_CODECS[suffix])
 

@@ -23,6 +23,8 @@ import numpy as np
 from unitok.digits_world.images import digit_alpha, digit_pixels
 from unitok.digits_world.scenes import COLOR_NAMES, COLORS, DigitsWorldConfig, digit_pools, parse_caption
 
+from ..errors import UnitokError
+
 DIRECTIONS: dict[str, tuple[int, int]] = {"left": (-1, 0), "right": (1, 0), "up": (0, -1), "down": (0, 1)}
 SPEED_AT_32 = 2  # pixels per frame at image_size 32
 TEMPLATES: tuple[str, ...] = (
@@ -49,12 +51,12 @@ class ClipWorldConfig:
     def __post_init__(self) -> None:
         self.image_world()  # the image world's checks: digit split fraction, frame size
         if self.train_clips < 0 or self.heldout_clips < 0:
-            raise ValueError("train_clips and heldout_clips must be non-negative")
+            raise UnitokError("train_clips and heldout_clips must be non-negative")
         if self.frames < 2:
-            raise ValueError("frames must be >= 2 for a motion to be seen")
+            raise UnitokError("frames must be >= 2 for a motion to be seen")
         travel = (self.frames - 1) * self.speed
         if digit_pixels("small", self.image_size) + travel > self.image_size:
-            raise ValueError(f"{self.frames} frames at {self.speed} px per frame leave the {self.image_size} px frame")
+            raise UnitokError(f"{self.frames} frames at {self.speed} px per frame leave the {self.image_size} px frame")
 
     @property
     def speed(self) -> int:

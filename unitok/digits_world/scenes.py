@@ -19,6 +19,8 @@ from functools import lru_cache
 import numpy as np
 from sklearn.datasets import load_digits
 
+from ..errors import UnitokError
+
 # Saturated, mutually distant colours, so a pixel reader separates them even on noisy samples.
 # Every colour's brightest channel is 230, so the ink (max over RGB) of a render is colour-blind.
 COLORS: dict[str, tuple[int, int, int]] = {
@@ -75,15 +77,15 @@ class Scene:
 
     def __post_init__(self) -> None:
         if not 0 <= self.digit <= 9:
-            raise ValueError(f"digit must be 0..9, got {self.digit}")
+            raise UnitokError(f"digit must be 0..9, got {self.digit}")
         if self.color not in COLORS:
-            raise ValueError(f"color must be one of {COLOR_NAMES}, got {self.color!r}")
+            raise UnitokError(f"color must be one of {COLOR_NAMES}, got {self.color!r}")
         if self.position not in POSITIONS:
-            raise ValueError(f"position must be one of {POSITIONS}, got {self.position!r}")
+            raise UnitokError(f"position must be one of {POSITIONS}, got {self.position!r}")
         if self.size not in SIZES:
-            raise ValueError(f"size must be one of {SIZES}, got {self.size!r}")
+            raise UnitokError(f"size must be one of {SIZES}, got {self.size!r}")
         if self.jitter_y not in JITTERS:
-            raise ValueError(f"jitter_y must be one of {JITTERS}, got {self.jitter_y}")
+            raise UnitokError(f"jitter_y must be one of {JITTERS}, got {self.jitter_y}")
 
 
 @dataclass(frozen=True)
@@ -106,11 +108,11 @@ class DigitsWorldConfig:
 
     def __post_init__(self) -> None:
         if not 0.0 < self.heldout_digit_fraction < 1.0:
-            raise ValueError(f"heldout_digit_fraction must be in (0, 1), got {self.heldout_digit_fraction}")
+            raise UnitokError(f"heldout_digit_fraction must be in (0, 1), got {self.heldout_digit_fraction}")
         if self.image_size < 16:
-            raise ValueError(f"image_size must be at least 16, got {self.image_size}")
+            raise UnitokError(f"image_size must be at least 16, got {self.image_size}")
         if self.train_scenes < 0 or self.heldout_scenes < 0:
-            raise ValueError("train_scenes and heldout_scenes must be non-negative")
+            raise UnitokError("train_scenes and heldout_scenes must be non-negative")
 
 
 # ----------------------------------------------------------------------------- captions

@@ -15,6 +15,8 @@ from pathlib import Path
 
 import numpy as np
 
+from ..errors import UnitokError
+
 ROW_HZ: tuple[int, ...] = (697, 770, 852, 941)
 COLUMN_HZ: tuple[int, ...] = (1209, 1336, 1477)
 KEYPAD: dict[int, tuple[int, int]] = {  # digit -> (row, column) on a telephone keypad
@@ -43,11 +45,11 @@ class ToneClip:
 
     def __post_init__(self) -> None:
         if not 1 <= len(self.digits) <= MAX_DIGITS:
-            raise ValueError(f"a clip dials 1..{MAX_DIGITS} digits, got {len(self.digits)}")
+            raise UnitokError(f"a clip dials 1..{MAX_DIGITS} digits, got {len(self.digits)}")
         if any(d not in KEYPAD for d in self.digits):
-            raise ValueError(f"digits must be 0..9, got {self.digits}")
+            raise UnitokError(f"digits must be 0..9, got {self.digits}")
         if not len(self.digits) == len(self.tone_seconds) == len(self.gap_seconds) == len(self.levels):
-            raise ValueError("digits, tone_seconds, gap_seconds and levels must have one entry per digit")
+            raise UnitokError("digits, tone_seconds, gap_seconds and levels must have one entry per digit")
 
 
 def sample_tone_clip(rng: random.Random, digits: tuple[int, ...]) -> ToneClip:
@@ -140,9 +142,9 @@ class ToneWorldConfig:
 
     def __post_init__(self) -> None:
         if self.train_clips < 0 or self.heldout_clips < 0:
-            raise ValueError("train_clips and heldout_clips must be non-negative")
+            raise UnitokError("train_clips and heldout_clips must be non-negative")
         if self.sample_rate < 2 * max(COLUMN_HZ) + 1:
-            raise ValueError(f"sample_rate {self.sample_rate} cannot hold the {max(COLUMN_HZ)} Hz tones")
+            raise UnitokError(f"sample_rate {self.sample_rate} cannot hold the {max(COLUMN_HZ)} Hz tones")
 
 
 def build_tone_world(world: ToneWorldConfig) -> dict[str, list[ToneItem]]:

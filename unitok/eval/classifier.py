@@ -34,6 +34,8 @@ from unitok.digits_world import (
 )
 from unitok.eval.readers import ink
 
+from ..errors import UnitokError
+
 # Training augmentation ranges: rotation (radians), relative scale, shift (fraction of half the image).
 AUG_ROTATE = 0.2
 AUG_SCALE = 0.1
@@ -86,7 +88,7 @@ class DigitClassifier(nn.Module):
         """Yield (b, 1, H, W) ink tensors from (N, H, W, 3) uint8 images; switches to eval mode."""
         shape = (self.config.image_size, self.config.image_size, 3)
         if images.ndim != 4 or images.shape[1:] != shape or images.dtype != np.uint8:
-            raise ValueError(f"images must be (N, {shape[0]}, {shape[1]}, 3) uint8, got {images.dtype} {images.shape}")
+            raise UnitokError(f"images must be (N, {shape[0]}, {shape[1]}, 3) uint8, got {images.dtype} {images.shape}")
         self.eval()  # BatchNorm running statistics, never batch statistics, when reading images
         for start in range(0, len(images), batch_size):
             yield torch.from_numpy(ink(images[start : start + batch_size]))[:, None]
@@ -121,7 +123,7 @@ class DigitClassifier(nn.Module):
         try:
             config = DigitClassifierConfig(**fields)
         except TypeError as err:
-            raise ValueError(f"{directory / CONFIG_FILE}: not a digit classifier config ({err})") from err
+            raise UnitokError(f"{directory / CONFIG_FILE}: not a digit classifier config ({err})") from err
         model = cls(config)
         model.load_state_dict(load_file(str(directory / WEIGHTS_FILE)))
         return model.eval()

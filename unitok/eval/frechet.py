@@ -5,6 +5,8 @@ from __future__ import annotations
 import numpy as np
 from scipy import linalg
 
+from ..errors import UnitokError
+
 
 def frechet_distance(feats_a: np.ndarray, feats_b: np.ndarray, eps: float = 1e-6) -> float:
     """||mu_a - mu_b||^2 + Tr(S_a + S_b - 2 (S_a S_b)^1/2) between Gaussians fitted to (N, D) features.
@@ -15,9 +17,9 @@ def frechet_distance(feats_a: np.ndarray, feats_b: np.ndarray, eps: float = 1e-6
     """
     feats_a, feats_b = np.asarray(feats_a, dtype=np.float64), np.asarray(feats_b, dtype=np.float64)
     if feats_a.ndim != 2 or feats_b.ndim != 2 or feats_a.shape[1] != feats_b.shape[1]:
-        raise ValueError(f"features must be (N, D) with the same D, got {feats_a.shape} and {feats_b.shape}")
+        raise UnitokError(f"features must be (N, D) with the same D, got {feats_a.shape} and {feats_b.shape}")
     if len(feats_a) < 2 or len(feats_b) < 2:
-        raise ValueError("need at least 2 feature vectors per set to estimate a covariance")
+        raise UnitokError("need at least 2 feature vectors per set to estimate a covariance")
     offset = eps * np.eye(feats_a.shape[1])
     mu_a, mu_b = feats_a.mean(axis=0), feats_b.mean(axis=0)
     cov_a = np.atleast_2d(np.cov(feats_a, rowvar=False)) + offset
@@ -26,7 +28,7 @@ def frechet_distance(feats_a: np.ndarray, feats_b: np.ndarray, eps: float = 1e-6
     covmean = linalg.sqrtm(cov_a @ cov_b)
     if np.iscomplexobj(covmean):
         if not np.allclose(np.diagonal(covmean).imag, 0.0, atol=1e-3):
-            raise ValueError(f"sqrtm has a large imaginary part ({np.abs(covmean.imag).max():.3g})")
+            raise UnitokError(f"sqrtm has a large imaginary part ({np.abs(covmean.imag).max():.3g})")
         covmean = covmean.real
 
     diff = mu_a - mu_b

@@ -37,6 +37,7 @@ from typing import Any, Literal
 import yaml
 
 from ..config import ConfigError, config_hash, load_config, merged
+from ..errors import UnitokError
 from ..recipe import RecipeRun, load_recipe, resolve_spec_path
 
 UPSTREAM_STAGES = ("data", "tokenizers", "text_tokenizer", "shards")  # stage folders that points share
@@ -56,7 +57,7 @@ class SweepRun:
 
     def __post_init__(self):
         if not self.samplers:
-            raise ValueError("samplers: name at least one (an empty mapping {} keeps the recipe's settings)")
+            raise UnitokError("samplers: name at least one (an empty mapping {} keeps the recipe's settings)")
 
 
 @dataclass(frozen=True)
@@ -71,9 +72,9 @@ class GenerationSweep:
 
     def __post_init__(self):
         if not self.runs:
-            raise ValueError("runs: list at least one run")
+            raise UnitokError("runs: list at least one run")
         if not self.lm_steps or min(self.lm_steps) < 1:
-            raise ValueError("lm_steps: list positive step counts")
+            raise UnitokError("lm_steps: list positive step counts")
 
 
 def run_generation_sweep(path: str | Path, log=print) -> dict[str, dict]:

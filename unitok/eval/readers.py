@@ -14,6 +14,8 @@ from PIL import Image
 
 from unitok.digits_world import COLORS, digit_pixels, position_centers
 
+from ..errors import UnitokError
+
 INK_THRESHOLD = 0.25  # ink below this is background, antialiasing or noise
 BLANK = "none"
 EXTENT_TAIL = 0.01  # share of ink mass ignored at each end when measuring the digit's height
@@ -27,7 +29,7 @@ def _as_array(image: Image.Image | np.ndarray) -> np.ndarray:
     """(H, W, 3) uint8 view of a PIL image or array."""
     array = np.asarray(image.convert("RGB") if isinstance(image, Image.Image) else image)
     if array.ndim != 3 or array.shape[-1] != 3 or array.dtype != np.uint8:
-        raise ValueError(f"expected an (H, W, 3) uint8 image, got {array.dtype} {array.shape}")
+        raise UnitokError(f"expected an (H, W, 3) uint8 image, got {array.dtype} {array.shape}")
     return array
 
 

@@ -31,6 +31,7 @@ from ..config import ConfigError, config_hash, from_dict, load_config, merged, t
 from ..digits_world import build_digits_world
 from ..digits_world.clips import build_clip_world
 from ..digits_world.tones import build_tone_world
+from ..errors import UnitokError
 from ..media_tokenizer import MediaTokenizer, TokenizerSpec
 from ..recipe import RecipeRun, load_recipe, resolve_spec_path, run_stage
 from ..training.tokenizer import TokenizerTraining, tokenizer_metrics, train_media_tokenizer
@@ -51,7 +52,7 @@ class TokenizerSweep:
 
     def __post_init__(self):
         if not self.variants:
-            raise ValueError("list at least one variant")
+            raise UnitokError("list at least one variant")
 
 
 def variant(base: TokenizerSpec, base_training: TokenizerTraining, overrides: dict[str, Any],

@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
-import math
+import json
 from typing import Iterator
 
 import torch
 from torch.optim.lr_scheduler import LambdaLR
+from transformers.optimization import get_cosine_with_min_lr_schedule_with_warmup_lr_rate
+
+from ..errors import UnitokError
 
 
-class TrainingDiverged(ValueError):
+class TrainingDiverged(UnitokError):
     """The loss stopped being a finite number; the weights are not saved."""
 
 
@@ -22,15 +25,13 @@ def check_finite(loss: torch.Tensor, step: int, desc: str) -> None:
 
 def warmup_cosine(optimizer: torch.optim.Optimizer, warmup_steps: int, total_steps: int,
                   final_fraction: float = 0.1) -> LambdaLR:
-    """Linear warmup to the peak, then cosine decay to `final_fraction` of it."""
+    """Linear warmup to the peak, then cosine decay to `final_fraction` of it (transformers' schedule).
 
-    def factor(step: int) -> float:
-        if step < warmup_steps:
-            return (step + 1) / warmup_steps
-        progress = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
-        return final_fraction + (1 - final_fraction) * 0.5 * (1 + math.cos(math.pi * progress))
-
-    return LambdaLR(optimizer, factor)
+    Step it once per optimizer step and do not pass it to `accelerator.prepare`: a prepared
+    scheduler steps once per process for every optimizer step, so on W processes the schedule
+    would end after steps / W (register it with `accelerator.register_for_checkpointing`)."""
+    return get_cosine_with_min_lr_schedule_with_warmup_lr_rate(optimizer, warmup_steps, total_steps,
+                                                               min_lr_rate=final_fraction)
 
 
 def mixed_precision(setting: str) -> str:
@@ -53,3 +54,18 @@ def cycle(loader, set_epoch: bool = True) -> Iterator:
             loader.set_epoch(epoch)
         yield from loader
         epoch += 1
+
+
+def flat_hyperparameters(config: dict, prefix: str = "") -> dict:
+    """`config` flattened to the scalar values trackers take as hyperparameters ("lm.steps": 2000;
+    lists and mappings inside as JSON text)."""
+    flat = {}
+    for key, value in config.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict) and value:
+            flat |= flat_hyperparameters(value, f"{name}.")
+        elif value is None or isinstance(value, (bool, int, float, str)):
+            flat[name] = value
+        else:
+            flat[name] = json.dumps(value, default=str)
+    return flat

@@ -20,6 +20,7 @@ from typing import Iterator, Sequence
 
 import torch
 
+from ..errors import UnitokError
 from ..media_tokenizer import MediaTokenizer
 from ..shards import ShardError, load_shards, read_manifest, shard_set_hash
 from ..streams import Batch, CellOrder, Stream, collate, group_bounds, pack, task_document, task_modality
@@ -39,7 +40,7 @@ class ShardMix:
 
     def __post_init__(self):
         if self.weight < 0:
-            raise ValueError("weight must be non-negative")
+            raise UnitokError("weight must be non-negative")
         if self.task is not None:
             task_modality(self.task)  # raises on an unknown task name
 
@@ -58,7 +59,7 @@ def resolve_mixture(mixture: Sequence[ShardMix], vocab: Vocabulary, tokenizers: 
     """Check every entry: finished shard sets made with `vocab`, tasks that fit their media, a row
     for each of the `world` processes."""
     if not mixture or sum(m.weight for m in mixture) <= 0:
-        raise ValueError("the training mixture needs at least one shard set with a positive weight")
+        raise UnitokError("the training mixture needs at least one shard set with a positive weight")
     entries = []
     for mix in mixture:
         for folder in filter(None, (mix.shards, mix.heldout)):
@@ -190,13 +191,13 @@ class MixtureBatches:
 
     def load_state_dict(self, state: dict) -> None:
         if not isinstance(state, dict):
-            raise ValueError("the checkpoint's data position is of an older unitok (no world size or shard hashes); "
+            raise UnitokError("the checkpoint's data position is of an older unitok (no world size or shard hashes); "
                              "start the run again in a new output folder")
         if state["world"] != self.world:
-            raise ValueError(f"the checkpoint was written by {state['world']} processes, this run has {self.world}: "
+            raise UnitokError(f"the checkpoint was written by {state['world']} processes, this run has {self.world}: "
                              "each rank's rows depend on that number; resume with the same number of processes")
         if len(state["streams"]) != len(self.streams):
-            raise ValueError(f"the checkpoint has {len(state['streams'])} data streams, this mixture "
+            raise UnitokError(f"the checkpoint has {len(state['streams'])} data streams, this mixture "
                              f"{len(self.streams)}")
         for stream, position in zip(self.streams, state["streams"]):
             stream.restore(position)

@@ -26,11 +26,13 @@ from safetensors.torch import load_file
 from transformers import LlamaForCausalLM
 from tqdm.auto import tqdm
 
+from ..config import to_dict
+from ..errors import UnitokError
 from ..media_tokenizer import MediaTokenizer
 from ..model import StreamModel, batch_logits, stream_loss
 from ..streams import IGNORE, CellOrder, Stream, collate, task_modality
 from ..vocabulary import Vocabulary
-from .common import check_finite, mixed_precision, warmup_cosine
+from .common import check_finite, flat_hyperparameters, mixed_precision, warmup_cosine
 from .data import DocumentRecipe, MixtureBatches, ShardMix, heldout_documents, resolve_mixture
 
 PROGRESS_NAME = "progress.json"
@@ -71,20 +73,23 @@ class LMTraining:
     early_stopping_patience: int | None = None  # evals without improvement before stopping
     mixed_precision: str = "auto"
     shuffle_buffer: int = 10_000  # rows per streamed shard set in the shuffle buffer
+    # accelerate trackers (e.g. [tensorboard], [wandb]): loss, lr, grad_norm, tokens_per_s per step and
+    # heldout_loss per eval, files under OUTPUT_DIR/trackers; not part of what the stage's result depends on
+    log_with: list[str] = field(default_factory=list)
 
     def __post_init__(self):
         if not self.tasks or any(w < 0 for w in self.tasks.values()) or sum(self.tasks.values()) <= 0:
-            raise ValueError("tasks must map task names to non-negative weights with a positive sum")
+            raise UnitokError("tasks must map task names to non-negative weights with a positive sum")
         if not 0 <= self.caption_dropout < 1:
-            raise ValueError("caption_dropout must be in [0, 1)")
+            raise UnitokError("caption_dropout must be in [0, 1)")
         if not 0 <= self.first_step_fraction <= 1:
-            raise ValueError("first_step_fraction must be in [0, 1]")
+            raise UnitokError("first_step_fraction must be in [0, 1]")
         for task in self.tasks:
             task_modality(task)  # raises on an unknown task name
         if any(w < 0 for w in self.loss_weights.values()):
-            raise ValueError("loss_weights must be non-negative")
+            raise UnitokError("loss_weights must be non-negative")
         if self.shuffle_buffer < 1:
-            raise ValueError("shuffle_buffer must be >= 1")
+            raise UnitokError("shuffle_buffer must be >= 1")
 
 
 def loss_weight_table(vocab: Vocabulary, weights: dict[str, float], size: int) -> torch.Tensor | None:
@@ -92,7 +97,7 @@ def loss_weight_table(vocab: Vocabulary, weights: dict[str, float], size: int) -
     kinds = {"text"} | {r.modality for r in vocab.media_ranges()}
     unknown = set(weights) - kinds
     if unknown:
-        raise ValueError(f"loss_weights has {sorted(unknown)}; expected some of {sorted(kinds)}")
+        raise UnitokError(f"loss_weights has {sorted(unknown)}; expected some of {sorted(kinds)}")
     if all(w == 1 for w in weights.values()):
         return None
     table = torch.full((size,), weights.get("text", 1.0))
@@ -102,21 +107,26 @@ def loss_weight_table(vocab: Vocabulary, weights: dict[str, float], size: int) -
 
 
 def train_lm(transformer: LlamaForCausalLM, vocab: Vocabulary, tokenizers: dict[str, MediaTokenizer],
-             mixture: Sequence[ShardMix], cfg: LMTraining, output_dir: str | Path, seed: int = 0) -> dict:
+             mixture: Sequence[ShardMix], cfg: LMTraining, output_dir: str | Path, seed: int = 0,
+             tracker_config: dict | None = None) -> dict:
     """Train `transformer` in place on a mixture of shard sets; checkpoints under
     `output_dir/checkpoints`, best weights loaded at the end. `tokenizers` (range name -> media
     tokenizer) give the running states of the streamed media codes. Every rank logs each step's
     loss and items to ``log/rank-<i>.jsonl``. Returns the history: held-out losses per eval, the
     step whose weights were kept, and the training's wall time in seconds (over resumed runs too).
+    Trackers (`cfg.log_with`) get `tracker_config` (default: `cfg`) as hyperparameters.
     """
     output_dir = Path(output_dir)
     set_seed(seed)
     accelerator = Accelerator(mixed_precision=mixed_precision(cfg.mixed_precision),
-                              gradient_accumulation_steps=cfg.grad_accum)
+                              gradient_accumulation_steps=cfg.grad_accum, log_with=cfg.log_with or None,
+                              project_dir=output_dir / "trackers")
+    accelerator.init_trackers("lm", config=flat_hyperparameters(tracker_config or to_dict(cfg)))
     model = StreamModel(transformer)
     optimizer = torch.optim.AdamW(_param_groups(model, cfg.weight_decay), lr=cfg.learning_rate, betas=(0.9, 0.95))
     scheduler = warmup_cosine(optimizer, cfg.warmup_steps, cfg.steps)
-    model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
+    model, optimizer = accelerator.prepare(model, optimizer)
+    accelerator.register_for_checkpointing(scheduler)
     for tokenizer in tokenizers.values():
         tokenizer.to(accelerator.device)
     entries = resolve_mixture(mixture, vocab, tokenizers, accelerator.num_processes)
@@ -136,30 +146,34 @@ def train_lm(transformer: LlamaForCausalLM, vocab: Vocabulary, tokenizers: dict[
                     disable=not accelerator.is_local_main_process)
     model.train()
     for step in progress:
-        documents = []
+        documents, tokens, step_started = [], 0, time.perf_counter()
         for micro in range(cfg.grad_accum):
             batch, drawn = data.batch(step, micro)
             documents += drawn
+            tokens += int((batch.document_ids >= 0).sum()) * accelerator.num_processes
             with accelerator.accumulate(model):
                 loss = stream_loss(model, batch.to(accelerator.device),
                                    None if weights is None else weights.to(accelerator.device))
                 check_finite(loss, step + 1, "lm")
                 accelerator.backward(loss)
                 if accelerator.sync_gradients:
-                    accelerator.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+                    grad_norm = accelerator.clip_grad_norm_(model.parameters(), cfg.grad_clip)
                 optimizer.step()
-                scheduler.step()
                 optimizer.zero_grad(set_to_none=True)
-        log.write(step + 1, loss.item(), documents)
-        progress.set_postfix(loss=f"{loss.item():.3f}", lr=f"{scheduler.get_last_lr()[0]:.1e}")
+        lr = scheduler.get_last_lr()[0]  # the rate this step trained with
+        scheduler.step()
+        log.write(step + 1, loss.item(), lr, grad_norm.item(), documents)
+        progress.set_postfix(loss=f"{loss.item():.3f}", lr=f"{lr:.1e}")
         done = step + 1
+        accelerator.log({"loss": loss.item(), "lr": lr, "grad_norm": grad_norm.item(),
+                         "tokens_per_s": tokens / (time.perf_counter() - step_started)}, step=done)
         if eval_docs and (done % cfg.eval_every == 0 or done == cfg.steps):
             state["evals"].append({"step": done, **heldout_loss(model, vocab, eval_docs, accelerator.device)})
+            accelerator.log({"heldout_loss": state["evals"][-1]["loss"]}, step=done)
             model.train()
             if _improved(state):
                 state["best_step"] = done
-                if accelerator.is_main_process:
-                    accelerator.unwrap_model(model).transformer.save_pretrained(output_dir / "best")
+                _save_transformer(accelerator, model, output_dir / "best")
             if _patience_exhausted(state, cfg.early_stopping_patience):
                 state["stopped_early_at"] = done
         if done % cfg.checkpoint_every == 0 or done == cfg.steps or "stopped_early_at" in state:
@@ -167,7 +181,10 @@ def train_lm(transformer: LlamaForCausalLM, vocab: Vocabulary, tokenizers: dict[
             _checkpoint(accelerator, checkpoints, state, data)
         if "stopped_early_at" in state:
             break
+    if state["best_step"] is None:  # no held-out evaluation: the last weights are the kept ones
+        _save_transformer(accelerator, model, output_dir / "best")
     accelerator.wait_for_everyone()
+    accelerator.end_training()
     progress.close()
     log.close()
     _load_best(transformer, output_dir / "best")
@@ -175,7 +192,8 @@ def train_lm(transformer: LlamaForCausalLM, vocab: Vocabulary, tokenizers: dict[
 
 
 class StepLog:
-    """One JSON line per optimizer step: its loss, the items (``key#draw``) it trained on and their tasks.
+    """One JSON line per optimizer step: its loss, learning rate and gradient norm (before clipping),
+    the items (``key#draw``) it trained on and their tasks.
     Opening it at a resumed step drops the lines of steps after that checkpoint, which are re-done,
     and a line a kill cut short."""
 
@@ -186,9 +204,10 @@ class StepLog:
         path.write_text("".join(line + "\n" for line in kept))
         self.file = path.open("a")
 
-    def write(self, step: int, loss: float, documents: list[tuple[str, str]]) -> None:
+    def write(self, step: int, loss: float, lr: float, grad_norm: float, documents: list[tuple[str, str]]) -> None:
         tasks, items = zip(*documents)
-        self.file.write(json.dumps({"step": step, "loss": loss, "items": items, "tasks": tasks}) + "\n")
+        line = {"step": step, "loss": loss, "lr": lr, "grad_norm": grad_norm, "items": items, "tasks": tasks}
+        self.file.write(json.dumps(line) + "\n")
         self.file.flush()
 
     def close(self) -> None:
@@ -271,12 +290,21 @@ def _resume(accelerator: Accelerator, root: Path, data: MixtureBatches) -> dict:
     accelerator.load_state(str(latest))
     position = latest / DATA_POSITION.format(rank=accelerator.process_index)
     if not position.is_file():
-        raise ValueError(f"{latest}: no data position for rank {accelerator.process_index}; "
+        raise UnitokError(f"{latest}: no data position for rank {accelerator.process_index}; "
                          "resume with the number of processes that wrote it")
     data.load_state_dict(json.loads(position.read_text()))
     state = json.loads((latest / PROGRESS_NAME).read_text())
     accelerator.print(f"resuming from {latest} (step {state['step']})")
     return state
+
+
+def _save_transformer(accelerator: Accelerator, model: torch.nn.Module, directory: Path) -> None:
+    """`save_pretrained` of the whole transformer. Every rank takes part: under FSDP
+    `get_state_dict` gathers the shards, which the unwrapped module alone does not hold."""
+    weights = accelerator.get_state_dict(model)
+    if accelerator.is_main_process:
+        weights = {name.removeprefix("transformer."): tensor for name, tensor in weights.items()}
+        accelerator.unwrap_model(model).transformer.save_pretrained(directory, state_dict=weights)
 
 
 def _load_best(model: torch.nn.Module, best_dir: Path) -> None:

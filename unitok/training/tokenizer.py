@@ -1,14 +1,15 @@
 """Train a media tokenizer (autoencoder + RDPM quantizer) with accelerate.
 
-Loss: MSE of D(z + sg(s_0 − z)) against the input (straight-through) + β · commitment over
-every step. The codebook follows an EMA of the residuals assigned to it, dead codes restart
+Loss: MSE of D(z + sg(s_0 − z)) against the input (straight-through), plus `l1_weight` · L1,
++ β · commitment over every step. The codebook follows an EMA of the residuals assigned to it, dead codes restart
 from current residuals, and σ_t tracks each step's residual RMS (see `rdpm.py`).
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -17,8 +18,10 @@ from accelerate.utils import AutocastKwargs, set_seed
 from torch.utils.data import DataLoader, TensorDataset
 from tqdm.auto import tqdm
 
+from ..config import to_dict
+from ..errors import UnitokError
 from ..media_tokenizer import MediaTokenizer, TokenizerSpec
-from .common import check_finite, cycle, mixed_precision, warmup_cosine
+from .common import check_finite, cycle, flat_hyperparameters, mixed_precision, warmup_cosine
 
 
 @dataclass(frozen=True)
@@ -30,26 +33,31 @@ class TokenizerTraining:
     weight_decay: float = 0.0
     mixed_precision: str = "auto"
     l1_weight: float = 0.0  # adds weight x L1 to the MSE: sharper small objects (a 12-pixel digit) for the same PSNR
+    log_with: list[str] = field(default_factory=list)  # accelerate trackers: loss, psnr_db, lr per step
 
     def __post_init__(self):
         if self.l1_weight < 0:
-            raise ValueError(f"l1_weight must be >= 0, got {self.l1_weight}")
+            raise UnitokError(f"l1_weight must be >= 0, got {self.l1_weight}")
 
 
 def train_media_tokenizer(spec: TokenizerSpec, inputs: torch.Tensor, cfg: TokenizerTraining, seed: int = 0,
-                          desc: str = "tokenizer") -> MediaTokenizer:
-    """Fit a tokenizer on preprocessed inputs (M, C, …) in [-1, 1]; returns it in eval mode."""
+                          desc: str = "tokenizer", tracker_dir: Path | None = None,
+                          tracker_config: dict | None = None) -> MediaTokenizer:
+    """Fit a tokenizer on preprocessed inputs (M, C, …) in [-1, 1]; returns it in eval mode.
+    Trackers (`cfg.log_with`) write under `tracker_dir` with `tracker_config` (default: `cfg`)."""
     set_seed(seed)
     tokenizer = MediaTokenizer(spec)
     accelerator = Accelerator(mixed_precision=mixed_precision(cfg.mixed_precision),
-                              kwargs_handlers=[AutocastKwargs(enabled=_autocast_safe(tokenizer))])
+                              kwargs_handlers=[AutocastKwargs(enabled=_autocast_safe(tokenizer))],
+                              log_with=cfg.log_with or None, project_dir=tracker_dir)
+    accelerator.init_trackers(desc.replace(":", "-"), config=flat_hyperparameters(tracker_config or to_dict(cfg)))
     memory_format = torch.channels_last if tokenizer.adapter.dims == 2 else torch.channels_last_3d
     tokenizer = tokenizer.to(memory_format=memory_format)  # ~2x faster convs on CPU
     optimizer = torch.optim.AdamW(tokenizer.parameters(), lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
     scheduler = warmup_cosine(optimizer, cfg.warmup_steps, cfg.steps)
     loader = DataLoader(TensorDataset(inputs), batch_size=cfg.batch_size, shuffle=True, drop_last=True,
                         generator=torch.Generator().manual_seed(seed))
-    tokenizer, optimizer, loader, scheduler = accelerator.prepare(tokenizer, optimizer, loader, scheduler)
+    tokenizer, optimizer, loader = accelerator.prepare(tokenizer, optimizer, loader)
     beta = spec.quantizer.commitment_weight
     batches = cycle(loader)
     progress = tqdm(range(cfg.steps), desc=desc, disable=not accelerator.is_local_main_process)
@@ -68,6 +76,9 @@ def train_media_tokenizer(spec: TokenizerSpec, inputs: torch.Tensor, cfg: Tokeni
         optimizer.step()
         scheduler.step()
         progress.set_postfix(psnr=f"{psnr_db(mse.item()):.1f}", commit=f"{out.commitment_loss.item():.3f}")
+        accelerator.log({"loss": loss.item(), "psnr_db": psnr_db(mse.item()), "commitment": out.commitment_loss.item(),
+                         "lr": scheduler.get_last_lr()[0]}, step=step + 1)
+    accelerator.end_training()
     tokenizer = accelerator.unwrap_model(tokenizer)
     return tokenizer.eval()
 
