@@ -16,9 +16,10 @@ from types import SimpleNamespace
 import pytest
 import torch
 import yaml
+from safetensors.torch import load_file
 
 from unitok.config import ConfigError
-from unitok.model import ModelSpec, build_transformer
+from unitok.model import ModelSpec, build_transformer, padded_vocab_size
 from unitok.pipeline import PipelineTokenizers
 from unitok.rdpm import QuantizerConfig, RDPMQuantizer
 from unitok.recipe import RecipeRun, load_recipe
@@ -235,3 +236,16 @@ def test_tensorboard_gets_the_recipe_and_every_steps_loss_lr_grad_norm_and_token
     assert all(event.value > 0 for event in events.Scalars("tokens_per_s"))
     (hparams,) = (tmp_path / "trackers" / "lm").rglob("hparams.yml")
     assert yaml.safe_load(hparams.read_text()) == {"name": "tiny", "lm.steps": 3, "lm.tasks.text_to_image": 1.0}
+
+
+def test_fsdp_under_accelerate_launch_saves_whole_weights(tiny_run, tmp_path):
+    """The shipped FSDP config on 2 CPU processes (gloo): the kept weights are gathered whole."""
+    accelerate = Path(sys.executable).parent / "accelerate"
+    config = yaml.safe_load((Path(__file__).parent.parent / "recipes" / "accelerate" / "fsdp.yaml").read_text())
+    (tmp_path / "fsdp-cpu.yaml").write_text(yaml.safe_dump({**config, "use_cpu": True}))
+    train(tmp_path / "out", 4, tiny_run, launcher=[str(accelerate), "launch", "--config_file", str(tmp_path / "fsdp-cpu.yaml")])
+    ranks = [json.loads((tmp_path / "out" / f"rank-{i}.json").read_text()) for i in range(2)]
+    assert all(r["world"] == 2 for r in ranks) and ranks[0]["final"] == ranks[1]["final"] != ranks[0]["initial"]
+    saved = load_file(tmp_path / "out" / "best" / "model.safetensors")
+    vocabulary = PipelineTokenizers.from_pretrained(tiny_run / "model").vocabulary
+    assert saved["model.embed_tokens.weight"].shape == (padded_vocab_size(vocabulary), 32)  # not one rank's shard

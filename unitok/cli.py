@@ -255,6 +255,7 @@ def _rounds(text: str) -> tuple[int, ...]:
 def cmd_sweep(args) -> int:
     import yaml
 
+    from .config import ConfigError
     from .eval.generation_sweep import run_generation_sweep
     from .eval.tokenizer_sweep import run_tokenizer_sweep
 
