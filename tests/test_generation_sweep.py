@@ -75,3 +75,25 @@ def test_a_bad_point_is_named_before_anything_trains(tmp_path):
     path = write_sweep(tmp_path, {"rdpm": {"overrides": {"lm": {"stepz": 3}}}})
     with pytest.raises(ConfigError, match=r"lm\.stepz: unknown field"):
         run_generation_sweep(path, log=lambda _: None)
+
+
+def test_a_media_to_text_sweep_scores_captions_and_switches_tasks_off(tmp_path):
+    """direction: image_to_text with the recipe's text_to_image switched off (weight 0): the table
+    holds caption scores, and each run's read-out input reaches its saved pipeline."""
+    only_captions = {"tasks": {"text_to_image": 0, "image_to_text": 1}}
+    path = write_sweep(tmp_path, {"clean": {"overrides": {"lm": only_captions}},  # the default read-out
+                                  "code": {"overrides": {"lm": {**only_captions, "readout": "code"}}}}, lm_steps=(3,))
+    sweep = yaml.safe_load(path.read_text())
+    path.write_text(yaml.safe_dump({**sweep, "direction": "image_to_text"}, sort_keys=False))
+    results = run_generation_sweep(path, log=lambda _: None)
+    assert set(results) == {"clean/3/recipe", "code/3/recipe"}
+    for key, row in results.items():
+        assert 0 <= row["digit_accuracy"] <= 1 and row["caption_loss_matched"] > 0 and "passes" not in row
+        point = tmp_path / "sweep" / row["run"] / "steps-000003" / "recipe"
+        metrics = json.loads((point / "metrics.json").read_text())
+        assert "text_to_image" not in metrics and set(metrics["lm"]["heldout_loss_per_task"]) == {"image_to_text"}
+        assert json.loads((point / "model" / "model_index.json").read_text())["readout"] == row["run"]
+    assert (tmp_path / "sweep" / "results.md").read_text().startswith("| run | sampler | lm_steps | digit_accuracy |")
+    path.write_text(yaml.safe_dump({**sweep, "direction": "text"}, sort_keys=False))
+    with pytest.raises(ValueError, match="direction: expected a text-to-media or media-to-text task"):
+        run_generation_sweep(path, log=lambda _: None)

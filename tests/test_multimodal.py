@@ -13,7 +13,7 @@ from unitok.cli import main
 from unitok.config import ConfigError
 from unitok.model import StreamModel, batch_logits
 from unitok.recipe import load_recipe
-from unitok.streams import collate, task_document
+from unitok.streams import StreamBuilder, collate
 
 from .conftest import write_tiny_multimodal_recipe
 
@@ -79,11 +79,11 @@ def test_a_caption_reads_the_media_through_the_read_out_block(tiny_multimodal_ru
     blocks), and an interleaved prompt is continued through the same layout."""
     pipe = UniTokPipeline.from_pretrained(tiny_multimodal_run / "model")
     images = pipe.text_to_image(["a red 7", "a big blue 1 at the top"], seed=0).images
+    assert pipe.readout == "code", "the recipe's read-out input is saved with the pipeline"
     tokenizer, vocab = pipe.tokenizer_for("image"), pipe.vocabulary
     caption = pipe.encode_prompt("a red 7")
-    clean = pipe._clean_inputs(tokenizer, images, seed=0)
-    docs = [task_document(vocab, "timestep", "image_to_text", caption, "image", None, torch.stack([c, c]))
-            for c in clean]
+    docs = [StreamBuilder(vocab, "timestep").special("<bos>").read_out("image", *clean).text(caption).build()
+            for clean in zip(*pipe._read_out_inputs(tokenizer, images, seed=0))]
     with torch.no_grad():
         logits = batch_logits(StreamModel(pipe.transformer), collate([[d] for d in docs], pad_id=0))
     eoi = docs[0].input_ids.index(vocab.special_id("<eoi>"))

@@ -129,7 +129,7 @@ def test_caption_dropout(vocab):
 def test_media_to_text_reads_the_clean_state_through_a_read_out_block(vocab):
     blocks = media_blocks(vocab)
     decided = span_inputs(vocab, blocks)
-    to_text = task_document(vocab, "timestep", "image_to_text", [10, 11], "image", blocks, decided)
+    to_text = task_document(vocab, "timestep", "image_to_text", [10, 11], "image", blocks, decided, readout="state")
     boi, eoi = to_text.input_ids.index(vocab.special_id("<boi>")), to_text.input_ids.index(vocab.special_id("<eoi>"))
     readout = range(boi + 1, eoi)
     assert len(readout) == N, "the read-out block alone: no code block, no position without a dependent target"
@@ -144,6 +144,14 @@ def test_media_to_text_reads_the_clean_state_through_a_read_out_block(vocab):
     for p in readout:
         assert {k for k in range(len(to_text)) if mask[p, k]} == set(range(eoi)), "the prefix and the block itself"
         assert not mask[: boi + 1, p].any(), "no earlier position sees it"
+    by_code = task_document(vocab, "timestep", "image_to_text", [10, 11], "image", blocks, decided, readout="code")
+    assert [by_code.input_ids[p] for p in readout] == blocks[-1].tolist(), "each cell's clean code k_0"
+    assert by_code.media_states == to_text.media_states and by_code.targets == to_text.targets
+    clean = task_document(vocab, "timestep", "image_to_text", [10, 11], "image", blocks, decided)  # the default
+    C = decided.shape[-1] // 2
+    assert [clean.media_states[p][:C] for p in readout] == decided[-1, :, :C].tolist(), "s_0 at every cell"
+    assert all(x == 0 for p in readout for x in clean.media_states[p][C:]), "no trace of the noise ε̂"
+    assert [clean.input_ids[p] for p in readout] == [to_text.input_ids[p] for p in readout]
 
 
 def test_an_interleaved_document_trains_each_span_and_its_text_reads_only_read_outs(audio_vocab):

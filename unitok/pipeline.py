@@ -32,7 +32,7 @@ from .hub import local_folder, push_folder, write_model_card
 from .media_tokenizer import MediaTokenizer
 from .model import StreamModel
 from .sampling import SAMPLERS, MediaSampler, SamplerConfig, sample_text
-from .streams import MediaOrder, StreamBuilder
+from .streams import MediaOrder, ReadOut, StreamBuilder, read_out_inputs
 from .text_bpe import TextBPE
 from .vocabulary import Vocabulary, VocabularyError
 
@@ -73,17 +73,20 @@ class MediaPipelineOutput:
 class UniTokPipeline:
     """`samplers` holds each modality's sampler settings (`SamplerConfig`: the groups of cells
     per block the transformer trained on, guidance, …), saved with the pipeline; a call's own
-    options override them for that call."""
+    options override them for that call. `readout` is what the transformer's read-out blocks
+    took as inputs (`streams.ReadOut`)."""
 
     def __init__(self, transformer: LlamaForCausalLM, text_tokenizer: TextBPE,
                  media_tokenizers: dict[str, MediaTokenizer], vocabulary: Vocabulary,
-                 media_order: MediaOrder = "timestep", samplers: dict[str, SamplerConfig] | None = None):
+                 media_order: MediaOrder = "timestep", samplers: dict[str, SamplerConfig] | None = None,
+                 readout: ReadOut = "clean"):
         self.transformer = transformer.eval()
         self.text_tokenizer = text_tokenizer
         self.media_tokenizers = media_tokenizers
         self.vocabulary = vocabulary
         self.media_order = media_order
         self.samplers = dict(samplers or {})
+        self.readout = readout
         self._check_components()
 
     def _check_components(self) -> None:
@@ -195,9 +198,8 @@ class UniTokPipeline:
         if not items:
             raise UnitokError("media: expected an item or a non-empty list of items")
         tokenizer = self.tokenizer_for(modality)
-        clean = self._clean_inputs(tokenizer, items, seed)
-        prefixes = [StreamBuilder(self.vocabulary, self.media_order).special("<bos>").read_out(tokenizer.name, c).build()
-                    for c in clean]
+        prefixes = [StreamBuilder(self.vocabulary, self.media_order).special("<bos>").read_out(tokenizer.name, *clean)
+                    .build() for clean in zip(*self._read_out_inputs(tokenizer, items, seed))]
         texts = self._sample_text(prefixes, max_new_tokens, seed, temperature=temperature, top_k=top_k, top_p=top_p,
                                   gumbel_scale=gumbel_scale)
         return texts if isinstance(media, (list, tuple)) else texts[0]
@@ -219,7 +221,8 @@ class UniTokPipeline:
                 builder.text(self.encode_prompt(part))
             else:
                 tokenizer = self.tokenizer_for(self.modality_of(part))
-                builder.read_out(tokenizer.name, self._clean_inputs(tokenizer, [part], seed + index)[0])
+                inputs, codes = self._read_out_inputs(tokenizer, [part], seed + index)
+                builder.read_out(tokenizer.name, inputs[0], codes[0])
         return self._sample_text([builder.build()], max_new_tokens, seed, temperature=temperature, top_k=top_k,
                                  top_p=top_p, gumbel_scale=gumbel_scale)[0]
 
@@ -238,10 +241,16 @@ class UniTokPipeline:
         path = Path(part)
         return not (path.suffix and path.is_file())
 
-    def _clean_inputs(self, tokenizer: MediaTokenizer, items: Sequence[Any], seed: int) -> torch.Tensor:
-        """(B, N, 2C) the read-out inputs (``s_0`` and ε̂) of items tokenized with seeds `seed + i`."""
+    def _read_out_inputs(self, tokenizer: MediaTokenizer, items: Sequence[Any],
+                         seed: int) -> tuple[torch.Tensor, list[torch.Tensor | None]]:
+        """The read-out blocks of items tokenized with seeds `seed + i`: their state inputs (B, N, 2C)
+        and, per item, code ids (N,) or None, as `StreamBuilder.read_out` takes them for this
+        pipeline's `readout` (`streams.read_out_inputs`)."""
         ids = tokenizer.encode(list(items), seed=[seed + i for i in range(len(items))])
-        return tokenizer.quantizer.block_inputs(ids)[0][:, -1].cpu()
+        inputs = tokenizer.quantizer.block_inputs(ids)[0][:, -1].cpu()
+        codes = self.vocabulary.to_global(tokenizer.name, ids[:, -1].cpu())
+        read = [read_out_inputs(self.readout, c, x) for c, x in zip(codes, inputs)]
+        return torch.stack([x for x, _ in read]), [c for _, c in read]
 
     def _sample_text(self, prefixes: Sequence, max_new_tokens: int, seed: int, **options) -> list[str]:
         given = {k: v for k, v in options.items() if v is not None}
@@ -281,7 +290,7 @@ class UniTokPipeline:
                       **{media[name]: tokenizer for name, tokenizer in self.media_tokenizers.items()}}
         index = {"_class_name": type(self).__name__, "_unitok_version": __version__, "format": INDEX_FORMAT,
                  **{folder: [type(c).__module__.split(".")[0], type(c).__name__] for folder, c in components.items()},
-                 "media_tokenizers": media, "media_order": self.media_order,
+                 "media_tokenizers": media, "media_order": self.media_order, "readout": self.readout,
                  "samplers": {modality: to_dict(config) for modality, config in self.samplers.items()}}
         write_model_card(directory, index)
         write_text_atomic(directory / INDEX_NAME, json.dumps(index, indent=2) + "\n")
@@ -306,6 +315,7 @@ class UniTokPipeline:
             transformer=LlamaForCausalLM.from_pretrained(Path(directory) / "transformer", use_safetensors=True),
             text_tokenizer=tokenizers.text, media_tokenizers=tokenizers.media, vocabulary=tokenizers.vocabulary,
             media_order=index["media_order"],
+            readout=index.get("readout", "state"),  # pipelines saved before the setting read s_0 and ε̂
             samplers={modality: from_dict(SamplerConfig, config, source=f"{directory}/{INDEX_NAME}: samplers.{modality}")
                       for modality, config in index.get("samplers", {}).items()},
         )

@@ -369,12 +369,15 @@ class RecipeRun:
     def mixture(self) -> list[ShardMix]:
         """The shard sets the transformer trains on: the recipe's list, or this run's own shards
         with `lm.tasks`' weights. Caption-only ``text`` documents come from every modality's
-        captions in proportion to its item count."""
+        captions in proportion to its item count; a task of weight 0 is left out (a sweep's override
+        switches a recipe's task off that way)."""
         if self.loaded.from_shards:
             return list(self.recipe.data)
         sizes = {m: read_manifest(self.shard_dir(m, "train"))["totals"]["items"] for m in self.loaded.modalities}
         mixture = []
         for task, weight in self.recipe.lm.tasks.items():
+            if weight <= 0:
+                continue
             modality = task_modality(task)
             for m in [modality] if modality else self.loaded.modalities:
                 share = 1 if modality else sizes[m] / sum(sizes.values())
@@ -419,7 +422,7 @@ class RecipeRun:
         def assemble():
             transformer = LlamaForCausalLM.from_pretrained(self.out / "lm" / "transformer", use_safetensors=True)
             UniTokPipeline(transformer, tokenizers.text, tokenizers.media, tokenizers.vocabulary,
-                           self.recipe.lm.media_order, samplers).save_pretrained(self.out / "model")
+                           self.recipe.lm.media_order, samplers, self.recipe.lm.readout).save_pretrained(self.out / "model")
 
         key = config_hash(stage_key(self.out / "lm"), samplers, INDEX_FORMAT)  # a new format re-saves the pipeline
         return run_stage(self.out / "model", key, assemble, self.log)

@@ -45,6 +45,11 @@ IGNORE = -100
 NO_ROWS = (-1, -1, -1)  # media_rows of a token that is not a media position
 PUBLIC = -1  # `Stream.block` of a position that every later position of its document may see
 MediaOrder = Literal["timestep", "raster"]
+# What a read-out position takes (`read_out_inputs`): the read-out row with the clean state s_0
+# through the state rows ("clean", DESIGN.md §3), the same with the noise ε̂ in the other half of
+# the state rows ("state"), or that with the cell's clean code k_0 in place of the read-out row
+# ("code": the embedding a decided k_0 cell has)
+ReadOut = Literal["state", "clean", "code"]
 _NEXT, _NONE = "next", "none"  # target rules; an int rule is the target id itself
 
 
@@ -223,21 +228,22 @@ class StreamBuilder:
         self._next_position = span_position + n
         return self
 
-    def read_out(self, name: str, clean_inputs: torch.Tensor) -> "StreamBuilder":
+    def read_out(self, name: str, clean_inputs: torch.Tensor, clean_codes: torch.Tensor | None = None) -> "StreamBuilder":
         """Close a span with its *read-out block*, opening it first if no span of `name` is open:
-        one position per cell (the read-out row, the cell's row, the clean block's row, and the
-        state inputs `clean_inputs` (N, 2C): ``s_0`` and ε̂, `RDPMQuantizer.block_inputs`' last
-        context block), then ``<eo?>``. Read-out positions see the prefix and each other, never the
-        span's blocks, and have no target; the text after the span sees them (and not the blocks),
-        so that a caption reads the clean latent rather than reconstructing it from code ids."""
+        one position per cell (the cell's row, the clean block's row, and the state inputs
+        `clean_inputs` (N, 2C): ``s_0``, then ε̂ or zeros, `read_out_inputs`), then ``<eo?>``. Its input id is the modality's read-out row, or with `clean_codes` (N global
+        ids of the clean block ``k_0``) the cell's clean code (`ReadOut`). Read-out positions see the
+        prefix and each other, never the span's blocks, and have no target; the text after the span
+        sees them (and not the blocks), so that a caption reads the clean latent in one block."""
         n = clean_inputs.shape[0]
-        self._check_inputs(name, torch.zeros(n, dtype=torch.long), clean_inputs)
+        codes = torch.full((n,), self.vocab.readout_id(name)) if clean_codes is None else clean_codes
+        self._check_inputs(name, codes, clean_inputs)
         span_position = self._open_span[1] if self._open_span and self._open_span[0] == name else self._open(name, _NONE)
         num_blocks = self.vocab.range(f"{name}.blocks").size
         rows = self.vocab.position_rows(name, num_blocks, n)[-1].tolist()
-        block_end, readout_id, states = len(self._stream.input_ids) + n - 1, self.vocab.readout_id(name), clean_inputs.tolist()
+        block_end, ids, states = len(self._stream.input_ids) + n - 1, codes.tolist(), clean_inputs.tolist()
         for cell in range(n):
-            self._append(readout_id, _NONE, span_position + cell, reach=block_end, media_rows=tuple(rows[cell]),
+            self._append(ids[cell], _NONE, span_position + cell, reach=block_end, media_rows=tuple(rows[cell]),
                          media_state=states[cell])
         self._next_position = span_position + n
         self._close(name)
@@ -368,11 +374,23 @@ def task_modality(task: str) -> str | None:
     raise UnitokError(f"unknown task {task!r}; expected text_to_<modality>, <modality>_to_text or text")
 
 
+def read_out_inputs(readout: ReadOut, clean_codes: torch.Tensor, clean_inputs: torch.Tensor
+                    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The state inputs and code ids (or None: the read-out row) that `StreamBuilder.read_out`
+    takes for a span's clean block (global ids (N,), state inputs (N, 2C): ``s_0`` then ε̂)."""
+    if readout == "code":
+        return clean_inputs, clean_codes
+    if readout == "clean":
+        return torch.cat([clean_inputs[..., : clean_inputs.shape[-1] // 2],
+                          torch.zeros_like(clean_inputs[..., clean_inputs.shape[-1] // 2:])], dim=-1), None
+    return clean_inputs, None
+
+
 def task_document(vocab: Vocabulary, media_order: MediaOrder, task: str, text_ids: Sequence[int],
                   media_name: str | None = None, media_blocks: torch.Tensor | None = None,
                   context_inputs: torch.Tensor | None = None, query_inputs: torch.Tensor | None = None,
                   bounds: Sequence[Sequence[int]] | None = None, drop_text: bool = False,
-                  order: CellOrder = "random") -> Stream:
+                  order: CellOrder = "random", readout: ReadOut = "clean") -> Stream:
     """One training document for `task` from a span's global code ids `media_blocks` (T+1, N) and
     state inputs `context_inputs` (T+1, N, 2C: every code given, `RDPMQuantizer.block_inputs`):
 
@@ -388,13 +406,13 @@ def task_document(vocab: Vocabulary, media_order: MediaOrder, task: str, text_id
     - ``text``: ``<bos> text <eos>``.
 
     `drop_text` removes the caption of a text-to-media document (classifier-free guidance);
-    `order` is the generated blocks' `cell_order`.
+    `order` is the generated blocks' `cell_order`; `readout` the read-out block's input ids.
     """
     builder = StreamBuilder(vocab, media_order).special("<bos>")
     if task_modality(task) is None:
         return builder.text(text_ids).special("<eos>", rule=_NONE).build()
     if task.endswith("_to_text"):
-        builder.read_out(media_name, context_inputs[-1]).text(text_ids)
+        builder.read_out(media_name, *read_out_inputs(readout, media_blocks[-1], context_inputs[-1])).text(text_ids)
         return builder.special("<eos>", rule=_NONE).build()
     builder.text([] if drop_text else text_ids)
     if media_order == "raster":

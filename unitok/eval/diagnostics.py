@@ -84,7 +84,8 @@ def caption_loss_matched_vs_shuffled(pipe: UniTokPipeline, modality: str, shards
     task = f"{modality}_to_text"
 
     def caption_ce(media_of: list[int]) -> float:
-        docs = [task_document(vocab, pipe.media_order, task, row["text_ids"], row["media"], *media[m])
+        docs = [task_document(vocab, pipe.media_order, task, row["text_ids"], row["media"], *media[m],
+                              readout=pipe.readout)
                 for row, m in zip(rows, media_of)]
         return heldout_loss(StreamModel(pipe.transformer), vocab, {task: docs}, pipe.device)["loss"]
 

@@ -1,4 +1,5 @@
 """Generation against LM training steps: which design, and how much training, a target needs.
+The table scores one direction of the recipe: text→media (images by default) or media→text.
 
 A sweep file names a base recipe and a set of runs. A run is a recipe (the base by default) with
 overrides, trained at every step count of the sweep and evaluated with each of its samplers::
@@ -8,6 +9,7 @@ overrides, trained at every step count of the sweep and evaluated with each of i
     output_dir: runs/sweeps/generation
     lm_steps: [500, 1000, 2000, 4000]   # every run's LM is trained for each (a run may list its own)
     eval: {num_samples: 200}            # merged into every run's eval section
+    direction: text_to_image            # the recipe's direction the table scores (default)
     runs:
       raster_ar: {recipe: recipes/quickstart-ar.yaml}
       queries:
@@ -39,11 +41,18 @@ import yaml
 from ..config import ConfigError, config_hash, load_config, merged
 from ..errors import UnitokError
 from ..recipe import RecipeRun, load_recipe, resolve_spec_path
+from ..streams import task_modality
 
 UPSTREAM_STAGES = ("data", "tokenizers", "text_tokenizer", "shards")  # stage folders that points share
 UPSTREAM_SECTIONS = ("data", "tokenizers", "text_bpe", "shards", "seed")  # the recipe sections they depend on
+# the table's columns for a text→media direction and a media→text one (`results_table` leaves out
+# those that no row scores: an image has no direction, a clip no position)
 COLUMNS = ("lm_steps", "passes", "digit_accuracy", "unseen_combo_digit_accuracy", "color_accuracy",
-           "position_accuracy", "fid", "first_step_digit_ce_gain", "heldout_loss", "lm_seconds", "eval_seconds")
+           "position_accuracy", "direction_accuracy", "digit_direction_accuracy", "dtmf_sequence_accuracy",
+           "unseen_pair_accuracy", "fid", "first_step_digit_ce_gain", "heldout_loss", "lm_seconds", "eval_seconds")
+TO_TEXT_COLUMNS = ("lm_steps", "digit_accuracy", "color_accuracy", "direction_accuracy", "digit_color_accuracy",
+                   "digit_direction_accuracy", "caption_loss_matched", "caption_loss_shuffled", "heldout_loss",
+                   "lm_seconds", "eval_seconds")
 
 
 @dataclass(frozen=True)
@@ -52,7 +61,8 @@ class SweepRun:
     overrides: dict[str, Any] = field(default_factory=dict)  # merged into the recipe
     spec_overrides: dict[str, dict[str, Any]] = field(default_factory=dict)  # modality -> merged into its tokenizer spec
     lm_steps: list[int] | None = None  # default: the sweep's
-    # sampler name -> settings merged into the recipe's sampler for the sweep's modality
+    # sampler name -> settings merged into the recipe's sampler for the direction's media (for a
+    # media→text direction: into eval.text_sampler)
     samplers: dict[str, dict[str, Any]] = field(default_factory=lambda: {"recipe": {}})
 
     def __post_init__(self):
@@ -67,10 +77,12 @@ class GenerationSweep:
     output_dir: str
     runs: dict[str, SweepRun]
     lm_steps: list[int] = field(default_factory=lambda: [500, 1000, 2000, 4000])
-    modality: Literal["image"] = "image"
+    direction: str = "text_to_image"  # a task of the recipe, e.g. image_to_text
     eval: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self):
+        if task_modality(self.direction) is None:
+            raise UnitokError(f"direction: expected a text-to-media or media-to-text task, got {self.direction!r}")
         if not self.runs:
             raise UnitokError("runs: list at least one run")
         if not self.lm_steps or min(self.lm_steps) < 1:
@@ -87,7 +99,9 @@ def run_generation_sweep(path: str | Path, log=print) -> dict[str, dict]:
         recipe = _run_recipe(sweep, run, path)
 
         def with_sampler(recipe: dict, sampler: dict) -> dict:
-            return merged(recipe, {"samplers": {sweep.modality: sampler}})
+            if sweep.direction.endswith("_to_text"):
+                return merged(recipe, {"eval": {"text_sampler": sampler}})
+            return merged(recipe, {"samplers": {task_modality(sweep.direction): sampler}})
 
         # upstream and LM points carry the run's first sampler: the recipe's own may not fit (another T)
         first = next(iter(run.samplers.values()))
@@ -116,10 +130,10 @@ def run_generation_sweep(path: str | Path, log=print) -> dict[str, dict]:
                 if point.stage_eval():
                     (point.out / "eval_seconds.json").write_text(json.dumps(time.perf_counter() - started))
                 key = f"{name}/{lm_run.recipe.lm.steps}/{sampler_name}"
-                results[key] = _row(name, sampler_name, point, sweep.modality)
+                results[key] = _row(name, sampler_name, point, sweep.direction)
                 log(f"  {key}: {results[key]}")
     (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
-    (out / "results.md").write_text(results_table(results))
+    (out / "results.md").write_text(results_table(results, _columns(sweep.direction)))
     return results
 
 
@@ -158,21 +172,28 @@ def _point(recipe: dict, folder: Path, links: dict[str, Path], log, classifier_d
     return RecipeRun(load_recipe(path), log, classifier_dir)
 
 
-def _row(run: str, sampler: str, point: RecipeRun, modality: str) -> dict:
+def _columns(direction: str) -> tuple[str, ...]:
+    return TO_TEXT_COLUMNS if direction.endswith("_to_text") else COLUMNS
+
+
+def _row(run: str, sampler: str, point: RecipeRun, direction: str) -> dict:
     metrics = json.loads((point.out / "metrics.json").read_text())
     history = json.loads((point.out / "lm" / "history.json").read_text())
-    generated = metrics[f"text_to_{modality}"]
-    row = {"run": run, "sampler": sampler, "lm_steps": metrics["lm"]["steps_trained"], "passes": generated["passes"],
+    scores = metrics[direction]
+    row = {"run": run, "sampler": sampler, "lm_steps": metrics["lm"]["steps_trained"],
            "heldout_loss": metrics["lm"]["heldout_loss"], "lm_seconds": round(history.get("seconds", 0.0)),
            "eval_seconds": round(json.loads((point.out / "eval_seconds.json").read_text()))}
-    row |= {key: generated.get(key) for key in COLUMNS if key in generated}
-    row["first_step_digit_ce_gain"] = metrics["lm"].get("first_step_digit_ce_gain")
+    row |= {key: scores[key] for key in _columns(direction) if key in scores}
+    if direction == "text_to_image":
+        row["first_step_digit_ce_gain"] = metrics["lm"].get("first_step_digit_ce_gain")
     return row
 
 
-def results_table(results: dict[str, dict]) -> str:
-    lines = ["| run | sampler | " + " | ".join(COLUMNS) + " |", "|---" * (len(COLUMNS) + 2) + "|"]
+def results_table(results: dict[str, dict], columns: tuple[str, ...] = COLUMNS) -> str:
+    """Markdown rows of `results`; a column that no row scores (e.g. direction for images) is left out."""
+    columns = tuple(c for c in columns if any(c in row for row in results.values()))
+    lines = ["| run | sampler | " + " | ".join(columns) + " |", "|---" * (len(columns) + 2) + "|"]
     for row in results.values():
-        cells = [f"{row[c]:.3g}" if isinstance(row.get(c), float) else str(row.get(c, "")) for c in COLUMNS]
+        cells = [f"{row[c]:.3g}" if isinstance(row.get(c), float) else str(row.get(c, "")) for c in columns]
         lines.append(f"| {row['run']} | {row['sampler']} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"

@@ -23,7 +23,7 @@ import torch
 from ..errors import UnitokError
 from ..media_tokenizer import MediaTokenizer
 from ..shards import ShardError, load_shards, read_manifest, shard_set_hash
-from ..streams import Batch, CellOrder, Stream, collate, group_bounds, pack, task_document, task_modality
+from ..streams import Batch, CellOrder, ReadOut, Stream, collate, group_bounds, pack, task_document, task_modality
 from ..vocabulary import Vocabulary
 
 COLUMNS = ["key", "draw", "text_ids", "media", "media_ids"]
@@ -132,14 +132,15 @@ def media_inputs(rows: Sequence[dict], vocab: Vocabulary, tokenizers: dict[str, 
 class DocumentRecipe:
     """How a shard row becomes a training document: caption dropout, which generated blocks it
     holds and in which groups their cells are drawn (`rounds` per media range, one round per
-    block where not given)."""
+    block where not given) and what a read-out block's positions take as input ids."""
 
     def __init__(self, vocab: Vocabulary, media_order: str, caption_dropout: float, first_step_fraction: float,
                  rounds: dict[str, Sequence[int]] | None = None, round_schedule: str = "cosine",
-                 cell_order: CellOrder = "random"):
+                 cell_order: CellOrder = "random", readout: ReadOut = "clean"):
         self.vocab, self.media_order = vocab, media_order
         self.caption_dropout, self.first_step_fraction = caption_dropout, first_step_fraction
         self.rounds, self.round_schedule, self.cell_order = dict(rounds or {}), round_schedule, cell_order
+        self.readout = readout
 
     def bounds(self, name: str, num_blocks: int, num_positions: int) -> list[list[int]]:
         """The groups (`streams.group_bounds`) of the generated blocks of range `name`."""
@@ -161,7 +162,7 @@ class DocumentRecipe:
             if not heldout and rng.random() < self.first_step_fraction:
                 bounds = bounds[:1]
         return task_document(self.vocab, self.media_order, task, text_ids, media_name, blocks, contexts, queries,
-                             bounds, drop_text=drop, order=self.cell_order)
+                             bounds, drop_text=drop, order=self.cell_order, readout=self.readout)
 
 
 class MixtureBatches:

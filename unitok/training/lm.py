@@ -30,7 +30,7 @@ from ..config import to_dict
 from ..errors import UnitokError
 from ..media_tokenizer import MediaTokenizer
 from ..model import StreamModel, batch_logits, stream_loss
-from ..streams import IGNORE, CellOrder, Stream, collate, task_modality
+from ..streams import IGNORE, CellOrder, ReadOut, Stream, collate, task_modality
 from ..vocabulary import Vocabulary
 from .common import check_finite, flat_hyperparameters, mixed_precision, warmup_cosine
 from .data import DocumentRecipe, MixtureBatches, ShardMix, heldout_documents, resolve_mixture
@@ -64,6 +64,7 @@ class LMTraining:
     rounds: dict[str, list[int]] = field(default_factory=dict)
     round_schedule: Literal["cosine", "linear", "quadratic"] = "cosine"
     cell_order: CellOrder = "random"  # the order the groups take cells in (`streams.cell_order`)
+    readout: ReadOut = "clean"  # what a read-out block takes besides s_0 (`streams.ReadOut`), saved with the pipeline
     # Loss weight per target kind: "text" (text and special tokens) or a modality ("image", …);
     # unlisted kinds weigh 1. The loss is the weighted mean over labelled positions.
     loss_weights: dict[str, float] = field(default_factory=dict)
@@ -131,7 +132,7 @@ def train_lm(transformer: LlamaForCausalLM, vocab: Vocabulary, tokenizers: dict[
         tokenizer.to(accelerator.device)
     entries = resolve_mixture(mixture, vocab, tokenizers, accelerator.num_processes)
     documents = DocumentRecipe(vocab, cfg.media_order, cfg.caption_dropout, cfg.first_step_fraction, cfg.rounds,
-                               cfg.round_schedule, cfg.cell_order)
+                               cfg.round_schedule, cfg.cell_order, cfg.readout)
     data = MixtureBatches(entries, vocab, tokenizers, documents, cfg.batch_size, seed, cfg.shuffle_buffer,
                           accelerator.process_index, accelerator.num_processes)
     weights = loss_weight_table(vocab, cfg.loss_weights, transformer.config.vocab_size)
