@@ -35,6 +35,8 @@ def main(out: Path) -> None:
                "restarts": trained_buffers(state, ema_decay=0.5, dead_code_threshold=0.9)}
     out.mkdir(parents=True, exist_ok=True)
     torch.save(buffers, out / f"world-{state.num_processes}-rank-{state.process_index}.pt")
+    state.wait_for_everyone()
+    state.destroy_process_group()  # as Accelerator.end_training does: a live gloo group can abort the exit
 
 
 if __name__ == "__main__":
