@@ -248,9 +248,8 @@ class UniTokPipeline:
         pipeline's `readout` (`streams.read_out_inputs`)."""
         ids = tokenizer.encode(list(items), seed=[seed + i for i in range(len(items))])
         inputs = tokenizer.quantizer.block_inputs(ids)[0][:, -1].cpu()
-        codes = self.vocabulary.to_global(tokenizer.name, ids[:, -1].cpu())
-        read = [read_out_inputs(self.readout, c, x) for c, x in zip(codes, inputs)]
-        return torch.stack([x for x, _ in read]), [c for _, c in read]
+        inputs, codes = read_out_inputs(self.readout, self.vocabulary.to_global(tokenizer.name, ids[:, -1].cpu()), inputs)
+        return inputs, [None] * len(items) if codes is None else list(codes)
 
     def _sample_text(self, prefixes: Sequence, max_new_tokens: int, seed: int, **options) -> list[str]:
         given = {k: v for k, v in options.items() if v is not None}

@@ -231,10 +231,11 @@ class StreamBuilder:
     def read_out(self, name: str, clean_inputs: torch.Tensor, clean_codes: torch.Tensor | None = None) -> "StreamBuilder":
         """Close a span with its *read-out block*, opening it first if no span of `name` is open:
         one position per cell (the cell's row, the clean block's row, and the state inputs
-        `clean_inputs` (N, 2C): ``s_0``, then ε̂ or zeros, `read_out_inputs`), then ``<eo?>``. Its input id is the modality's read-out row, or with `clean_codes` (N global
-        ids of the clean block ``k_0``) the cell's clean code (`ReadOut`). Read-out positions see the
-        prefix and each other, never the span's blocks, and have no target; the text after the span
-        sees them (and not the blocks), so that a caption reads the clean latent in one block."""
+        `clean_inputs` (N, 2C): ``s_0``, then ε̂ or zeros, `read_out_inputs`), then ``<eo?>``. Its
+        input id is the modality's read-out row, or with `clean_codes` (N global ids of the clean
+        block ``k_0``) the cell's clean code (`ReadOut`). Read-out positions see the prefix and each
+        other, never the span's blocks, and have no target; the text after the span sees them (and
+        not the blocks), so that a caption reads the clean latent in one block."""
         n = clean_inputs.shape[0]
         codes = torch.full((n,), self.vocab.readout_id(name)) if clean_codes is None else clean_codes
         self._check_inputs(name, codes, clean_inputs)
@@ -377,13 +378,11 @@ def task_modality(task: str) -> str | None:
 def read_out_inputs(readout: ReadOut, clean_codes: torch.Tensor, clean_inputs: torch.Tensor
                     ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """The state inputs and code ids (or None: the read-out row) that `StreamBuilder.read_out`
-    takes for a span's clean block (global ids (N,), state inputs (N, 2C): ``s_0`` then ε̂)."""
-    if readout == "code":
-        return clean_inputs, clean_codes
+    takes for clean blocks (global ids (…, N), state inputs (…, N, 2C): ``s_0`` then ε̂)."""
     if readout == "clean":
-        return torch.cat([clean_inputs[..., : clean_inputs.shape[-1] // 2],
-                          torch.zeros_like(clean_inputs[..., clean_inputs.shape[-1] // 2:])], dim=-1), None
-    return clean_inputs, None
+        clean_inputs = clean_inputs.clone()
+        clean_inputs[..., clean_inputs.shape[-1] // 2:] = 0
+    return clean_inputs, clean_codes if readout == "code" else None
 
 
 def task_document(vocab: Vocabulary, media_order: MediaOrder, task: str, text_ids: Sequence[int],
