@@ -125,6 +125,7 @@ def write_tiny_multimodal_recipe(folder: Path, **overrides) -> Path:
                              "text_to_video": 1.0, "video_to_text": 0.5, "text": 0.2}
     recipe["lm"]["loss_weights"] = {"audio": 2.0}
     recipe["lm"]["readout"] = "code"
+    recipe["lm"]["readout_patch"] = 3
     recipe["samplers"] = {"audio": {"guidance_scale": 2.0, "top_k": 8}}
     for key, value in overrides.items():
         recipe[key] = {**recipe.get(key, {}), **value} if isinstance(value, dict) else value

@@ -80,6 +80,7 @@ def test_a_caption_reads_the_media_through_the_read_out_block(tiny_multimodal_ru
     pipe = UniTokPipeline.from_pretrained(tiny_multimodal_run / "model")
     images = pipe.text_to_image(["a red 7", "a big blue 1 at the top"], seed=0).images
     assert pipe.readout == "code", "the recipe's read-out input is saved with the pipeline"
+    assert [pipe.vocabulary.readout_patch(m) for m in ("image", "audio", "video")] == [3, 3, 3], "and its patch"
     tokenizer, vocab = pipe.tokenizer_for("image"), pipe.vocabulary
     caption = pipe.encode_prompt("a red 7")
     docs = [StreamBuilder(vocab, "timestep").special("<bos>").read_out("image", *clean).text(caption).build()

@@ -3,7 +3,8 @@ document masks."""
 
 import torch
 
-from unitok.streams import IGNORE, StreamBuilder, cell_order, collate, group_bounds, pack, task_document
+from unitok.streams import (IGNORE, StreamBuilder, cell_order, collate, group_bounds, neighbourhood_states, pack,
+                            task_document)
 
 from .conftest import span_inputs
 
@@ -152,6 +153,41 @@ def test_media_to_text_reads_the_clean_state_through_a_read_out_block(vocab):
     assert [clean.media_states[p][:C] for p in readout] == decided[-1, :, :C].tolist(), "s_0 at every cell"
     assert all(x == 0 for p in readout for x in clean.media_states[p][C:]), "no trace of the noise ε̂"
     assert [clean.input_ids[p] for p in readout] == [to_text.input_ids[p] for p in readout]
+
+
+def test_a_neighbourhood_holds_the_other_cells_of_its_square_and_zeros_beyond_the_edge():
+    states = torch.arange(1.0, 13.0).reshape(12, 1)  # a (2, 2, 3) latent (time, height, width), C = 1
+    around = neighbourhood_states(states, (2, 2, 3), patch=3)
+    assert around.shape == (12, 8)
+    assert around[1].tolist() == [0, 0, 0, 1, 3, 4, 5, 6], "cell (0, 0, 1): row above off the edge, then 1 _ 3 / 4 5 6"
+    assert around[7].tolist() == [0, 0, 0, 7, 9, 10, 11, 12], "the second time slice: never the first one's cells"
+    pair = torch.stack([states, 2 * states])  # leading dimensions pass through
+    assert torch.equal(neighbourhood_states(pair, (2, 2, 3), 3)[1], 2 * around)
+    try:
+        neighbourhood_states(states, (3, 3), 3)
+    except ValueError as err:
+        assert "has 9 cells, got 12" in str(err)
+    else:
+        raise AssertionError("a latent shape of another size was accepted")
+
+
+def test_a_read_out_patch_gives_each_cell_its_neighbours_through_rows_of_its_own(vocab):
+    blocks, patched = media_blocks(vocab), vocab.with_readout_patch(3)
+    decided = span_inputs(vocab, blocks)  # N = 3 cells: a 1 x 3 latent
+    doc = task_document(patched, "timestep", "image_to_text", [10], "image", blocks, decided, latent_shape=(1, N))
+    boi = doc.input_ids.index(vocab.special_id("<boi>"))
+    readout, C = range(boi + 1, boi + 1 + N), decided.shape[-1] // 2
+    s0 = decided[-1, :, :C]
+    assert all(doc.media_rows[p][2] == patched.range("image.readout_state").offset for p in readout)
+    first = doc.media_states[readout[0]]
+    assert len(first) == (9 + 1) * C and first[:C] == s0[0].tolist() and not any(first[C:2 * C])
+    assert first[2 * C:] == [0.0] * 4 * C + s0[1].tolist() + [0.0] * 3 * C, "its right neighbour, zeros elsewhere"
+    try:
+        StreamBuilder(patched).read_out("image", decided[-1])
+    except ValueError as err:
+        assert "state inputs of shape" in str(err)
+    else:
+        raise AssertionError("a read-out block without its neighbours was accepted by a patched vocabulary")
 
 
 def test_an_interleaved_document_trains_each_span_and_its_text_reads_only_read_outs(audio_vocab):

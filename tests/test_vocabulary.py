@@ -60,5 +60,19 @@ def test_position_rows_are_their_own_ranges(vocab):
 def test_other_tokenizer_is_refused(vocab):
     other = Vocabulary.build(40, "texthash", [image_layout("another-image-tokenizer")])
     with pytest.raises(VocabularyError, match="range 'image' differs in tokenizer hash"):
-        vocab.require_same(other, "shard set x")
-    vocab.require_same(Vocabulary.build(40, "texthash", [image_layout()]), "same")
+        vocab.require_holds(other, "shard set x")
+    vocab.require_holds(Vocabulary.build(40, "texthash", [image_layout()]), "same")
+
+
+def test_readout_patch_rows_extend_the_vocabulary_and_keep_its_shards(vocab):
+    patched = vocab.with_readout_patch(3)
+    rows = patched.range("image.readout_state")
+    assert rows.offset == vocab.size and rows.size == (9 + 1) * 4 and rows.kind == "state"  # C = 4
+    patched.require_holds(vocab, "shard set x")  # every id of the shards means the same
+    with pytest.raises(VocabularyError, match="another vocabulary"):
+        vocab.require_holds(patched, "shard set x")  # not the other way round
+    assert vocab.with_readout_patch(1).ranges == patched.with_readout_patch(1).ranges == vocab.ranges
+    assert patched.with_readout_patch(3).ranges == patched.ranges
+    assert (vocab.readout_patch("image"), patched.readout_patch("image")) == (1, 3)
+    with pytest.raises(VocabularyError, match="odd number"):
+        vocab.with_readout_patch(2)

@@ -76,8 +76,8 @@ class StreamModel(nn.Module):
     """The transformer with unitok's input rule: a media position enters as the sum of the
     embeddings of its code (or the mask row while undecided), its latent cell and its noise step
     (`Batch.media_rows`), plus its state inputs (2C floats, `Batch.media_states`: the running RDPM
-    state at its cell, its own code included once decided, and the noise ε̂) times its modality's
-    2C state rows, a learned linear
+    state at its cell, its own code included once decided, and the noise ε̂; more for a read-out
+    cell that takes a neighbourhood) times as many state rows from its first one, a learned linear
     map; every other token as its own embedding. The extra rows live in the transformer's
     embedding table, so its `save_pretrained` holds the whole model, and the sum is taken inside
     `forward`, where DDP and FSDP expect every use of a parameter."""
@@ -94,11 +94,14 @@ class StreamModel(nn.Module):
         has_rows = (media_rows[..., :2] >= 0).unsqueeze(-1)  # (B, L, 2, 1)
         embeds = table(input_ids) + (table(rows[..., :2]) * has_rows).sum(dim=2)  # (B, L, H)
         coded = media_rows[..., 2] >= 0  # (B, L): media positions, the only ones with state inputs
-        state_rows = rows[..., 2][coded, None] + torch.arange(media_states.shape[-1], device=rows.device)  # (M, S)
-        # states are zero-padded beyond a modality's C, so rows past its state range weigh nothing
-        from_state = torch.einsum("ms,msh->mh", media_states[coded].to(embeds.dtype),
-                                  table(state_rows.clamp_max(table.num_embeddings - 1)))
-        embeds = embeds.index_put((coded,), from_state.to(embeds.dtype), accumulate=True)  # autocast: einsum in bf16
+        first_rows, states = media_rows[..., 2][coded], media_states[coded]  # (M,), (M, S)
+        from_state = torch.zeros(*states.shape[:-1], embeds.shape[-1], dtype=embeds.dtype, device=embeds.device)
+        for first in first_rows.unique().tolist():  # one state range per modality and kind of position
+            # states are zero-padded beyond a range's width, so the rows past it weigh nothing
+            weight = table.weight[first:first + states.shape[-1]]
+            at = first_rows == first
+            from_state[at] = (states[at, :weight.shape[0]].to(weight.dtype) @ weight).to(embeds.dtype)  # autocast: bf16
+        embeds = embeds.index_put((coded,), from_state, accumulate=True)
         return self.transformer(inputs_embeds=embeds, attention_mask=attention_mask, position_ids=position_ids,
                                 cache=cache, use_cache=cache is not None).logits
 

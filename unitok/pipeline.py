@@ -248,7 +248,8 @@ class UniTokPipeline:
         pipeline's `readout` (`streams.read_out_inputs`)."""
         ids = tokenizer.encode(list(items), seed=[seed + i for i in range(len(items))])
         inputs = tokenizer.quantizer.block_inputs(ids)[0][:, -1].cpu()
-        inputs, codes = read_out_inputs(self.readout, self.vocabulary.to_global(tokenizer.name, ids[:, -1].cpu()), inputs)
+        inputs, codes = read_out_inputs(self.readout, self.vocabulary.to_global(tokenizer.name, ids[:, -1].cpu()), inputs,
+                                        self.vocabulary.readout_patch(tokenizer.name), tokenizer.latent_shape)
         return inputs, [None] * len(items) if codes is None else list(codes)
 
     def _sample_text(self, prefixes: Sequence, max_new_tokens: int, seed: int, **options) -> list[str]:

@@ -322,10 +322,11 @@ class RecipeRun:
     def tokenizers(self) -> PipelineTokenizers:
         """The text BPE, media tokenizers and vocabulary the transformer is trained with."""
         if self.loaded.from_shards:
-            return PipelineTokenizers.from_pretrained(self.recipe.tokenizers_from)
-        text = TextBPE.from_pretrained(self.out / "text_tokenizer")
-        media = {t.name: t for t in self.media_tokenizers().values()}
-        return PipelineTokenizers(text, media, self.vocabulary())
+            tokenizers = PipelineTokenizers.from_pretrained(self.recipe.tokenizers_from)
+        else:
+            tokenizers = PipelineTokenizers(TextBPE.from_pretrained(self.out / "text_tokenizer"),
+                                            {t.name: t for t in self.media_tokenizers().values()}, self.vocabulary())
+        return replace(tokenizers, vocabulary=tokenizers.vocabulary.with_readout_patch(self.recipe.lm.readout_patch))
 
     # text BPE + vocabulary --------------------------------------------------------------------
     def stage_text_bpe(self) -> None:

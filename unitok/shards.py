@@ -214,7 +214,8 @@ class ShardWriter:
     def __init__(self, out_dir: str | Path, tokenizer: MediaTokenizer | None, text_bpe: TextBPE, vocab: Vocabulary,
                  settings: TokenizeSettings, task: str | None = None, strict: bool = False, device: str = "cpu"):
         self.out_dir = Path(out_dir)
-        self.tokenizer, self.text_bpe, self.vocab, self.settings = tokenizer, text_bpe, vocab, settings
+        self.tokenizer, self.text_bpe, self.settings = tokenizer, text_bpe, settings
+        self.vocab = vocab.with_readout_patch(1)  # ids only: a model's read-out state rows are not the set's
         self.task = task or (f"text_to_{tokenizer.modality}" if tokenizer else "text")
         self.strict, self.device = strict, device
 
@@ -416,7 +417,7 @@ def load_shards(shard_dir: str | Path, vocab: Vocabulary, streaming: bool = Fals
     """The shard set as a `datasets.Dataset` (or `IterableDataset`), refused unless made with `vocab`."""
     import datasets
 
-    vocab.require_same(Vocabulary.load(shard_dir), f"shard set {shard_dir}")
+    vocab.require_holds(Vocabulary.load(shard_dir), f"shard set {shard_dir}")
     files = [str(f) for f in shard_files(shard_dir)]
     return datasets.load_dataset("parquet", data_files=files, split="train", streaming=streaming)
 

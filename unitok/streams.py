@@ -36,9 +36,11 @@ from dataclasses import dataclass, field
 from typing import Literal, Sequence
 
 import torch
+import torch.nn.functional as F
+from einops import rearrange
 
 from .errors import UnitokError
-from .vocabulary import Vocabulary
+from .vocabulary import TokenRange, Vocabulary
 
 LAYOUT = 4  # of documents and their inputs; part of the LM stage's key, so a change re-trains
 IGNORE = -100
@@ -231,17 +233,21 @@ class StreamBuilder:
     def read_out(self, name: str, clean_inputs: torch.Tensor, clean_codes: torch.Tensor | None = None) -> "StreamBuilder":
         """Close a span with its *read-out block*, opening it first if no span of `name` is open:
         one position per cell (the cell's row, the clean block's row, and the state inputs
-        `clean_inputs` (N, 2C): ``s_0``, then ε̂ or zeros, `read_out_inputs`), then ``<eo?>``. Its
+        `clean_inputs` (N, 2C): ``s_0``, then ε̂ or zeros, then for a vocabulary with a read-out
+        patch the neighbours' ``s_0``, `read_out_inputs`), then ``<eo?>``. Its
         input id is the modality's read-out row, or with `clean_codes` (N global ids of the clean
         block ``k_0``) the cell's clean code (`ReadOut`). Read-out positions see the prefix and each
         other, never the span's blocks, and have no target; the text after the span sees them (and
         not the blocks), so that a caption reads the clean latent in one block."""
         n = clean_inputs.shape[0]
         codes = torch.full((n,), self.vocab.readout_id(name)) if clean_codes is None else clean_codes
-        self._check_inputs(name, codes, clean_inputs)
+        state_rows = self.vocab.readout_state(name)
+        self._check_inputs(name, codes, clean_inputs, state_rows)
         span_position = self._open_span[1] if self._open_span and self._open_span[0] == name else self._open(name, _NONE)
         num_blocks = self.vocab.range(f"{name}.blocks").size
-        rows = self.vocab.position_rows(name, num_blocks, n)[-1].tolist()
+        rows = self.vocab.position_rows(name, num_blocks, n)[-1]
+        rows[:, 2] = state_rows.offset
+        rows = rows.tolist()
         block_end, ids, states = len(self._stream.input_ids) + n - 1, codes.tolist(), clean_inputs.tolist()
         for cell in range(n):
             self._append(ids[cell], _NONE, span_position + cell, reach=block_end, media_rows=tuple(rows[cell]),
@@ -263,8 +269,9 @@ class StreamBuilder:
         self._open_span = None
         self._append_causal(self.vocab.delimiters(name)[1])
 
-    def _check_inputs(self, name: str, blocks: torch.Tensor, inputs: torch.Tensor) -> None:
-        width = self.vocab.range(f"{name}.state").size
+    def _check_inputs(self, name: str, blocks: torch.Tensor, inputs: torch.Tensor,
+                      state_rows: TokenRange | None = None) -> None:
+        width = (state_rows or self.vocab.range(f"{name}.state")).size
         if inputs.shape != (*blocks.shape, width):
             raise UnitokError(f"{name} state inputs of shape {tuple(inputs.shape)} do not match blocks of shape "
                              f"{tuple(blocks.shape)} with {width} state inputs")
@@ -375,21 +382,43 @@ def task_modality(task: str) -> str | None:
     raise UnitokError(f"unknown task {task!r}; expected text_to_<modality>, <modality>_to_text or text")
 
 
-def read_out_inputs(readout: ReadOut, clean_codes: torch.Tensor, clean_inputs: torch.Tensor
-                    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+def read_out_inputs(readout: ReadOut, clean_codes: torch.Tensor, clean_inputs: torch.Tensor, patch: int = 1,
+                    latent_shape: Sequence[int] = ()) -> tuple[torch.Tensor, torch.Tensor | None]:
     """The state inputs and code ids (or None: the read-out row) that `StreamBuilder.read_out`
-    takes for clean blocks (global ids (…, N), state inputs (…, N, 2C): ``s_0`` then ε̂)."""
+    takes for clean blocks (global ids (…, N), state inputs (…, N, 2C): ``s_0`` then ε̂). With a
+    `patch` > 1 (`Vocabulary.readout_patch`), each cell's inputs go on with the ``s_0`` of the other
+    cells of its neighbourhood on a latent of `latent_shape` (`neighbourhood_states`)."""
+    channels = clean_inputs.shape[-1] // 2
     if readout == "clean":
         clean_inputs = clean_inputs.clone()
-        clean_inputs[..., clean_inputs.shape[-1] // 2:] = 0
+        clean_inputs[..., channels:] = 0
+    if patch > 1:
+        clean_inputs = torch.cat([clean_inputs, neighbourhood_states(clean_inputs[..., :channels], latent_shape, patch)],
+                                 dim=-1)
     return clean_inputs, clean_codes if readout == "code" else None
+
+
+def neighbourhood_states(states: torch.Tensor, latent_shape: Sequence[int], patch: int) -> torch.Tensor:
+    """(…, N, C) per-cell states of a latent of `latent_shape` (cells in raster order) -> (…, N,
+    (patch² − 1)·C): at each cell, the states of the other cells of the `patch` × `patch` square
+    around it on the latent's last two axes (space for images and clips, time and frequency for
+    spectrograms), zeros beyond the edge; row-major offsets, channels innermost."""
+    *lead, n, c = states.shape
+    *outer, height, width = latent_shape
+    if math.prod(latent_shape) != n:
+        raise UnitokError(f"a latent of shape {tuple(latent_shape)} has {math.prod(latent_shape)} cells, got {n}")
+    grid = rearrange(states.reshape(-1, n, c), "b (o h w) c -> (b o) c h w", h=height, w=width)
+    square = rearrange(F.unfold(grid, patch, padding=patch // 2), "bo (c k) hw -> bo hw k c", c=c)
+    centre = patch * patch // 2
+    others = torch.cat([square[:, :, :centre], square[:, :, centre + 1:]], dim=2)
+    return rearrange(others, "(b o) (h w) k c -> b (o h w) (k c)", o=math.prod(outer), h=height).reshape(*lead, n, -1)
 
 
 def task_document(vocab: Vocabulary, media_order: MediaOrder, task: str, text_ids: Sequence[int],
                   media_name: str | None = None, media_blocks: torch.Tensor | None = None,
                   context_inputs: torch.Tensor | None = None, query_inputs: torch.Tensor | None = None,
                   bounds: Sequence[Sequence[int]] | None = None, drop_text: bool = False,
-                  order: CellOrder = "random", readout: ReadOut = "clean") -> Stream:
+                  order: CellOrder = "random", readout: ReadOut = "clean", latent_shape: Sequence[int] = ()) -> Stream:
     """One training document for `task` from a span's global code ids `media_blocks` (T+1, N) and
     state inputs `context_inputs` (T+1, N, 2C: every code given, `RDPMQuantizer.block_inputs`):
 
@@ -405,13 +434,17 @@ def task_document(vocab: Vocabulary, media_order: MediaOrder, task: str, text_id
     - ``text``: ``<bos> text <eos>``.
 
     `drop_text` removes the caption of a text-to-media document (classifier-free guidance);
-    `order` is the generated blocks' `cell_order`; `readout` the read-out block's input ids.
+    `order` is the generated blocks' `cell_order`; `readout` the read-out block's input ids;
+    `latent_shape` the tokenizer's, which a read-out block needs if its cells take a neighbourhood
+    (`Vocabulary.readout_patch`).
     """
     builder = StreamBuilder(vocab, media_order).special("<bos>")
     if task_modality(task) is None:
         return builder.text(text_ids).special("<eos>", rule=_NONE).build()
     if task.endswith("_to_text"):
-        builder.read_out(media_name, *read_out_inputs(readout, media_blocks[-1], context_inputs[-1])).text(text_ids)
+        patch = vocab.readout_patch(media_name)
+        builder.read_out(media_name, *read_out_inputs(readout, media_blocks[-1], context_inputs[-1], patch, latent_shape))
+        builder.text(text_ids)
         return builder.special("<eos>", rule=_NONE).build()
     builder.text([] if drop_text else text_ids)
     if media_order == "raster":

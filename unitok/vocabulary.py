@@ -7,7 +7,11 @@ cell and which noise step it holds (learned absolute positions); ``<name>.state`
 learned projection of what the RDPM trajectory holds at its cell: the running state (its own code
 included once decided) and the noise ε̂ (C latent channels each); ``<name>.mask`` (1 row) is the input of a cell
 whose code is not decided yet; ``<name>.readout`` (1 row) is the input of a read-out position,
-which holds the clean state ``s_0`` for the text after a span to read (`streams.StreamBuilder.read_out`). The manifest (``vocabulary.json``) is saved
+which holds the clean state ``s_0`` for the text after a span to read (`streams.StreamBuilder.read_out`).
+A model whose read-out positions take the ``s_0`` of a k×k neighbourhood of their cell
+(`Vocabulary.with_readout_patch`) has, after every other range, a ``<name>.readout_state`` range
+of (k²+1)·C rows per media range: input rows only, so its shard sets, which never hold them, stay
+valid (`Vocabulary.require_holds`). The manifest (``vocabulary.json``) is saved
 with every model and shard set and records a content hash of every tokenizer,
 so that shards or checkpoints made with other tokenizers are refused.
 """
@@ -16,6 +20,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Literal, NamedTuple, Sequence
@@ -48,7 +53,7 @@ class MediaLayout(NamedTuple):
 @dataclass(frozen=True)
 class TokenRange:
     name: str  # "special", "text", a media tokenizer's name (e.g. "image"), or "<name>.cells" / ".blocks" /
-    # ".state" / ".mask" / ".readout"
+    # ".state" / ".mask" / ".readout" / ".readout_state"
     kind: Literal["special", "text", "media", "position", "state", "mask", "readout"]
     offset: int
     size: int
@@ -86,6 +91,20 @@ class Vocabulary:
                 ranges.append(TokenRange(name, kind, ranges[-1].end, size, m.tokenizer_hash, m.modality))
         return cls(ranges)
 
+    def with_readout_patch(self, patch: int) -> "Vocabulary":
+        """This vocabulary, with the state rows of read-out positions that take the ``s_0`` of a
+        `patch` × `patch` neighbourhood (their own 2C rows, then (patch² − 1)·C for the neighbours)
+        appended after every other range (in place of any it had); patch 1 (a cell's own ``s_0``)
+        adds none: read-out positions then share the ``<name>.state`` rows."""
+        if patch < 1 or patch % 2 == 0:
+            raise VocabularyError(f"readout_patch must be an odd number >= 1, got {patch}")
+        ranges = [r for r in self.ranges if not r.name.endswith(".readout_state")]
+        for media in (r for r in self.ranges if r.kind == "media" and patch > 1):
+            channels = self.range(f"{media.name}.state").size // 2
+            ranges.append(TokenRange(f"{media.name}.readout_state", "state", ranges[-1].end,
+                                     (patch * patch + 1) * channels, media.tokenizer_hash, media.modality))
+        return Vocabulary(ranges)
+
     # --- lookups -------------------------------------------------------------------------------
     @property
     def size(self) -> int:
@@ -117,6 +136,16 @@ class Vocabulary:
     def readout_id(self, name: str) -> int:
         """Global id of the input row of a read-out position of media range `name`."""
         return self.range(f"{name}.readout").offset
+
+    def readout_state(self, name: str) -> TokenRange:
+        """The state rows of the read-out positions of media range `name`: ``<name>.readout_state``
+        where they take a neighbourhood (`with_readout_patch`), else the ``<name>.state`` rows."""
+        return self._by_name.get(f"{name}.readout_state") or self.range(f"{name}.state")
+
+    def readout_patch(self, name: str) -> int:
+        """The side of the square of cells whose ``s_0`` a read-out position of `name` takes (1: its own)."""
+        channels = self.range(f"{name}.state").size // 2
+        return math.isqrt(self.readout_state(name).size // channels - 1)
 
     def special_id(self, token: str) -> int:
         if token not in SPECIAL_TOKENS:
@@ -169,9 +198,11 @@ class Vocabulary:
             raise VocabularyError(f"{path}: manifest hash {data['hash']} does not match its content ({vocab.hash})")
         return vocab
 
-    def require_same(self, other: "Vocabulary", what: str) -> None:
-        """Refuse `other` (e.g. a shard set's vocabulary) unless it is exactly this one."""
-        if other.hash == self.hash:
+    def require_holds(self, other: "Vocabulary", what: str) -> None:
+        """Refuse `other` (a shard set's vocabulary) unless every id of it means the same here: this
+        vocabulary is `other`, or `other` followed by input-only state rows (`with_readout_patch`)."""
+        extra = self.ranges[len(other.ranges):]
+        if self.ranges[:len(other.ranges)] == other.ranges and all(r.kind == "state" for r in extra):
             return
         mine = {r.name: r for r in self.ranges}
         diffs = []

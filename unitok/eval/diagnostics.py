@@ -85,7 +85,7 @@ def caption_loss_matched_vs_shuffled(pipe: UniTokPipeline, modality: str, shards
 
     def caption_ce(media_of: list[int]) -> float:
         docs = [task_document(vocab, pipe.media_order, task, row["text_ids"], row["media"], *media[m],
-                              readout=pipe.readout)
+                              readout=pipe.readout, latent_shape=pipe.media_tokenizers[row["media"]].latent_shape)
                 for row, m in zip(rows, media_of)]
         return heldout_loss(StreamModel(pipe.transformer), vocab, {task: docs}, pipe.device)["loss"]
 

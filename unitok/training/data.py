@@ -63,7 +63,7 @@ def resolve_mixture(mixture: Sequence[ShardMix], vocab: Vocabulary, tokenizers: 
     entries = []
     for mix in mixture:
         for folder in filter(None, (mix.shards, mix.heldout)):
-            vocab.require_same(Vocabulary.load(folder), f"shard set {folder}")
+            vocab.require_holds(Vocabulary.load(folder), f"shard set {folder}")
         manifest = read_manifest(mix.shards)
         task, media = mix.task or manifest["settings"]["task"], manifest["settings"]["media"]
         needed = task_modality(task)
@@ -132,15 +132,17 @@ def media_inputs(rows: Sequence[dict], vocab: Vocabulary, tokenizers: dict[str, 
 class DocumentRecipe:
     """How a shard row becomes a training document: caption dropout, which generated blocks it
     holds and in which groups their cells are drawn (`rounds` per media range, one round per
-    block where not given) and what a read-out block's positions take as input ids."""
+    block where not given) and what a read-out block's positions take as input ids (and, for a
+    vocabulary with a read-out patch, the media ranges' `latent_shapes`)."""
 
     def __init__(self, vocab: Vocabulary, media_order: str, caption_dropout: float, first_step_fraction: float,
                  rounds: dict[str, Sequence[int]] | None = None, round_schedule: str = "cosine",
-                 cell_order: CellOrder = "random", readout: ReadOut = "clean"):
+                 cell_order: CellOrder = "random", readout: ReadOut = "clean",
+                 latent_shapes: dict[str, Sequence[int]] | None = None):
         self.vocab, self.media_order = vocab, media_order
         self.caption_dropout, self.first_step_fraction = caption_dropout, first_step_fraction
         self.rounds, self.round_schedule, self.cell_order = dict(rounds or {}), round_schedule, cell_order
-        self.readout = readout
+        self.readout, self.latent_shapes = readout, dict(latent_shapes or {})
 
     def bounds(self, name: str, num_blocks: int, num_positions: int) -> list[list[int]]:
         """The groups (`streams.group_bounds`) of the generated blocks of range `name`."""
@@ -162,7 +164,8 @@ class DocumentRecipe:
             if not heldout and rng.random() < self.first_step_fraction:
                 bounds = bounds[:1]
         return task_document(self.vocab, self.media_order, task, text_ids, media_name, blocks, contexts, queries,
-                             bounds, drop_text=drop, order=self.cell_order, readout=self.readout)
+                             bounds, drop_text=drop, order=self.cell_order, readout=self.readout,
+                             latent_shape=self.latent_shapes.get(media_name, ()))
 
 
 class MixtureBatches:

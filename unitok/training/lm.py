@@ -65,6 +65,8 @@ class LMTraining:
     round_schedule: Literal["cosine", "linear", "quadratic"] = "cosine"
     cell_order: CellOrder = "random"  # the order the groups take cells in (`streams.cell_order`)
     readout: ReadOut = "clean"  # what a read-out block takes besides s_0 (`streams.ReadOut`), saved with the pipeline
+    readout_patch: int = 1  # a read-out cell also takes the s_0 of its readout_patch² − 1 neighbours (odd; rows of its
+    # own in the vocabulary, `Vocabulary.with_readout_patch`)
     # Loss weight per target kind: "text" (text and special tokens) or a modality ("image", …);
     # unlisted kinds weigh 1. The loss is the weighted mean over labelled positions.
     loss_weights: dict[str, float] = field(default_factory=dict)
@@ -91,6 +93,8 @@ class LMTraining:
             raise UnitokError("loss_weights must be non-negative")
         if self.shuffle_buffer < 1:
             raise UnitokError("shuffle_buffer must be >= 1")
+        if self.readout_patch < 1 or self.readout_patch % 2 == 0:
+            raise UnitokError(f"readout_patch must be an odd number >= 1, got {self.readout_patch}")
 
 
 def loss_weight_table(vocab: Vocabulary, weights: dict[str, float], size: int) -> torch.Tensor | None:
@@ -132,7 +136,8 @@ def train_lm(transformer: LlamaForCausalLM, vocab: Vocabulary, tokenizers: dict[
         tokenizer.to(accelerator.device)
     entries = resolve_mixture(mixture, vocab, tokenizers, accelerator.num_processes)
     documents = DocumentRecipe(vocab, cfg.media_order, cfg.caption_dropout, cfg.first_step_fraction, cfg.rounds,
-                               cfg.round_schedule, cfg.cell_order, cfg.readout)
+                               cfg.round_schedule, cfg.cell_order, cfg.readout,
+                               {name: tokenizer.latent_shape for name, tokenizer in tokenizers.items()})
     data = MixtureBatches(entries, vocab, tokenizers, documents, cfg.batch_size, seed, cfg.shuffle_buffer,
                           accelerator.process_index, accelerator.num_processes)
     weights = loss_weight_table(vocab, cfg.loss_weights, transformer.config.vocab_size)
