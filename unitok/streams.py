@@ -343,10 +343,9 @@ def collate(rows: Sequence[Sequence[Stream]], pad_id: int, length: int | None = 
             block[r, span] = torch.tensor(stream.block)  # documents never see each other: ids may repeat
             doc[r, span] = d
             media_rows[r, span] = torch.tensor(stream.media_rows).view(-1, 3)
-            coded = [p for p, state in enumerate(stream.media_states) if state]
-            if coded:
-                padded = [stream.media_states[p] + [0.0] * (width - len(stream.media_states[p])) for p in coded]
-                media_states[r, torch.tensor(coded) + start] = torch.tensor(padded)
+            for w in {len(state) for state in stream.media_states} - {0}:  # one copy per width: no padded lists
+                coded = [p for p, state in enumerate(stream.media_states) if len(state) == w]
+                media_states[r, torch.tensor(coded) + start, :w] = torch.tensor([stream.media_states[p] for p in coded])
             start += len(stream)
     return Batch(input_ids, targets, position_ids, attention_mask_4d(reach, block, doc), doc, media_rows, media_states)
 
