@@ -90,3 +90,9 @@ def test_lattice_cell_order_is_refused_for_latents_that_are_not_square_images(tm
     path.write_text(yaml.safe_dump(data))
     with pytest.raises(ConfigError, match=r"tokenizers\.audio: lm\.cell_order: lattice needs square 2-D latents"):
         load_recipe(path)
+
+
+def test_an_even_readout_patch_is_refused_with_its_field(tmp_path):
+    path = write_tiny_recipe(tmp_path, lm={"readout_patch": 4})
+    with pytest.raises(ConfigError, match=r"lm: readout_patch must be an odd number >= 1, got 4"):
+        load_recipe(path)
