@@ -2,9 +2,10 @@
 
 import pytest
 import torch
+import torch.nn.functional as F
 
-from unitok.model import StreamModel, batch_logits, build_transformer
-from unitok.streams import StreamBuilder, collate
+from unitok.model import StreamModel, batch_logits, build_transformer, stream_loss
+from unitok.streams import IGNORE, StreamBuilder, collate
 
 from .conftest import TINY_MODEL, span_inputs
 
@@ -54,3 +55,24 @@ def test_media_positions_carry_their_state_inputs_and_text_before_them_does_not(
     torch.testing.assert_close(ours[:, -1], other[:, -1], msg="<eoi> reads a span only through a read-out block")
     with pytest.raises(ValueError, match="with 8 state inputs"):
         StreamBuilder(vocab).media("image", blocks, states[..., :4])
+
+
+def test_stream_loss_is_the_cross_entropy_of_the_full_logits_at_the_targets(vocab):
+    """Training projects only the labelled positions onto the vocabulary; the loss (plain and
+    weighted) must be what the whole (B, L, V) logits give there, for documents of two lengths."""
+    torch.manual_seed(0)
+    model = StreamModel(build_transformer(TINY_MODEL, vocab).eval())
+    text = vocab.to_global("text", torch.tensor([1, 2, 3])).tolist()
+    blocks = vocab.to_global("image", torch.randint(0, 64, (2, 4)))
+    long = StreamBuilder(vocab).special("<bos>").text(text).media("image", blocks, span_inputs(vocab, blocks)).build()
+    short = StreamBuilder(vocab).special("<bos>").text(text).special("<eos>").build()
+    batch = collate([[long], [short]], pad_id=0)
+    weights = torch.rand(model.transformer.config.vocab_size) + 0.5
+    with torch.no_grad():
+        full = batch_logits(model, batch).float()
+        labelled = batch.targets != IGNORE
+        losses = F.cross_entropy(full[labelled], batch.targets[labelled], reduction="none")
+        weight = weights[batch.targets[labelled]]
+        torch.testing.assert_close(stream_loss(model, batch), losses.mean())
+        torch.testing.assert_close(stream_loss(model, batch, weights), (losses * weight).sum() / weight.sum())
+    assert 0 < int(labelled.sum()) < labelled.numel()  # some positions have no target: the case that is skipped

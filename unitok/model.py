@@ -87,8 +87,12 @@ class StreamModel(nn.Module):
         self.transformer = transformer
 
     def forward(self, input_ids: torch.Tensor, media_rows: torch.Tensor, media_states: torch.Tensor,
-                attention_mask: torch.Tensor, position_ids: torch.Tensor, cache=None) -> torch.Tensor:
-        """Logits (B, L, V); `cache` (a `DynamicCache`) is extended in place."""
+                attention_mask: torch.Tensor, position_ids: torch.Tensor, cache=None,
+                at: torch.Tensor | None = None) -> torch.Tensor:
+        """Logits (B, L, V); `cache` (a `DynamicCache`) is extended in place. With `at` (B, L) bool,
+        only the logits (M, V) of those positions: training needs them at its targets alone (under
+        half of a batch's positions), and the vocabulary projection and its softmax are a fifth of a
+        training step's time."""
         table = self.transformer.get_input_embeddings()
         rows = media_rows.clamp_min(0)
         has_rows = (media_rows[..., :2] >= 0).unsqueeze(-1)  # (B, L, 2, 1)
@@ -99,16 +103,22 @@ class StreamModel(nn.Module):
         for first in first_rows.unique().tolist():  # one state range per modality and kind of position
             # states are zero-padded beyond a range's width, so the rows past it weigh nothing
             weight = table.weight[first:first + states.shape[-1]]
-            at = first_rows == first
-            from_state[at] = (states[at, :weight.shape[0]].to(weight.dtype) @ weight).to(embeds.dtype)  # autocast: bf16
+            of_range = first_rows == first
+            from_state[of_range] = (states[of_range, :weight.shape[0]].to(weight.dtype) @ weight).to(embeds.dtype)  # autocast: bf16
         embeds = embeds.index_put((coded,), from_state, accumulate=True)
+        if at is not None:
+            hidden = self.transformer.model(inputs_embeds=embeds, attention_mask=attention_mask,
+                                            position_ids=position_ids).last_hidden_state
+            return self.transformer.lm_head(hidden[at])
         return self.transformer(inputs_embeds=embeds, attention_mask=attention_mask, position_ids=position_ids,
                                 cache=cache, use_cache=cache is not None).logits
 
 
-def batch_logits(model: nn.Module, batch: Batch) -> torch.Tensor:
-    """(B, L, V) logits of a `StreamModel`, also when accelerate has wrapped it (DDP, FSDP)."""
-    return model(batch.input_ids, batch.media_rows, batch.media_states, batch.attention_mask, batch.position_ids)
+def batch_logits(model: nn.Module, batch: Batch, at: torch.Tensor | None = None) -> torch.Tensor:
+    """(B, L, V) logits of a `StreamModel`, also when accelerate has wrapped it (DDP, FSDP); (M, V)
+    at the positions `at` (B, L) only."""
+    return model(batch.input_ids, batch.media_rows, batch.media_states, batch.attention_mask, batch.position_ids,
+                 at=at)
 
 
 def stream_loss(model: nn.Module, batch: Batch, target_weights: torch.Tensor | None = None) -> torch.Tensor:
@@ -117,9 +127,10 @@ def stream_loss(model: nn.Module, batch: Batch, target_weights: torch.Tensor | N
     With `target_weights` (V,), the weighted mean in which a position counts by its target id's
     weight (per-modality loss weights, see `training.lm.loss_weight_table`).
     """
-    logits_NV, targets_N = batch_logits(model, batch).flatten(0, 1).float(), batch.targets.flatten()
+    labelled = batch.targets != IGNORE
+    logits_NV, targets_N = batch_logits(model, batch, labelled).float(), batch.targets[labelled]
     if target_weights is None:
-        return F.cross_entropy(logits_NV, targets_N, ignore_index=IGNORE)
-    losses_N = F.cross_entropy(logits_NV, targets_N, ignore_index=IGNORE, reduction="none")
-    weights_N = target_weights[targets_N.clamp_min(0)] * (targets_N != IGNORE)
+        return F.cross_entropy(logits_NV, targets_N)
+    losses_N = F.cross_entropy(logits_NV, targets_N, reduction="none")
+    weights_N = target_weights[targets_N]
     return (losses_N * weights_N).sum() / weights_N.sum().clamp_min(1e-8)
