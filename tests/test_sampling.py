@@ -40,8 +40,8 @@ class RecordingModel(StreamModel):
         super().__init__(transformer)
         self.passes = []
 
-    def forward(self, input_ids, media_rows, media_states, attention_mask, position_ids, cache=None):
-        logits = super().forward(input_ids, media_rows, media_states, attention_mask, position_ids, cache)
+    def forward(self, input_ids, media_rows, media_states, attention_mask, position_ids, cache=None, outputs_at=None):
+        logits = super().forward(input_ids, media_rows, media_states, attention_mask, position_ids, cache, outputs_at)
         self.passes.append((input_ids.clone(), media_rows[..., 0].clone(), media_states.clone(), logits.clone()))
         return logits
 

@@ -88,8 +88,8 @@ class StreamModel(nn.Module):
 
     def forward(self, input_ids: torch.Tensor, media_rows: torch.Tensor, media_states: torch.Tensor,
                 attention_mask: torch.Tensor, position_ids: torch.Tensor, cache=None,
-                at: torch.Tensor | None = None) -> torch.Tensor:
-        """Logits (B, L, V); `cache` (a `DynamicCache`) is extended in place. With `at` (B, L) bool,
+                outputs_at: torch.Tensor | None = None) -> torch.Tensor:
+        """Logits (B, L, V); `cache` (a `DynamicCache`) is extended in place. With `outputs_at` (B, L) bool,
         only the logits (M, V) of those positions: training needs them at its targets alone (under
         half of a batch's positions), and the vocabulary projection and its softmax are a fifth of a
         training step's time."""
@@ -106,10 +106,10 @@ class StreamModel(nn.Module):
             of_range = first_rows == first
             from_state[of_range] = (states[of_range, :weight.shape[0]].to(weight.dtype) @ weight).to(embeds.dtype)  # autocast: bf16
         embeds = embeds.index_put((coded,), from_state, accumulate=True)
-        if at is not None:
+        if outputs_at is not None:
             hidden = self.transformer.model(inputs_embeds=embeds, attention_mask=attention_mask,
                                             position_ids=position_ids).last_hidden_state
-            return self.transformer.lm_head(hidden[at])
+            return self.transformer.lm_head(hidden[outputs_at])
         return self.transformer(inputs_embeds=embeds, attention_mask=attention_mask, position_ids=position_ids,
                                 cache=cache, use_cache=cache is not None).logits
 
@@ -118,7 +118,7 @@ def batch_logits(model: nn.Module, batch: Batch, at: torch.Tensor | None = None)
     """(B, L, V) logits of a `StreamModel`, also when accelerate has wrapped it (DDP, FSDP); (M, V)
     at the positions `at` (B, L) only."""
     return model(batch.input_ids, batch.media_rows, batch.media_states, batch.attention_mask, batch.position_ids,
-                 at=at)
+                 outputs_at=at)
 
 
 def stream_loss(model: nn.Module, batch: Batch, target_weights: torch.Tensor | None = None) -> torch.Tensor:
