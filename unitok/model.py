@@ -114,11 +114,11 @@ class StreamModel(nn.Module):
                                 cache=cache, use_cache=cache is not None).logits
 
 
-def batch_logits(model: nn.Module, batch: Batch, at: torch.Tensor | None = None) -> torch.Tensor:
+def batch_logits(model: nn.Module, batch: Batch, outputs_at: torch.Tensor | None = None) -> torch.Tensor:
     """(B, L, V) logits of a `StreamModel`, also when accelerate has wrapped it (DDP, FSDP); (M, V)
-    at the positions `at` (B, L) only."""
+    at the positions `outputs_at` (B, L) only."""
     return model(batch.input_ids, batch.media_rows, batch.media_states, batch.attention_mask, batch.position_ids,
-                 outputs_at=at)
+                 outputs_at=outputs_at)
 
 
 def stream_loss(model: nn.Module, batch: Batch, target_weights: torch.Tensor | None = None) -> torch.Tensor:

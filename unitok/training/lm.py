@@ -237,15 +237,15 @@ def heldout_loss(model: torch.nn.Module, vocab: Vocabulary, docs_by_task: dict[s
         task_sum[task], task_count[task] = 0.0, 0
         for start in range(0, len(docs), batch_size):
             batch = collate([[d] for d in docs[start:start + batch_size]], vocab.special_id("<pad>")).to(device)
-            logits = batch_logits(model, batch)
-            losses = F.cross_entropy(logits.transpose(1, 2).float(), batch.targets, ignore_index=IGNORE,
-                                     reduction="none")
             labelled = batch.targets != IGNORE
-            task_sum[task] += losses[labelled].sum().item()
-            task_count[task] += int(labelled.sum())
+            losses = F.cross_entropy(batch_logits(model, batch, labelled).float(), batch.targets[labelled],
+                                     reduction="none")  # (M,): one per labelled position
+            task_sum[task] += losses.sum().item()
+            task_count[task] += losses.numel()
             target_block = torch.full_like(batch.targets, -1)
             for row, doc in enumerate(docs[start:start + batch_size]):
                 target_block[row, : len(doc)] = torch.tensor(doc.target_block)
+            target_block = target_block[labelled]
             for block in target_block.unique().tolist():
                 if block >= 0:
                     mask = target_block == block
