@@ -92,6 +92,15 @@ def test_decode_rejects_out_of_range_and_misshapen_ids(tiny_tokenizer):
         tiny_tokenizer.decode(torch.zeros(1, 2, 16, dtype=torch.long))
 
 
+def test_nearest_code_is_the_code_at_the_smallest_euclidean_distance(trained_tokenizer):
+    quantizer = trained_tokenizer.quantizer
+    residual = torch.randn(3, quantizer.codebook.shape[-1], 16) * quantizer.step_scale[1]
+    ids = quantizer.nearest_code(residual, 1)
+    points = (residual / quantizer.step_scale[1]).transpose(1, 2)  # (B, N, C)
+    distances = torch.cdist(points, quantizer.codebook[0].expand(3, -1, -1))
+    assert torch.equal(ids, distances.argmin(-1))
+
+
 def test_markov_trajectory_and_per_step_codebooks():
     tokenizer = MediaTokenizer(tiny_tokenizer_spec(trajectory="markov", codebook_per_step=True)).eval()
     ids = tokenizer.encode_tensor(digit_images(2), seeds=[0, 1])

@@ -118,10 +118,13 @@ class RDPMQuantizer(nn.Module):
     # --- recurrent quantization ------------------------------------------------------------------
     def nearest_code(self, residual_BCN: torch.Tensor, t: int) -> torch.Tensor:
         """Ids (B, N) of the codes nearest to residual/σ_t."""
-        x = (residual_BCN / self.step_scale[t]).transpose(1, 2)  # (B, N, C)
+        B, C, N = residual_BCN.shape
+        x = (residual_BCN / self.step_scale[t]).transpose(1, 2).reshape(B * N, C)
         codes = self._codebook_for_step(t)  # (K, C)
-        dist = x.pow(2).sum(-1, keepdim=True) - 2 * x @ codes.T + codes.pow(2).sum(-1)  # (B, N, K)
-        return dist.argmin(-1)
+        # ‖x‖² is the same for every code: ‖c‖² − 2·x·c in one fused matmul ranks the codes alike and
+        # writes one (B·N, K) matrix instead of three, which is what large codebooks spend their time on
+        dist = torch.addmm(codes.pow(2).sum(-1), x, codes.T, alpha=-2)
+        return dist.argmin(-1).view(B, N)
 
     def code_vectors(self, ids_BN: torch.Tensor, t: int) -> torch.Tensor:
         """σ_t · c[k] as (B, C, N)."""
