@@ -121,16 +121,22 @@ def batch_logits(model: nn.Module, batch: Batch, outputs_at: torch.Tensor | None
                  outputs_at=outputs_at)
 
 
+def labelled_losses(model: nn.Module, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
+    """Cross-entropy (M,) at the batch's M labelled positions (targets are already aligned: no
+    shift), and their (B, L) mask; only those positions are projected onto the vocabulary."""
+    labelled = batch.targets != IGNORE
+    logits_MV = batch_logits(model, batch, labelled).float()
+    return F.cross_entropy(logits_MV, batch.targets[labelled], reduction="none"), labelled
+
+
 def stream_loss(model: nn.Module, batch: Batch, target_weights: torch.Tensor | None = None) -> torch.Tensor:
-    """Mean cross-entropy over every labelled position (targets are already aligned: no shift).
+    """Mean cross-entropy over every labelled position.
 
     With `target_weights` (V,), the weighted mean in which a position counts by its target id's
     weight (per-modality loss weights, see `training.lm.loss_weight_table`).
     """
-    labelled = batch.targets != IGNORE
-    logits_NV, targets_N = batch_logits(model, batch, labelled).float(), batch.targets[labelled]
+    losses_N, labelled = labelled_losses(model, batch)
     if target_weights is None:
-        return F.cross_entropy(logits_NV, targets_N)
-    losses_N = F.cross_entropy(logits_NV, targets_N, reduction="none")
-    weights_N = target_weights[targets_N]
+        return losses_N.mean()
+    weights_N = target_weights[batch.targets[labelled]]
     return (losses_N * weights_N).sum() / weights_N.sum().clamp_min(1e-8)

@@ -19,7 +19,6 @@ from pathlib import Path
 from typing import Literal, Sequence
 
 import torch
-import torch.nn.functional as F
 from accelerate import Accelerator
 from accelerate.utils import set_seed
 from safetensors.torch import load_file
@@ -29,8 +28,8 @@ from tqdm.auto import tqdm
 from ..config import to_dict
 from ..errors import UnitokError
 from ..media_tokenizer import MediaTokenizer
-from ..model import StreamModel, batch_logits, stream_loss
-from ..streams import IGNORE, CellOrder, ReadOut, Stream, collate, task_modality
+from ..model import StreamModel, labelled_losses, stream_loss
+from ..streams import CellOrder, ReadOut, Stream, collate, task_modality
 from ..vocabulary import Vocabulary
 from .common import check_finite, flat_hyperparameters, mixed_precision, warmup_cosine
 from .data import DocumentRecipe, MixtureBatches, ShardMix, heldout_documents, resolve_mixture
@@ -237,9 +236,7 @@ def heldout_loss(model: torch.nn.Module, vocab: Vocabulary, docs_by_task: dict[s
         task_sum[task], task_count[task] = 0.0, 0
         for start in range(0, len(docs), batch_size):
             batch = collate([[d] for d in docs[start:start + batch_size]], vocab.special_id("<pad>")).to(device)
-            labelled = batch.targets != IGNORE
-            losses = F.cross_entropy(batch_logits(model, batch, labelled).float(), batch.targets[labelled],
-                                     reduction="none")  # (M,): one per labelled position
+            losses, labelled = labelled_losses(model, batch)  # (M,): one per labelled position
             task_sum[task] += losses.sum().item()
             task_count[task] += losses.numel()
             target_block = torch.full_like(batch.targets, -1)
