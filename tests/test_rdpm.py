@@ -186,6 +186,7 @@ def test_block_inputs_are_the_state_at_each_cell_and_the_noise(tiny_tokenizer):
     assert (other_query[:, 3] != query[:, 3]).any(), "and the next block's queries see it"
 
 
+@pytest.mark.slow
 def test_two_processes_on_halves_of_a_batch_learn_the_codebook_of_one_process_on_all_of_it(tmp_path):
     script = Path(__file__).parent / "scripts" / "ddp_codebook.py"
     config = Path(__file__).parent.parent / "recipes" / "accelerate" / "cpu-2proc.yaml"

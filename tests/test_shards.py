@@ -147,6 +147,7 @@ def test_killed_at_random_points_the_rerun_equals_an_uninterrupted_run(tiny_mult
     assert (totals["items"], totals["rows"]) == (96, 192)
 
 
+@pytest.mark.slow
 def test_workers_and_accelerate_ranks_write_the_same_shards_as_one_process(tiny_multimodal_run, tmp_path):
     folder = tmp_path / "clips"
     caption_folder(tiny_multimodal_run, "video", folder, 20)
@@ -174,6 +175,7 @@ def test_workers_and_accelerate_ranks_write_the_same_shards_as_one_process(tiny_
     assert [r["rank"] for _, r in sorted(ranks_manifest["shards"].items())] == [0, 1, 0, 1, 0]  # split, not repeated
 
 
+@pytest.mark.slow
 def test_ranks_that_see_different_sources_all_stop_before_writing(tiny_run, tmp_path):
     launcher = [str(Path(sys.executable).parent / "accelerate"), "launch", "--config_file",
                 str(ROOT / "recipes" / "accelerate" / "cpu-2proc.yaml")]
