@@ -4,8 +4,8 @@ AdamW, warmup + cosine, gradient clipping and accumulation, bf16 where the hardw
 Checkpoints (``accelerator.save_state``: safetensors weights + optimizer/scheduler/RNG state,
 plus every rank's data position) every N steps; a re-run resumes from the newest one at the
 exact data position. Held-out loss every `eval_every` steps picks the best weights (early
-stopping keeps baselines honest). Runs unchanged under ``accelerate launch`` (DDP; FSDP on GPUs, not yet run): each
-rank streams its own disjoint rows (see `training.data`).
+stopping keeps baselines honest). Runs unchanged under ``accelerate launch`` (DDP; FSDP on GPUs,
+not yet run here): each rank streams its own disjoint rows (see `training.data`).
 """
 
 from __future__ import annotations
