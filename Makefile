@@ -1,12 +1,13 @@
-# make demo : set up .venv and run the quickstart recipe (text -> image on digits world)
-# make test : set up .venv with the test extras and run the test suite
-# make bench: measure sampling and training speed into bench.json
+# make demo      : set up .venv and train the quickstart (text -> image on the digits world)
+# make test      : set up .venv with the test extras; ruff, then the unit and integration tests
+# make test-unit : the quick loop (about two minutes)
+# make bench     : measure sampling, training and tokenize speed into bench.json
 PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: install demo test bench clean
+.PHONY: install demo lint test test-unit bench clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -17,10 +18,16 @@ $(STAMP): pyproject.toml
 install: $(STAMP)
 
 demo: $(STAMP)
-	$(BIN)/unitok train recipes/quickstart.yaml
+	$(BIN)/unitok train quickstart
 
-test: $(STAMP)
-	$(BIN)/python -m pytest -q
+lint: $(STAMP)
+	$(BIN)/ruff check unitok tests
+
+test: lint
+	$(BIN)/python -m pytest -q tests/unit tests/integration
+
+test-unit: lint
+	$(BIN)/python -m pytest -q tests/unit
 
 bench: $(STAMP)
 	$(BIN)/unitok bench --out bench.json

@@ -12,8 +12,8 @@ import json
 import sys
 from pathlib import Path
 
-from . import __version__
-from .errors import UnitokError
+from unitok._version import __version__
+from unitok.core.errors import UnitokError
 
 USER_ERRORS = (UnitokError, FileNotFoundError)
 
@@ -49,14 +49,16 @@ class SubParser(argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="unitok", description="Unified multimodal token models (RDPM media tokens + text BPE).",
+    parser = argparse.ArgumentParser(prog="unitok",
+                                     description="Unified multimodal token models (RDPM media tokens + text BPE).",
                                      formatter_class=HelpFormatter)
     parser.add_argument("--version", action="version", version=f"unitok {__version__}")
     parser.add_argument("--debug", action="store_true", help="show the traceback of every error, not a one-line reason")
     commands = parser.add_subparsers(title="commands", required=True, metavar="COMMAND", parser_class=SubParser)
 
     train = commands.add_parser("train", help="run a recipe: tokenizers, text BPE, shards, LM, eval (resumable)")
-    train.add_argument("recipe", type=Path, help="recipe YAML, e.g. recipes/quickstart.yaml")
+    train.add_argument("recipe", help="a recipe YAML file, or the name of a shipped recipe: "
+                                      "quickstart, quickstart-ar, quickstart-t4, digits-multimodal")
     train.add_argument("--stop-after", choices=["data", "tokenizer", "text_bpe", "shards", "lm", "pipeline", "eval"],
                        help="stop after this stage")
     train.set_defaults(command=cmd_train)
@@ -66,7 +68,8 @@ def build_parser() -> argparse.ArgumentParser:
         description="Tokenize a folder, a datasets dataset or a text corpus into a resumable parquet shard set. "
                     "Bad inputs are skipped and listed in OUT/errors.jsonl. Under `accelerate launch -m unitok "
                     "tokenize …` every rank writes its own shards.")
-    tokenize.add_argument("--tokenizer", required=True, help="a saved pipeline folder (e.g. runs/quickstart/model) or a Hub repo id")
+    tokenize.add_argument("--tokenizer", required=True,
+                          help="a saved pipeline folder (e.g. runs/quickstart/model) or a Hub repo id")
     source = tokenize.add_mutually_exclusive_group(required=True)
     source.add_argument("--input", type=Path, help="folder of media files, or a text corpus (.txt, .jsonl, .csv)")
     source.add_argument("--dataset", help="a Hugging Face datasets name or builder, e.g. imagefolder")
@@ -76,13 +79,15 @@ def build_parser() -> argparse.ArgumentParser:
     tokenize.add_argument("--data-files", nargs="+", help="data_files for --dataset (e.g. --dataset csv "
                           "--data-dir photos --data-files items.csv; relative to --data-dir)")
     tokenize.add_argument("--split", default="train", help="the --dataset split to tokenize")
-    tokenize.add_argument("--media-column", default="image", help="the --dataset column holding the media (or paths to it)")
+    tokenize.add_argument("--media-column", default="image",
+                          help="the --dataset column holding the media (or paths to it)")
     tokenize.add_argument("--text-column", default=None, help="caption column (default: caption or text)")
     tokenize.add_argument("--modality", choices=["image", "audio", "video"],
                           help="which of the pipeline's tokenizers to use (needed when it has several)")
     tokenize.add_argument("--task", help="the rows' default training task (default: text_to_<modality>, or text)")
     tokenize.add_argument("--out", type=Path, required=True, help="output shard folder")
-    tokenize.add_argument("--items-per-shard", type=int, default=1024, help="items per parquet shard (the unit of resuming)")
+    tokenize.add_argument("--items-per-shard", type=int, default=1024,
+                          help="items per parquet shard (the unit of resuming)")
     tokenize.add_argument("--seed", type=int, default=0, help="base seed of the RDPM noise draws")
     tokenize.add_argument("--noise-draws", type=int, default=1, help="noise draws (token sequences) per item")
     tokenize.add_argument("--workers", type=int, default=1, help="local worker processes (CPU)")
@@ -118,26 +123,24 @@ def build_parser() -> argparse.ArgumentParser:
     generate.add_argument("--top-p", type=float, help="default: the pipeline's, else none")
     generate.add_argument("--gumbel-scale", type=float,
                           help="1 = sample, 0 = greedy (default: the pipeline's for media, else 1; 0 for text)")
-    generate.add_argument("--rounds", type=_rounds, metavar="R1,R2,…",
-                          help="RDPM passes (groups of cells) per generated block, noisiest first, e.g. 8,2,1,1 "
-                               "(default: the groups the model trained on, saved with the pipeline; others run "
-                               "but were not trained)")
     generate.add_argument("--refine-temperature", type=float,
                           help="RDPM: temperature of the blocks after the first generated one (default: the "
                                "pipeline's, else --temperature)")
     generate.add_argument("--max-new-tokens", type=int, default=32, help="longest caption (media→text)")
     generate.add_argument("--seed", type=int, default=0, help="sampling seed: the same seed gives the same output")
-    generate.add_argument("--device", help="torch device to run on, e.g. cpu or cuda:0 (default: cuda if available, else cpu)")
+    generate.add_argument("--device",
+                          help="torch device to run on, e.g. cpu or cuda:0 (default: cuda if available, else cpu)")
     generate.set_defaults(command=cmd_generate)
 
     evaluate = commands.add_parser("eval", help="(re)evaluate a trained recipe and write metrics.json")
-    evaluate.add_argument("recipe", type=Path, help="the recipe YAML the run was trained from")
+    evaluate.add_argument("recipe", help="the recipe the run was trained from (a file or a shipped recipe's name)")
     evaluate.set_defaults(command=cmd_eval)
 
-    sweep = commands.add_parser("sweep", help="train variants of a recipe and compare them: tokenizers (rate-distortion) "
+    sweep = commands.add_parser("sweep", help="train variants of a recipe and compare them: tokenizers "
+                                              "(rate-distortion) "
                                               "or generation against LM steps")
-    sweep.add_argument("sweep", type=Path, help="sweep YAML (its `kind:` says which), e.g. recipes/sweeps/tokenizer.yaml "
-                                                "or recipes/sweeps/generation.yaml")
+    sweep.add_argument("sweep", type=Path, help="sweep YAML (its `kind:` says which), e.g. "
+                                                "experiments/sweeps/tokenizer.yaml")
     sweep.set_defaults(command=cmd_sweep)
 
     bench = commands.add_parser("bench", help="measure sampling and training speed (ratios in one run)")
@@ -148,14 +151,16 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def cmd_train(args) -> int:
-    from .recipe import RecipeRun, load_recipe
+    from unitok.recipe.schema import load_recipe
+    from unitok.recipe.stages import RecipeRun
 
     RecipeRun(load_recipe(args.recipe)).run(stop_after=args.stop_after)
     return 0
 
 
 def cmd_eval(args) -> int:
-    from .recipe import STAGE_NAME, RecipeRun, load_recipe
+    from unitok.recipe.schema import load_recipe
+    from unitok.recipe.stages import STAGE_NAME, RecipeRun
 
     run = RecipeRun(load_recipe(args.recipe))
     (run.out / "eval" / STAGE_NAME).unlink(missing_ok=True)
@@ -164,9 +169,9 @@ def cmd_eval(args) -> int:
 
 
 def cmd_tokenize(args) -> int:
-    from .pipeline import PipelineTokenizers
-    from .shards import ShardWriter, TokenizeSettings
-    from .sources import DatasetSource, FolderSource, TextSource
+    from unitok.data.shard_writer import ShardWriter, TokenizeSettings
+    from unitok.data.sources import DatasetSource, FolderSource, TextSource
+    from unitok.pipeline import PipelineTokenizers
 
     tokenizers = PipelineTokenizers.from_pretrained(args.tokenizer)
     settings = TokenizeSettings(items_per_shard=args.items_per_shard, seed=args.seed, noise_draws=args.noise_draws)
@@ -184,12 +189,13 @@ def cmd_tokenize(args) -> int:
     reasons = ", ".join(f"{n} {reason}" for reason, n in totals["error_reasons"].items())
     print(f"wrote {totals['rows']} rows ({totals['items']} items × {args.noise_draws if media_tokenizer else 1} "
           f"noise draws) in {totals['shards']} shards to {args.out}; "
-          f"skipped {totals['errors']} bad inputs" + (f" ({reasons}; see {args.out / 'errors.jsonl'})" if reasons else ""))
+          f"skipped {totals['errors']} bad inputs"
+          + (f" ({reasons}; see {args.out / 'errors.jsonl'})" if reasons else ""))
     return 0
 
 
 def cmd_shards_inspect(args) -> int:
-    from .shards import inspect_shards
+    from unitok.data.shards import inspect_shards
 
     summary = inspect_shards(args.dir)
     if args.json:
@@ -208,7 +214,7 @@ def cmd_shards_inspect(args) -> int:
 
 
 def cmd_shards_verify(args) -> int:
-    from .shards import ShardError, verify_shards
+    from unitok.data.shards import ShardError, verify_shards
 
     problems = verify_shards(args.dir)
     for problem in problems:
@@ -222,7 +228,7 @@ def cmd_shards_verify(args) -> int:
 def cmd_generate(args) -> int:
     import torch
 
-    from .pipeline import UniTokPipeline
+    from unitok.pipeline import UniTokPipeline
 
     sampler = {"temperature": args.temperature, "top_k": args.top_k, "top_p": args.top_p,
                "gumbel_scale": args.gumbel_scale, "seed": args.seed}
@@ -231,33 +237,27 @@ def cmd_generate(args) -> int:
         raise UnitokError("--modality text describes media: pass --input FILE (and no --prompt)")
     if not describe and (not args.prompt or not args.out or args.input):
         raise UnitokError(f"--modality {args.modality} generates from text: pass --prompt TEXT and --out FILE")
-    pipe = UniTokPipeline.from_pretrained(args.model, device=args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    pipe = UniTokPipeline.from_pretrained(args.model, device=device)
     if describe:
         captions = pipe.media_to_text(pipe.modality_of_file(args.input[0]), [str(p) for p in args.input],
                                       max_new_tokens=args.max_new_tokens, **sampler)
         for path, caption in zip(args.input, captions):
             print(f"{path}\t{caption}")
         return 0
-    out = pipe.text_to_media(args.modality, args.prompt, guidance_scale=args.guidance_scale, rounds=args.rounds,
+    out = pipe.text_to_media(args.modality, args.prompt, guidance_scale=args.guidance_scale,
                              refine_temperature=args.refine_temperature, **sampler)
     for path in out.save(args.out):
         print(path)
     return 0
 
 
-def _rounds(text: str) -> tuple[int, ...]:
-    try:
-        return tuple(int(part) for part in text.split(","))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated integers such as 6,2,1,1, got {text!r}") from None
-
-
 def cmd_sweep(args) -> int:
     import yaml
 
-    from .config import ConfigError
-    from .eval.generation_sweep import run_generation_sweep
-    from .eval.tokenizer_sweep import run_tokenizer_sweep
+    from unitok.core.config import ConfigError
+    from unitok.experiments.generation_sweep import run_generation_sweep
+    from unitok.experiments.tokenizer_sweep import run_tokenizer_sweep
 
     sweeps = {"tokenizer": run_tokenizer_sweep, "generation": run_generation_sweep}
     if not args.sweep.is_file():
@@ -270,7 +270,7 @@ def cmd_sweep(args) -> int:
 
 
 def cmd_bench(args) -> int:
-    from .bench import run_bench
+    from unitok.experiments.bench import run_bench
 
     results = run_bench(quick=args.quick)
     args.out.write_text(json.dumps(results, indent=2) + "\n")

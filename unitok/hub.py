@@ -10,9 +10,9 @@ from huggingface_hub import HfApi, ModelCard, ModelCardData, snapshot_download
 from huggingface_hub.errors import HFValidationError
 from huggingface_hub.utils import validate_repo_id
 
-from . import __version__
-from .atomic import write_text_atomic
-from .errors import UnitokError
+from unitok._version import __version__
+from unitok.core.atomic import write_text_atomic
+from unitok.core.errors import UnitokError
 
 CARD_NAME = "README.md"
 
@@ -43,7 +43,8 @@ def write_model_card(directory: Path, index: dict, recipe: str | None = None, me
                          pipeline_tag="text-to-image" if "image" in modalities else None)
     sections = [f"# UniTokPipeline\n\nOne decoder-only transformer over text BPE pieces and RDPM codes of "
                 f"{', '.join(modalities)} in one vocabulary (unitok {index['_unitok_version']}).\n",
-                "```python\nfrom unitok import UniTokPipeline\n\npipe = UniTokPipeline.from_pretrained(\"THIS_FOLDER_OR_REPO_ID\")\n```\n"]
+                "```python\nfrom unitok import UniTokPipeline\n\n"
+                "pipe = UniTokPipeline.from_pretrained(\"THIS_FOLDER_OR_REPO_ID\")\n```\n"]
     if samples:
         sections.append(f"## Samples\n\n![samples]({samples})\n")
     if metrics:

@@ -4,7 +4,8 @@ Saved like a diffusers pipeline: an index file plus one subfolder per component:
 
     model/
       model_index.json         each component's [library, class], the unitok version and format,
-                               media order, each modality's sampler settings (rounds …)
+                               the transformer's stream layout (media order, read-out neighbourhood,
+                               each modality's decode schedule) and each modality's sampler settings
       vocabulary.json          the shared vocabulary manifest
       transformer/             transformers `save_pretrained` (config.json + model.safetensors)
       text_tokenizer/          sentencepiece model + config.json
@@ -24,20 +25,22 @@ from typing import Any, Sequence
 import torch
 from transformers import LlamaForCausalLM
 
-from . import __version__
-from .atomic import write_text_atomic
-from .config import from_dict, to_dict
-from .errors import UnitokError
-from .hub import local_folder, push_folder, write_model_card
-from .media_tokenizer import MediaTokenizer
-from .model import StreamModel
-from .sampling import SAMPLERS, MediaSampler, SamplerConfig, sample_text
-from .streams import MediaOrder, ReadOut, StreamBuilder, read_out_inputs
-from .text_bpe import TextBPE
-from .vocabulary import Vocabulary, VocabularyError
+from unitok._version import __version__
+from unitok.core.atomic import write_text_atomic
+from unitok.core.config import from_dict, to_dict
+from unitok.core.errors import UnitokError
+from unitok.hub import local_folder, push_folder, write_model_card
+from unitok.lm.documents import readout_states
+from unitok.lm.layout import StreamLayout
+from unitok.lm.model import StreamModel
+from unitok.lm.sampling import MediaSampler, SamplerConfig, media_sampler, sample_text
+from unitok.lm.streams import StreamBuilder
+from unitok.tokenizer.media_tokenizer import MediaTokenizer
+from unitok.tokenizer.text_bpe import TextBPE
+from unitok.tokenizer.vocabulary import Vocabulary, VocabularyError
 
 INDEX_NAME = "model_index.json"
-INDEX_FORMAT = 2  # format 1 was unitok_pipeline.json (unitok 0.1)
+INDEX_FORMAT = 3  # format 2 (unitok 0.2) kept the decode schedule in the samplers; 1 was unitok_pipeline.json
 
 
 @dataclass
@@ -71,26 +74,25 @@ class MediaPipelineOutput:
 
 
 class UniTokPipeline:
-    """`samplers` holds each modality's sampler settings (`SamplerConfig`: the groups of cells
-    per block the transformer trained on, guidance, …), saved with the pipeline; a call's own
-    options override them for that call. `readout` is what the transformer's read-out blocks
-    took as inputs (`streams.ReadOut`)."""
+    """`layout` is the transformer's stream layout (`lm.layout.StreamLayout`: media order, read-out
+    neighbourhood and each modality's decode schedule, which it was trained with); `samplers` holds
+    each modality's free sampler settings (`SamplerConfig`: guidance, temperatures, …), saved with
+    the pipeline; a call's own options override them for that call."""
 
     def __init__(self, transformer: LlamaForCausalLM, text_tokenizer: TextBPE,
-                 media_tokenizers: dict[str, MediaTokenizer], vocabulary: Vocabulary,
-                 media_order: MediaOrder = "timestep", samplers: dict[str, SamplerConfig] | None = None,
-                 readout: ReadOut = "clean"):
+                 media_tokenizers: dict[str, MediaTokenizer], vocabulary: Vocabulary, layout: StreamLayout,
+                 samplers: dict[str, SamplerConfig] | None = None):
         self.transformer = transformer.eval()
         self.text_tokenizer = text_tokenizer
         self.media_tokenizers = media_tokenizers
         self.vocabulary = vocabulary
-        self.media_order = media_order
+        self.layout = layout
         self.samplers = dict(samplers or {})
-        self.readout = readout
         self._check_components()
 
     def _check_components(self) -> None:
-        """Every tokenizer must be the one the vocabulary was made with, and fit the embedding."""
+        """Every tokenizer must be the one the vocabulary was made with, fit the embedding, and fit
+        the layout (a decode schedule per generated block, read-out rows of its neighbourhood)."""
         text_range = self.vocabulary.range("text")
         if text_range.tokenizer_hash != self.text_tokenizer.content_hash():
             raise VocabularyError("text tokenizer does not match the vocabulary manifest")
@@ -98,16 +100,24 @@ class UniTokPipeline:
             r = self.vocabulary.range(name)
             if r.tokenizer_hash != tokenizer.content_hash() or r.size != tokenizer.codebook_size:
                 raise VocabularyError(f"media tokenizer {name!r} does not match the vocabulary manifest")
+            problems = self.layout.problems(name, tokenizer.quantizer.noise_steps, tokenizer.num_positions)
+            if problems:
+                raise UnitokError(f"layout: {problems[0]}")
+            patch, channels = self.layout.readout_patch, tokenizer.spec.autoencoder.latent_channels
+            if self.vocabulary.readout_state(name).size != (patch ** 2 + 1) * channels:
+                raise VocabularyError(f"the vocabulary has no read-out rows for a {patch}x{patch} neighbourhood "
+                                      f"of {name!r}")
+        unknown = set(self.layout.decode) - set(self.media_tokenizers)
+        if unknown:
+            raise UnitokError(f"layout: decode: {sorted(unknown)} name no tokenizer of this pipeline "
+                              f"({sorted(self.media_tokenizers)})")
         if self.transformer.config.vocab_size < self.vocabulary.size:
             raise VocabularyError(
-                f"transformer has {self.transformer.config.vocab_size} embeddings, vocabulary needs {self.vocabulary.size}"
+                f"transformer has {self.transformer.config.vocab_size} embeddings, "
+                f"vocabulary needs {self.vocabulary.size}"
             )
         for modality in self.samplers:
-            tokenizer = self.tokenizer_for(modality)
-            try:
-                self.sampler_for(modality).passes(tokenizer.num_blocks, tokenizer.num_positions)  # rounds fit T
-            except ValueError as err:
-                raise UnitokError(f"samplers.{modality}: {err}") from None
+            self.tokenizer_for(modality)
 
     # --- devices -------------------------------------------------------------------------------
     def to(self, device: str | torch.device) -> "UniTokPipeline":
@@ -138,14 +148,15 @@ class UniTokPipeline:
         return self.vocabulary.to_global("text", local).tolist()
 
     def sampler_for(self, modality: str, **options) -> MediaSampler:
-        """The sampler of this pipeline's media order with `modality`'s saved settings, and
+        """The sampler of this pipeline's layout for `modality`, with its saved settings and
         `options` (`SamplerConfig` fields; None keeps the saved value) on top."""
-        return SAMPLERS[self.media_order](self.samplers.get(modality, SamplerConfig())).with_options(**options)
+        config = self.samplers.get(modality, SamplerConfig())
+        return media_sampler(self.layout, self.tokenizer_for(modality).name, config).with_options(**options)
 
-    def passes(self, modality: str, **options) -> int:
+    def passes(self, modality: str) -> int:
         """Transformer passes per generated item of `modality`."""
         tokenizer = self.tokenizer_for(modality)
-        return self.sampler_for(modality, **options).passes(tokenizer.num_blocks, tokenizer.num_positions)
+        return self.sampler_for(modality).passes(tokenizer.num_blocks, tokenizer.num_positions)
 
     @torch.no_grad()
     def generate_media_ids(self, modality: str, prompts: Sequence[str], seed: int = 0, **options) -> torch.Tensor:
@@ -154,23 +165,23 @@ class UniTokPipeline:
         tokenizer = self.tokenizer_for(modality)
         sampler = self.sampler_for(modality, **options)
         first_blocks = None
-        if self.media_order == "timestep":
+        if self.layout.media_order == "timestep":
             noise = tokenizer.draw_noise(len(prompts), seeds=[seed + i for i in range(len(prompts))])
-            first_blocks = tokenizer.quantizer.quantize_noise(noise[:, -1]).unsqueeze(1)  # k_T from ε, (B, 1, N)
+            first_blocks = tokenizer.quantizer.quantize_noise(noise).unsqueeze(1)  # k_T from ε, (B, 1, N)
         return sampler.sample(StreamModel(self.transformer), self.vocabulary, tokenizer.name, tokenizer.quantizer,
                               [self.encode_prompt(p) for p in prompts], first_blocks,
                               generator=torch.Generator().manual_seed(seed))
 
     def text_to_media(self, modality: str, prompt: str | Sequence[str], guidance_scale: float | None = None,
                       temperature: float | None = None, top_k: int | None = None, top_p: float | None = None,
-                      gumbel_scale: float | None = None, rounds: Sequence[int] | None = None,
-                      refine_temperature: float | None = None, seed: int = 0) -> MediaPipelineOutput:
+                      gumbel_scale: float | None = None, refine_temperature: float | None = None,
+                      seed: int = 0) -> MediaPipelineOutput:
         """Generate one item of `modality` per prompt. Options left at None take the pipeline's
         saved sampler settings (`samplers`, else `SamplerConfig()`'s defaults). Same seed, same
         prompts, same options -> the same items."""
         prompts = _check_prompts(prompt)
         ids = self.generate_media_ids(modality, prompts, seed, guidance_scale=guidance_scale, temperature=temperature,
-                                      top_k=top_k, top_p=top_p, gumbel_scale=gumbel_scale, rounds=rounds,
+                                      top_k=top_k, top_p=top_p, gumbel_scale=gumbel_scale,
                                       refine_temperature=refine_temperature)
         return MediaPipelineOutput(self.tokenizer_for(modality).decode(ids), ids.cpu())
 
@@ -198,8 +209,8 @@ class UniTokPipeline:
         if not items:
             raise UnitokError("media: expected an item or a non-empty list of items")
         tokenizer = self.tokenizer_for(modality)
-        prefixes = [StreamBuilder(self.vocabulary, self.media_order).special("<bos>").read_out(tokenizer.name, *clean)
-                    .build() for clean in zip(*self._read_out_inputs(tokenizer, items, seed))]
+        prefixes = [self._document().read_out(tokenizer.name, states).build()
+                    for states in self._readout_states(tokenizer, items, seed)]
         texts = self._sample_text(prefixes, max_new_tokens, seed, temperature=temperature, top_k=top_k, top_p=top_p,
                                   gumbel_scale=gumbel_scale)
         return texts if isinstance(media, (list, tuple)) else texts[0]
@@ -215,14 +226,13 @@ class UniTokPipeline:
         parts = list(prompt) if isinstance(prompt, (list, tuple)) else [prompt]
         if not parts:
             raise UnitokError("prompt: expected a non-empty list of strings and media")
-        builder = StreamBuilder(self.vocabulary, self.media_order).special("<bos>")
+        builder = self._document()
         for index, part in enumerate(parts):
             if isinstance(part, str) and self._is_text(part):
                 builder.text(self.encode_prompt(part))
             else:
                 tokenizer = self.tokenizer_for(self.modality_of(part))
-                inputs, codes = self._read_out_inputs(tokenizer, [part], seed + index)
-                builder.read_out(tokenizer.name, inputs[0], codes[0])
+                builder.read_out(tokenizer.name, self._readout_states(tokenizer, [part], seed + index)[0])
         return self._sample_text([builder.build()], max_new_tokens, seed, temperature=temperature, top_k=top_k,
                                  top_p=top_p, gumbel_scale=gumbel_scale)[0]
 
@@ -241,16 +251,16 @@ class UniTokPipeline:
         path = Path(part)
         return not (path.suffix and path.is_file())
 
-    def _read_out_inputs(self, tokenizer: MediaTokenizer, items: Sequence[Any],
-                         seed: int) -> tuple[torch.Tensor, list[torch.Tensor | None]]:
-        """The read-out blocks of items tokenized with seeds `seed + i`: their state inputs (B, N, 2C)
-        and, per item, code ids (N,) or None, as `StreamBuilder.read_out` takes them for this
-        pipeline's `readout` (`streams.read_out_inputs`)."""
+    def _document(self) -> StreamBuilder:
+        """A new document of this model's layout, after its ``<bos>``."""
+        return StreamBuilder(self.vocabulary, self.layout.media_order).special("<bos>")
+
+    def _readout_states(self, tokenizer: MediaTokenizer, items: Sequence[Any], seed: int) -> torch.Tensor:
+        """The state inputs (B, N, S) of the read-out blocks of items tokenized with seeds `seed + i`
+        (`documents.readout_states`), as the model trained to read media."""
         ids = tokenizer.encode(list(items), seed=[seed + i for i in range(len(items))])
-        inputs = tokenizer.quantizer.block_inputs(ids)[0][:, -1].cpu()
-        inputs, codes = read_out_inputs(self.readout, self.vocabulary.to_global(tokenizer.name, ids[:, -1].cpu()), inputs,
-                                        self.vocabulary.readout_patch(tokenizer.name), tokenizer.latent_shape)
-        return inputs, [None] * len(items) if codes is None else list(codes)
+        clean = tokenizer.quantizer.block_inputs(ids)[0][:, -1].cpu()
+        return readout_states(clean, self.layout.readout_patch, tokenizer.latent_shape)
 
     def _sample_text(self, prefixes: Sequence, max_new_tokens: int, seed: int, **options) -> list[str]:
         given = {k: v for k, v in options.items() if v is not None}
@@ -290,7 +300,7 @@ class UniTokPipeline:
                       **{media[name]: tokenizer for name, tokenizer in self.media_tokenizers.items()}}
         index = {"_class_name": type(self).__name__, "_unitok_version": __version__, "format": INDEX_FORMAT,
                  **{folder: [type(c).__module__.split(".")[0], type(c).__name__] for folder, c in components.items()},
-                 "media_tokenizers": media, "media_order": self.media_order, "readout": self.readout,
+                 "media_tokenizers": media, "layout": to_dict(self.layout),
                  "samplers": {modality: to_dict(config) for modality, config in self.samplers.items()}}
         write_model_card(directory, index)
         write_text_atomic(directory / INDEX_NAME, json.dumps(index, indent=2) + "\n")
@@ -314,9 +324,9 @@ class UniTokPipeline:
         pipe = cls(
             transformer=LlamaForCausalLM.from_pretrained(Path(directory) / "transformer", use_safetensors=True),
             text_tokenizer=tokenizers.text, media_tokenizers=tokenizers.media, vocabulary=tokenizers.vocabulary,
-            media_order=index["media_order"],
-            readout=index.get("readout", "state"),  # pipelines saved before the setting read s_0 and ε̂
-            samplers={modality: from_dict(SamplerConfig, config, source=f"{directory}/{INDEX_NAME}: samplers.{modality}")
+            layout=from_dict(StreamLayout, index["layout"], source=f"{directory}/{INDEX_NAME}: layout"),
+            samplers={modality: from_dict(SamplerConfig, config,
+                                          source=f"{directory}/{INDEX_NAME}: samplers.{modality}")
                       for modality, config in index.get("samplers", {}).items()},
         )
         return pipe.to(device) if device is not None else pipe
@@ -363,9 +373,11 @@ def _read_index(directory: str | Path) -> dict:
     if not index_path.is_file():
         raise FileNotFoundError(f"{directory}: no {INDEX_NAME}; not a saved UniTokPipeline")
     index = json.loads(index_path.read_text())
-    if index.get("format", 0) > INDEX_FORMAT:
-        raise UnitokError(f"{index_path}: format {index['format']} (unitok {index.get('_unitok_version')}); this "
-                          f"unitok {__version__} reads format {INDEX_FORMAT}: upgrade unitok to load it")
+    if index.get("format", 0) != INDEX_FORMAT:
+        remedy = ("upgrade unitok to load it" if index.get("format", 0) > INDEX_FORMAT else
+                  "save it again with this unitok (`unitok train RECIPE` redoes the stages that changed)")
+        raise UnitokError(f"{index_path}: format {index.get('format')} (unitok {index.get('_unitok_version')}); this "
+                          f"unitok {__version__} reads format {INDEX_FORMAT}: {remedy}")
     return index
 
 

@@ -1,0 +1,139 @@
+"""One model for images, audio and video: the tiny three-modality recipe end to end, every direction."""
+
+import json
+import math
+
+import pytest
+import torch
+import yaml
+
+from tests.helpers import write_tiny_multimodal_recipe
+from unitok import UniTokPipeline
+from unitok.cli import main
+from unitok.core.config import ConfigError
+from unitok.lm.batch import collate
+from unitok.lm.model import StreamModel, batch_logits
+from unitok.lm.streams import StreamBuilder
+from unitok.recipe.schema import load_recipe
+from unitok.tokenizer.adapters.audio import Audio
+
+
+def test_every_direction_is_evaluated(tiny_multimodal_run):
+    metrics = json.loads((tiny_multimodal_run / "metrics.json").read_text())
+    assert 0 <= metrics["audio_tokenizer"]["dtmf_roundtrip_accuracy"] <= 1
+    assert 0 <= metrics["text_to_audio"]["dtmf_sequence_accuracy"] <= 1
+    assert 0 <= metrics["audio_to_text"]["digit_accuracy"] <= 1
+    assert 0 <= metrics["image_to_text"]["digit_color_accuracy"] <= metrics["image_to_text"]["digit_accuracy"]
+    assert "digit_accuracy" in metrics["text_to_image"] and "psnr_db" in metrics["image_tokenizer"]
+    for key in ("digit_accuracy", "direction_accuracy", "color_accuracy"):
+        assert 0 <= metrics["text_to_video"][key] <= 1
+    assert 0 <= metrics["video_to_text"]["digit_direction_accuracy"] <= 1
+    assert 0 <= metrics["video_tokenizer"]["recon_digit_direction_accuracy"] <= 1
+    for modality in ("image", "audio", "video"):  # the held-out captions differ, so their CE does
+        read = metrics[f"{modality}_to_text"]
+        assert math.isfinite(gain := read["caption_ce_gain_from_media"]) and gain != 0
+        assert gain == pytest.approx(read["caption_loss_shuffled"] - read["caption_loss_matched"])
+    assert set(metrics["lm"]["heldout_loss_per_task"]) == {"text_to_image", "image_to_text", "text_to_audio",
+                                                           "audio_to_text", "text_to_video", "video_to_text", "text"}
+    for path in ("samples.png", "trajectory.png", "audio_samples.png", "audio_trajectory.png",
+                 "audio_samples/sample-0.wav",
+                 "video_samples.png", "video_trajectory.png", "video_samples/sample-0.gif",
+                 "model/audio_tokenizer/model.safetensors", "model/video_tokenizer/model.safetensors",
+                 "shards/audio/heldout/manifest.json", "data/video/train/videos/train-000000.mp4"):
+        assert (tiny_multimodal_run / path).is_file(), path
+
+
+def test_one_vocabulary_holds_the_three_codebooks(tiny_multimodal_run):
+    pipe = UniTokPipeline.from_pretrained(tiny_multimodal_run / "model")
+    media = {r.name: r for r in pipe.vocabulary.media_ranges()}
+    assert set(media) == {"image", "audio", "video"} and all(r.modality == name for name, r in media.items())
+    spans = [set(range(r.offset, r.end)) for r in pipe.vocabulary.ranges]
+    assert sum(map(len, spans)) == len(set().union(*spans)) == pipe.vocabulary.size
+    assert media["audio"].size == pipe.tokenizer_for("audio").codebook_size
+
+
+def test_pipeline_generates_audio_and_describes_both_modalities(tiny_multimodal_run, tmp_path):
+    pipe = UniTokPipeline.from_pretrained(tiny_multimodal_run / "model")
+    out = pipe.text_to_audio("dial 4 7", seed=0)
+    assert out.token_ids.shape[0] == 1 and out.token_ids.max() < pipe.tokenizer_for("audio").codebook_size
+    (path,) = out.save(tmp_path / "dial47.wav")
+    adapter = pipe.tokenizer_for("audio").adapter
+    assert isinstance(adapter.load(path), Audio)
+    again = pipe.text_to_audio("dial 4 7", seed=0)
+    assert torch.equal(out.token_ids, again.token_ids), "same seed, same clip"
+
+    caption = pipe.audio_to_text(str(path))
+    assert isinstance(caption, str)
+    both = pipe.audio_to_text([str(path), str(path)])  # item i is tokenized with seed + i
+    assert both[0] == caption, "a batch gives the first item what a call of its own gives"
+    assert pipe.audio_to_text([str(path), str(path)]) == both, "same seed, same captions"
+    image = pipe.text_to_image("a red 7", seed=0).images[0]
+    assert isinstance(pipe.image_to_text(image), str)
+    clip = pipe.text_to_video("a blue 3 moving right", seed=0)
+    assert clip.videos[0].frames.shape == (4, 32, 32, 3)
+    mp4, gif = clip.save(tmp_path / "three.mp4")[0], clip.save(tmp_path / "three.gif")[0]
+    assert gif.is_file() and isinstance(pipe.video_to_text(str(mp4)), str)
+
+
+def test_a_caption_reads_the_media_through_the_read_out_block(tiny_multimodal_run):
+    """The caption's logits after two different images differ (the text sees their read-out
+    blocks), and an interleaved prompt is continued through the same layout."""
+    pipe = UniTokPipeline.from_pretrained(tiny_multimodal_run / "model")
+    images = pipe.text_to_image(["a red 7", "a big blue 1 at the top"], seed=0).images
+    assert pipe.layout.readout_patch == 3, "the recipe's read-out neighbourhood is saved with the pipeline"
+    tokenizer, vocab = pipe.tokenizer_for("image"), pipe.vocabulary
+    caption = pipe.encode_prompt("a red 7")
+    docs = [StreamBuilder(vocab, "timestep").special("<bos>").read_out("image", states).text(caption).build()
+            for states in pipe._readout_states(tokenizer, images, seed=0)]
+    with torch.no_grad():
+        logits = batch_logits(StreamModel(pipe.transformer), collate([[d] for d in docs], pad_id=0))
+    eoi = docs[0].input_ids.index(vocab.special_id("<eoi>"))
+    assert not torch.allclose(logits[0, eoi:], logits[1, eoi:], atol=1e-4), "the caption depends on the media"
+    assert torch.equal(logits[0, :eoi - tokenizer.num_positions], logits[1, :eoi - tokenizer.num_positions])
+    text = pipe.continue_text(["a red 7", images[0], "in other words:"], max_new_tokens=4)
+    assert isinstance(text, str) and text == pipe.continue_text(["a red 7", images[0], "in other words:"],
+                                                                max_new_tokens=4), "same seed, same text"
+    with pytest.raises(ValueError, match="no tokenizer of this pipeline reads a dict"):
+        pipe.continue_text(["a red 7", {"not": "media"}])
+
+
+def test_generate_cli_for_audio_and_media_to_text(tiny_multimodal_run, tmp_path, capsys):
+    model = str(tiny_multimodal_run / "model")
+    wav = tmp_path / "tones.wav"
+    assert main(["generate", model, "--modality", "audio", "--prompt", "dial 1 2", "--out", str(wav)]) == 0
+    assert wav.is_file()
+    assert main(["generate", model, "--modality", "text", "--input", str(wav)]) == 0
+    assert capsys.readouterr().out.splitlines()[-1].split("\t")[0] == str(wav), "FILE<tab>caption"
+    assert main(["generate", model, "--modality", "text", "--input", str(tmp_path / "x.xyz")]) == 1
+    assert "no tokenizer of this pipeline reads .xyz files" in capsys.readouterr().err
+    assert main(["generate", model, "--modality", "audio", "--prompt", "dial 1"]) == 1
+    assert "pass --prompt TEXT and --out FILE" in capsys.readouterr().err
+
+
+def test_recipe_refuses_a_task_without_its_tokenizer_and_a_spec_of_another_modality(tmp_path):
+    path = write_tiny_multimodal_recipe(tmp_path)
+    recipe = yaml.safe_load(path.read_text())
+    del recipe["tokenizers"]["video"]
+    path.write_text(yaml.safe_dump(recipe))
+    with pytest.raises(ConfigError, match="lm.tasks: text_to_video needs a video tokenizer"):
+        load_recipe(path)
+    path = write_tiny_multimodal_recipe(tmp_path)
+    recipe = path.read_text().replace("tiny-audio.yaml", "tiny-tokenizer.yaml")
+    path.write_text(recipe)
+    with pytest.raises(ConfigError, match="tokenizers.audio: the spec .* is for image, not audio"):
+        load_recipe(path)
+
+
+def test_tokenize_cli_takes_audio_and_video_folders(tiny_multimodal_run, tmp_path, capsys):
+    import datasets
+
+    model = str(tiny_multimodal_run / "model")
+    for modality in ("audio", "video"):
+        source = tiny_multimodal_run / "data" / modality / "heldout"
+        out = tmp_path / modality
+        assert main(["tokenize", "--tokenizer", model, "--input", str(source), "--modality", modality,
+                     "--out", str(out)]) == 0
+        rows = datasets.load_dataset("parquet", data_files=str(out / "shard-*.parquet"), split="train")
+        assert len(rows) == 8 and set(rows["media"]) == {modality}
+    assert main(["tokenize", "--tokenizer", model, "--input", str(source), "--out", str(tmp_path / "x")]) == 1
+    assert "tokenizers: pass --modality" in capsys.readouterr().err

@@ -1,0 +1,103 @@
+"""Typed configs: wrong fields fail at load time with the file, the field path and what was expected."""
+
+import pytest
+import yaml
+
+from tests.helpers import write_tiny_recipe
+from unitok.configs import SHIPPED, shipped_recipes
+from unitok.core.config import ConfigError
+from unitok.recipe.schema import load_recipe
+
+
+def test_every_problem_is_reported_with_its_path(tmp_path):
+    path = write_tiny_recipe(tmp_path, lm={"steps": "ten", "learing_rate": 1e-3},
+                             tokenizers={"image": {"spec": str(tmp_path / "tiny-tokenizer.yaml"),
+                                                   "training": {"batch_size": 1.5}}})
+    with pytest.raises(ConfigError) as err:
+        load_recipe(path)
+    message = str(err.value)
+    assert f"{path}: lm.steps: expected int, got str 'ten'" in message
+    assert f"{path}: lm.learing_rate: unknown field" in message
+    assert "tokenizers.image.training.batch_size: expected int, got float 1.5" in message
+
+
+def test_bad_value_in_a_referenced_spec_names_that_file(tmp_path):
+    path = write_tiny_recipe(tmp_path)
+    spec = tmp_path / "tiny-tokenizer.yaml"
+    data = yaml.safe_load(spec.read_text())
+    data["quantizer"]["noise"] = "gaussian"
+    spec.write_text(yaml.safe_dump(data))
+    expected = (r"tokenizers\.image\.spec: .*tiny-tokenizer.yaml: quantizer.noise: "
+                r"expected one of \['quantized', 'subtracted'\]")
+    with pytest.raises(ConfigError, match=expected):
+        load_recipe(path)
+
+
+def test_missing_required_field_and_constraint_violations(tmp_path):
+    path = write_tiny_recipe(tmp_path)
+    data = yaml.safe_load(path.read_text())
+    del data["model"]
+    data["lm"]["caption_dropout"] = 1.5
+    path.write_text(yaml.safe_dump(data))
+    with pytest.raises(ConfigError) as err:
+        load_recipe(path)
+    assert "model: missing required field" in str(err.value)
+    assert "lm: caption_dropout must be in [0, 1)" in str(err.value)
+
+
+def test_shipped_recipes_load_by_name_and_every_shipped_spec_is_used():
+    names = shipped_recipes()
+    assert {"quickstart", "quickstart-ar", "quickstart-t4", "digits-multimodal"} <= set(names)
+    used = set()
+    for name in names:
+        loaded = load_recipe(name)
+        assert loaded.recipe.name == name and loaded.model_spec.hidden_size > 0
+        used |= {section.spec for section in loaded.recipe.tokenizers.values()} | {loaded.recipe.model}
+    shipped = {str(path.relative_to(SHIPPED)) for kind in ("tokenizers", "models")
+               for path in (SHIPPED / kind).glob("*.yaml")}
+    assert shipped == used, "a shipped spec that no shipped recipe uses belongs to experiments/"
+
+
+def test_an_unknown_recipe_name_lists_the_shipped_ones():
+    with pytest.raises(ConfigError, match=r"quickstrat: no such recipe file, nor a shipped recipe \(digits-multimodal"):
+        load_recipe("quickstrat")
+
+
+def test_first_step_fraction_outside_zero_one_is_refused_with_its_field(tmp_path):
+    path = write_tiny_recipe(tmp_path)
+    data = yaml.safe_load(path.read_text())
+    data["lm"]["first_step_fraction"] = 1.5
+    path.write_text(yaml.safe_dump(data))
+    with pytest.raises(ConfigError, match=r"lm: first_step_fraction must be in \[0, 1\]"):
+        load_recipe(path)
+
+
+def test_groups_must_fit_the_tokenizer_and_name_its_ranges(tmp_path):
+    path = write_tiny_recipe(tmp_path, layout={"decode": {"image": {"groups": [2, 1]}}})
+    with pytest.raises(ConfigError, match=r"layout\.decode\.image\.groups: expected one entry per generated block "
+                                          r"\(4 for T = 4, noisiest first\), got \[2, 1\]"):
+        load_recipe(path)
+    typo = write_tiny_recipe(tmp_path, layout={"decode": {"imgae": {"groups": [2, 1, 1, 1]}}})
+    with pytest.raises(ConfigError, match=r"layout\.decode: \['imgae'\] name no tokenizer of this recipe"):
+        load_recipe(typo)
+    too_many = write_tiny_recipe(tmp_path, layout={"decode": {"image": {"groups": [17, 1, 1, 1]}}})
+    with pytest.raises(ConfigError, match=r"17 groups cannot each hold one of 16 cells"):
+        load_recipe(too_many)
+    raster = write_tiny_recipe(tmp_path, layout={"media_order": "raster"})
+    with pytest.raises(ConfigError, match=r"the raster order draws one code per pass; it takes no decode schedule"):
+        load_recipe(raster)
+
+
+def test_the_decode_schedule_is_stated_once(tmp_path):
+    """The groups a model is trained with live in its layout; neither the sampler nor the LM's
+    training section can state them again."""
+    for section, where in (("samplers", r"samplers\.image\.groups"), ("lm", r"lm\.groups")):
+        override = {"image": {"groups": [2, 1, 1, 1]}} if section == "samplers" else {"groups": [2, 1, 1, 1]}
+        with pytest.raises(ConfigError, match=f"{where}: unknown field"):
+            load_recipe(write_tiny_recipe(tmp_path, **{section: override}))
+
+
+def test_an_even_readout_patch_is_refused_with_its_field(tmp_path):
+    path = write_tiny_recipe(tmp_path, layout={"readout_patch": 4})
+    with pytest.raises(ConfigError, match=r"layout: readout_patch must be an odd number >= 1, got 4"):
+        load_recipe(path)

@@ -1,0 +1,185 @@
+"""Typed YAML configs.
+
+Every spec and recipe is a tree of frozen dataclasses. `load_config` reads YAML
+into that tree and reports *all* problems at once, each with the file and the
+field path (``recipe.yaml: lm.steps: expected int, got 'ten'``), so a wrong
+field fails at load time rather than an hour into training.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import types
+import typing
+from pathlib import Path
+from typing import Any, Literal, TypeVar, Union
+
+import yaml
+
+from unitok.core.errors import UnitokError
+
+T = TypeVar("T")
+
+
+class ConfigError(UnitokError):
+    """A config file does not match the structure it configures."""
+
+
+def load_config(path: str | Path, cls: type[T]) -> T:
+    """Read the YAML file at `path` into an instance of dataclass `cls`."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: no such config file")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path}: not valid YAML ({err})") from None
+    return from_dict(cls, data if data is not None else {}, source=str(path))
+
+
+def from_dict(cls: type[T], data: Any, source: str = "<config>") -> T:
+    """Build dataclass `cls` from plain data, raising one ConfigError listing every problem."""
+    errors: list[str] = []
+    value = _convert(cls, data, "", errors)
+    if errors:
+        raise ConfigError("\n".join(f"{source}: {e}" for e in errors))
+    return value
+
+
+def to_dict(config: Any) -> Any:
+    """The plain-data form of a config tree (inverse of `from_dict`)."""
+    if dataclasses.is_dataclass(config):
+        return {f.name: to_dict(getattr(config, f.name)) for f in dataclasses.fields(config)}
+    if isinstance(config, (list, tuple)):
+        return [to_dict(v) for v in config]
+    if isinstance(config, dict):
+        return {k: to_dict(v) for k, v in config.items()}
+    return config
+
+
+def merged(base: dict, overrides: dict) -> dict:
+    """`base` with `overrides` merged in, mapping by mapping (a non-mapping value replaces)."""
+    out = dict(base)
+    for key, value in overrides.items():
+        out[key] = merged(base[key], value) if isinstance(value, dict) and isinstance(base.get(key), dict) else value
+    return out
+
+
+def config_hash(*parts: Any) -> str:
+    """A short stable hash of configs and plain values, used to decide whether a stage must re-run."""
+    blob = json.dumps([to_dict(p) for p in parts], sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def _describe(value: Any) -> str:
+    return f"{type(value).__name__} {value!r}" if not isinstance(value, (dict, list)) else type(value).__name__
+
+
+def _convert(tp: Any, value: Any, where: str, errors: list[str]) -> Any:
+    label = where or "<root>"
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+
+    if dataclasses.is_dataclass(tp):
+        return _convert_dataclass(tp, value, where, errors)
+    if origin in (Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        options = [a for a in args if a is not type(None)]
+        shaped = [o for o in options if _container_of(o) is not None and isinstance(value, _container_of(o))]
+        if len(shaped) == 1:  # one option takes this shape (mapping / list): report its own errors
+            return _convert(shaped[0], value, where, errors)
+        for option in options:
+            trial: list[str] = []
+            converted = _convert(option, value, where, trial)
+            if not trial:
+                return converted
+        if len(options) == 1:  # Optional[X]: report X's own error
+            return _convert(options[0], value, where, errors)
+        errors.append(f"{label}: expected one of {[_type_name(o) for o in options]}, got {_describe(value)}")
+        return None
+    if origin is Literal:
+        if value not in args:
+            errors.append(f"{label}: expected one of {list(args)}, got {_describe(value)}")
+        return value
+    if origin in (list, tuple):
+        if not isinstance(value, (list, tuple)):
+            errors.append(f"{label}: expected a list, got {_describe(value)}")
+            return None
+        item_type = args[0] if args else Any
+        items = [_convert(item_type, v, f"{where}[{i}]", errors) for i, v in enumerate(value)]
+        return tuple(items) if origin is tuple else items
+    if origin is dict:
+        if not isinstance(value, dict):
+            errors.append(f"{label}: expected a mapping, got {_describe(value)}")
+            return None
+        key_type, value_type = args if args else (Any, Any)
+        return {k: _convert(value_type, v, f"{where}.{k}" if where else str(k), errors) for k, v in value.items()}
+    if tp is Any:
+        return value
+    if tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, str):  # YAML 1.1 reads "3e-4" as a string
+            try:
+                return float(value)
+            except ValueError:
+                pass
+    elif tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    elif tp in (str, bool):
+        if isinstance(value, tp):
+            return value
+    elif isinstance(tp, type) and isinstance(value, tp):
+        return value
+    errors.append(f"{label}: expected {_type_name(tp)}, got {_describe(value)}")
+    return None
+
+
+def _convert_dataclass(cls: Any, value: Any, where: str, errors: list[str]) -> Any:
+    label = where or "<root>"
+    if isinstance(value, cls):
+        return value
+    if not isinstance(value, dict):
+        errors.append(f"{label}: expected a mapping for {cls.__name__}, got {_describe(value)}")
+        return None
+    errors_before = len(errors)
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
+    for key in value:
+        if key not in fields:
+            errors.append(f"{_join(where, key)}: unknown field (expected one of: {', '.join(fields)})")
+    kwargs = {}
+    for name, field in fields.items():
+        if name in value:
+            kwargs[name] = _convert(hints[name], value[name], _join(where, name), errors)
+        elif field.default is dataclasses.MISSING and field.default_factory is dataclasses.MISSING:
+            errors.append(f"{_join(where, name)}: missing required field ({_type_name(hints[name])})")
+    if len(errors) > errors_before:
+        return None
+    try:
+        return cls(**kwargs)
+    except (TypeError, ValueError) as err:  # __post_init__ checks
+        errors.append(f"{label}: {err}")
+        return None
+
+
+def _container_of(tp: Any) -> type | None:
+    """dict for dataclasses and mappings, list for lists and tuples, None for scalars."""
+    origin = typing.get_origin(tp)
+    if dataclasses.is_dataclass(tp) or origin is dict:
+        return dict
+    return list if origin in (list, tuple) else None
+
+
+def _join(where: str, key: Any) -> str:
+    return f"{where}.{key}" if where else str(key)
+
+
+def _type_name(tp: Any) -> str:
+    if typing.get_origin(tp) is Literal:
+        return "one of " + ", ".join(map(repr, typing.get_args(tp)))
+    return getattr(tp, "__name__", str(tp))

@@ -1,0 +1,122 @@
+"""The stream layout: how a model lays media out in its token streams. It is part of the model and
+saved with it (``model_index.json``, key ``layout``), the one place these facts live:
+
+- the media order: ``timestep`` (RDPM: the generated blocks ``k_{T−1} … k_0`` in timestep order,
+  each drawn in groups of cells) or ``raster`` (the autoregressive baseline: the codes of one
+  clean block in raster order, one per pass);
+- the read-out neighbourhood: a caption reads a media span through one read-out position per
+  cell, which takes the clean state ``s_0`` of the `readout_patch` × `readout_patch` square of cells
+  around it (`documents.readout_states`);
+- per media range, its `DecodeSchedule`: in how many groups the cells of each generated block
+  are drawn, and how large the groups are. Training documents and the sampler both read it, so
+  every cell is trained with exactly what the sampler knows when it draws it.
+
+Group g of a block holds the cells ``cell_order(N)[a_g : a_{g+1}]`` (`group_bounds`); a block
+drawn in G groups costs G transformer passes.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Literal
+
+import torch
+
+from unitok.core.errors import UnitokError
+
+MediaOrder = Literal["timestep", "raster"]
+GroupSizes = Literal["cosine", "linear"]
+# share of a block's cells still undecided after group g of G, as a function of g/G
+UNDECIDED_SHARE = {
+    "cosine": lambda progress: math.cos(math.pi / 2 * progress),  # few cells first: the shape nearly one at a time
+    "linear": lambda progress: 1 - progress,  # equal groups
+}
+
+
+def undecided_after_groups(num_positions: int, groups: int, sizes: GroupSizes = "cosine") -> list[int]:
+    """Cells still undecided after each of a block's `groups` groups: ⌊N·f(g/G)⌋ for the sizes' f,
+    at least one fewer after every group, 0 after the last."""
+    if groups > num_positions:
+        raise UnitokError(f"{groups} groups cannot each hold one of {num_positions} cells")
+    share = UNDECIDED_SHARE[sizes]
+    left, counts = num_positions, []
+    for g in range(1, groups + 1):
+        left = min(math.floor(num_positions * share(g / groups)), left - 1)
+        counts.append(max(left, groups - g))
+    counts[-1] = 0
+    return counts
+
+
+def group_bounds(num_positions: int, groups: int, sizes: GroupSizes = "cosine") -> list[int]:
+    """[0, a_1, …, N]: group g holds the cells ``cell_order(N)[a_g : a_{g+1}]``."""
+    return [0] + [num_positions - left for left in undecided_after_groups(num_positions, groups, sizes)]
+
+
+def cell_order(num_positions: int) -> torch.Tensor:
+    """The fixed order in which a block's cells are decided, group after group: a seeded permutation,
+    so that every group is spread over the whole latent."""
+    return torch.randperm(num_positions, generator=torch.Generator().manual_seed(0))
+
+
+@dataclass(frozen=True)
+class DecodeSchedule:
+    """How the cells of a media range's generated blocks are drawn."""
+
+    groups: tuple[int, ...]  # groups (= passes) per generated block, noisiest first: one entry per block, T in all
+    group_sizes: GroupSizes = "cosine"
+
+    def __post_init__(self):
+        if not self.groups or min(self.groups) < 1:
+            raise UnitokError(f"groups must list at least one group per generated block, got {list(self.groups)}")
+
+    @property
+    def passes(self) -> int:
+        """Transformer passes per item (classifier-free guidance runs its two rows in the same pass)."""
+        return sum(self.groups)
+
+    def bounds(self, num_positions: int) -> list[list[int]]:
+        """`group_bounds` of every generated block."""
+        return [group_bounds(num_positions, groups, self.group_sizes) for groups in self.groups]
+
+
+@dataclass(frozen=True)
+class StreamLayout:
+    """A model's stream layout (see the module docstring); a recipe's ``layout:`` section."""
+
+    media_order: MediaOrder = "timestep"
+    readout_patch: int = 1  # odd: a read-out cell takes the s_0 of the readout_patch² cells around it
+    decode: dict[str, DecodeSchedule] = field(default_factory=dict)  # media range -> its schedule
+
+    def __post_init__(self):
+        if self.readout_patch < 1 or self.readout_patch % 2 == 0:
+            raise UnitokError(f"readout_patch must be an odd number >= 1, got {self.readout_patch}")
+        if self.media_order == "raster" and self.decode:
+            raise UnitokError("decode: the raster order draws one code per pass; it takes no decode schedule")
+
+    def schedule(self, name: str) -> DecodeSchedule:
+        if name not in self.decode:
+            raise UnitokError(f"the layout has no decode schedule for {name!r} (it has {sorted(self.decode)})")
+        return self.decode[name]
+
+    def with_default_schedules(self, noise_steps: dict[str, int]) -> StreamLayout:
+        """This layout with one group per generated block for every media range (name -> its T)
+        that has no schedule, in timestep order."""
+        if self.media_order == "raster":
+            return self
+        defaults = {name: DecodeSchedule((1,) * steps) for name, steps in noise_steps.items() if steps}
+        return StreamLayout(self.media_order, self.readout_patch, {**defaults, **self.decode})
+
+    def problems(self, name: str, noise_steps: int, num_positions: int | None = None) -> list[str]:
+        """What does not fit a media range `name` whose tokenizer has `noise_steps` (T) and N cells."""
+        if self.media_order == "raster":
+            return [] if noise_steps == 0 else ["media_order: raster needs a tokenizer with noise_steps = 0"]
+        if noise_steps == 0:
+            return ["media_order: timestep needs a tokenizer with noise_steps >= 1 (T = 0 is the raster baseline)"]
+        groups = self.decode[name].groups if name in self.decode else (1,) * noise_steps
+        if len(groups) != noise_steps:
+            return [f"decode.{name}.groups: expected one entry per generated block ({noise_steps} for T = "
+                    f"{noise_steps}, noisiest first), got {list(groups)}"]
+        if num_positions is not None and max(groups) > num_positions:
+            return [f"decode.{name}.groups: {max(groups)} groups cannot each hold one of {num_positions} cells"]
+        return []

@@ -1,0 +1,121 @@
+"""The transformer: a Hugging Face Llama-family decoder built from a model spec (``models/*.yaml``).
+
+It is a plain `LlamaForCausalLM` trained from scratch, so `save_pretrained`, `from_pretrained`,
+safetensors, accelerate and FSDP work as users expect. unitok only decides the inputs (ids, 4D
+block-causal masks, position ids, media position rows) and the targets; see `streams.py`.
+`StreamModel` is the one place that turns a stream's inputs into logits.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+from transformers import LlamaConfig, LlamaForCausalLM
+
+from unitok.core.config import load_config
+from unitok.core.errors import UnitokError
+from unitok.lm.batch import Batch
+from unitok.tokenizer.vocabulary import Vocabulary
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """Transformer size (``models/*.yaml``)."""
+
+    hidden_size: int = 256
+    num_layers: int = 4
+    num_heads: int = 4
+    num_kv_heads: int | None = None  # None = multi-head attention; fewer = grouped-query
+    intermediate_size: int = 704  # SwiGLU width, ≈ 8/3 · hidden rounded to a multiple of 64
+    max_position_embeddings: int = 2048
+    rope_theta: float = 10000.0
+    tie_word_embeddings: bool = True
+    initializer_range: float = 0.02
+
+    def __post_init__(self):
+        if self.hidden_size % self.num_heads:
+            raise UnitokError(f"hidden_size {self.hidden_size} is not divisible by num_heads {self.num_heads}")
+        if self.num_kv_heads is not None and self.num_heads % self.num_kv_heads:
+            raise UnitokError("num_heads must be a multiple of num_kv_heads")
+
+    @classmethod
+    def load(cls, path: str | Path) -> "ModelSpec":
+        return load_config(path, cls)
+
+
+def padded_vocab_size(vocab: Vocabulary, multiple: int = 64) -> int:
+    """Embedding rows rounded up for efficient matmuls; the extra ids are never sampled."""
+    return -(-vocab.size // multiple) * multiple
+
+
+def build_transformer(spec: ModelSpec, vocab: Vocabulary) -> LlamaForCausalLM:
+    config = LlamaConfig(
+        vocab_size=padded_vocab_size(vocab),
+        hidden_size=spec.hidden_size,
+        intermediate_size=spec.intermediate_size,
+        num_hidden_layers=spec.num_layers,
+        num_attention_heads=spec.num_heads,
+        num_key_value_heads=spec.num_kv_heads or spec.num_heads,
+        max_position_embeddings=spec.max_position_embeddings,
+        rope_parameters={"rope_type": "default", "rope_theta": spec.rope_theta},
+        tie_word_embeddings=spec.tie_word_embeddings,
+        initializer_range=spec.initializer_range,
+        pad_token_id=vocab.special_id("<pad>"),
+        bos_token_id=vocab.special_id("<bos>"),
+        eos_token_id=vocab.special_id("<eos>"),
+        attn_implementation="sdpa",
+    )
+    return LlamaForCausalLM(config)
+
+
+class StreamModel(nn.Module):
+    """The transformer with unitok's input rule: a media position enters as the sum of the
+    embeddings of its code (or the mask row while undecided), its latent cell and its noise step
+    (`Batch.media_rows`), plus its state inputs (2C floats, `Batch.media_states`: the running RDPM
+    state at its cell, its own code included once decided, and the noise ε̂; more for a read-out
+    cell that takes a neighbourhood) times as many state rows from its first one, a learned linear
+    map; every other token as its own embedding. The extra rows live in the transformer's
+    embedding table, so its `save_pretrained` holds the whole model, and the sum is taken inside
+    `forward`, where DDP and FSDP expect every use of a parameter."""
+
+    def __init__(self, transformer: LlamaForCausalLM):
+        super().__init__()
+        self.transformer = transformer
+
+    def forward(self, input_ids: torch.Tensor, media_rows: torch.Tensor, media_states: torch.Tensor,
+                attention_mask: torch.Tensor, position_ids: torch.Tensor, cache=None,
+                outputs_at: torch.Tensor | None = None) -> torch.Tensor:
+        """Logits (B, L, V); `cache` (a `DynamicCache`) is extended in place. With `outputs_at` (B, L) bool,
+        only the logits (M, V) of those positions: training needs them at its targets alone (under
+        half of a batch's positions), and the vocabulary projection and its softmax are a fifth of a
+        training step's time."""
+        table = self.transformer.get_input_embeddings()
+        rows = media_rows.clamp_min(0)
+        has_rows = (media_rows[..., :2] >= 0).unsqueeze(-1)  # (B, L, 2, 1)
+        embeds = table(input_ids) + (table(rows[..., :2]) * has_rows).sum(dim=2)  # (B, L, H)
+        coded = media_rows[..., 2] >= 0  # (B, L): media positions, the only ones with state inputs
+        first_rows, states = media_rows[..., 2][coded], media_states[coded]  # (M,), (M, S)
+        from_state = torch.zeros(*states.shape[:-1], embeds.shape[-1], dtype=embeds.dtype, device=embeds.device)
+        for first in first_rows.unique().tolist():  # one state range per modality and kind of position
+            # states are zero-padded beyond a range's width, so the rows past it weigh nothing
+            weight = table.weight[first:first + states.shape[-1]]
+            of_range = first_rows == first
+            projected = states[of_range, :weight.shape[0]].to(weight.dtype) @ weight
+            from_state[of_range] = projected.to(embeds.dtype)  # autocast: bf16
+        embeds = embeds.index_put((coded,), from_state, accumulate=True)
+        if outputs_at is not None:
+            hidden = self.transformer.model(inputs_embeds=embeds, attention_mask=attention_mask,
+                                            position_ids=position_ids).last_hidden_state
+            return self.transformer.lm_head(hidden[outputs_at])
+        return self.transformer(inputs_embeds=embeds, attention_mask=attention_mask, position_ids=position_ids,
+                                cache=cache, use_cache=cache is not None).logits
+
+
+def batch_logits(model: nn.Module, batch: Batch, outputs_at: torch.Tensor | None = None) -> torch.Tensor:
+    """(B, L, V) logits of a `StreamModel`, also when accelerate has wrapped it (DDP, FSDP); (M, V)
+    at the positions `outputs_at` (B, L) only."""
+    return model(batch.input_ids, batch.media_rows, batch.media_states, batch.attention_mask, batch.position_ids,
+                 outputs_at=outputs_at)

@@ -1,1 +1,0 @@
-"""Training loops (accelerate): the media tokenizers and the transformer."""
