@@ -2,6 +2,7 @@
 data, so `unitok train` of a shipped recipe (shrunk to a few steps) and loading its output work
 from another working directory."""
 
+import shutil
 import subprocess
 import sys
 import sysconfig
@@ -19,8 +20,13 @@ def run(*command, cwd):
 
 
 def test_a_wheel_installed_elsewhere_trains_a_shipped_recipe_and_loads_its_pipeline(tmp_path):
-    # the wheel, built offline with this environment's setuptools
-    run(sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-w", tmp_path / "dist", REPO,
+    # the wheel, built offline with this environment's setuptools from a copy of the sources (a build
+    # writes build/ and *.egg-info beside them)
+    source = tmp_path / "source"
+    shutil.copytree(REPO / "unitok", source / "unitok", ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(REPO / name, source / name)
+    run(sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-w", tmp_path / "dist", source,
         cwd=tmp_path)
     (wheel,) = (tmp_path / "dist").glob("unitok_rdpm-*.whl")
     # a fresh venv that sees this environment's dependencies (torch, transformers, …) but not its
