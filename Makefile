@@ -1,6 +1,6 @@
 # make demo      : set up .venv and train the quickstart (text -> image on the digits world)
 # make test      : set up .venv with the test extras; ruff, then the unit and integration tests
-# make test-unit : the quick loop (about two minutes)
+# make test-unit : the quick loop (under a minute)
 # make bench     : measure sampling, training and tokenize speed into bench.json
 PYTHON ?= python3
 VENV   ?= .venv

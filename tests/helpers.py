@@ -13,8 +13,6 @@ from unitok.tokenizer.media_tokenizer import TokenizerSpec
 from unitok.tokenizer.rdpm import QuantizerConfig, RDPMQuantizer
 from unitok.tokenizer.vocabulary import MediaLayout, Vocabulary
 
-REPO = Path(__file__).resolve().parent.parent
-
 TINY_SPEC = {
     "modality": "image",
     "name": "image",

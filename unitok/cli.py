@@ -1,21 +1,28 @@
 """The `unitok` command line: train, tokenize, shards, generate, eval, sweep, bench.
 
-Every failure the user can fix (a `UnitokError`: a wrong file, setting or prompt) ends with one
-line on stderr (``unitok: error: …``) and exit 1. Anything else is a bug and keeps its traceback;
-``--debug`` shows the traceback for every error.
+One rule for every command: a failure the user can fix (a `UnitokError`: a wrong file, setting or
+prompt; or the environment refusing a file: an `OSError` such as a folder that cannot be written)
+ends with one line on stderr (``unitok: error: …``) and exit 1; a bad option value is refused by
+the parser before anything runs (exit 2). Anything else is a bug and keeps its traceback;
+``--debug`` shows the traceback for every error. Output cut short by its reader (``| head``)
+ends quietly.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
+import os
 import sys
 from pathlib import Path
 
 from unitok._version import __version__
+from unitok.configs import shipped_recipes
 from unitok.core.errors import UnitokError
 
-USER_ERRORS = (UnitokError, FileNotFoundError)
+USER_ERRORS = (UnitokError, OSError)
+MAX_SEED = 2**63  # torch generators take seeds below it (lm.sampling's; importing it would load torch)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -23,15 +30,46 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         return args.command(args) or 0
+    except BrokenPipeError:  # the reader stopped reading (`| head`): nothing is wrong
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit
+        return 141
     except USER_ERRORS as err:
         if args.debug:
             raise
-        reason = str(err).strip().splitlines()
-        print(f"unitok: error: {reason[0] if len(reason) == 1 else '; '.join(reason)}", file=sys.stderr)
+        print(f"unitok: error: {_reason(err)}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print("unitok: interrupted; re-run the same command to resume", file=sys.stderr)
         return 130
+
+
+def _reason(err: Exception) -> str:
+    """One line: a `UnitokError`'s lines joined, an `OSError`'s reason and file."""
+    if isinstance(err, OSError) and not isinstance(err, UnitokError) and err.strerror:
+        files = " → ".join(str(f) for f in (err.filename, err.filename2) if f is not None)
+        return f"{err.strerror}: {files}" if files else err.strerror
+    lines = str(err).strip().splitlines()
+    return "; ".join(lines)
+
+
+def _checked(parse, holds, expected: str):
+    """An argparse type: `parse` the text and refuse a value for which `holds` is false."""
+
+    def convert(text: str):
+        try:
+            value = parse(text)
+        except ValueError:
+            value = None
+        if value is None or not holds(value):
+            raise argparse.ArgumentTypeError(f"expected {expected}, got {text!r}")
+        return value
+
+    return convert
+
+
+_seed = _checked(int, lambda seed: 0 <= seed < MAX_SEED, "an integer in [0, 2**63)")
+_finite = _checked(float, math.isfinite, "a finite number")
+_positive = _checked(int, lambda value: value >= 1, "an integer >= 1")
 
 
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
@@ -58,7 +96,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     train = commands.add_parser("train", help="run a recipe: tokenizers, text BPE, shards, LM, eval (resumable)")
     train.add_argument("recipe", help="a recipe YAML file, or the name of a shipped recipe: "
-                                      "quickstart, quickstart-ar, quickstart-t4, digits-multimodal")
+                                      + ", ".join(shipped_recipes()))
     train.add_argument("--stop-after", choices=["data", "tokenizer", "text_bpe", "shards", "lm", "pipeline", "eval"],
                        help="stop after this stage")
     train.set_defaults(command=cmd_train)
@@ -86,11 +124,11 @@ def build_parser() -> argparse.ArgumentParser:
                           help="which of the pipeline's tokenizers to use (needed when it has several)")
     tokenize.add_argument("--task", help="the rows' default training task (default: text_to_<modality>, or text)")
     tokenize.add_argument("--out", type=Path, required=True, help="output shard folder")
-    tokenize.add_argument("--items-per-shard", type=int, default=1024,
+    tokenize.add_argument("--items-per-shard", type=_positive, default=1024,
                           help="items per parquet shard (the unit of resuming)")
-    tokenize.add_argument("--seed", type=int, default=0, help="base seed of the RDPM noise draws")
-    tokenize.add_argument("--noise-draws", type=int, default=1, help="noise draws (token sequences) per item")
-    tokenize.add_argument("--workers", type=int, default=1, help="local worker processes (CPU)")
+    tokenize.add_argument("--seed", type=_seed, default=0, help="base seed of the RDPM noise draws")
+    tokenize.add_argument("--noise-draws", type=_positive, default=1, help="noise draws (token sequences) per item")
+    tokenize.add_argument("--workers", type=_positive, default=1, help="local worker processes (CPU)")
     tokenize.add_argument("--device", default="cpu",
                           help="where the tokenizer runs: cpu, a torch device such as cuda:0, or accelerator "
                                "(each rank's own under accelerate launch); part of the set's identity")
@@ -116,18 +154,20 @@ def build_parser() -> argparse.ArgumentParser:
                                                                       "(repeat for several)")
     generate.add_argument("--out", type=Path, help="output file for media, e.g. x.png or x.wav "
                                                    "(several prompts: NAME-0.ext, …)")
-    generate.add_argument("--guidance-scale", type=float, help="classifier-free guidance (text→media; default: "
+    generate.add_argument("--guidance-scale", type=_finite, help="classifier-free guidance (text→media; default: "
                                                                "the pipeline's saved sampler settings, else 3.0)")
-    generate.add_argument("--temperature", type=float, help="default: the pipeline's, else 1.0")
-    generate.add_argument("--top-k", type=int, help="default: the pipeline's, else none")
-    generate.add_argument("--top-p", type=float, help="default: the pipeline's, else none")
-    generate.add_argument("--gumbel-scale", type=float,
+    generate.add_argument("--temperature", type=_finite, help="default: the pipeline's, else 1.0")
+    generate.add_argument("--top-k", type=_positive, help="default: the pipeline's, else none")
+    generate.add_argument("--top-p", type=_finite, help="default: the pipeline's, else none")
+    generate.add_argument("--gumbel-scale", type=_finite,
                           help="1 = sample, 0 = greedy (default: the pipeline's for media, else 1; 0 for text)")
-    generate.add_argument("--refine-temperature", type=float,
+    generate.add_argument("--refine-temperature", type=_finite,
                           help="RDPM: temperature of the blocks after the first generated one (default: the "
                                "pipeline's, else --temperature)")
-    generate.add_argument("--max-new-tokens", type=int, default=32, help="longest caption (media→text)")
-    generate.add_argument("--seed", type=int, default=0, help="sampling seed: the same seed gives the same output")
+    generate.add_argument("--max-new-tokens", type=_positive, default=32, help="longest caption (media→text)")
+    generate.add_argument("--seed", type=_seed, default=0,
+                          help="every item's seed: the same prompt and seed give the same output, whatever else "
+                               "is generated beside it")
     generate.add_argument("--device",
                           help="torch device to run on, e.g. cpu or cuda:0 (default: cuda if available, else cpu)")
     generate.set_defaults(command=cmd_generate)
@@ -151,10 +191,16 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def cmd_train(args) -> int:
+    from unitok.core.runtime import end_processes
     from unitok.recipe.schema import load_recipe
     from unitok.recipe.stages import RecipeRun
 
-    RecipeRun(load_recipe(args.recipe)).run(stop_after=args.stop_after)
+    loaded = load_recipe(args.recipe)
+    writable_folder(loaded.out)
+    try:
+        RecipeRun(loaded).run(stop_after=args.stop_after)
+    finally:
+        end_processes()
     return 0
 
 
@@ -163,17 +209,21 @@ def cmd_eval(args) -> int:
     from unitok.recipe.stages import STAGE_NAME, RecipeRun
 
     run = RecipeRun(load_recipe(args.recipe))
+    if not (run.out / "model" / "model_index.json").is_file():
+        raise UnitokError(f"{run.out}: no trained model to evaluate; run `unitok train {args.recipe}` first")
     (run.out / "eval" / STAGE_NAME).unlink(missing_ok=True)
     run.stage_eval()
     return 0
 
 
 def cmd_tokenize(args) -> int:
+    from unitok.core.runtime import end_processes, processes
     from unitok.data.shard_writer import ShardWriter, TokenizeSettings
     from unitok.data.sources import DatasetSource, FolderSource, TextSource
     from unitok.pipeline import PipelineTokenizers
 
     tokenizers = PipelineTokenizers.from_pretrained(args.tokenizer)
+    writable_folder(args.out.parent)
     settings = TokenizeSettings(items_per_shard=args.items_per_shard, seed=args.seed, noise_draws=args.noise_draws)
     media_tokenizer = None
     if args.input and args.input.is_file():
@@ -185,12 +235,17 @@ def cmd_tokenize(args) -> int:
         media_tokenizer = tokenizers.for_modality(args.modality)
     writer = ShardWriter(args.out, media_tokenizer, tokenizers.text, tokenizers.vocabulary, settings,
                          task=args.task, strict=args.strict, device=args.device)
-    totals = writer.write(source, workers=args.workers)
+    try:
+        totals = writer.write(source, workers=args.workers)
+        ranks, is_main = processes().num_processes, processes().is_main_process
+    finally:
+        end_processes()
     reasons = ", ".join(f"{n} {reason}" for reason, n in totals["error_reasons"].items())
-    print(f"wrote {totals['rows']} rows ({totals['items']} items × {args.noise_draws if media_tokenizer else 1} "
-          f"noise draws) in {totals['shards']} shards to {args.out}; "
-          f"skipped {totals['errors']} bad inputs"
-          + (f" ({reasons}; see {args.out / 'errors.jsonl'})" if reasons else ""))
+    if is_main:
+        print(f"wrote {totals['rows']} rows ({totals['items']} items × "
+              f"{args.noise_draws if media_tokenizer else 1} noise draws) in {totals['shards']} shards to {args.out} "
+              f"with {ranks} process(es) × {args.workers} worker(s); skipped {totals['errors']} bad inputs"
+              + (f" ({reasons}; see {args.out / 'errors.jsonl'})" if reasons else ""))
     return 0
 
 
@@ -228,17 +283,24 @@ def cmd_shards_verify(args) -> int:
 def cmd_generate(args) -> int:
     import torch
 
+    from unitok.core.runtime import torch_device
     from unitok.pipeline import UniTokPipeline
+    from unitok.tokenizer.media_tokenizer import ADAPTERS
 
+    describe = args.modality == "text"
+    if describe and (not args.input or args.prompt or args.out):
+        raise UnitokError("--modality text describes media: pass --input FILE, without --prompt or --out "
+                          "(captions are printed)")
+    if not describe and (not args.prompt or not args.out or args.input):
+        raise UnitokError(f"--modality {args.modality} generates from text: pass --prompt TEXT and --out FILE, "
+                          "without --input")
+    if not describe:
+        ADAPTERS[args.modality].check_writable(args.out)  # before a model is loaded or an output made
+        writable_folder(args.out.parent)
+    device = torch_device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    pipe = UniTokPipeline.from_pretrained(args.model, device=device)
     sampler = {"temperature": args.temperature, "top_k": args.top_k, "top_p": args.top_p,
                "gumbel_scale": args.gumbel_scale, "seed": args.seed}
-    describe = args.modality == "text"
-    if describe and (not args.input or args.prompt):
-        raise UnitokError("--modality text describes media: pass --input FILE (and no --prompt)")
-    if not describe and (not args.prompt or not args.out or args.input):
-        raise UnitokError(f"--modality {args.modality} generates from text: pass --prompt TEXT and --out FILE")
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    pipe = UniTokPipeline.from_pretrained(args.model, device=device)
     if describe:
         captions = pipe.media_to_text(pipe.modality_of_file(args.input[0]), [str(p) for p in args.input],
                                       max_new_tokens=args.max_new_tokens, **sampler)
@@ -250,6 +312,16 @@ def cmd_generate(args) -> int:
     for path in out.save(args.out):
         print(path)
     return 0
+
+
+def writable_folder(folder: Path) -> None:
+    """Refuse, before any work, a folder that cannot be made or written."""
+    file = next((p for p in (folder, *folder.parents) if p.exists() and not p.is_dir()), None)
+    if file is not None:
+        raise UnitokError(f"{folder}: {file} is a file, not a folder; choose another path")
+    folder.mkdir(parents=True, exist_ok=True)  # an OSError (not permitted, …) names the folder
+    if not os.access(folder, os.W_OK):
+        raise UnitokError(f"{folder}: not writable")
 
 
 def cmd_sweep(args) -> int:

@@ -29,18 +29,31 @@ from unitok._version import __version__
 from unitok.core.atomic import write_text_atomic
 from unitok.core.config import from_dict, to_dict
 from unitok.core.errors import UnitokError
+from unitok.data.tasks import task_modality
 from unitok.hub import local_folder, push_folder, write_model_card
 from unitok.lm.documents import readout_states
 from unitok.lm.layout import StreamLayout
 from unitok.lm.model import StreamModel
-from unitok.lm.sampling import MediaSampler, SamplerConfig, media_sampler, sample_text
+from unitok.lm.sampling import (
+    MAX_SEED,
+    MediaSampler,
+    SamplerConfig,
+    item_generators,
+    item_seeds,
+    media_sampler,
+    sample_text,
+)
 from unitok.lm.streams import StreamBuilder
+from unitok.tokenizer.adapters import MediaAdapter
 from unitok.tokenizer.media_tokenizer import MediaTokenizer
 from unitok.tokenizer.text_bpe import TextBPE
 from unitok.tokenizer.vocabulary import Vocabulary, VocabularyError
 
 INDEX_NAME = "model_index.json"
-INDEX_FORMAT = 3  # format 2 (unitok 0.2) kept the decode schedule in the samplers; 1 was unitok_pipeline.json
+# format 3 did not record the trained tasks; 2 (unitok 0.2) kept the decode schedule in the samplers;
+# 1 was unitok_pipeline.json
+INDEX_FORMAT = 4
+Seed = int | Sequence[int]  # one seed for every item, or one per item (`sampling.item_seeds`)
 
 
 @dataclass
@@ -49,6 +62,7 @@ class MediaPipelineOutput:
 
     media: list[Any]
     token_ids: torch.Tensor  # (B, num_blocks, N) local code ids, blocks [k_T … k_0]
+    adapter: MediaAdapter | None = None  # the modality's: which file names `save` takes
 
     @property
     def images(self) -> list[Any]:
@@ -65,6 +79,8 @@ class MediaPipelineOutput:
     def save(self, path: str | Path) -> list[Path]:
         """Save to `path` (one item) or to NAME-0.ext, NAME-1.ext, … (several); returns the paths."""
         path = Path(path)
+        if self.adapter is not None:
+            self.adapter.check_writable(path)
         paths = [path] if len(self.media) == 1 else [path.with_name(f"{path.stem}-{i}{path.suffix}")
                                                      for i in range(len(self.media))]
         for item, target in zip(self.media, paths):
@@ -75,19 +91,25 @@ class MediaPipelineOutput:
 
 class UniTokPipeline:
     """`layout` is the transformer's stream layout (`lm.layout.StreamLayout`: media order, read-out
-    neighbourhood and each modality's decode schedule, which it was trained with); `samplers` holds
-    each modality's free sampler settings (`SamplerConfig`: guidance, temperatures, …), saved with
-    the pipeline; a call's own options override them for that call."""
+    neighbourhood and each modality's decode schedule, which it was trained with); `tasks` the
+    directions it was trained for (`text_to_image`, `image_to_text`, …; None: any its tokenizers
+    allow); `samplers` holds each modality's free sampler settings (`SamplerConfig`: guidance,
+    temperatures, …), saved with the pipeline; a call's own options override them for that call.
+
+    Seeds: a call's `seed` is every item's seed, or a list of one per item. An item's output
+    depends on its prompt (or media), its seed and the settings only, whatever else is in its batch."""
 
     def __init__(self, transformer: LlamaForCausalLM, text_tokenizer: TextBPE,
                  media_tokenizers: dict[str, MediaTokenizer], vocabulary: Vocabulary, layout: StreamLayout,
-                 samplers: dict[str, SamplerConfig] | None = None):
+                 samplers: dict[str, SamplerConfig] | None = None, tasks: Sequence[str] | None = None):
         self.transformer = transformer.eval()
         self.text_tokenizer = text_tokenizer
         self.media_tokenizers = media_tokenizers
         self.vocabulary = vocabulary
-        self.layout = layout
+        self.layout = layout.fitted({name: (t.quantizer.noise_steps, t.num_positions)
+                                     for name, t in media_tokenizers.items()})
         self.samplers = dict(samplers or {})
+        self.tasks = None if tasks is None else tuple(tasks)
         self._check_components()
 
     def _check_components(self) -> None:
@@ -100,24 +122,34 @@ class UniTokPipeline:
             r = self.vocabulary.range(name)
             if r.tokenizer_hash != tokenizer.content_hash() or r.size != tokenizer.codebook_size:
                 raise VocabularyError(f"media tokenizer {name!r} does not match the vocabulary manifest")
-            problems = self.layout.problems(name, tokenizer.quantizer.noise_steps, tokenizer.num_positions)
-            if problems:
-                raise UnitokError(f"layout: {problems[0]}")
             patch, channels = self.layout.readout_patch, tokenizer.spec.autoencoder.latent_channels
             if self.vocabulary.readout_state(name).size != (patch ** 2 + 1) * channels:
                 raise VocabularyError(f"the vocabulary has no read-out rows for a {patch}x{patch} neighbourhood "
                                       f"of {name!r}")
-        unknown = set(self.layout.decode) - set(self.media_tokenizers)
-        if unknown:
-            raise UnitokError(f"layout: decode: {sorted(unknown)} name no tokenizer of this pipeline "
-                              f"({sorted(self.media_tokenizers)})")
         if self.transformer.config.vocab_size < self.vocabulary.size:
             raise VocabularyError(
                 f"transformer has {self.transformer.config.vocab_size} embeddings, "
                 f"vocabulary needs {self.vocabulary.size}"
             )
         for modality in self.samplers:
-            self.tokenizer_for(modality)
+            self.tokenizer_for(modality)  # refuses settings of a modality the pipeline lacks
+        for task in self.tasks or ():
+            if task_modality(task) is not None:
+                self.tokenizer_for(task_modality(task))
+
+    def require_task(self, task: str) -> None:
+        """Refuse a direction the transformer was not trained for: it would produce nonsense."""
+        if self.tasks is not None and task not in self.tasks:
+            trained = ", ".join(t for t in self.tasks if t != "text") or "no direction"
+            raise UnitokError(f"this model was not trained for {task} (it was trained for {trained})")
+
+    @property
+    def max_positions(self) -> int:
+        return self.transformer.config.max_position_embeddings
+
+    def _require_positions(self, needed: int, what: str) -> None:
+        if needed > self.max_positions:
+            raise UnitokError(f"{what} needs {needed} positions; this model has {self.max_positions}")
 
     # --- devices -------------------------------------------------------------------------------
     def to(self, device: str | torch.device) -> "UniTokPipeline":
@@ -159,23 +191,28 @@ class UniTokPipeline:
         return self.sampler_for(modality).passes(tokenizer.num_blocks, tokenizer.num_positions)
 
     @torch.no_grad()
-    def generate_media_ids(self, modality: str, prompts: Sequence[str], seed: int = 0, **options) -> torch.Tensor:
-        """Local code ids (B, num_blocks, N) for each prompt; item i's noise ε is drawn with seed
-        `seed + i`, so an item does not depend on the others in its batch's noise."""
+    def generate_media_ids(self, modality: str, prompts: Sequence[str], seed: Seed = 0, **options) -> torch.Tensor:
+        """Local code ids (B, num_blocks, N) for each prompt; item i's noise ε and draws come from
+        its own seed (see the class docstring)."""
+        self.require_task(f"text_to_{modality}")
         tokenizer = self.tokenizer_for(modality)
         sampler = self.sampler_for(modality, **options)
+        seeds = item_seeds(seed, len(prompts))
+        encoded = [self.encode_prompt(p) for p in prompts]
+        span = self.vocabulary.range(f"{tokenizer.name}.cells").size
+        self._require_positions(max(map(len, encoded)) + 2 + span, f"a prompt of {max(map(len, encoded))} tokens "
+                                f"and its {modality}'s {span} positions")
         first_blocks = None
         if self.layout.media_order == "timestep":
-            noise = tokenizer.draw_noise(len(prompts), seeds=[seed + i for i in range(len(prompts))])
+            noise = tokenizer.draw_noise(len(prompts), seeds=seeds)
             first_blocks = tokenizer.quantizer.quantize_noise(noise).unsqueeze(1)  # k_T from ε, (B, 1, N)
         return sampler.sample(StreamModel(self.transformer), self.vocabulary, tokenizer.name, tokenizer.quantizer,
-                              [self.encode_prompt(p) for p in prompts], first_blocks,
-                              generator=torch.Generator().manual_seed(seed))
+                              encoded, first_blocks, item_generators(seeds))
 
     def text_to_media(self, modality: str, prompt: str | Sequence[str], guidance_scale: float | None = None,
                       temperature: float | None = None, top_k: int | None = None, top_p: float | None = None,
                       gumbel_scale: float | None = None, refine_temperature: float | None = None,
-                      seed: int = 0) -> MediaPipelineOutput:
+                      seed: Seed = 0) -> MediaPipelineOutput:
         """Generate one item of `modality` per prompt. Options left at None take the pipeline's
         saved sampler settings (`samplers`, else `SamplerConfig()`'s defaults). Same seed, same
         prompts, same options -> the same items."""
@@ -183,7 +220,8 @@ class UniTokPipeline:
         ids = self.generate_media_ids(modality, prompts, seed, guidance_scale=guidance_scale, temperature=temperature,
                                       top_k=top_k, top_p=top_p, gumbel_scale=gumbel_scale,
                                       refine_temperature=refine_temperature)
-        return MediaPipelineOutput(self.tokenizer_for(modality).decode(ids), ids.cpu())
+        tokenizer = self.tokenizer_for(modality)
+        return MediaPipelineOutput(tokenizer.decode(ids), ids.cpu(), tokenizer.adapter)
 
     def text_to_image(self, prompt: str | Sequence[str], **sampler) -> MediaPipelineOutput:
         """Images for prompts; sampler options as in `text_to_media`."""
@@ -200,18 +238,21 @@ class UniTokPipeline:
     @torch.no_grad()
     def media_to_text(self, modality: str, media: Any | Sequence[Any], max_new_tokens: int = 32,
                       temperature: float | None = None, top_k: int | None = None, top_p: float | None = None,
-                      gumbel_scale: float | None = None, seed: int = 0) -> str | list[str]:
-        """Describe media (objects or file paths) in text: item i is tokenized with noise seed
-        `seed + i`, then text is sampled after its span, which the text reads through its
+                      gumbel_scale: float | None = None, seed: Seed = 0) -> str | list[str]:
+        """Describe media (objects or file paths) in text: each item is tokenized with its own
+        seed's noise, then text is sampled after its span, which the text reads through its
         read-out block (greedy by default: `gumbel_scale=0`). One item in, one string out; a list
         in, a list out."""
+        self.require_task(f"{modality}_to_text")
+        _check_max_new_tokens(max_new_tokens)
         items = list(media) if isinstance(media, (list, tuple)) else [media]
         if not items:
             raise UnitokError("media: expected an item or a non-empty list of items")
+        seeds = item_seeds(seed, len(items))
         tokenizer = self.tokenizer_for(modality)
         prefixes = [self._document().read_out(tokenizer.name, states).build()
-                    for states in self._readout_states(tokenizer, items, seed)]
-        texts = self._sample_text(prefixes, max_new_tokens, seed, temperature=temperature, top_k=top_k, top_p=top_p,
+                    for states in self._readout_states(tokenizer, items, seeds)]
+        texts = self._sample_text(prefixes, max_new_tokens, seeds, temperature=temperature, top_k=top_k, top_p=top_p,
                                   gumbel_scale=gumbel_scale)
         return texts if isinstance(media, (list, tuple)) else texts[0]
 
@@ -226,14 +267,19 @@ class UniTokPipeline:
         parts = list(prompt) if isinstance(prompt, (list, tuple)) else [prompt]
         if not parts:
             raise UnitokError("prompt: expected a non-empty list of strings and media")
+        (seed,) = item_seeds(seed, 1)
+        _check_max_new_tokens(max_new_tokens)
         builder = self._document()
         for index, part in enumerate(parts):
             if isinstance(part, str) and self._is_text(part):
                 builder.text(self.encode_prompt(part))
             else:
-                tokenizer = self.tokenizer_for(self.modality_of(part))
-                builder.read_out(tokenizer.name, self._readout_states(tokenizer, [part], seed + index)[0])
-        return self._sample_text([builder.build()], max_new_tokens, seed, temperature=temperature, top_k=top_k,
+                modality = self.modality_of(part)
+                self.require_task(f"{modality}_to_text")
+                tokenizer = self.tokenizer_for(modality)
+                part_seed = (seed + index) % MAX_SEED  # each media part its own noise
+                builder.read_out(tokenizer.name, self._readout_states(tokenizer, [part], [part_seed])[0])
+        return self._sample_text([builder.build()], max_new_tokens, [seed], temperature=temperature, top_k=top_k,
                                  top_p=top_p, gumbel_scale=gumbel_scale)[0]
 
     def modality_of(self, item: Any) -> str:
@@ -255,18 +301,20 @@ class UniTokPipeline:
         """A new document of this model's layout, after its ``<bos>``."""
         return StreamBuilder(self.vocabulary, self.layout.media_order).special("<bos>")
 
-    def _readout_states(self, tokenizer: MediaTokenizer, items: Sequence[Any], seed: int) -> torch.Tensor:
-        """The state inputs (B, N, S) of the read-out blocks of items tokenized with seeds `seed + i`
+    def _readout_states(self, tokenizer: MediaTokenizer, items: Sequence[Any], seeds: Sequence[int]) -> torch.Tensor:
+        """The state inputs (B, N, S) of the read-out blocks of items tokenized with their `seeds`
         (`documents.readout_states`), as the model trained to read media."""
-        ids = tokenizer.encode(list(items), seed=[seed + i for i in range(len(items))])
+        ids = tokenizer.encode(list(items), seed=list(seeds))
         clean = tokenizer.quantizer.block_inputs(ids)[0][:, -1].cpu()
         return readout_states(clean, self.layout.readout_patch, tokenizer.latent_shape)
 
-    def _sample_text(self, prefixes: Sequence, max_new_tokens: int, seed: int, **options) -> list[str]:
+    def _sample_text(self, prefixes: Sequence, max_new_tokens: int, seeds: Sequence[int], **options) -> list[str]:
+        self._require_positions(max(map(len, prefixes)) + max_new_tokens,
+                                f"a prefix of {max(map(len, prefixes))} positions and {max_new_tokens} new tokens")
         given = {k: v for k, v in options.items() if v is not None}
         sampler = replace(SamplerConfig.for_text(), **given)
         texts = sample_text(StreamModel(self.transformer), self.vocabulary, prefixes, max_new_tokens, sampler,
-                            generator=torch.Generator().manual_seed(seed))
+                            item_generators(seeds))
         return [self.text_tokenizer.decode(t) for t in texts]
 
     def image_to_text(self, image: Any | Sequence[Any], **sampler) -> str | list[str]:
@@ -301,6 +349,7 @@ class UniTokPipeline:
         index = {"_class_name": type(self).__name__, "_unitok_version": __version__, "format": INDEX_FORMAT,
                  **{folder: [type(c).__module__.split(".")[0], type(c).__name__] for folder, c in components.items()},
                  "media_tokenizers": media, "layout": to_dict(self.layout),
+                 "tasks": None if self.tasks is None else list(self.tasks),
                  "samplers": {modality: to_dict(config) for modality, config in self.samplers.items()}}
         write_model_card(directory, index)
         write_text_atomic(directory / INDEX_NAME, json.dumps(index, indent=2) + "\n")
@@ -328,6 +377,7 @@ class UniTokPipeline:
             samplers={modality: from_dict(SamplerConfig, config,
                                           source=f"{directory}/{INDEX_NAME}: samplers.{modality}")
                       for modality, config in index.get("samplers", {}).items()},
+            tasks=index["tasks"],
         )
         return pipe.to(device) if device is not None else pipe
 
@@ -386,3 +436,8 @@ def _check_prompts(prompt: str | Sequence[str]) -> list[str]:
     if not prompts or not all(isinstance(p, str) for p in prompts):
         raise UnitokError("prompt: expected a string or a non-empty list of strings")
     return prompts
+
+
+def _check_max_new_tokens(max_new_tokens: Any) -> None:
+    if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 1:
+        raise UnitokError(f"max_new_tokens: expected an integer >= 1, got {max_new_tokens!r}")

@@ -5,8 +5,11 @@ import shutil
 import subprocess
 import sys
 
+import pyarrow.parquet as pq
+import yaml
 from PIL import Image
 
+from tests.helpers import write_tiny_recipe
 from unitok.cli import main
 
 
@@ -107,3 +110,113 @@ def test_generate_writes_png_and_errors_are_one_line(tiny_run, tmp_path):
 
 
 
+
+
+def one_line_error(result, *fragments):
+    """`result` failed with exit 1, its stderr ending in one line ``unitok: error: …`` (after any
+    progress bars) that holds every fragment."""
+    assert result.returncode == 1, (result.returncode, result.stdout, result.stderr)
+    last = result.stderr.rstrip("\n").splitlines()[-1]
+    assert last.startswith("unitok: error: ") and "Traceback" not in result.stderr, result.stderr
+    assert all(f in last for f in fragments), result.stderr
+
+
+def caption_lines(folder):
+    return [json.loads(line) for line in (folder / "captions.jsonl").read_text().splitlines()]
+
+
+def test_images_without_a_caption_line_and_repeated_lines_all_end_as_rows_or_errors(tiny_run, tmp_path):
+    """203dc14 dropped images the manifest had no line for (in neither the shards nor errors.jsonl)
+    and wrote a set with a repeated key that its own `verify` rejected."""
+    folder, _ = make_folder(tiny_run, tmp_path, n=20)
+    for bad in ("truncated.png", "empty.png", "notes.png"):
+        (folder / bad).unlink()
+    lines = [line for line in caption_lines(folder) if (folder / line["file"]).is_file() and line["caption"]]
+    unlisted = [line["file"] for line in lines[:4]]
+    kept = lines[4:] + [{**lines[5], "caption": "the same image, said again"}]
+    (folder / "captions.jsonl").write_text("".join(json.dumps(line) + "\n" for line in kept))
+    out = tmp_path / "shards"
+    assert run_cli("tokenize", "--tokenizer", tiny_run / "model", "--input", folder, "--out", out).returncode == 0
+    errors = {e["key"]: e["reason"] for e in map(json.loads, (out / "errors.jsonl").read_text().splitlines())}
+    rows = set(pq.read_table(sorted(out.glob("shard-*.parquet")), columns=["key"]).column("key").to_pylist())
+    on_disk = {p.name for p in folder.glob("*.png")}
+    assert rows | errors.keys() == on_disk | {f"{lines[5]['file']}#2"}, "every image is a row or an error"
+    assert {k for k in errors if errors[k] == "missing caption (captions.jsonl has no line for it)"} == set(unlisted)
+    assert f"{lines[5]['file']}#2" in rows
+    verified = run_cli("shards", "verify", out)
+    assert verified.returncode == 0, verified.stdout
+
+
+def test_a_refused_tokenize_writes_nothing_into_out(tiny_run, tmp_path):
+    """203dc14 refused --workers 0 after writing manifest.json, vocabulary.json and records/."""
+    folder, _ = make_folder(tiny_run, tmp_path)
+    out = tmp_path / "out"
+    command = ["tokenize", "--tokenizer", tiny_run / "model", "--input", folder, "--out", out]
+    for option, value in (("--workers", 0), ("--seed", 99999999999999999999), ("--items-per-shard", -1)):
+        refused = run_cli(*command, option, value)
+        assert refused.returncode == 2 and f"argument {option}: expected an integer" in refused.stderr
+        assert not out.exists()
+    line = len(caption_lines(folder)) + 1
+    (folder / "captions.jsonl").write_bytes((folder / "captions.jsonl").read_bytes() + b'{"file": "caf\xe9.png"}\n')
+    one_line_error(run_cli(*command), f"{folder / 'captions.jsonl'}:{line}: not UTF-8 text; re-save the file as UTF-8")
+    assert not out.exists()
+
+
+def test_output_paths_that_cannot_be_written_are_one_line_errors(tiny_run, tmp_path):
+    """203dc14 showed an 11-frame PermissionError or NotADirectoryError traceback."""
+    folder, _ = make_folder(tiny_run, tmp_path)
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    one_line_error(run_cli("tokenize", "--tokenizer", tiny_run / "model", "--input", folder, "--out",
+                           blocker / "shards"), f"{blocker} is a file, not a folder")
+    one_line_error(run_cli("generate", tiny_run / "model", "--prompt", "a red 7", "--out", blocker / "x.png"),
+                   "is a file, not a folder")
+    one_line_error(run_cli("generate", tiny_run / "model", "--prompt", "a red 7", "--out", "/sys/unitok/x.png"),
+                   "/sys/unitok")  # not permitted, even to root
+    recipe = yaml.safe_load((tiny_run.parent / "recipe.yaml").read_text())
+    (tmp_path / "below-a-file.yaml").write_text(yaml.safe_dump({**recipe, "output_dir": str(blocker / "run")}))
+    one_line_error(run_cli("train", tmp_path / "below-a-file.yaml"), "is a file, not a folder")
+
+
+def test_generate_refuses_before_generating_a_file_it_cannot_write(tiny_run, tmp_path):
+    """203dc14 raised `ValueError: unknown file extension` after generating."""
+    for name in ("noext", "x.wav"):
+        one_line_error(run_cli("generate", tiny_run / "model", "--prompt", "a red 7", "--out", tmp_path / name),
+                       f"{name}: image saves as .png")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_generate_refuses_untrained_directions_long_prompts_and_bad_values_in_one_line(tiny_run, tmp_path):
+    image = next((tiny_run / "data" / "image" / "heldout").rglob("*.png"))
+    model = tiny_run / "model"
+    one_line_error(run_cli("generate", model, "--modality", "text", "--input", image),
+                   "this model was not trained for image_to_text (it was trained for text_to_image)")
+    one_line_error(run_cli("generate", model, "--prompt", "a red 7 " * 300, "--out", tmp_path / "x.png"),
+                   "positions; this model has 512")
+    one_line_error(run_cli("generate", model, "--prompt", "a red 7", "--input", image, "--out", tmp_path / "x.png"),
+                   "without --input")
+    one_line_error(run_cli("generate", model, "--prompt", "a red 7", "--out", tmp_path / "x.png", "--device",
+                           "cuda:64"), "device cuda:64: this machine has")
+    for option, value, reason in (("--guidance-scale", "nan", "expected a finite number, got 'nan'"),
+                                  ("--temperature", "inf", "expected a finite number, got 'inf'"),
+                                  ("--max-new-tokens", "-1", "expected an integer >= 1, got '-1'"),
+                                  ("--seed", "99999999999999999999", "expected an integer in [0, 2**63)")):
+        refused = run_cli("generate", model, "--prompt", "a red 7", "--out", tmp_path / "x.png", option, value)
+        assert refused.returncode == 2 and f"argument {option}: {reason}" in refused.stderr
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_eval_of_a_run_that_has_not_trained_says_to_train_it(tmp_path):
+    recipe = write_tiny_recipe(tmp_path)
+    one_line_error(run_cli("eval", recipe), "no trained model to evaluate; run `unitok train")
+
+
+def test_output_cut_short_by_its_reader_ends_quietly(tiny_run, tmp_path):
+    """`unitok shards inspect --json | head` showed a BrokenPipeError traceback on 203dc14."""
+    folder, _ = make_folder(tiny_run, tmp_path)
+    assert main(["tokenize", "--tokenizer", str(tiny_run / "model"), "--input", str(folder), "--out",
+                 str(tmp_path / "s")]) == 0
+    reader_gone = subprocess.Popen([sys.executable, "-m", "unitok", "shards", "inspect", "--json", tmp_path / "s"],
+                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    reader_gone.stdout.close()  # the reader stops before the first line is written
+    assert reader_gone.stderr.read() == b"" and reader_gone.wait() == 141

@@ -319,8 +319,8 @@ def test_tokenize_refuses_changed_sources_and_settings_naming_what_changed_and_a
     capsys.readouterr()
     assert main(command + ["--seed", "1"]) == 1
     assert "holds shards made with other settings (seed 0 → 1)" in capsys.readouterr().err
-    write_captions(rows[:3])
-    assert "made with other source (items 4 → 3, fingerprint" in refused()
+    write_captions(rows + [{**rows[0], "caption": "said again"}])  # a second caption: one item more
+    assert "made with other source (items 4 → 5, fingerprint" in refused()
     write_captions([{**rows[0], "caption": "a different caption"}] + rows[1:])  # as many items, other content
     assert "made with other source (fingerprint" in refused()
     write_captions(rows)

@@ -143,6 +143,13 @@ def test_a_shard_list_recipe_without_a_pipeline_or_with_another_vocabulary_is_re
     path = shard_list_recipe(tmp_path, [{"shards": str(shards / "train")}], tiny_multimodal_run / "model")
     with pytest.raises(Exception, match="made with another vocabulary"):
         RecipeRun(load_recipe(path), log=lambda _: None).run()
+    path = shard_list_recipe(tmp_path, [{"shards": str(shards / "train")}], tiny_run / "model")
+    recipe = yaml.safe_load(path.read_text())
+    recipe["layout"] = {"decode": {"image": {"groups": [3, 1]}}}  # the saved tokenizer has T = 4
+    path.write_text(yaml.safe_dump(recipe))
+    with pytest.raises(ConfigError, match=rf"{path}: layout: decode\.image\.groups: expected one entry per generated "
+                                          r"block \(4 for T = 4"):
+        RecipeRun(load_recipe(path), log=lambda _: None).run()
 
 
 def test_heldout_caption_rows_come_from_every_modality(tiny_multimodal_run):
@@ -191,3 +198,21 @@ def test_two_processes_on_halves_of_a_batch_learn_the_codebook_of_one_process_on
     for name in ("codebook", "ema_count", "ema_sum", "step_scale"):  # EMA counts, sums and σ_t of the whole batch
         torch.testing.assert_close(two[0]["exact"][name], one["exact"][name], rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(two[0]["restarts"]["codebook"], two[1]["restarts"]["codebook"], rtol=0, atol=0)
+
+
+@pytest.mark.slow
+def test_a_recipe_runs_every_stage_from_an_empty_folder_under_accelerate_launch(tmp_path):
+    """203dc14 died in the shards stage on both ranks ("Default process group has not been
+    initialized"): the tokenizer stage's accelerator had torn the process group down."""
+    recipe = write_tiny_recipe(tmp_path, lm={"steps": 4, "checkpoint_every": 2, "eval_every": 2, "eval_items": 8})
+    accelerate = Path(sys.executable).parent / "accelerate"
+    result = subprocess.run([str(accelerate), "launch", "--config_file", str(SHIPPED / "accelerate" / "cpu-2proc.yaml"),
+                             "-m", "unitok", "train", str(recipe)], capture_output=True, text=True, timeout=900,
+                            env=ENV)
+    assert result.returncode == 0, result.stderr[-3000:]
+    run = tmp_path / "run"
+    assert json.loads((run / "metrics.json").read_text())["lm"]["steps_trained"] == 4
+    shards = read_manifest(run / "shards" / "image" / "train")["shards"]
+    assert sorted({record["rank"] for record in shards.values()}) == [0, 1], "both ranks tokenized"
+    assert all((run / "lm" / "log" / f"rank-{rank}.jsonl").is_file() for rank in (0, 1)), "both ranks trained"
+    assert result.stdout.count("[run]  ") == len(list(run.rglob("stage.json"))), "one process reports each stage"

@@ -185,5 +185,5 @@ def test_bad_audio_section_fails_at_load_naming_the_file_and_section(tmp_path, e
     text = open(SPEC).read()
     assert edit in text
     (tmp_path / "bad.yaml").write_text(text.replace(edit, field))
-    with pytest.raises(ValueError, match=r"bad\.yaml: audio: "):
+    with pytest.raises(ValueError, match=rf"bad\.yaml: audio\.{field.split(':')[0]}: "):
         TokenizerSpec.load(tmp_path / "bad.yaml")

@@ -6,6 +6,8 @@ import yaml
 from tests.helpers import write_tiny_recipe
 from unitok.configs import SHIPPED, shipped_recipes
 from unitok.core.config import ConfigError
+from unitok.core.errors import UnitokError
+from unitok.lm.layout import DecodeSchedule, StreamLayout
 from unitok.recipe.schema import load_recipe
 
 
@@ -42,7 +44,7 @@ def test_missing_required_field_and_constraint_violations(tmp_path):
     with pytest.raises(ConfigError) as err:
         load_recipe(path)
     assert "model: missing required field" in str(err.value)
-    assert "lm: caption_dropout must be in [0, 1)" in str(err.value)
+    assert "lm.caption_dropout: must be in [0, 1), got 1.5" in str(err.value)
 
 
 def test_shipped_recipes_load_by_name_and_every_shipped_spec_is_used():
@@ -68,7 +70,7 @@ def test_first_step_fraction_outside_zero_one_is_refused_with_its_field(tmp_path
     data = yaml.safe_load(path.read_text())
     data["lm"]["first_step_fraction"] = 1.5
     path.write_text(yaml.safe_dump(data))
-    with pytest.raises(ConfigError, match=r"lm: first_step_fraction must be in \[0, 1\]"):
+    with pytest.raises(ConfigError, match=r"lm\.first_step_fraction: must be in \[0, 1\], got 1\.5"):
         load_recipe(path)
 
 
@@ -89,15 +91,72 @@ def test_groups_must_fit_the_tokenizer_and_name_its_ranges(tmp_path):
 
 
 def test_the_decode_schedule_is_stated_once(tmp_path):
-    """The groups a model is trained with live in its layout; neither the sampler nor the LM's
-    training section can state them again."""
-    for section, where in (("samplers", r"samplers\.image\.groups"), ("lm", r"lm\.groups")):
-        override = {"image": {"groups": [2, 1, 1, 1]}} if section == "samplers" else {"groups": [2, 1, 1, 1]}
-        with pytest.raises(ConfigError, match=f"{where}: unknown field"):
-            load_recipe(write_tiny_recipe(tmp_path, **{section: override}))
+    """The groups a model is trained with live in its layout; the sampler and the LM's training
+    section cannot state them again, and their fields of unitok 0.2 say where they went."""
+    groups = [2, 1, 1, 1]
+    for overrides, message in (({"lm": {"rounds": groups}}, r"lm\.rounds: moved to layout\.decode\.<range>\.groups"),
+                               ({"lm": {"media_order": "raster"}}, r"lm\.media_order: moved to layout\.media_order"),
+                               ({"samplers": {"image": {"rounds": groups}}},
+                                r"samplers\.image\.rounds: moved to layout\.decode\.<range>\.groups"),
+                               ({"samplers": {"image": {"groups": groups}}},
+                                r"samplers\.image\.groups: unknown field")):
+        with pytest.raises(ConfigError, match=message):
+            load_recipe(write_tiny_recipe(tmp_path, **overrides))
+
+
+def test_a_layout_fits_its_tokenizers_and_completes_the_schedules_it_leaves_out():
+    assert StreamLayout(media_order="raster").problems("image", 4, 16) == [
+        "media_order: raster needs tokenizers with noise_steps = 0; image's has 4"]
+    assert StreamLayout().problems("image", 0, 16) == [
+        "media_order: timestep needs tokenizers with noise_steps >= 1 (T = 0 is the raster baseline's); image's has 0"]
+    assert StreamLayout(media_order="raster").problems("image", 0, 16) == []
+    fitted = StreamLayout().fitted({"image": (4, 16), "audio": (1, 24)})
+    assert fitted.decode["image"].groups == (1, 1, 1, 1) and fitted.decode["audio"].groups == (1,)
+    with pytest.raises(UnitokError, match=r"^layout: decode: 'video' names no media range of this model "
+                                          r"\(\['image'\]\)$"):
+        StreamLayout(decode={"video": DecodeSchedule((2,))}).fitted({"image": (1, 16)})
 
 
 def test_an_even_readout_patch_is_refused_with_its_field(tmp_path):
     path = write_tiny_recipe(tmp_path, layout={"readout_patch": 4})
-    with pytest.raises(ConfigError, match=r"layout: readout_patch must be an odd number >= 1, got 4"):
+    with pytest.raises(ConfigError, match=r"layout\.readout_patch: must be an odd number, got 4"):
         load_recipe(path)
+
+
+def test_every_out_of_range_value_is_reported_at_load_time_all_at_once(tmp_path):
+    """203dc14 reported two of these three (a negative learning rate passed the check, ran four
+    stages and died in the fifth), and took lm.steps: -5 as an untrained run."""
+    path = write_tiny_recipe(tmp_path, lm={"learning_rate": -2e-3, "steps": -5, "caption_dropout": 1.5},
+                             eval={"num_samples": 0})
+    with pytest.raises(ConfigError) as err:
+        load_recipe(path)
+    lines = str(err.value).splitlines()
+    assert [line.split(": ", 1)[1] for line in lines] == [
+        "lm.steps: must be >= 1, got -5", "lm.learning_rate: must be > 0, got -0.002",
+        "lm.caption_dropout: must be in [0, 1), got 1.5", "eval.num_samples: must be >= 2, got 0"]
+
+
+@pytest.mark.parametrize("where, value", [("lm.learning_rate", ".nan"), ("samplers.image.temperature", ".inf"),
+                                          ("lm.tasks.text_to_image", "-.inf")])
+def test_nan_and_infinity_are_refused_wherever_a_number_is_read(tmp_path, where, value):
+    path = write_tiny_recipe(tmp_path)
+    text = yaml.safe_load(path.read_text())
+    section = text
+    *parents, key = where.split(".")
+    for parent in parents:
+        section = section.setdefault(parent, {})
+    section[key] = "PLACEHOLDER"
+    path.write_text(yaml.safe_dump(text).replace("PLACEHOLDER", value))
+    with pytest.raises(ConfigError, match=rf"{where}: expected a finite number, got -?(nan|inf)"):
+        load_recipe(path)
+
+
+def test_configs_built_in_python_name_every_bad_field():
+    from unitok.lm.sampling import SamplerConfig
+    from unitok.train.lm import LMTraining
+
+    with pytest.raises(ValueError, match=r"guidance_scale: must be a finite number, got nan; top_p: must be in "
+                                         r"\(0, 1\], got 1\.5"):
+        SamplerConfig(guidance_scale=float("nan"), top_p=1.5)
+    with pytest.raises(ValueError, match=r"tasks\.text_to_imag: unknown task"):
+        LMTraining(tasks={"text_to_imag": 1.0})

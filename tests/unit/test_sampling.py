@@ -7,12 +7,21 @@ import torch
 
 from tests.helpers import TINY_MODEL, TINY_VIDEO_SPEC, image_layout
 from unitok.core.config import from_dict
+from unitok.core.errors import UnitokError
 from unitok.lm import sampling
 from unitok.lm.batch import collate
 from unitok.lm.documents import MediaSpan, task_document
 from unitok.lm.layout import DecodeSchedule, StreamLayout, cell_order, group_bounds, undecided_after_groups
 from unitok.lm.model import StreamModel, batch_logits, build_transformer
-from unitok.lm.sampling import GroupSampler, RasterSampler, SamplerConfig, choose, media_prefix, sample_text
+from unitok.lm.sampling import (
+    GroupSampler,
+    RasterSampler,
+    SamplerConfig,
+    choose,
+    item_generators,
+    media_prefix,
+    sample_text,
+)
 from unitok.lm.streams import StreamBuilder
 from unitok.tokenizer.media_tokenizer import MediaTokenizer, TokenizerSpec
 from unitok.tokenizer.rdpm import QuantizerConfig, RDPMQuantizer
@@ -62,7 +71,7 @@ def group_sampler(groups, group_sizes="cosine", **options):
 
 
 def sample(model, vocab, sampler, prompts, first, seed=0, name="image", quantizer=IMAGE_QUANTIZER):
-    return sampler.sample(model, vocab, name, quantizer, prompts, first, torch.Generator().manual_seed(seed))
+    return sampler.sample(model, vocab, name, quantizer, prompts, first, item_generators([seed] * len(prompts)))
 
 
 def trained_query_logits(model, vocab, prompt, local_ids, bounds, name="image", quantizer=IMAGE_QUANTIZER):
@@ -171,12 +180,12 @@ def test_refine_temperature_applies_to_the_blocks_after_the_first_generated_one(
     monkeypatch.setattr(sampling, "choose", recording_choose)
     prompts, noise = [text(vocab, [1, 2]), text(vocab, [3])], torch.randint(0, 64, (2, 1, N))
     plain = sample(model, vocab, group_sampler((2, 3)), prompts, noise)
-    cold = sample(model, vocab, group_sampler((2, 3), refine_temperature=0.5), prompts, noise)
-    assert temperatures == [1.0] * 5 + [1.0, 1.0, 0.5, 0.5, 0.5]  # a draw per group: k_{T-1}'s 2, k_0's 3
+    cold = sample(model, vocab, group_sampler((2, 3), refine_temperature=0.02), prompts, noise)
+    assert temperatures == [1.0] * 5 + [1.0, 1.0, 0.02, 0.02, 0.02]  # a draw per group: k_{T-1}'s 2, k_0's 3
     assert torch.equal(cold[:, :2], plain[:, :2]) and not torch.equal(cold, plain)
     temperatures.clear()
-    sample(model, vocab, group_sampler((2, 3), refine_temperature=0.5), prompts, plain[:, :2])
-    assert temperatures == [0.5] * 3  # k_{T-1} given: only refining groups are drawn
+    sample(model, vocab, group_sampler((2, 3), refine_temperature=0.02), prompts, plain[:, :2])
+    assert temperatures == [0.02] * 3  # k_{T-1} given: only refining groups are drawn
 
 
 def test_groups_must_fit_the_tokenizer_and_the_cells(model, vocab):
@@ -187,9 +196,10 @@ def test_groups_must_fit_the_tokenizer_and_the_cells(model, vocab):
     assert undecided_after_groups(64, 6) == [61, 55, 45, 32, 16, 0]
     assert undecided_after_groups(64, 6, "linear") == [53, 42, 32, 21, 10, 0]
     assert undecided_after_groups(4, 4) == [3, 2, 1, 0] and undecided_after_groups(4, 1) == [0]
-    for bad in ((), (2, 0)):
-        with pytest.raises(ValueError, match="groups must list at least one group per generated block"):
-            DecodeSchedule(bad)
+    with pytest.raises(ValueError, match=r"groups: must list the groups of each generated block, got none"):
+        DecodeSchedule(())
+    with pytest.raises(ValueError, match=r"groups\[1\]: must be >= 1, got 0"):
+        DecodeSchedule((2, 0))
 
 
 def test_raster_sampler_matches_full_recompute(model, vocab):
@@ -271,16 +281,20 @@ def test_text_after_a_media_span_is_text_only_and_equals_full_recompute(model, v
 
 def test_choose_top_k_top_p_and_seeded_gumbel():
     logits = torch.tensor([[4.0, 3.0, 1.0, -2.0]]).repeat(500, 1)
-    g = torch.Generator().manual_seed(0)
+    g = item_generators(range(500))
     top1 = choose(logits, SamplerConfig(top_k=1), g)
     assert (top1 == 0).all()
     top2 = choose(logits, SamplerConfig(top_k=2), g)
     assert set(top2.tolist()) == {0, 1}
     nucleus = choose(logits, SamplerConfig(top_p=0.5), g)  # p(0) ≈ 0.71 > 0.5: only id 0 survives
     assert (nucleus == 0).all()
-    a = choose(logits, SamplerConfig(), torch.Generator().manual_seed(1))
-    b = choose(logits, SamplerConfig(), torch.Generator().manual_seed(1))
+    a = choose(logits, SamplerConfig(), item_generators(range(500)))
+    b = choose(logits, SamplerConfig(), item_generators(range(500)))
     assert torch.equal(a, b) and len(set(a.tolist())) > 1
+    same_seed = choose(logits, SamplerConfig(), item_generators([7] * 500))
+    assert len(set(same_seed.tolist())) == 1, "rows with one seed draw alike, whatever their place"
+    with pytest.raises(UnitokError, match="2 generators for 500 rows"):
+        choose(logits, SamplerConfig(), item_generators([1, 2]))
 
 
 def test_sampler_config_rejects_bad_values():

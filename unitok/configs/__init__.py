@@ -32,8 +32,11 @@ def find_recipe(ref: str | Path, named_in: Path | None = None) -> Path:
 
 def find_spec(ref: str, recipe_path: Path) -> Path:
     """A spec file a recipe names (``tokenizers/x.yaml``): relative to the working directory, the
-    recipe's folder, that folder's parent, or the shipped specs."""
+    recipe's folder, that folder's parent, or the shipped specs; a shipped recipe takes the shipped
+    specs first, whatever the working directory holds."""
     candidates = (Path(ref), recipe_path.parent / ref, recipe_path.parent.parent / ref, SHIPPED / ref)
+    if recipe_path.resolve().is_relative_to(SHIPPED):
+        candidates = (SHIPPED / ref, *candidates)
     for candidate in candidates:
         if candidate.is_file():
             return candidate

@@ -1,9 +1,11 @@
 """Typed YAML configs.
 
-Every spec and recipe is a tree of frozen dataclasses. `load_config` reads YAML
-into that tree and reports *all* problems at once, each with the file and the
-field path (``recipe.yaml: lm.steps: expected int, got 'ten'``), so a wrong
-field fails at load time rather than an hour into training.
+Every spec and recipe is a tree of frozen dataclasses deriving from `Config`. `load_config` reads
+YAML into that tree and reports *all* problems at once, each with the file and the field path
+(``recipe.yaml: lm.steps: expected int, got 'ten'``, ``lm.learning_rate: must be > 0, got -0.002``),
+so a wrong field fails at load time rather than an hour into training. A number must be finite
+everywhere, a field declared with `bounded` must lie in its bounds, and a class's `rules` say what
+must hold across its fields; building a config in Python checks the same and names the fields.
 """
 
 from __future__ import annotations
@@ -11,10 +13,11 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
 import types
 import typing
 from pathlib import Path
-from typing import Any, Literal, TypeVar, Union
+from typing import Any, ClassVar, Iterable, Literal, TypeVar, Union
 
 import yaml
 
@@ -25,6 +28,80 @@ T = TypeVar("T")
 
 class ConfigError(UnitokError):
     """A config file does not match the structure it configures."""
+
+
+class ConfigProblems(ConfigError):
+    """Every problem of one config object, as (field path or None, what must hold) pairs."""
+
+    def __init__(self, problems: list[tuple[str | None, str]]):
+        self.problems = problems
+        super().__init__("; ".join(f"{field}: {message}" if field else message for field, message in problems))
+
+
+@dataclasses.dataclass(frozen=True)
+class Bounds:
+    """The range a number must lie in (None: unbounded on that side)."""
+
+    gt: float | None = None
+    ge: float | None = None
+    lt: float | None = None
+    le: float | None = None
+
+    def holds(self, value: float) -> bool:
+        return ((self.gt is None or value > self.gt) and (self.ge is None or value >= self.ge)
+                and (self.lt is None or value < self.lt) and (self.le is None or value <= self.le))
+
+    def __str__(self) -> str:
+        low = f"[{self.ge:g}" if self.ge is not None else f"({self.gt:g}" if self.gt is not None else None
+        high = f"{self.le:g}]" if self.le is not None else f"{self.lt:g})" if self.lt is not None else None
+        if low and high:
+            return f"in {low}, {high}"
+        if low:
+            return f"{'>=' if self.ge is not None else '>'} {low[1:]}"
+        return f"{'<=' if self.le is not None else '<'} {high[:-1]}"
+
+
+def bounded(default: Any = dataclasses.MISSING, *, default_factory: Any = dataclasses.MISSING, gt: float | None = None,
+            ge: float | None = None, lt: float | None = None, le: float | None = None) -> Any:
+    """A `Config` field whose number (or each number of its list, or each value of its mapping) must
+    lie in these bounds; None passes."""
+    return dataclasses.field(default=default, default_factory=default_factory,
+                             metadata={"bounds": Bounds(gt, ge, lt, le)})
+
+
+class Config:
+    """Base of every typed config: building one, from YAML or in Python, checks that every number
+    is finite, that every `bounded` field lies in its bounds and that the class's `rules` hold, and
+    raises `ConfigProblems` with all that do not. `MOVED` maps the fields of older versions to
+    what a file should say now."""
+
+    MOVED: ClassVar[dict[str, str]] = {}
+
+    def rules(self) -> Iterable[tuple[bool, str | None, str]]:
+        """(holds, field or None, what must hold) for what spans fields or is not a range."""
+        return ()
+
+    def __post_init__(self):
+        problems = [*_field_problems(self), *((field, message) for holds, field, message in self.rules() if not holds)]
+        if problems:
+            raise ConfigProblems(problems)
+
+
+def _field_problems(config: Any) -> list[tuple[str, str]]:
+    problems = []
+    for f in dataclasses.fields(config):
+        value, bounds = getattr(config, f.name), f.metadata.get("bounds")
+        items = (value.items() if isinstance(value, dict) else enumerate(value) if isinstance(value, (list, tuple))
+                 else [(None, value)])
+        for key, number in items:
+            if isinstance(number, bool) or not isinstance(number, (int, float)):
+                continue
+            where = f.name if key is None else f"{f.name}.{key}" if isinstance(value, dict) else f"{f.name}[{key}]"
+            if not math.isfinite(number):
+                problems.append((where, f"must be a finite number, got {number}"))
+            elif bounds is not None and not bounds.holds(number):
+                problems.append((where, f"must be {bounds}, got {number:g}"))
+    return problems
 
 
 def load_config(path: str | Path, cls: type[T]) -> T:
@@ -120,13 +197,17 @@ def _convert(tp: Any, value: Any, where: str, errors: list[str]) -> Any:
     if tp is Any:
         return value
     if tp is float:
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
+        number = value
         if isinstance(value, str):  # YAML 1.1 reads "3e-4" as a string
             try:
-                return float(value)
+                number = float(value)
             except ValueError:
                 pass
+        if isinstance(number, (int, float)) and not isinstance(number, bool):
+            if math.isfinite(number):
+                return float(number)
+            errors.append(f"{label}: expected a finite number, got {number}")
+            return None
     elif tp is int:
         if isinstance(value, int) and not isinstance(value, bool):
             return value
@@ -149,8 +230,11 @@ def _convert_dataclass(cls: Any, value: Any, where: str, errors: list[str]) -> A
     errors_before = len(errors)
     hints = typing.get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
+    moved = getattr(cls, "MOVED", {})  # fields of older unitok versions -> where they went
     for key in value:
-        if key not in fields:
+        if key in moved:
+            errors.append(f"{_join(where, key)}: {moved[key]}")
+        elif key not in fields:
             errors.append(f"{_join(where, key)}: unknown field (expected one of: {', '.join(fields)})")
     kwargs = {}
     for name, field in fields.items():
@@ -162,9 +246,12 @@ def _convert_dataclass(cls: Any, value: Any, where: str, errors: list[str]) -> A
         return None
     try:
         return cls(**kwargs)
-    except (TypeError, ValueError) as err:  # __post_init__ checks
+    except ConfigProblems as err:  # `Config` checks: every problem with its own path
+        errors += [f"{_join(where, field)}: {message}" if field else f"{label}: {message}"
+                   for field, message in err.problems]
+    except (TypeError, ValueError) as err:  # other __post_init__ checks
         errors.append(f"{label}: {err}")
-        return None
+    return None
 
 
 def _container_of(tp: Any) -> type | None:

@@ -17,9 +17,10 @@ from itertools import islice
 from pathlib import Path
 from typing import Iterator, Sequence
 
+from unitok.core.config import Config, bounded
 from unitok.core.errors import UnitokError
 from unitok.data.shards import ShardError, load_shards, read_manifest, shard_set_hash
-from unitok.data.tasks import task_modality
+from unitok.data.tasks import TASK_FORMS, is_task, task_modality
 from unitok.tokenizer.media_tokenizer import MediaTokenizer
 from unitok.tokenizer.vocabulary import Vocabulary
 
@@ -27,19 +28,16 @@ COLUMNS = ["key", "draw", "text_ids", "media", "media_ids"]
 
 
 @dataclass(frozen=True)
-class ShardMix:
+class ShardMix(Config):
     """One shard set in a training mixture (a recipe's ``data:`` list)."""
 
     shards: str  # a shard set folder, written by `unitok tokenize`
-    weight: float = 1.0  # share of documents drawn from it (weights are normalised)
+    weight: float = bounded(1.0, ge=0)  # share of documents drawn from it (weights are normalised)
     task: str | None = None  # text_to_<modality>, <modality>_to_text or text; default: the set's own
     heldout: str | None = None  # a shard set of the same kind for held-out loss and early stopping
 
-    def __post_init__(self):
-        if self.weight < 0:
-            raise UnitokError("weight must be non-negative")
-        if self.task is not None:
-            task_modality(self.task)  # raises on an unknown task name
+    def rules(self):
+        yield self.task is None or is_task(self.task), "task", f"expected {TASK_FORMS}, got {self.task!r}"
 
 
 @dataclass(frozen=True)

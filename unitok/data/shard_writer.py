@@ -23,11 +23,12 @@ from typing import Callable, Iterable, Iterator
 import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
-from accelerate import PartialState
-from accelerate.utils import gather_object, parse_flag_from_env
+from accelerate.utils import gather_object
 from tqdm.auto import tqdm
 
 from unitok.core.atomic import temporary_path, write_text_atomic
+from unitok.core.config import Config, bounded
+from unitok.core.runtime import processes, torch_device
 from unitok.data.shards import (
     ERRORS_NAME,
     FORMAT,
@@ -72,19 +73,15 @@ rows = datasets.load_dataset("path/to/this/folder", split="train")
 """
 
 
-
 @dataclass(frozen=True)
-class TokenizeSettings:
-    items_per_shard: int = 1024
-    seed: int = 0  # base of every item's noise seed
-    noise_draws: int = 1  # RDPM tokens depend on ε: K draws per item, each its own row
-    batch_size: int = 64
+class TokenizeSettings(Config):
+    """What a shard set is tokenized with (a recipe's ``shards:`` section, `unitok tokenize`'s options)."""
+
+    items_per_shard: int = bounded(1024, ge=1)
+    seed: int = bounded(0, ge=0, lt=2**63)  # base of every item's noise seed
+    noise_draws: int = bounded(1, ge=1)  # RDPM tokens depend on ε: K draws per item, each its own row
+    batch_size: int = bounded(64, ge=1)
     require_caption: bool = True
-
-    def __post_init__(self):
-        if min(self.items_per_shard, self.noise_draws, self.batch_size) < 1:
-            raise ShardError("items_per_shard, noise_draws and batch_size must be >= 1")
-
 
 
 def item_seed(base_seed: int, key: str, draw: int) -> int:
@@ -93,10 +90,8 @@ def item_seed(base_seed: int, key: str, draw: int) -> int:
     return int.from_bytes(digest[:7], "little")
 
 
-
 def _write_json_atomic(path: Path, data: dict) -> None:
     write_text_atomic(path, json.dumps(data, indent=2) + "\n")
-
 
 
 @dataclass
@@ -154,7 +149,7 @@ class ShardJob:
         if item.caption is not None and not isinstance(item.caption, str):
             raise MediaError(f"caption is not text (a {type(item.caption).__name__})")
         if self.settings.require_caption and not (item.caption or "").strip():
-            raise MediaError("missing caption")
+            raise MediaError("missing caption" + (f" ({item.caption_problem})" if item.caption_problem else ""))
         return None if self.tokenizer is None else self.tokenizer.adapter.to_tensor(item.open())
 
     def _rows(self, loaded: list[tuple[SourceItem, torch.Tensor | None]]) -> list[dict]:
@@ -176,7 +171,6 @@ class ShardJob:
         with torch.no_grad():
             ids = self.tokenizer.encode_tensor(torch.stack([x for _, x in batch]).to(self.tokenizer.device), seeds)
         return self.vocab.to_global(self.tokenizer.name, ids.flatten(1).cpu()).tolist()
-
 
 
 class ShardWriter:
@@ -210,10 +204,10 @@ class ShardWriter:
         """Tokenize every shard of `source` that has no record yet; returns the manifest's totals."""
         if len(source) == 0:
             raise ShardError("the source has no items")
-        # Accelerator() reads ACCELERATE_USE_CPU (set by `accelerate launch` with use_cpu); a bare
-        # PartialState() would not, and every CPU rank would act as the only process.
-        state = PartialState(cpu=parse_flag_from_env("ACCELERATE_USE_CPU"))
-        device = state.device if self.device == "accelerator" else _device(self.device)
+        if workers < 1:
+            raise ShardError(f"workers: expected an integer >= 1, got {workers}")
+        state = processes()
+        device = state.device if self.device == "accelerator" else torch_device(self.device)
         if workers > 1 and device.type != "cpu":
             raise ShardError("--workers > 1 forks CPU processes; on GPUs run one process per device "
                              "(accelerate launch … --device accelerator)")
@@ -293,15 +287,6 @@ class ShardWriter:
         _write_json_atomic(self.out_dir / MANIFEST_NAME, manifest)
 
 
-
-def _device(name: str) -> torch.device:
-    try:
-        return torch.device(name)
-    except RuntimeError:
-        raise ShardError(f"unknown device {name!r} (cpu, cuda, cuda:1, …, or accelerator)") from None
-
-
-
 def _difference(key: str, old, new) -> str:
     """``settings (seed 0 → 1)``: a differing identity field with its differing sub-fields."""
     if isinstance(old, dict) and isinstance(new, dict):
@@ -310,11 +295,9 @@ def _difference(key: str, old, new) -> str:
     return f"{key} ({old!r} → {new!r})"
 
 
-
 def error_kind(reason: str) -> str:
     """A reason without its details, for summaries: "not a readable image", "missing caption", …"""
     return reason.split(" (", 1)[0]
-
 
 
 # --- parallel work -------------------------------------------------------------------------------
@@ -322,12 +305,9 @@ def error_kind(reason: str) -> str:
 _WORKER: dict = {}
 
 
-
 def run_shards(job: ShardJob, indices: list[int], workers: int, progress: Callable[[int], None]) -> None:
     """Run `job` on every shard index: in this process, or in `workers` forked processes that split
     the CPU threads between them. Stops at the first error (a bad item under --strict)."""
-    if workers < 1:
-        raise ShardError("--workers must be >= 1")
     if workers == 1 or len(indices) <= 1:
         for index in indices:
             job.run(index, progress)
@@ -354,16 +334,13 @@ def run_shards(job: ShardJob, indices: list[int], workers: int, progress: Callab
         progress(counts.get())
 
 
-
 def _start_worker(job: ShardJob, counts, threads: int) -> None:
     torch.set_num_threads(threads)
     _WORKER.update(job=job, counts=counts)
 
 
-
 def _run_in_worker(index: int) -> None:
     _WORKER["job"].run(index, _WORKER["counts"].put)
-
 
 
 def _chunks(iterable: Iterable, size: int) -> Iterator[list]:

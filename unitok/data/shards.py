@@ -25,7 +25,9 @@ from unitok.core.config import config_hash
 from unitok.core.errors import UnitokError
 from unitok.tokenizer.vocabulary import Vocabulary
 
-FORMAT = 3  # of the rows and manifest; a shard set of another format is refused (re-tokenize it)
+# Of the rows and manifest; a shard set of another format is refused (re-tokenize it).
+# 4: rows of datasets keyed by file name where a file exists, corpus lines by line number.
+FORMAT = 4
 
 MANIFEST_NAME = "manifest.json"
 
@@ -45,15 +47,12 @@ SCHEMA = pa.schema([
 ])
 
 
-
 class ShardError(UnitokError):
     """A shard set that does not belong with this tokenizer/vocabulary, or a bad item under --strict."""
 
 
-
 def shard_name(index: int) -> str:
     return f"shard-{index:05d}.parquet"
-
 
 
 def file_sha256(path: Path) -> str:
@@ -62,7 +61,6 @@ def file_sha256(path: Path) -> str:
         for block in iter(lambda: f.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
-
 
 
 def read_manifest(shard_dir: str | Path) -> dict:
@@ -78,18 +76,15 @@ def read_manifest(shard_dir: str | Path) -> dict:
     return manifest
 
 
-
 def shard_files(shard_dir: str | Path) -> list[Path]:
     """The set's parquet files in shard order (a shard of only bad inputs has none)."""
     manifest = read_manifest(shard_dir)
     return [Path(shard_dir) / r["file"] for _, r in sorted(manifest["shards"].items()) if r["file"]]
 
 
-
 def shard_set_hash(shard_dir: str | Path) -> str:
     """A hash of a finished set's files: what training checkpoints record of the data they read."""
     return config_hash({name: record.get("sha256") for name, record in read_manifest(shard_dir)["shards"].items()})
-
 
 
 def load_shards(shard_dir: str | Path, vocab: Vocabulary, streaming: bool = False):
@@ -101,7 +96,6 @@ def load_shards(shard_dir: str | Path, vocab: Vocabulary, streaming: bool = Fals
     return datasets.load_dataset("parquet", data_files=files, split="train", streaming=streaming)
 
 
-
 # --- inspect and verify ----------------------------------------------------------------------------
 
 def _token_lengths(table: pa.Table) -> list[int]:
@@ -110,7 +104,6 @@ def _token_lengths(table: pa.Table) -> list[int]:
     text = pc.list_value_length(table["text_ids"]).to_pylist()
     media = pc.list_value_length(table["media_ids"]).to_pylist()
     return [t + m for t, m in zip(text, media)]
-
 
 
 def inspect_shards(shard_dir: str | Path, bins: int = 8) -> dict:
@@ -130,7 +123,6 @@ def inspect_shards(shard_dir: str | Path, bins: int = 8) -> dict:
             "totals": manifest["totals"], "tasks": dict(tasks), "media": dict(media),
             "token_length_histogram": [{"from": int(a), "to": int(b), "rows": int(c)}
                                        for a, b, c in zip(edges[:-1], edges[1:], counts)]}
-
 
 
 def verify_shards(shard_dir: str | Path) -> list[str]:
@@ -157,7 +149,6 @@ def verify_shards(shard_dir: str | Path) -> list[str]:
                 problems.append(f"{name}: item {key!r} draw {draw} appears twice")
             seen.add((key, draw))
     return problems
-
 
 
 def _id_problems(table: pa.Table, vocab: Vocabulary) -> list[str]:

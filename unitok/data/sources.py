@@ -12,9 +12,13 @@ import csv
 import hashlib
 import io
 import json
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable
+
+import pyarrow as pa
+import pyarrow.compute as pc
 
 from unitok.core.errors import UnitokError
 from unitok.tokenizer.adapters import AudioAdapter, ImageAdapter, MediaError, VideoAdapter
@@ -31,9 +35,10 @@ class SourceError(UnitokError):
 
 @dataclass(frozen=True)
 class SourceItem:
-    key: str  # stable id: the file path relative to the folder, the dataset row index, the corpus line
+    key: str  # stable id: the file path relative to the folder or dataset, else the row index; the corpus line
     caption: str | None
     media: Any = None  # a path, undecoded bytes, or None for a text-only item
+    caption_problem: str | None = None  # why `caption` is None where the source knows (reported with the item)
 
     @property
     def label(self) -> str:
@@ -89,7 +94,10 @@ class FolderSource(Source):
     sidecar ``.txt`` files (``cat.png`` + ``cat.txt``).
 
     Without `captions`, the folder's own ``metadata.jsonl`` / ``metadata.csv`` (the `imagefolder`
-    convention, column ``file_name``) or ``captions.jsonl`` is used, else sidecar files.
+    convention, column ``file_name``) or ``captions.jsonl`` is used, else sidecar files. Every
+    media file of the folder is an item: one the manifest has no line for is an item without a
+    caption (reported, not dropped); a file with several lines is one item per line, keyed
+    ``cat.png``, ``cat.png#2``, … (several captions of one image are common).
     """
 
     def __init__(self, folder: str | Path, captions: str | Path | None = None):
@@ -99,20 +107,20 @@ class FolderSource(Source):
         manifest = Path(captions) if captions else next(
             (self.folder / n for n in MANIFEST_NAMES if (self.folder / n).is_file()), None)
         self.captions = str(manifest) if manifest else "sidecar .txt files"
-        self.rows = _manifest_rows(manifest) if manifest else _sidecar_rows(self.folder)
+        self.rows = _manifest_rows(manifest, self.folder) if manifest else _sidecar_rows(self.folder)
 
     def __len__(self) -> int:
         return len(self.rows)
 
     def __getitem__(self, index: int) -> SourceItem:
-        relative, caption = self.rows[index]
-        return SourceItem(key=relative, caption=caption, media=self.folder / relative)
+        key, relative, caption, problem = self.rows[index]
+        return SourceItem(key=key, caption=caption, media=self.folder / relative, caption_problem=problem)
 
     def describe(self) -> dict:
         """The fingerprint covers the captions and every file's size and modification time (as
         `datasets` does for local files): a re-run over edited files is refused, not mixed in."""
         return {"folder": str(self.folder), "captions": self.captions, "items": len(self),
-                "fingerprint": fingerprint((r, c, _file_signature(self.folder / r)) for r, c in self.rows)}
+                "fingerprint": fingerprint((k, c, p, _file_signature(self.folder / r)) for k, r, c, p in self.rows)}
 
 
 def _file_signature(path: Path) -> tuple[int, int] | None:
@@ -123,36 +131,74 @@ def _file_signature(path: Path) -> tuple[int, int] | None:
     return stat.st_size, stat.st_mtime_ns
 
 
-def _manifest_rows(path: Path) -> list[tuple[str, str | None]]:
+FolderRow = tuple[str, str, Any, str | None]  # key, file relative to the folder, caption, caption problem
+
+
+def _media_files(folder: Path) -> list[str]:
+    return sorted(str(p.relative_to(folder)) for p in folder.rglob("*")
+                  if p.suffix.lower() in MEDIA_EXTENSIONS and p.is_file())
+
+
+def _manifest_rows(path: Path, folder: Path) -> list[FolderRow]:
+    """The manifest's lines in order, then the folder's media files it has no line for."""
     rows = read_table(path)
     if rows and _column(rows[0], FILE_COLUMNS) is None:
         raise SourceError(f"{path}: no file column (expected one of {FILE_COLUMNS})")
-    return [(str(_column(row, FILE_COLUMNS)), _column(row, CAPTION_COLUMNS)) for row in rows]
+    files = [str(_column(row, FILE_COLUMNS)) for row in rows]
+    listed = set(files)
+    unlisted = [(f, f, None, f"{path.name} has no line for it")
+                for f in _media_files(folder) if f not in listed]
+    return [(key, f, _column(row, CAPTION_COLUMNS), None)
+            for key, f, row in zip(unique_keys(files), files, rows)] + unlisted
 
 
-def _sidecar_rows(folder: Path) -> list[tuple[str, str | None]]:
-    files = sorted(p for p in folder.rglob("*") if p.suffix.lower() in MEDIA_EXTENSIONS and p.is_file())
+def unique_keys(names: list[str]) -> list[str]:
+    """`names` with the second, third, … occurrence of a name suffixed ``#2``, ``#3``, …"""
+    seen: Counter[str] = Counter()
+    keys = []
+    for name in names:
+        seen[name] += 1
+        keys.append(name if seen[name] == 1 else f"{name}#{seen[name]}")
+    return keys
+
+
+def _sidecar_rows(folder: Path) -> list[FolderRow]:
+    files = _media_files(folder)
     if not files:
         raise SourceError(f"{folder}: no caption manifest (metadata.jsonl, captions.jsonl, …; or pass --captions) "
                           "and no media files with sidecar .txt captions")
-    return [(str(p.relative_to(folder)), _read_sidecar(p.with_suffix(".txt"))) for p in files]
+    return [(f, f, *_read_sidecar(folder / Path(f).with_suffix(".txt"))) for f in files]
 
 
-def _read_sidecar(path: Path) -> str | None:
+def _read_sidecar(path: Path) -> tuple[str | None, str | None]:
+    """The caption in a sidecar file, or None and why it cannot be read as text."""
     if not path.is_file():
-        return None
-    return path.read_text(errors="replace").strip() or None
+        return None, None
+    try:
+        return path.read_text(encoding="utf-8").strip() or None, None
+    except UnicodeDecodeError as err:
+        return None, f"{path.name} is not UTF-8 text: byte {err.start}"
+
+
+def read_utf8(path: Path) -> str:
+    """The text of `path`; bytes that are not UTF-8 are refused naming the line they are on."""
+    if not path.is_file():
+        raise SourceError(f"{path}: file not found")
+    data = path.read_bytes()
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as err:
+        line = data[:err.start].count(b"\n") + 1
+        raise SourceError(f"{path}:{line}: not UTF-8 text; re-save the file as UTF-8") from None
 
 
 def read_table(path: Path) -> list[dict[str, Any]]:
     """Rows of a JSONL or CSV file; names the line of a malformed JSONL row."""
-    if not path.is_file():
-        raise SourceError(f"{path}: file not found")
+    text = read_utf8(path)
     if path.suffix == ".csv":
-        with path.open(newline="") as f:
-            return list(csv.DictReader(f))
+        return list(csv.DictReader(io.StringIO(text, newline="")))
     rows = []
-    for number, line in enumerate(path.read_text().splitlines(), start=1):
+    for number, line in enumerate(text.splitlines(), start=1):
         if line.strip():
             try:
                 rows.append(json.loads(line))
@@ -193,6 +239,25 @@ class DatasetSource(Source):
         self.path_column = getattr(feature, "dtype", None) in ("string", "large_string")
         self.name, self.split, self.data_dir, self.data_files = name, split, data_dir, data_files
         self.media_column, self.text_column, self.dataset = media_column, text_column, ds
+        self.keys = unique_keys([self._key(index, path) for index, path in enumerate(self._paths())])
+
+    def _paths(self) -> list[str | None]:
+        """Every row's media file path (None where a cell holds bytes only), read from the Arrow
+        column without loading any media bytes."""
+        column = self.dataset.with_format("arrow")[self.media_column]
+        if pa.types.is_struct(column.type):
+            column = pc.struct_field(column, "path")
+        return column.to_pylist()
+
+    def _key(self, index: int, path: str | None) -> str:
+        """The file's path relative to the dataset's folder where it has a file, else the row index."""
+        if not path:
+            return str(index)
+        for root in (self.data_dir, self.name):
+            if root and Path(root).is_dir() and Path(path).is_absolute() and Path(path).is_relative_to(
+                    Path(root).resolve()):
+                return str(Path(path).relative_to(Path(root).resolve()))
+        return str(path)
 
     def __len__(self) -> int:
         return len(self.dataset)
@@ -200,7 +265,7 @@ class DatasetSource(Source):
     def __getitem__(self, index: int) -> SourceItem:
         row = self.dataset[index]
         caption = row.get(self.text_column) if self.text_column else _column(row, CAPTION_COLUMNS)
-        return SourceItem(key=str(index), caption=caption, media=self._media(row[self.media_column]))
+        return SourceItem(key=self.keys[index], caption=caption, media=self._media(row[self.media_column]))
 
     def _media(self, cell: Any) -> Any:
         if isinstance(cell, dict):  # an undecoded Image/Audio/Video cell: {"bytes", "path"}
@@ -212,7 +277,7 @@ class DatasetSource(Source):
     def describe(self) -> dict:
         """`datasets`' own fingerprint covers the table and its transforms; media that a path column
         points at are covered like a folder's files (size and modification time)."""
-        paths = self.dataset[self.media_column] if self.path_column else []
+        paths = self._paths() if self.path_column else []
         return {"dataset": self.name, "data_dir": self.data_dir, "data_files": self.data_files, "split": self.split,
                 "media_column": self.media_column, "text_column": self.text_column, "items": len(self),
                 "fingerprint": fingerprint([self.dataset._fingerprint] +
@@ -220,24 +285,34 @@ class DatasetSource(Source):
 
 
 class TextSource(Source):
-    """A text-only corpus: a ``.txt`` file (one document per non-empty line) or JSONL/CSV rows
-    with a ``text`` (or ``caption``) column."""
+    """A text-only corpus: a ``.txt`` file (one document per non-empty line, keyed ``corpus.txt:LINE``)
+    or JSONL/CSV rows with a ``text`` (or ``caption``) column. A ``.txt`` line that is not UTF-8 is
+    a bad item (reported); a JSONL/CSV file that is not UTF-8 is refused, naming the line."""
 
     def __init__(self, path: str | Path, text_column: str | None = None):
         self.path = Path(path)
         if not self.path.is_file():
             raise SourceError(f"{self.path}: text corpus not found")
         if self.path.suffix == ".txt":
-            self.texts = [line.strip() for line in self.path.read_text(errors="replace").splitlines() if line.strip()]
+            self.lines = [(number, line.strip()) for number, line in enumerate(self.path.read_bytes().splitlines(), 1)
+                          if line.strip()]
         else:
             columns = (text_column,) if text_column else CAPTION_COLUMNS
-            self.texts = [_column(row, columns) for row in read_table(self.path)]
+            self.lines = [(number, _column(row, columns)) for number, row in enumerate(read_table(self.path), 1)]
 
     def __len__(self) -> int:
-        return len(self.texts)
+        return len(self.lines)
 
     def __getitem__(self, index: int) -> SourceItem:
-        return SourceItem(key=f"{self.path.name}:{index}", caption=self.texts[index])
+        number, text = self.lines[index]
+        key = f"{self.path.name}:{number}"
+        if not isinstance(text, bytes):
+            return SourceItem(key=key, caption=text)
+        try:
+            return SourceItem(key=key, caption=text.decode("utf-8"))
+        except UnicodeDecodeError as err:
+            return SourceItem(key=key, caption=None, caption_problem=f"the line is not UTF-8 text: byte {err.start}")
 
     def describe(self) -> dict:
-        return {"text": str(self.path), "items": len(self), "fingerprint": fingerprint(self.texts)}
+        return {"text": str(self.path), "items": len(self), "fingerprint": fingerprint(
+            (n, t.hex() if isinstance(t, bytes) else t) for n, t in self.lines)}

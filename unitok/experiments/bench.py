@@ -7,7 +7,7 @@ positions, batch sizes and with/without guidance. RDPM forwards about twice N to
 against AR's N in all, but takes `passes` sequential steps instead of N: it wins on latency, and
 can lose on throughput; the table shows both.
 
-Training: tokens/s of one optimizer step on mixed streams (4D block-causal masks, unitok's loss)
+Training: tokens/s of one optimizer step on mixed streams (4D masks of segments, unitok's loss)
 against a plain `transformers` causal-LM step (``labels=``, causal mask) of the same size and length.
 Tokenize: items/s of `unitok tokenize` (source, shard writer, parquet, manifest) against the raw
 decode + encode of the same items in the same process (no shards, no bookkeeping), and with 2
@@ -39,7 +39,7 @@ from unitok.lm.documents import MediaSpan, task_document
 from unitok.lm.layout import DecodeSchedule, StreamLayout
 from unitok.lm.losses import stream_loss
 from unitok.lm.model import ModelSpec, StreamModel, build_transformer
-from unitok.lm.sampling import GroupSampler, RasterSampler, SamplerConfig
+from unitok.lm.sampling import GroupSampler, RasterSampler, SamplerConfig, item_generators
 from unitok.tokenizer.rdpm import QuantizerConfig, RDPMQuantizer
 from unitok.tokenizer.vocabulary import MediaLayout, Vocabulary
 
@@ -112,9 +112,9 @@ def bench_sampling(spec: ModelSpec, schedule: DecodeSchedule, positions=(64, 256
                 raster_sampler = RasterSampler(SamplerConfig(guidance_scale=guidance))
                 first = torch.randint(0, 512, (batch, 1, n), device=quantizer.codebook.device)
                 rdpm = _timed(lambda: rdpm_sampler.sample(model, vocab, "image", quantizer, [prompt] * batch, first,
-                                                          torch.Generator().manual_seed(0)), repeats)
+                                                          item_generators(range(batch))), repeats)
                 raster = _timed(lambda: raster_sampler.sample(model, raster_vocab, "image", raster_quantizer,
-                                                              [prompt] * batch, None, torch.Generator().manual_seed(0)),
+                                                              [prompt] * batch, None, item_generators(range(batch))),
                                 repeats)
                 rows.append({
                     "positions": n, "batch": batch, "guidance": guidance > 1, "groups": list(groups),

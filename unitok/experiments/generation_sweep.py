@@ -39,9 +39,8 @@ from typing import Any, Literal
 import yaml
 
 from unitok.configs import find_recipe, find_spec
-from unitok.core.config import ConfigError, config_hash, load_config, merged
-from unitok.core.errors import UnitokError
-from unitok.data.tasks import task_modality
+from unitok.core.config import Config, ConfigError, bounded, config_hash, load_config, merged
+from unitok.data.tasks import generates_media, is_task, task_modality
 from unitok.recipe.schema import load_recipe
 from unitok.recipe.stages import RecipeRun
 
@@ -58,38 +57,35 @@ TO_TEXT_COLUMNS = ("lm_steps", "digit_accuracy", "color_accuracy", "direction_ac
 
 
 @dataclass(frozen=True)
-class SweepRun:
+class SweepRun(Config):
     recipe: str | None = None  # default: the sweep's base recipe
     overrides: dict[str, Any] = field(default_factory=dict)  # merged into the recipe
     # modality -> merged into its tokenizer spec
     spec_overrides: dict[str, dict[str, Any]] = field(default_factory=dict)
-    lm_steps: list[int] | None = None  # default: the sweep's
+    lm_steps: list[int] | None = bounded(None, ge=1)  # default: the sweep's
     # sampler name -> settings merged into the recipe's sampler for the direction's media (for a
     # media→text direction: into eval.text_sampler)
     samplers: dict[str, dict[str, Any]] = field(default_factory=lambda: {"recipe": {}})
 
-    def __post_init__(self):
-        if not self.samplers:
-            raise UnitokError("samplers: name at least one (an empty mapping {} keeps the recipe's settings)")
+    def rules(self):
+        yield bool(self.samplers), "samplers", "name at least one (an empty mapping {} keeps the recipe's settings)"
 
 
 @dataclass(frozen=True)
-class GenerationSweep:
+class GenerationSweep(Config):
     kind: Literal["generation"]
     recipe: str
     output_dir: str
     runs: dict[str, SweepRun]
-    lm_steps: list[int] = field(default_factory=lambda: [500, 1000, 2000, 4000])
+    lm_steps: list[int] = bounded(default_factory=lambda: [500, 1000, 2000, 4000], ge=1)
     direction: str = "text_to_image"  # a task of the recipe, e.g. image_to_text
     eval: dict[str, Any] = field(default_factory=dict)
 
-    def __post_init__(self):
-        if task_modality(self.direction) is None:
-            raise UnitokError(f"direction: expected a text-to-media or media-to-text task, got {self.direction!r}")
-        if not self.runs:
-            raise UnitokError("runs: list at least one run")
-        if not self.lm_steps or min(self.lm_steps) < 1:
-            raise UnitokError("lm_steps: list positive step counts")
+    def rules(self):
+        yield (is_task(self.direction) and self.direction != "text", "direction",
+               f"expected a text-to-media or media-to-text task, got {self.direction!r}")
+        yield bool(self.runs), "runs", "list at least one run"
+        yield bool(self.lm_steps), "lm_steps", "list at least one step count"
 
 
 def plan_generation_sweep(path: str | Path, log=print, output_dir: str | Path | None = None) -> tuple:
@@ -104,7 +100,7 @@ def plan_generation_sweep(path: str | Path, log=print, output_dir: str | Path | 
         recipe = _run_recipe(sweep, run, path, out)
 
         def with_sampler(recipe: dict, sampler: dict) -> dict:
-            if sweep.direction.endswith("_to_text"):
+            if not generates_media(sweep.direction):
                 return merged(recipe, {"eval": {"text_sampler": sampler}})
             return merged(recipe, {"samplers": {task_modality(sweep.direction): sampler}})
 
@@ -184,7 +180,7 @@ def _point(recipe: dict, folder: Path, links: dict[str, Path], log, classifier_d
 
 
 def _columns(direction: str) -> tuple[str, ...]:
-    return TO_TEXT_COLUMNS if direction.endswith("_to_text") else COLUMNS
+    return COLUMNS if generates_media(direction) else TO_TEXT_COLUMNS
 
 
 def _row(run: str, sampler: str, point: RecipeRun, direction: str) -> dict:

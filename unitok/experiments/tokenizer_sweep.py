@@ -34,8 +34,7 @@ from unitok.benchmarks.digits.scenes import build_digits_world
 from unitok.benchmarks.digits.scores import recon_digit_accuracy, video_recon_scores
 from unitok.benchmarks.digits.tones import build_tone_world
 from unitok.configs import find_recipe
-from unitok.core.config import ConfigError, config_hash, from_dict, load_config, merged, to_dict
-from unitok.core.errors import UnitokError
+from unitok.core.config import Config, ConfigError, config_hash, from_dict, load_config, merged, to_dict
 from unitok.recipe.schema import load_recipe
 from unitok.recipe.stages import RecipeRun, run_stage
 from unitok.tokenizer.media_tokenizer import MediaTokenizer, TokenizerSpec
@@ -45,16 +44,15 @@ METRICS_FILE = "metrics.json"
 
 
 @dataclass(frozen=True)
-class TokenizerSweep:
+class TokenizerSweep(Config):
     kind: Literal["tokenizer"]
     recipe: str  # a shipped recipe's name, or a recipe file (relative to the working directory or the sweep file)
     output_dir: str
     variants: dict[str, dict[str, Any]] = field(default_factory=dict)  # name -> overrides of the spec
     modality: str = "image"  # which of the recipe's tokenizers to vary
 
-    def __post_init__(self):
-        if not self.variants:
-            raise UnitokError("list at least one variant")
+    def rules(self):
+        yield bool(self.variants), "variants", "list at least one variant"
 
 
 def variant(base: TokenizerSpec, base_training: TokenizerTraining, overrides: dict[str, Any],

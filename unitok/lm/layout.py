@@ -23,6 +23,7 @@ from typing import Literal
 
 import torch
 
+from unitok.core.config import Config, bounded
 from unitok.core.errors import UnitokError
 
 MediaOrder = Literal["timestep", "raster"]
@@ -60,15 +61,15 @@ def cell_order(num_positions: int) -> torch.Tensor:
 
 
 @dataclass(frozen=True)
-class DecodeSchedule:
+class DecodeSchedule(Config):
     """How the cells of a media range's generated blocks are drawn."""
 
-    groups: tuple[int, ...]  # groups (= passes) per generated block, noisiest first: one entry per block, T in all
+    # groups (= passes) per generated block, noisiest first: one entry per block, T in all
+    groups: tuple[int, ...] = bounded(ge=1)
     group_sizes: GroupSizes = "cosine"
 
-    def __post_init__(self):
-        if not self.groups or min(self.groups) < 1:
-            raise UnitokError(f"groups must list at least one group per generated block, got {list(self.groups)}")
+    def rules(self):
+        yield bool(self.groups), "groups", "must list the groups of each generated block, got none"
 
     @property
     def passes(self) -> int:
@@ -81,18 +82,17 @@ class DecodeSchedule:
 
 
 @dataclass(frozen=True)
-class StreamLayout:
+class StreamLayout(Config):
     """A model's stream layout (see the module docstring); a recipe's ``layout:`` section."""
 
     media_order: MediaOrder = "timestep"
-    readout_patch: int = 1  # odd: a read-out cell takes the s_0 of the readout_patch² cells around it
+    readout_patch: int = bounded(1, ge=1)  # odd: a read-out cell takes the s_0 of the readout_patch² cells around it
     decode: dict[str, DecodeSchedule] = field(default_factory=dict)  # media range -> its schedule
 
-    def __post_init__(self):
-        if self.readout_patch < 1 or self.readout_patch % 2 == 0:
-            raise UnitokError(f"readout_patch must be an odd number >= 1, got {self.readout_patch}")
-        if self.media_order == "raster" and self.decode:
-            raise UnitokError("decode: the raster order draws one code per pass; it takes no decode schedule")
+    def rules(self):
+        yield self.readout_patch % 2 == 1, "readout_patch", f"must be an odd number, got {self.readout_patch}"
+        yield (self.media_order == "timestep" or not self.decode, "decode",
+               "the raster order draws one code per pass; it takes no decode schedule")
 
     def schedule(self, name: str) -> DecodeSchedule:
         if name not in self.decode:
@@ -101,22 +101,38 @@ class StreamLayout:
 
     def with_default_schedules(self, noise_steps: dict[str, int]) -> StreamLayout:
         """This layout with one group per generated block for every media range (name -> its T)
-        that has no schedule, in timestep order."""
+        that has no schedule, in timestep order: the one place that default is made."""
         if self.media_order == "raster":
             return self
         defaults = {name: DecodeSchedule((1,) * steps) for name, steps in noise_steps.items() if steps}
         return StreamLayout(self.media_order, self.readout_patch, {**defaults, **self.decode})
 
-    def problems(self, name: str, noise_steps: int, num_positions: int | None = None) -> list[str]:
-        """What does not fit a media range `name` whose tokenizer has `noise_steps` (T) and N cells."""
+    def problems(self, name: str, noise_steps: int, num_positions: int) -> list[str]:
+        """What does not fit a media range `name` whose tokenizer has `noise_steps` (T) and N cells
+        (a range without a schedule takes the default, which fits)."""
         if self.media_order == "raster":
-            return [] if noise_steps == 0 else ["media_order: raster needs a tokenizer with noise_steps = 0"]
+            return [] if noise_steps == 0 else [f"media_order: raster needs tokenizers with noise_steps = 0; "
+                                                f"{name}'s has {noise_steps}"]
         if noise_steps == 0:
-            return ["media_order: timestep needs a tokenizer with noise_steps >= 1 (T = 0 is the raster baseline)"]
-        groups = self.decode[name].groups if name in self.decode else (1,) * noise_steps
+            return [f"media_order: timestep needs tokenizers with noise_steps >= 1 (T = 0 is the raster "
+                    f"baseline's); {name}'s has 0"]
+        if name not in self.decode:
+            return []
+        groups = self.decode[name].groups
         if len(groups) != noise_steps:
             return [f"decode.{name}.groups: expected one entry per generated block ({noise_steps} for T = "
                     f"{noise_steps}, noisiest first), got {list(groups)}"]
-        if num_positions is not None and max(groups) > num_positions:
+        if max(groups) > num_positions:
             return [f"decode.{name}.groups: {max(groups)} groups cannot each hold one of {num_positions} cells"]
         return []
+
+    def fitted(self, tokenizers: dict[str, tuple[int, int]]) -> StreamLayout:
+        """This layout checked against media ranges (name -> (T, N)) and completed with the default
+        schedules; refused, naming each problem, where it does not fit."""
+        problems = [problem for name, (steps, cells) in tokenizers.items()
+                    for problem in self.problems(name, steps, cells)]
+        problems += [f"decode: {name!r} names no media range of this model ({sorted(tokenizers)})"
+                     for name in self.decode if name not in tokenizers]
+        if problems:
+            raise UnitokError("layout: " + "; layout: ".join(problems))
+        return self.with_default_schedules({name: steps for name, (steps, _) in tokenizers.items()})

@@ -2,7 +2,8 @@
 
 It is a plain `LlamaForCausalLM` trained from scratch, so `save_pretrained`, `from_pretrained`,
 safetensors, accelerate and FSDP work as users expect. unitok only decides the inputs (ids, 4D
-block-causal masks, position ids, media position rows) and the targets; see `streams.py`.
+masks, position ids, media position rows) and the targets: `streams.py` lays a document out,
+`batch.py` turns its reach and segments into masks.
 `StreamModel` is the one place that turns a stream's inputs into logits.
 """
 
@@ -15,31 +16,30 @@ import torch
 from torch import nn
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from unitok.core.config import load_config
-from unitok.core.errors import UnitokError
+from unitok.core.config import Config, bounded, load_config
 from unitok.lm.batch import Batch
 from unitok.tokenizer.vocabulary import Vocabulary
 
 
 @dataclass(frozen=True)
-class ModelSpec:
+class ModelSpec(Config):
     """Transformer size (``models/*.yaml``)."""
 
-    hidden_size: int = 256
-    num_layers: int = 4
-    num_heads: int = 4
-    num_kv_heads: int | None = None  # None = multi-head attention; fewer = grouped-query
-    intermediate_size: int = 704  # SwiGLU width, ≈ 8/3 · hidden rounded to a multiple of 64
-    max_position_embeddings: int = 2048
-    rope_theta: float = 10000.0
+    hidden_size: int = bounded(256, ge=1)
+    num_layers: int = bounded(4, ge=1)
+    num_heads: int = bounded(4, ge=1)
+    num_kv_heads: int | None = bounded(None, ge=1)  # None = multi-head attention; fewer = grouped-query
+    intermediate_size: int = bounded(704, ge=1)  # SwiGLU width, ≈ 8/3 · hidden rounded to a multiple of 64
+    max_position_embeddings: int = bounded(2048, ge=1)
+    rope_theta: float = bounded(10000.0, gt=0)
     tie_word_embeddings: bool = True
-    initializer_range: float = 0.02
+    initializer_range: float = bounded(0.02, gt=0)
 
-    def __post_init__(self):
-        if self.hidden_size % self.num_heads:
-            raise UnitokError(f"hidden_size {self.hidden_size} is not divisible by num_heads {self.num_heads}")
-        if self.num_kv_heads is not None and self.num_heads % self.num_kv_heads:
-            raise UnitokError("num_heads must be a multiple of num_kv_heads")
+    def rules(self):
+        yield (self.hidden_size % max(self.num_heads, 1) == 0, "hidden_size",
+               f"must be divisible by num_heads ({self.num_heads}), got {self.hidden_size}")
+        yield (self.num_kv_heads is None or self.num_heads % max(self.num_kv_heads, 1) == 0, "num_kv_heads",
+               f"must divide num_heads ({self.num_heads}), got {self.num_kv_heads}")
 
     @classmethod
     def load(cls, path: str | Path) -> "ModelSpec":

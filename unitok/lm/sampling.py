@@ -35,6 +35,7 @@ from typing import Sequence
 import torch
 from transformers import DynamicCache
 
+from unitok.core.config import Config, bounded
 from unitok.core.errors import UnitokError
 from unitok.lm.batch import Batch, collate
 from unitok.lm.layout import DecodeSchedule, MediaOrder, StreamLayout, cell_order, group_bounds
@@ -45,31 +46,22 @@ from unitok.tokenizer.vocabulary import Vocabulary
 
 
 @dataclass(frozen=True)
-class SamplerConfig:
+class SamplerConfig(Config):
     """How media are drawn; the defaults are what `UniTokPipeline` and ``unitok generate`` use."""
 
-    guidance_scale: float = 3.0  # classifier-free guidance: logits = uncond + g·(cond − uncond); 1 = none
-    temperature: float = 1.0
-    top_k: int | None = None
-    top_p: float | None = None
-    gumbel_scale: float = 1.0  # Gumbel-max noise: 1 = exact sampling, 0 = greedy
+    MOVED = {"rounds": "moved to layout.decode.<range>.groups (unitok 0.3: the model's decode schedule, stated once)",
+             "round_schedule": "moved to layout.decode.<range>.group_sizes (unitok 0.3)",
+             "cell_order": "removed in unitok 0.3: the cell order is always a seeded permutation"}
+
+    # classifier-free guidance: logits = uncond + g·(cond − uncond); 1 = none
+    guidance_scale: float = bounded(3.0, ge=0)
+    temperature: float = bounded(1.0, gt=0)
+    top_k: int | None = bounded(None, ge=1)
+    top_p: float | None = bounded(None, gt=0, le=1)
+    gumbel_scale: float = bounded(1.0, ge=0)  # Gumbel-max noise: 1 = exact sampling, 0 = greedy
     # RDPM: temperature of the generated blocks after the first (k_{T−2} … k_0), which refine the
     # shape k_{T−1} drew: a low one keeps cells from adding ink away from it; None = `temperature`
-    refine_temperature: float | None = None
-
-    def __post_init__(self):
-        if self.guidance_scale < 0:
-            raise UnitokError(f"guidance_scale must be >= 0, got {self.guidance_scale}")
-        if self.temperature <= 0:
-            raise UnitokError(f"temperature must be > 0, got {self.temperature}")
-        if self.refine_temperature is not None and self.refine_temperature <= 0:
-            raise UnitokError(f"refine_temperature must be > 0, got {self.refine_temperature}")
-        if self.top_k is not None and self.top_k < 1:
-            raise UnitokError(f"top_k must be >= 1, got {self.top_k}")
-        if self.top_p is not None and not 0 < self.top_p <= 1:
-            raise UnitokError(f"top_p must be in (0, 1], got {self.top_p}")
-        if self.gumbel_scale < 0:
-            raise UnitokError(f"gumbel_scale must be >= 0, got {self.gumbel_scale}")
+    refine_temperature: float | None = bounded(None, gt=0)
 
     @property
     def guided(self) -> bool:
@@ -95,17 +87,48 @@ def filtered_logits(logits: torch.Tensor, cfg: SamplerConfig) -> torch.Tensor:
     return logits
 
 
-def gumbel_argmax(logits: torch.Tensor, cfg: SamplerConfig, generator: torch.Generator | None) -> torch.Tensor:
-    """Ids (...) drawn from already filtered logits (..., V): Gumbel-max, scaled by `gumbel_scale`."""
+Generators = Sequence[torch.Generator] | None  # one per row of a batch: a row's draws depend on its generator alone
+
+
+MAX_SEED = 2**63  # torch generators take seeds below it
+
+
+def item_seeds(seed: int | Sequence[int], count: int) -> list[int]:
+    """One seed per item: `seed` for every item, or the `count` seeds it lists. An item's output
+    depends on its own seed only, never on the other items of its batch or its place among them."""
+    seeds = [seed] * count if isinstance(seed, int) and not isinstance(seed, bool) else seed
+    if not isinstance(seeds, (list, tuple)) or len(seeds) != count or not all(
+            isinstance(s, int) and not isinstance(s, bool) and 0 <= s < MAX_SEED for s in seeds):
+        raise UnitokError(f"seed: expected an integer in [0, 2**63) or a list of {count} such integers (one per "
+                          f"item), got {type(seed).__name__} {seed!r}")
+    return list(seeds)
+
+
+def item_generators(seeds: Sequence[int]) -> list[torch.Generator]:
+    return [torch.Generator().manual_seed(seed) for seed in seeds]
+
+
+def row_uniforms(shape: torch.Size, generators: Generators) -> torch.Tensor:
+    """Uniform draws of `shape` (rows first) on the CPU, row r's from `generators[r]`, so that what
+    an item draws does not depend on what else is in its batch."""
+    if generators is None:
+        return torch.rand(shape)
+    if len(generators) != shape[0]:
+        raise UnitokError(f"{len(generators)} generators for {shape[0]} rows")
+    return torch.stack([torch.rand(shape[1:], generator=generator) for generator in generators])
+
+
+def gumbel_argmax(logits: torch.Tensor, cfg: SamplerConfig, generators: Generators) -> torch.Tensor:
+    """Ids (B, ...) drawn from already filtered logits (B, ..., V): Gumbel-max, scaled by `gumbel_scale`."""
     if cfg.gumbel_scale > 0:
-        uniform = torch.rand(logits.shape, generator=generator, device="cpu").to(logits.device)
+        uniform = row_uniforms(logits.shape, generators).to(logits.device)
         logits = logits + cfg.gumbel_scale * -torch.log(-torch.log(uniform.clamp(1e-10, 1 - 1e-10)))
     return logits.argmax(-1)
 
 
-def choose(logits: torch.Tensor, cfg: SamplerConfig, generator: torch.Generator | None) -> torch.Tensor:
-    """Pick ids from logits (..., V): temperature, top-k, top-p, then Gumbel-max."""
-    return gumbel_argmax(filtered_logits(logits, cfg), cfg, generator)
+def choose(logits: torch.Tensor, cfg: SamplerConfig, generators: Generators) -> torch.Tensor:
+    """Pick ids from logits (B, ..., V): temperature, top-k, top-p, then Gumbel-max."""
+    return gumbel_argmax(filtered_logits(logits, cfg), cfg, generators)
 
 
 class CachedDecoder:
@@ -187,11 +210,11 @@ class MediaSampler(ABC):
     @abstractmethod
     def sample(self, model: StreamModel, vocab: Vocabulary, name: str, quantizer: RDPMQuantizer,
                prompts: Sequence[Sequence[int]], first_blocks: torch.Tensor | None,
-               generator: torch.Generator | None = None) -> torch.Tensor:
+               generators: Generators = None) -> torch.Tensor:
         """Local code ids (B, num_blocks, N) of a media span of range `name` after each prompt
         (global text ids). `first_blocks` (B, P, N) are the given first blocks (``k_T`` from noise,
         or the start of a real item's trajectory to continue); `quantizer` turns codes into the
-        transformer's state inputs."""
+        transformer's state inputs; item i draws from `generators[i]`."""
 
     def _prompts_batch(self, vocab: Vocabulary, name: str, prompts: Sequence[Sequence[int]]) -> Batch:
         """``<bos> prompt <bo?>`` per row, then the unconditional rows when guided; left-padded."""
@@ -230,7 +253,7 @@ class GroupSampler(MediaSampler):
         return sum(self.block_groups(num_blocks))
 
     @torch.no_grad()
-    def sample(self, model, vocab, name, quantizer, prompts, first_blocks, generator=None):
+    def sample(self, model, vocab, name, quantizer, prompts, first_blocks, generators=None):
         num_blocks, device = quantizer.num_blocks, next(model.parameters()).device
         groups = self.block_groups(num_blocks)
         rows = vocab.position_rows(name, num_blocks, vocab.range(f"{name}.cells").size).to(device)  # (blocks, N, 3)
@@ -238,7 +261,7 @@ class GroupSampler(MediaSampler):
         blocks = first_blocks.to(device)  # (B, b, N): every cell decided
         for b in range(blocks.shape[1], num_blocks):
             cfg = self.config if b == 1 else self.refining_config()
-            block = self._draw_block(decoder, vocab, name, quantizer, blocks, rows[b], groups[b - 1], cfg, generator)
+            block = self._draw_block(decoder, vocab, name, quantizer, blocks, rows[b], groups[b - 1], cfg, generators)
             blocks = torch.cat([blocks, block[:, None]], dim=1)
         return blocks
 
@@ -250,7 +273,7 @@ class GroupSampler(MediaSampler):
 
     def _draw_block(self, decoder: CachedDecoder, vocab: Vocabulary, name: str, quantizer: RDPMQuantizer,
                     before_BbN: torch.Tensor, rows_N3: torch.Tensor, groups: int, cfg: SamplerConfig,
-                    generator: torch.Generator | None) -> torch.Tensor:
+                    generators: Generators) -> torch.Tensor:
         """The next block's local codes (B, N) after the blocks `before_BbN`: pass g feeds the
         cells group g − 1 decided as contexts (they stay cached) and group g's queries (dropped
         after the pass), the layout of `StreamBuilder.generated`."""
@@ -277,7 +300,7 @@ class GroupSampler(MediaSampler):
             logits = decoder.feed(_repeat_for_guidance(ids, cfg), rows_N3[cells], _repeat_for_guidance(states, cfg),
                                   inner, cells)[:, c:]
             decoder.drop(q)
-            block[:, queries] = choose(_guided(logits, B, cfg)[..., codes.offset:codes.end], cfg, generator)
+            block[:, queries] = choose(_guided(logits, B, cfg)[..., codes.offset:codes.end], cfg, generators)
         return block
 
 
@@ -290,7 +313,7 @@ class RasterSampler(MediaSampler):
         return num_positions
 
     @torch.no_grad()
-    def sample(self, model, vocab, name, quantizer, prompts, first_blocks, generator=None):
+    def sample(self, model, vocab, name, quantizer, prompts, first_blocks, generators=None):
         cfg, device = self.config, next(model.parameters()).device
         B, N = len(prompts), vocab.range(f"{name}.cells").size
         codes = vocab.range(name)
@@ -298,7 +321,7 @@ class RasterSampler(MediaSampler):
         decoder = CachedDecoder(model, self._prompts_batch(vocab, name, prompts).to(device))
         logits, generated = decoder.logits[:, -1:], []  # <bo?> predicts code 0, code n predicts code n+1
         for n in range(N):
-            generated.append(choose(_guided(logits, B, cfg)[..., codes.offset:codes.end], cfg, generator))
+            generated.append(choose(_guided(logits, B, cfg)[..., codes.offset:codes.end], cfg, generators))
             if n < N - 1:
                 inputs = quantizer.block_inputs(generated[-1][:, None])[0][:, 0]  # (B, 2C): a drawn code
                 logits = decoder.feed(_repeat_for_guidance(generated[-1] + codes.offset, cfg), rows[n : n + 1],
@@ -315,7 +338,7 @@ def media_sampler(layout: StreamLayout, name: str, config: SamplerConfig | None 
 
 @torch.no_grad()
 def sample_text(model: StreamModel, vocab: Vocabulary, prefixes: Sequence[Stream], max_new_tokens: int,
-                cfg: SamplerConfig, generator: torch.Generator | None = None) -> list[list[int]]:
+                cfg: SamplerConfig, generators: Generators = None) -> list[list[int]]:
     """Continue each prefix (e.g. ``<bos> <boi> k_T … k_0 <eoi>``) with text until ``<eos>``.
 
     Returns the local text ids of each row, ``<eos>`` excluded; ids outside the text range are
@@ -334,7 +357,7 @@ def sample_text(model: StreamModel, vocab: Vocabulary, prefixes: Sequence[Stream
     finished = torch.zeros(len(prefixes), dtype=torch.bool, device=device)
     logits = decoder.logits[:, -1]
     for step in range(max_new_tokens):
-        ids = choose(logits + blocked, cfg, generator)  # (B,)
+        ids = choose(logits + blocked, cfg, generators)  # (B,)
         for row in (~finished & (ids != eos)).nonzero().flatten().tolist():
             rows[row].append(int(ids[row]) - text.offset)
         finished |= ids == eos

@@ -47,6 +47,7 @@ def _tokenizer_metrics(measured: dict, main_name: str) -> dict:
         result["plain_vq_codebook_usage"] = measured["plain_vq"]["codebook_usage"]
     return result
 
+
 def _lm_metrics(history_path: Path) -> dict:
     history = json.loads(history_path.read_text())
     best = next((e for e in history["evals"] if e["step"] == history["best_step"]), None)

@@ -17,8 +17,7 @@ from unitok.benchmarks.digits.evaluate import EvalSection
 from unitok.benchmarks.digits.scenes import DigitsWorldConfig
 from unitok.benchmarks.digits.tones import ToneWorldConfig
 from unitok.configs import find_recipe, find_spec
-from unitok.core.config import ConfigError, load_config
-from unitok.core.errors import UnitokError
+from unitok.core.config import Config, ConfigError, bounded, load_config
 from unitok.data.mixture import ShardMix
 from unitok.data.shard_writer import TokenizeSettings
 from unitok.data.tasks import task_modality
@@ -32,7 +31,7 @@ from unitok.train.tokenizer import TokenizerTraining
 
 
 @dataclass(frozen=True)
-class FolderData:
+class FolderData(Config):
     """A folder of media with a caption manifest (JSONL/CSV `file,caption`)."""
 
     dir: str
@@ -40,16 +39,16 @@ class FolderData:
 
 
 @dataclass(frozen=True)
-class _MediaData:
+class _MediaData(Config):
     """A modality's data: the embedded digits world (the subclass says which part), or both a
     train and a held-out folder."""
 
     train: FolderData | None = None
     heldout: FolderData | None = None
 
-    def __post_init__(self):
-        if (self.digits_world is None) == (self.train is None or self.heldout is None):
-            raise UnitokError("set either `digits_world` or both `train` and `heldout` folders")
+    def rules(self):
+        yield ((self.digits_world is None) != (self.train is None or self.heldout is None), None,
+               "set either `digits_world` or both `train` and `heldout` folders")
 
 
 @dataclass(frozen=True)
@@ -68,7 +67,7 @@ class VideoData(_MediaData):
 
 
 @dataclass(frozen=True)
-class DataSection:
+class DataSection(Config):
     """Items per modality; every modality with a tokenizer needs its section."""
 
     image: ImageData | None = None
@@ -77,14 +76,14 @@ class DataSection:
 
 
 @dataclass(frozen=True)
-class TokenizerSection:
+class TokenizerSection(Config):
     spec: str  # path to a tokenizer spec (tokenizers/*.yaml)
     training: TokenizerTraining = field(default_factory=TokenizerTraining)
     plain_vq_baseline: bool = True  # also train a T = 0 tokenizer the same way, for the rate-distortion report
 
 
 @dataclass(frozen=True)
-class Recipe:
+class Recipe(Config):
     """Either a whole run from media (`data` by modality, `tokenizers` trained here) or a
     transformer trained on a weighted list of existing shard sets (`data` a list of `ShardMix`,
     tokenizers and vocabulary from the saved pipeline `tokenizers_from`)."""
@@ -100,7 +99,7 @@ class Recipe:
     # modality -> its tokenizer, in vocabulary order
     tokenizers: dict[str, TokenizerSection] = field(default_factory=dict)
     tokenizers_from: str | None = None  # a saved pipeline folder, for a `data` list of shard sets
-    seed: int = 0
+    seed: int = bounded(0, ge=0, lt=2**63)
     text_bpe: TextBPEConfig = field(default_factory=TextBPEConfig)
     shards: TokenizeSettings = field(default_factory=TokenizeSettings)
     # modality -> the saved pipeline's free sampler settings (guidance, temperature, …); unset fields
@@ -146,7 +145,7 @@ def load_recipe(ref: str | Path) -> LoadedRecipe:
     names = {spec.name for spec in specs.values()}
     if specs and set(recipe.layout.decode) - names:
         errors.append(f"{path}: layout.decode: {sorted(set(recipe.layout.decode) - names)} name no tokenizer of this "
-                      f"recipe ({sorted(names)})")
+                      f"recipe ({sorted(names)}; a schedule is keyed by its tokenizer's range name)")
     errors += _data_errors(path, recipe)
     errors += [f"{path}: samplers.{m}: the recipe has no {m} tokenizer" for m in recipe.samplers
                if not isinstance(recipe.data, list) and m not in recipe.tokenizers]

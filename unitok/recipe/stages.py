@@ -21,7 +21,9 @@ from transformers import LlamaForCausalLM
 from unitok.benchmarks.digits.evaluate import WorldEval
 from unitok.benchmarks.digits.world import write_world_folders
 from unitok.core.atomic import write_text_atomic
-from unitok.core.config import config_hash, from_dict, to_dict
+from unitok.core.config import ConfigError, config_hash, from_dict, to_dict
+from unitok.core.errors import UnitokError
+from unitok.core.runtime import processes
 from unitok.data.mixture import ShardMix
 from unitok.data.shard_writer import ShardWriter
 from unitok.data.shards import FORMAT as SHARD_FORMAT
@@ -49,23 +51,62 @@ SAMPLE_GRIDS = ("samples.png", "audio_samples.png", "video_samples.png")  # the 
 
 # --- stage bookkeeping ---------------------------------------------------------------------------
 
-def run_stage(folder: Path, key: str, work: Callable[[], None], log: Callable[[str], None] = print) -> bool:
-    """Run `work` unless `folder` holds a complete result for the same `key`. Returns whether it ran."""
-    marker = folder / STAGE_NAME
-    if marker.is_file():
-        stage = json.loads(marker.read_text())
-        if stage.get("key") == key and stage.get("complete"):
-            log(f"[skip] {folder} (up to date)")
-            return False
-        if stage.get("key") != key:
-            log(f"[redo] {folder}: its inputs changed")
-            shutil.rmtree(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    write_text_atomic(marker, json.dumps({"key": key, "complete": False}))
-    log(f"[run]  {folder}")
+def run_stage(folder: Path, key: str, work: Callable[[], None], log: Callable[[str], None] = print,
+              every_rank: bool = False) -> bool:
+    """Run `work` unless `folder` holds a complete result for the same `key`. Returns whether it ran.
+
+    Under several processes (``accelerate launch``) the main process keeps the folder and its
+    marker. `work` runs on the main process alone, after which the others find the stage done;
+    with `every_rank` (a distributed stage: training, sharding) it runs on every process at once,
+    and saves what it makes from the main process only."""
+    state = processes()
+    if not every_rank:
+        with state.main_process_first():
+            return _run_on_this_process(folder, key, work, log)
+    done, changed = _stage_state(folder, key)
+    state.wait_for_everyone()  # every rank has read the marker before the main one rewrites it
+    if done:
+        log(f"[skip] {folder} (up to date)")
+        return False
+    if state.is_main_process:
+        _open_stage(folder, key, changed, log)
+    state.wait_for_everyone()
     work()
-    write_text_atomic(marker, json.dumps({"key": key, "complete": True}))
+    state.wait_for_everyone()
+    if state.is_main_process:
+        write_text_atomic(folder / STAGE_NAME, json.dumps({"key": key, "complete": True}))
+    state.wait_for_everyone()
     return True
+
+
+def _run_on_this_process(folder: Path, key: str, work: Callable[[], None], log: Callable[[str], None]) -> bool:
+    done, changed = _stage_state(folder, key)
+    if done:
+        log(f"[skip] {folder} (up to date)")
+        return False
+    _open_stage(folder, key, changed, log)
+    work()
+    write_text_atomic(folder / STAGE_NAME, json.dumps({"key": key, "complete": True}))
+    return True
+
+
+def _stage_state(folder: Path, key: str) -> tuple[bool, bool]:
+    """(complete for `key`, made for another key) of a stage folder."""
+    marker = folder / STAGE_NAME
+    if not marker.is_file():
+        return False, False
+    stage = json.loads(marker.read_text())
+    return stage.get("key") == key and bool(stage.get("complete")), stage.get("key") != key
+
+
+def _open_stage(folder: Path, key: str, changed: bool, log: Callable[[str], None]) -> None:
+    """Empty a folder made for other inputs, then mark the stage as begun."""
+    if changed:
+        log(f"[redo] {folder}: its inputs changed")
+        shutil.rmtree(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    write_text_atomic(folder / STAGE_NAME, json.dumps({"key": key, "complete": False}))
+    log(f"[run]  {folder}")
 
 
 def stage_key(folder: Path) -> str:
@@ -79,7 +120,9 @@ class RecipeRun:
     `classifier_dir` is where evaluation keeps its digit classifier (default: ``eval/classifier``)."""
 
     def __init__(self, loaded: LoadedRecipe, log: Callable[[str], None] = print, classifier_dir: Path | None = None):
-        self.loaded, self.recipe, self.out, self.log = loaded, loaded.recipe, loaded.out, log
+        self.loaded, self.recipe, self.out = loaded, loaded.recipe, loaded.out
+        self.main = processes().is_main_process  # the process that writes what a distributed stage makes
+        self.log = log if self.main else (lambda _: None)
         self.classifier_dir = classifier_dir or self.out / "eval" / "classifier"
 
     def run(self, stop_after: str | None = None) -> None:
@@ -135,13 +178,16 @@ class RecipeRun:
                                                       desc=f"tokenizer:{modality}:{label}",
                                                       tracker_dir=folder / "trackers",
                                                       tracker_config=to_dict(self.recipe))
-                    tokenizer.save_pretrained(target)
-                    metrics[label] = tokenizer_metrics(tokenizer, inputs["heldout"], self.recipe.seed)
-                    self.log(f"  {modality}/{label}: {metrics[label]}")
-                (folder / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+                    if self.main:
+                        tokenizer.save_pretrained(target)
+                        metrics[label] = tokenizer_metrics(tokenizer, inputs["heldout"], self.recipe.seed)
+                        self.log(f"  {modality}/{label}: {metrics[label]}")
+                if self.main:
+                    (folder / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
 
             run_stage(folder, config_hash(self.data_key(modality), spec, replace(section.training, log_with=[]),
-                                          self.recipe.seed, section.plain_vq_baseline), train, self.log)
+                                          self.recipe.seed, section.plain_vq_baseline), train, self.log,
+                      every_rank=True)
 
     def media_tokenizers(self) -> dict[str, MediaTokenizer]:
         """modality -> trained tokenizer, in the recipe's order."""
@@ -158,9 +204,13 @@ class RecipeRun:
         return replace(tokenizers, vocabulary=vocabulary)
 
     def layout(self, tokenizers: PipelineTokenizers) -> StreamLayout:
-        """The recipe's layout, with one group per generated block for modalities it gives no schedule."""
-        return self.recipe.layout.with_default_schedules({name: tokenizer.quantizer.noise_steps
-                                                          for name, tokenizer in tokenizers.media.items()})
+        """The recipe's layout, checked against the tokenizers (those of `tokenizers_from` are known
+        only now) and with one group per generated block for ranges it gives no schedule."""
+        try:
+            return self.recipe.layout.fitted({name: (t.quantizer.noise_steps, t.num_positions)
+                                              for name, t in tokenizers.media.items()})
+        except UnitokError as err:
+            raise ConfigError(f"{self.loaded.path}: {err}") from None
 
     # text BPE + vocabulary --------------------------------------------------------------------
     def stage_text_bpe(self) -> None:
@@ -200,7 +250,8 @@ class RecipeRun:
                     self.log(f"  shards/{modality}/{split}: {writer.write(FolderSource(data_dir, captions))}")
 
         data_keys = [self.data_key(m) for m in self.loaded.modalities]
-        run_stage(folder, config_hash(*data_keys, vocab.hash, self.recipe.shards, SHARD_FORMAT), tokenize, self.log)
+        run_stage(folder, config_hash(*data_keys, vocab.hash, self.recipe.shards, SHARD_FORMAT), tokenize, self.log,
+                  every_rank=True)
 
     def mixture(self) -> list[ShardMix]:
         """The shard sets the transformer trains on: the recipe's list, or this run's own shards
@@ -221,6 +272,11 @@ class RecipeRun:
                                         str(self.shard_dir(m, "heldout"))))
         return mixture
 
+    def trained_tasks(self) -> list[str]:
+        """The tasks the transformer trains on: those of the mixture with a positive weight."""
+        tasks = [mix.task or read_manifest(mix.shards)["settings"]["task"] for mix in self.mixture() if mix.weight > 0]
+        return sorted(set(tasks))
+
     # transformer ------------------------------------------------------------------------------
     def stage_lm(self) -> bool:
         """Train the transformer; its best weights land in ``lm/transformer`` (`save_pretrained`)."""
@@ -234,15 +290,17 @@ class RecipeRun:
             model = build_transformer(self.loaded.model_spec, tokenizers.vocabulary)
             history = train_lm(model, tokenizers.vocabulary, tokenizers.media, layout, mixture, self.recipe.lm, folder,
                                self.recipe.seed, tracker_config=to_dict(self.recipe))
-            (folder / "history.json").write_text(json.dumps(history, indent=2) + "\n")
-            model.save_pretrained(folder / "transformer")
-            plot_losses(folder / "log" / "rank-0.jsonl", history, self.out / "loss.png")
+            if self.main:
+                (folder / "history.json").write_text(json.dumps(history, indent=2) + "\n")
+                model.save_pretrained(folder / "transformer")
+                plot_losses(folder / "log" / "rank-0.jsonl", history, self.out / "loss.png")
 
         data_key = [read_manifest(m.shards)["shards"] for m in mixture] if self.loaded.from_shards \
             else stage_key(self.out / "shards")
         lm = replace(self.recipe.lm, log_with=[])  # trackers do not change what is trained
         return run_stage(folder, config_hash(data_key, mixture, self.loaded.model_spec, lm, layout, self.recipe.seed,
-                                             tokenizers.vocabulary.hash, DOCUMENT_FORMAT), train, self.log)
+                                             tokenizers.vocabulary.hash, DOCUMENT_FORMAT), train, self.log,
+                         every_rank=True)
 
     # pipeline ---------------------------------------------------------------------------------
     def stage_pipeline(self) -> bool:
@@ -255,7 +313,7 @@ class RecipeRun:
         def assemble():
             transformer = LlamaForCausalLM.from_pretrained(self.out / "lm" / "transformer", use_safetensors=True)
             UniTokPipeline(transformer, tokenizers.text, tokenizers.media, tokenizers.vocabulary,
-                           self.layout(tokenizers), samplers).save_pretrained(self.out / "model")
+                           self.layout(tokenizers), samplers, self.trained_tasks()).save_pretrained(self.out / "model")
 
         key = config_hash(stage_key(self.out / "lm"), samplers, INDEX_FORMAT)  # a new format re-saves the pipeline
         return run_stage(self.out / "model", key, assemble, self.log)

@@ -18,6 +18,7 @@ import torch
 from einops.layers.torch import Rearrange
 from torch import nn
 
+from unitok.core.config import Config, bounded
 from unitok.core.errors import UnitokError
 
 CONVS = {2: nn.Conv2d, 3: nn.Conv3d}
@@ -28,22 +29,22 @@ PATCH_OUT = {2: "b (c ph pw) h w -> b c (h ph) (w pw)", 3: "b (c pf ph pw) f h w
 
 
 @dataclass(frozen=True)
-class AutoencoderConfig:
-    in_channels: int = 3
-    patch_size: int = 1  # space-to-depth stem: p×p patches become channels (cheap first downsampling)
-    channels: tuple[int, ...] = (32, 64)  # width per resolution level; each level halves the size
-    latent_channels: int = 8
-    residual_units: int = 1  # residual units after each level's downsampling (and before each upsampling)
-    temporal_levels: int = 0  # video only: how many of the first levels also halve the frame count
-    temporal_patch_size: int = 1  # video only: frames per stem patch (cheap first halving of time)
+class AutoencoderConfig(Config):
+    MOVED = {"blocks_per_level": "renamed residual_units (unitok 0.3)"}
 
-    def __post_init__(self):
-        if not self.channels:
-            raise UnitokError("channels must list at least one level")
-        if not 0 <= self.temporal_levels <= len(self.channels):
-            raise UnitokError(f"temporal_levels must be in [0, {len(self.channels)}] (one per level at most)")
-        if self.temporal_patch_size < 1:
-            raise UnitokError("temporal_patch_size must be >= 1")
+    in_channels: int = bounded(3, ge=1)
+    patch_size: int = bounded(1, ge=1)  # space-to-depth stem: p×p patches become channels (cheap first downsampling)
+    channels: tuple[int, ...] = bounded((32, 64), ge=8)  # width per resolution level (GroupNorm of 8 groups);
+    # each level halves the size
+    latent_channels: int = bounded(8, ge=1)
+    residual_units: int = bounded(1, ge=0)  # after each level's downsampling (and before each upsampling)
+    temporal_levels: int = bounded(0, ge=0)  # video only: how many of the first levels also halve the frame count
+    temporal_patch_size: int = bounded(1, ge=1)  # video only: frames per stem patch (cheap first halving of time)
+
+    def rules(self):
+        yield bool(self.channels), "channels", "must list at least one level"
+        yield (self.temporal_levels <= len(self.channels), "temporal_levels",
+               f"must be at most the number of levels ({len(self.channels)}), got {self.temporal_levels}")
 
     @property
     def downsample_factor(self) -> int:

@@ -22,7 +22,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from unitok.core.atomic import write_text_atomic
-from unitok.core.config import from_dict, load_config, to_dict
+from unitok.core.config import Config, from_dict, load_config, to_dict
 from unitok.core.errors import UnitokError
 from unitok.tokenizer.adapters import (
     AudioAdapter,
@@ -47,7 +47,7 @@ ADAPTERS: dict[str, type[MediaAdapter]] = {"image": ImageAdapter, "audio": Audio
 
 
 @dataclass(frozen=True)
-class TokenizerSpec:
+class TokenizerSpec(Config):
     """A media tokenizer's architecture (``tokenizers/*.yaml``)."""
 
     modality: Literal["image", "audio", "video"]
@@ -58,16 +58,15 @@ class TokenizerSpec:
     autoencoder: AutoencoderConfig = field(default_factory=AutoencoderConfig)
     quantizer: QuantizerConfig = field(default_factory=QuantizerConfig)
 
-    def __post_init__(self):
-        if getattr(self, self.modality) is None:
-            raise UnitokError(f"modality {self.modality!r} needs a `{self.modality}:` section")
+    def rules(self):
         adapter = ADAPTERS[self.modality]
-        if self.autoencoder.in_channels != adapter.channels:
-            raise UnitokError(f"autoencoder.in_channels is {self.autoencoder.in_channels}, but {self.modality} "
-                             f"tensors have {adapter.channels} channel(s)")
-        if (self.autoencoder.temporal_levels or self.autoencoder.temporal_patch_size > 1) and adapter.dims != 3:
-            raise UnitokError(f"autoencoder.temporal_levels and temporal_patch_size need frames; {self.modality} "
-                             f"tensors have none")
+        yield (getattr(self, self.modality) is not None, self.modality,
+               f"the {self.modality} tokenizer needs this section")
+        yield (self.autoencoder.in_channels == adapter.channels, "autoencoder.in_channels",
+               f"{self.modality} tensors have {adapter.channels} channel(s), got {self.autoencoder.in_channels}")
+        time_axis = self.autoencoder.temporal_levels or self.autoencoder.temporal_patch_size > 1
+        yield (not time_axis or adapter.dims == 3, "autoencoder.temporal_levels",
+               f"temporal_levels and temporal_patch_size need frames; {self.modality} tensors have none")
 
     @property
     def latent_shape(self) -> tuple[int, ...]:
@@ -113,7 +112,7 @@ class MediaTokenizer(nn.Module):
     @property
     def num_positions(self) -> int:
         """N: latent cells per block."""
-        return self.spec.num_positions
+        return math.prod(self.latent_shape)
 
     @property
     def num_blocks(self) -> int:

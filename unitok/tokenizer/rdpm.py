@@ -23,29 +23,27 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
+from unitok.core.config import Config, bounded
 from unitok.core.errors import UnitokError
 
 
 @dataclass(frozen=True)
-class QuantizerConfig:
-    noise_steps: int = 10  # T; 0 = plain VQ of the clean latent
-    codebook_size: int = 512  # K
+class QuantizerConfig(Config):
+    MOVED = {"steps": "renamed noise_steps (unitok 0.3)",
+             "schedule": "removed in unitok 0.3: the noise schedule is always cosine",
+             "trajectory": "removed in unitok 0.3: one noise draw per item",
+             "codebook_per_step": "removed in unitok 0.3: one codebook serves every step"}
+
+    noise_steps: int = bounded(10, ge=0)  # T; 0 = plain VQ of the clean latent
+    codebook_size: int = bounded(512, ge=2)  # K
     # "quantized": the trajectory is built from ε̂ = σ_T·c[k_T], the noise as the tokens hold it, so
     # every later residual is a function of z and tokens the model has seen. "subtracted": from ε̂
     # too, but every step quantizes only what ε̂ does not already determine; the noise's share of
     # each step is added to the state exactly (the shipped T = 1 tokenizers: docs/RDPM.md)
     noise: Literal["quantized", "subtracted"] = "quantized"
-    commitment_weight: float = 0.25
-    ema_decay: float = 0.99  # EMA codebook and σ_t updates
-    dead_code_threshold: float = 0.5  # EMA use count below which a code is restarted
-
-    def __post_init__(self):
-        if self.noise_steps < 0:
-            raise UnitokError("noise_steps must be >= 0")
-        if self.codebook_size < 2:
-            raise UnitokError("codebook_size must be >= 2")
-        if not 0.0 < self.ema_decay < 1.0:
-            raise UnitokError("ema_decay must be in (0, 1)")
+    commitment_weight: float = bounded(0.25, ge=0)
+    ema_decay: float = bounded(0.99, gt=0, lt=1)  # EMA codebook and σ_t updates
+    dead_code_threshold: float = bounded(0.5, ge=0)  # EMA use count below which a code is restarted
 
 
 def alpha_bar_schedule(noise_steps: int) -> torch.Tensor:

@@ -17,20 +17,18 @@ from typing import Iterable
 import sentencepiece as spm
 
 from unitok.core.atomic import write_bytes_atomic, write_text_atomic
-from unitok.core.errors import UnitokError
+from unitok.core.config import Config, bounded
 
 MODEL_NAME = "spm.model"
 CONFIG_NAME = "config.json"
 
 
 @dataclass(frozen=True)
-class TextBPEConfig:
-    vocab_size: int = 512
-    byte_fallback: bool = True
+class TextBPEConfig(Config):
+    """A recipe's ``text_bpe:`` section."""
 
-    def __post_init__(self):
-        if self.vocab_size < 16:
-            raise UnitokError("vocab_size must be >= 16")
+    vocab_size: int = bounded(512, ge=16)
+    byte_fallback: bool = True
 
 
 class TextBPE:

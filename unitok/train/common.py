@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import json
-from typing import Iterator
+from typing import Iterator, Literal
 
 import torch
+from accelerate import Accelerator
 from torch.optim.lr_scheduler import LambdaLR
 from transformers.optimization import get_cosine_with_min_lr_schedule_with_warmup_lr_rate
 
@@ -34,7 +35,10 @@ def warmup_cosine(optimizer: torch.optim.Optimizer, warmup_steps: int, total_ste
                                                                min_lr_rate=final_fraction)
 
 
-def mixed_precision(setting: str) -> str:
+Precision = Literal["auto", "no", "bf16", "fp16"]  # accelerate's mixed_precision, or "auto"
+
+
+def mixed_precision(setting: Precision) -> str:
     """"auto" -> bf16 where the hardware computes it natively (CUDA with bf16, or a CPU with
     AVX512-BF16 or AMX, where a training step of the quickstart's sizes runs about 1.5x faster),
     else full precision. Emulated bf16 would only be slower."""
@@ -45,6 +49,13 @@ def mixed_precision(setting: str) -> str:
     checks = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
     native = [getattr(torch.cpu, check, lambda: False)() for check in checks]
     return "bf16" if any(native) else "no"
+
+
+def finish_trackers(accelerator: Accelerator) -> None:
+    """What `Accelerator.end_training` does but for destroying the process group: a recipe's
+    stages share it, and the program that started them ends it (`core.runtime.end_processes`)."""
+    for tracker in accelerator.trackers:
+        tracker.finish()
 
 
 def cycle(loader, set_epoch: bool = True) -> Iterator:

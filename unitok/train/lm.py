@@ -22,10 +22,9 @@ from accelerate.utils import set_seed
 from tqdm.auto import tqdm
 from transformers import LlamaForCausalLM
 
-from unitok.core.config import to_dict
-from unitok.core.errors import UnitokError
+from unitok.core.config import Config, bounded, to_dict
 from unitok.data.mixture import MixtureEntry, MixtureRows, ShardMix, heldout_rows, resolve_mixture
-from unitok.data.tasks import task_modality
+from unitok.data.tasks import TASK_FORMS, is_task
 from unitok.lm.batch import Batch, collate, pack
 from unitok.lm.documents import DocumentMaker, media_spans
 from unitok.lm.layout import StreamLayout
@@ -35,51 +34,59 @@ from unitok.lm.streams import Stream
 from unitok.tokenizer.media_tokenizer import MediaTokenizer
 from unitok.tokenizer.vocabulary import Vocabulary
 from unitok.train.checkpoints import load_weights, resume, save_checkpoint, save_transformer
-from unitok.train.common import check_finite, flat_hyperparameters, mixed_precision, warmup_cosine
+from unitok.train.common import (
+    Precision,
+    check_finite,
+    finish_trackers,
+    flat_hyperparameters,
+    mixed_precision,
+    warmup_cosine,
+)
 
 
 @dataclass(frozen=True)
-class LMTraining:
+class LMTraining(Config):
     """A recipe's ``lm:`` section: how the transformer is trained (its layout is the recipe's ``layout:``)."""
+
+    MOVED = {
+        "media_order": "moved to layout.media_order (unitok 0.3)",
+        "rounds": "moved to layout.decode.<range>.groups (unitok 0.3: the model's decode schedule, stated once)",
+        "round_schedule": "moved to layout.decode.<range>.group_sizes (unitok 0.3)",
+        "readout_patch": "moved to layout.readout_patch (unitok 0.3)",
+        "readout": "removed in unitok 0.3: read-out blocks always take the clean state s_0",
+        "cell_order": "removed in unitok 0.3: the cell order is always a seeded permutation",
+    }
 
     # task -> mixture weight over the recipe's own shard sets; a recipe whose `data` is a list of
     # shard sets gives each set's task and weight there instead
-    tasks: dict[str, float] = field(default_factory=lambda: {"text_to_image": 1.0})
-    steps: int = 2000
-    batch_size: int = 16  # documents per process per micro-step
-    grad_accum: int = 1
-    learning_rate: float = 1e-3
-    weight_decay: float = 0.1
-    warmup_steps: int = 100
-    grad_clip: float = 1.0
-    caption_dropout: float = 0.1  # probability a text-to-media caption is dropped (for guidance)
-    first_step_fraction: float = 0.0  # share of text-to-media documents that hold only k_{T-1} (`DocumentMaker`)
+    tasks: dict[str, float] = bounded(default_factory=lambda: {"text_to_image": 1.0}, ge=0)
+    steps: int = bounded(2000, ge=1)
+    batch_size: int = bounded(16, ge=1)  # documents per process per micro-step
+    grad_accum: int = bounded(1, ge=1)
+    learning_rate: float = bounded(1e-3, gt=0)
+    weight_decay: float = bounded(0.1, ge=0)
+    warmup_steps: int = bounded(100, ge=0)
+    grad_clip: float = bounded(1.0, gt=0)
+    caption_dropout: float = bounded(0.1, ge=0, lt=1)  # probability a text-to-media caption is dropped (guidance)
+    # share of text-to-media documents that hold only k_{T-1} (`DocumentMaker`)
+    first_step_fraction: float = bounded(0.0, ge=0, le=1)
     # Loss weight per target kind: "text" (text and special tokens) or a modality ("image", …);
     # unlisted kinds weigh 1. The loss is the weighted mean over labelled positions.
-    loss_weights: dict[str, float] = field(default_factory=dict)
-    checkpoint_every: int = 200
-    eval_every: int = 200
-    eval_items: int = 256
-    early_stopping_patience: int | None = None  # evals without improvement before stopping
-    mixed_precision: str = "auto"
-    shuffle_buffer: int = 10_000  # rows per streamed shard set in the shuffle buffer
+    loss_weights: dict[str, float] = bounded(default_factory=dict, ge=0)
+    checkpoint_every: int = bounded(200, ge=1)
+    eval_every: int = bounded(200, ge=1)
+    eval_items: int = bounded(256, ge=0)  # held-out documents per evaluation; 0: none
+    early_stopping_patience: int | None = bounded(None, ge=1)  # evals without improvement before stopping
+    mixed_precision: Precision = "auto"
+    shuffle_buffer: int = bounded(10_000, ge=1)  # rows per streamed shard set in the shuffle buffer
     # accelerate trackers (e.g. [tensorboard], [wandb]): loss, lr, grad_norm, tokens_per_s per step and
     # heldout_loss per eval, files under OUTPUT_DIR/trackers; not part of what the stage's result depends on
     log_with: list[str] = field(default_factory=list)
 
-    def __post_init__(self):
-        if not self.tasks or any(w < 0 for w in self.tasks.values()) or sum(self.tasks.values()) <= 0:
-            raise UnitokError("tasks must map task names to non-negative weights with a positive sum")
-        if not 0 <= self.caption_dropout < 1:
-            raise UnitokError("caption_dropout must be in [0, 1)")
-        if not 0 <= self.first_step_fraction <= 1:
-            raise UnitokError("first_step_fraction must be in [0, 1]")
+    def rules(self):
+        yield sum(self.tasks.values()) > 0, "tasks", "must give at least one task a positive weight"
         for task in self.tasks:
-            task_modality(task)  # raises on an unknown task name
-        if any(w < 0 for w in self.loss_weights.values()):
-            raise UnitokError("loss_weights must be non-negative")
-        if self.shuffle_buffer < 1:
-            raise UnitokError("shuffle_buffer must be >= 1")
+            yield is_task(task), f"tasks.{task}", f"unknown task; expected {TASK_FORMS}"
 
 
 class TrainingBatches:
@@ -134,6 +141,7 @@ def train_lm(transformer: LlamaForCausalLM, vocab: Vocabulary, tokenizers: dict[
     for tokenizer in tokenizers.values():
         tokenizer.to(accelerator.device)
     entries = resolve_mixture(mixture, vocab, tokenizers, accelerator.num_processes)
+    layout = layout.fitted({name: (t.quantizer.noise_steps, t.num_positions) for name, t in tokenizers.items()})
     documents = DocumentMaker(vocab, layout, cfg.caption_dropout, cfg.first_step_fraction)
     rows = MixtureRows(entries, vocab, seed, cfg.shuffle_buffer, accelerator.process_index, accelerator.num_processes)
     data = TrainingBatches(rows, vocab, tokenizers, documents, cfg.batch_size, seed, accelerator.process_index)
@@ -187,7 +195,7 @@ def train_lm(transformer: LlamaForCausalLM, vocab: Vocabulary, tokenizers: dict[
     if state["best_step"] is None:  # no held-out evaluation: the last weights are the kept ones
         save_transformer(accelerator, model, output_dir / "best")
     accelerator.wait_for_everyone()
-    accelerator.end_training()
+    finish_trackers(accelerator)
     progress.close()
     log.close()
     load_weights(transformer, output_dir / "best")

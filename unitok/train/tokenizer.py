@@ -18,21 +18,31 @@ from accelerate.utils import AutocastKwargs, set_seed
 from torch.utils.data import DataLoader, TensorDataset
 from tqdm.auto import tqdm
 
-from unitok.core.config import to_dict
+from unitok.core.config import Config, bounded, to_dict
 from unitok.tokenizer.media_tokenizer import MediaTokenizer, TokenizerSpec
-from unitok.train.common import check_finite, cycle, flat_hyperparameters, mixed_precision, warmup_cosine
+from unitok.train.common import (
+    Precision,
+    check_finite,
+    cycle,
+    finish_trackers,
+    flat_hyperparameters,
+    mixed_precision,
+    warmup_cosine,
+)
 
 
 @dataclass(frozen=True)
-class TokenizerTraining:
+class TokenizerTraining(Config):
     """A recipe's ``tokenizers.<modality>.training`` section."""
 
-    steps: int = 1500
-    batch_size: int = 64
-    learning_rate: float = 2e-3
-    warmup_steps: int = 100
-    weight_decay: float = 0.0
-    mixed_precision: str = "auto"
+    MOVED = {"l1_weight": "removed in unitok 0.3: the reconstruction loss is MSE"}
+
+    steps: int = bounded(1500, ge=1)
+    batch_size: int = bounded(64, ge=1)
+    learning_rate: float = bounded(2e-3, gt=0)
+    warmup_steps: int = bounded(100, ge=0)
+    weight_decay: float = bounded(0.0, ge=0)
+    mixed_precision: Precision = "auto"
     log_with: list[str] = field(default_factory=list)  # accelerate trackers: loss, psnr_db, lr per step
 
 
@@ -72,7 +82,7 @@ def train_media_tokenizer(spec: TokenizerSpec, inputs: torch.Tensor, cfg: Tokeni
         progress.set_postfix(psnr=f"{psnr_db(mse.item()):.1f}", commit=f"{out.commitment_loss.item():.3f}")
         accelerator.log({"loss": loss.item(), "psnr_db": psnr_db(mse.item()), "commitment": out.commitment_loss.item(),
                          "lr": scheduler.get_last_lr()[0]}, step=step + 1)
-    accelerator.end_training()
+    finish_trackers(accelerator)
     tokenizer = accelerator.unwrap_model(tokenizer)
     return tokenizer.eval()
 

@@ -12,8 +12,8 @@ import sys
 from pathlib import Path
 
 import torch
-from accelerate import PartialState
 
+from unitok.core.runtime import end_processes, processes
 from unitok.data.mixture import ShardMix
 from unitok.lm.layout import StreamLayout
 from unitok.lm.model import ModelSpec, build_transformer
@@ -41,9 +41,10 @@ def main(out: Path, steps: int, pipeline: Path, shards: Path) -> None:
                ShardMix(str(shards / "train"), 0.5, "image_to_text")]
     layout = StreamLayout().with_default_schedules({"image": 4})  # the tiny tokenizer: T = 4, one group per block
     history = train_lm(model, tokenizers.vocabulary, tokenizers.media, layout, mixture, cfg, out, seed=0)
-    state = PartialState()  # after training: the Accelerator inside train_lm set up the processes
+    state = processes()
     (out / f"rank-{state.process_index}.json").write_text(json.dumps(
         {"initial": initial, "final": weights_checksum(model), "world": state.num_processes, "step": history["step"]}))
+    end_processes()
 
 
 if __name__ == "__main__":

@@ -22,7 +22,7 @@ import numpy as np
 
 from unitok.benchmarks.digits.images import digit_alpha, digit_pixels
 from unitok.benchmarks.digits.scenes import COLOR_NAMES, COLORS, DigitsWorldConfig, digit_pools, parse_caption
-from unitok.core.errors import UnitokError
+from unitok.core.config import Config, bounded
 
 DIRECTIONS: dict[str, tuple[int, int]] = {"left": (-1, 0), "right": (1, 0), "up": (0, -1), "down": (0, 1)}
 SPEED_AT_32 = 2  # pixels per frame at image_size 32
@@ -36,26 +36,21 @@ _DIRECTION_WORDS = {name: name for name in DIRECTIONS}
 
 
 @dataclass(frozen=True)
-class ClipWorldConfig:
+class ClipWorldConfig(Config):
     """The video part of digits world (a recipe's ``data.video.digits_world``)."""
 
-    seed: int = 0
-    train_clips: int = 2000
-    heldout_clips: int = 200
-    frames: int = 8
-    image_size: int = 32
-    fps: float = 8.0
-    heldout_digit_fraction: float = 0.2  # as for images: the same split of real digit images
+    seed: int = bounded(0, ge=0)
+    train_clips: int = bounded(2000, ge=0)
+    heldout_clips: int = bounded(200, ge=0)
+    frames: int = bounded(8, ge=2)  # a motion needs two frames to be seen
+    image_size: int = bounded(32, ge=16)
+    fps: float = bounded(8.0, gt=0)
+    heldout_digit_fraction: float = bounded(0.2, gt=0, lt=1)  # as for images: the same split of real digit images
 
-    def __post_init__(self) -> None:
-        self.image_world()  # the image world's checks: digit split fraction, frame size
-        if self.train_clips < 0 or self.heldout_clips < 0:
-            raise UnitokError("train_clips and heldout_clips must be non-negative")
-        if self.frames < 2:
-            raise UnitokError("frames must be >= 2 for a motion to be seen")
-        travel = (self.frames - 1) * self.speed
-        if digit_pixels("small", self.image_size) + travel > self.image_size:
-            raise UnitokError(f"{self.frames} frames at {self.speed} px per frame leave the {self.image_size} px frame")
+    def rules(self):
+        travel = (max(self.frames, 2) - 1) * self.speed
+        yield (digit_pixels("small", max(self.image_size, 16)) + travel <= self.image_size, "frames",
+               f"{self.frames} frames at {self.speed} px per frame leave the {self.image_size} px frame")
 
     @property
     def speed(self) -> int:

@@ -23,6 +23,7 @@ from unitok.benchmarks.digits.scenes import DIGIT_WORDS, Item
 from unitok.lm.documents import MediaSpan, media_spans, task_document
 from unitok.lm.losses import heldout_loss
 from unitok.lm.model import StreamModel
+from unitok.lm.sampling import item_generators
 from unitok.pipeline import UniTokPipeline
 
 
@@ -51,7 +52,7 @@ def first_step_digit_ce_gain(pipe: UniTokPipeline, items: list[Item], media_ids:
     contexts, queries = (inputs.cpu() for inputs in tokenizer.quantizer.block_inputs(media_ids.to(tokenizer.device)))
     spans = [MediaSpan(tokenizer.name, b, context, query, tokenizer.latent_shape)
              for b, context, query in zip(blocks, contexts, queries)]
-    one_group = [[0, media_ids.shape[2]]]  # the first generated block alone, every cell a query
+    one_group = [[0, media_ids.shape[2]]]  # timestep order: the first generated block alone, every cell a query
 
     def first_step_ce(captions: list[str]) -> float:
         docs = [task_document(vocab, pipe.layout, "text_to_image", pipe.encode_prompt(c), span, one_group)
@@ -70,7 +71,7 @@ def digit_accuracy_given_first_step(pipe: UniTokPipeline, items: list[Item], med
     prompts = [pipe.encode_prompt(it.caption) for it in items]
     ids = pipe.sampler_for("image").sample(StreamModel(pipe.transformer), pipe.vocabulary, tokenizer.name,
                                            tokenizer.quantizer, prompts, media_ids[:, :2],
-                                           torch.Generator().manual_seed(seed))
+                                           item_generators([seed + i for i in range(len(items))]))
     images = np.stack([np.asarray(im) for im in tokenizer.decode(ids)])
     return float((classifier.predict(images) == np.array([it.scene.digit for it in items])).mean())
 

@@ -41,6 +41,7 @@ from unitok.benchmarks.digits.scores import (
     video_to_text_scores,
 )
 from unitok.benchmarks.digits.tones import audio_file, build_tone_world, dtmf_waveform
+from unitok.core.config import Config, bounded
 from unitok.data.shards import load_shards
 from unitok.lm.sampling import SamplerConfig
 from unitok.pipeline import MediaPipelineOutput, UniTokPipeline
@@ -51,14 +52,14 @@ from unitok.visualize import labelled_grid, trajectory_grid
 
 
 @dataclass(frozen=True)
-class EvalSection:
+class EvalSection(Config):
     """A recipe's ``eval:`` section."""
 
-    num_samples: int = 500  # held-out items per evaluated direction
-    batch_size: int = 100
-    grid_samples: int = 40
-    trajectory_samples: int = 4
-    classifier_steps: int = 500
+    num_samples: int = bounded(500, ge=2)  # held-out items per evaluated direction (a Fréchet distance needs 2)
+    batch_size: int = bounded(100, ge=1)
+    grid_samples: int = bounded(40, ge=1)
+    trajectory_samples: int = bounded(4, ge=1)
+    classifier_steps: int = bounded(500, ge=1)
     text_sampler: SamplerConfig = field(default_factory=SamplerConfig.for_text)  # media→text
 
 
@@ -110,6 +111,7 @@ def _evaluate_images(run: WorldEval, pipe: UniTokPipeline, world, metrics: dict)
     if _trains(run, "image_to_text"):
         metrics["image_to_text"] = _media_to_text_metrics(run, pipe, "image", items, image_file, image_to_text_scores)
 
+
 def _evaluate_audio(run: WorldEval, pipe: UniTokPipeline, world, metrics: dict) -> None:
     cfg = run.evaluation
     items = build_tone_world(world)["heldout"][: cfg.num_samples]
@@ -132,6 +134,7 @@ def _evaluate_audio(run: WorldEval, pipe: UniTokPipeline, world, metrics: dict) 
         _trajectory_picture(tokenizer, ids[: cfg.trajectory_samples], items).save(run.out / "audio_trajectory.png")
     if _trains(run, "audio_to_text"):
         metrics["audio_to_text"] = _media_to_text_metrics(run, pipe, "audio", items, audio_file, audio_to_text_scores)
+
 
 def _evaluate_video(run: WorldEval, pipe: UniTokPipeline, world, metrics: dict) -> None:
     cfg = run.evaluation
@@ -170,6 +173,7 @@ def _sampler_summary(pipe: UniTokPipeline, modality: str) -> dict:
         summary |= {"groups": list(schedule.groups), "group_sizes": schedule.group_sizes}
     return summary
 
+
 def _add_diagnostics(metrics: dict, run: WorldEval, pipe: UniTokPipeline, heldout, items: list[Item],
                      classifier) -> None:
     """Where text→image fails: does the LM read the digit, and do the refining blocks keep it (diagnostics.py)."""
@@ -179,12 +183,14 @@ def _add_diagnostics(metrics: dict, run: WorldEval, pipe: UniTokPipeline, heldou
         metrics["text_to_image"]["digit_accuracy_given_first_step"] = digit_accuracy_given_first_step(
             pipe, items, media_ids, classifier, run.seed)
 
+
 def _generate(pipe: UniTokPipeline, modality: str, prompts: list[str], cfg: EvalSection, seed: int) -> torch.Tensor:
     chunks = []
     for start in tqdm(range(0, len(prompts), cfg.batch_size), desc=f"text→{modality}"):
         batch = prompts[start:start + cfg.batch_size]
-        chunks.append(pipe.generate_media_ids(modality, batch, seed=seed + start))
+        chunks.append(pipe.generate_media_ids(modality, batch, seed=[seed + start + i for i in range(len(batch))]))
     return torch.cat(chunks)
+
 
 def _media_to_text_metrics(run: WorldEval, pipe: UniTokPipeline, modality: str, items: list, file_of,
                            scores) -> dict:
@@ -197,6 +203,7 @@ def _media_to_text_metrics(run: WorldEval, pipe: UniTokPipeline, modality: str, 
             **caption_loss_matched_vs_shuffled(pipe, modality, heldout, len(items)),
             "num_samples": len(items)}
 
+
 def _describe_heldout(run: WorldEval, pipe: UniTokPipeline, modality: str, items: list, file_of) -> list[str]:
     """Captions generated for the held-out files of `items` (`file_of(item)`: path in the folder)."""
     cfg = run.evaluation
@@ -204,10 +211,12 @@ def _describe_heldout(run: WorldEval, pipe: UniTokPipeline, modality: str, items
     sampler = cfg.text_sampler
     captions = []
     for start in tqdm(range(0, len(files), cfg.batch_size), desc=f"{modality}→text"):
-        captions += pipe.media_to_text(modality, files[start:start + cfg.batch_size], temperature=sampler.temperature,
-                                       top_k=sampler.top_k, top_p=sampler.top_p, gumbel_scale=sampler.gumbel_scale,
-                                       seed=run.seed + start)
+        batch = files[start:start + cfg.batch_size]
+        captions += pipe.media_to_text(modality, batch, temperature=sampler.temperature, top_k=sampler.top_k,
+                                       top_p=sampler.top_p, gumbel_scale=sampler.gumbel_scale,
+                                       seed=[run.seed + start + i for i in range(len(batch))])
     return captions
+
 
 def _trajectory_picture(tokenizer: MediaTokenizer, ids: torch.Tensor, items: list):
     """D(s_t) for t = T … 0 of a few generated items, as pictures (spectrograms for audio)."""
@@ -216,6 +225,7 @@ def _trajectory_picture(tokenizer: MediaTokenizer, ids: torch.Tensor, items: lis
     steps = tokenizer.num_blocks - 1
     captions = [it.caption for it in items[: len(ids)]]
     return trajectory_grid(rows, captions, [f"t={steps - b}" for b in range(len(states))])
+
 
 def _video_trajectory(tokenizer: MediaTokenizer, ids: torch.Tensor, caption: str):
     """One generated clip: a row of frames of D(s_t) for every t, noisiest on top."""

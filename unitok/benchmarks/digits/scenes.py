@@ -19,6 +19,7 @@ from functools import lru_cache
 import numpy as np
 from sklearn.datasets import load_digits
 
+from unitok.core.config import Config, bounded
 from unitok.core.errors import UnitokError
 
 # Saturated, mutually distant colours, so a pixel reader separates them even on noisy samples.
@@ -99,20 +100,15 @@ class Item:
 
 
 @dataclass(frozen=True)
-class DigitsWorldConfig:
-    seed: int = 0
-    image_size: int = 32
-    train_scenes: int = 8000
-    heldout_scenes: int = 500
-    heldout_digit_fraction: float = 0.2  # share of each class's real digit images kept out of training
+class DigitsWorldConfig(Config):
+    """The image part of digits world (a recipe's ``data.image.digits_world``)."""
 
-    def __post_init__(self) -> None:
-        if not 0.0 < self.heldout_digit_fraction < 1.0:
-            raise UnitokError(f"heldout_digit_fraction must be in (0, 1), got {self.heldout_digit_fraction}")
-        if self.image_size < 16:
-            raise UnitokError(f"image_size must be at least 16, got {self.image_size}")
-        if self.train_scenes < 0 or self.heldout_scenes < 0:
-            raise UnitokError("train_scenes and heldout_scenes must be non-negative")
+    seed: int = bounded(0, ge=0)
+    image_size: int = bounded(32, ge=16)
+    train_scenes: int = bounded(8000, ge=0)
+    heldout_scenes: int = bounded(500, ge=0)
+    # share of each class's real digit images kept out of training
+    heldout_digit_fraction: float = bounded(0.2, gt=0, lt=1)
 
 
 # ----------------------------------------------------------------------------- captions

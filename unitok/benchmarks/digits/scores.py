@@ -41,6 +41,7 @@ def text_to_image_scores(images, items: list[Item], classifier, world) -> dict:
         "fid_real_floor": frechet_distance(classifier.image_features(_other_real_renders(items, world)), real_feats),
     }
 
+
 def _other_real_renders(items: list[Item], world) -> np.ndarray:
     """The same scenes drawn with other held-out digit images: the real-vs-real Fréchet floor."""
     pools = digit_pools(world)["heldout"]
@@ -51,6 +52,7 @@ def _other_real_renders(items: list[Item], world) -> np.ndarray:
         scenes.append(type(it.scene)(**{**vars(it.scene), "digit_index": rng.choice(choices)}))
     return real_renders(scenes, world.image_size)
 
+
 def exact_copy_fraction(ids: torch.Tensor, train, pipe: UniTokPipeline) -> float:
     """Share of generated clean blocks (k_0, local ids) identical to a clean block of `train` (shards)."""
     tokenizer = pipe.tokenizer_for("image")
@@ -58,6 +60,7 @@ def exact_copy_fraction(ids: torch.Tensor, train, pipe: UniTokPipeline) -> float
     seen = {tuple(row[-tokenizer.num_positions:]) for row in train["media_ids"]}
     clean = (ids[:, -1] + offset).tolist()
     return float(np.mean([tuple(c) in seen for c in clean]))
+
 
 def recon_digit_accuracy(tokenizer: MediaTokenizer, items: list[Item], classifier, world, seed: int) -> float:
     """Classifier accuracy on encode→decode of the held-out real renders: the ceiling that the
@@ -67,6 +70,7 @@ def recon_digit_accuracy(tokenizer: MediaTokenizer, items: list[Item], classifie
     reconstructed = np.stack([np.asarray(im) for im in tokenizer.decode(ids)])
     return float((classifier.predict(reconstructed) == np.array([it.scene.digit for it in items])).mean())
 
+
 def image_to_text_scores(captions: list[str], items: list[Item]) -> dict:
     """Digit and colour read from generated captions against the held-out scenes they describe."""
     read = [parse_caption(c) for c in captions]
@@ -75,6 +79,7 @@ def image_to_text_scores(captions: list[str], items: list[Item]) -> dict:
     return {"digit_color_accuracy": float((digit_ok & color_ok).mean()), "digit_accuracy": float(digit_ok.mean()),
             "color_accuracy": float(color_ok.mean()), "examples": captions[:5]}
 
+
 def text_to_audio_scores(clips, items: list[ToneItem]) -> dict:
     """Exact dialled sequence read back by the Goertzel decoder, overall and on unseen digit pairs."""
     ok = np.array([decode_dtmf(c.samples, c.sample_rate) == it.clip.digits for c, it in zip(clips, items)])
@@ -82,10 +87,12 @@ def text_to_audio_scores(clips, items: list[ToneItem]) -> dict:
     return {"dtmf_sequence_accuracy": float(ok.mean()),
             "unseen_pair_accuracy": float(ok[unseen].mean()) if unseen.any() else None}
 
+
 def audio_to_text_scores(captions: list[str], items: list[ToneItem]) -> dict:
     """Digit sequence named by generated captions against the held-out clips they describe."""
     ok = np.array([parse_tone_caption(c) == it.clip.digits for c, it in zip(captions, items)])
     return {"digit_accuracy": float(ok.mean()), "examples": captions[:5]}
+
 
 def text_to_video_scores(clips, items: list[ClipItem], classifier) -> dict:
     """Digit by a majority of per-frame classifier reads, direction from the ink centroid's path,
@@ -100,6 +107,7 @@ def text_to_video_scores(clips, items: list[ClipItem], classifier) -> dict:
             "color_accuracy": float(color_ok.mean()),
             "unseen_combo_direction_accuracy": float(direction_ok[unseen].mean()) if unseen.any() else None}
 
+
 def video_to_text_scores(captions: list[str], items: list[ClipItem]) -> dict:
     """Digit and direction named by generated captions against the held-out clips they describe."""
     read = [parse_clip_caption(c) for c in captions]
@@ -108,6 +116,7 @@ def video_to_text_scores(captions: list[str], items: list[ClipItem]) -> dict:
     return {"digit_direction_accuracy": float((digit_ok & direction_ok).mean()),
             "digit_accuracy": float(digit_ok.mean()),
             "direction_accuracy": float(direction_ok.mean()), "examples": captions[:5]}
+
 
 def video_recon_scores(tokenizer: MediaTokenizer, items: list[ClipItem], classifier, world, seed: int) -> dict:
     """Digit and direction read from encode→decode of the held-out real clips (the ceiling that the

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
+from unitok.core.config import Config, bounded
 from unitok.core.errors import UnitokError
 
 ROW_HZ: tuple[int, ...] = (697, 770, 852, 941)
@@ -132,19 +133,14 @@ def _sample_digits(rng: random.Random, want_unseen: bool) -> tuple[int, ...]:
 
 
 @dataclass(frozen=True)
-class ToneWorldConfig:
+class ToneWorldConfig(Config):
     """The audio part of digits world (a recipe's ``data.audio.digits_world``)."""
 
-    seed: int = 0
-    train_clips: int = 4000
-    heldout_clips: int = 300
-    sample_rate: int = 8000  # of the WAV files written; the tokenizer spec resamples to its own rate
-
-    def __post_init__(self) -> None:
-        if self.train_clips < 0 or self.heldout_clips < 0:
-            raise UnitokError("train_clips and heldout_clips must be non-negative")
-        if self.sample_rate < 2 * max(COLUMN_HZ) + 1:
-            raise UnitokError(f"sample_rate {self.sample_rate} cannot hold the {max(COLUMN_HZ)} Hz tones")
+    seed: int = bounded(0, ge=0)
+    train_clips: int = bounded(4000, ge=0)
+    heldout_clips: int = bounded(300, ge=0)
+    # of the WAV files written; the tokenizer spec resamples to its own rate. The highest tone needs it
+    sample_rate: int = bounded(8000, gt=2 * max(COLUMN_HZ))
 
 
 def build_tone_world(world: ToneWorldConfig) -> dict[str, list[ToneItem]]:

@@ -22,32 +22,29 @@ import torch
 from PIL import Image
 from torchaudio.transforms import GriffinLim, InverseMelScale, MelSpectrogram
 
+from unitok.core.config import Config, bounded
 from unitok.tokenizer.adapters.base import MediaAdapter, MediaError, decord_reason
 
 
 @dataclass(frozen=True)
-class AudioConfig:
-    sample_rate: int = 16000
-    frames: int = 64  # spectrogram frames per clip; a clip is (frames − 1)·hop_length samples
-    n_fft: int = 512
-    hop_length: int = 256
-    n_mels: int = 64
-    f_min: float = 0.0
-    f_max: float | None = None  # None: sample_rate / 2
+class AudioConfig(Config):
+    sample_rate: int = bounded(16000, ge=1)
+    frames: int = bounded(64, ge=2)  # spectrogram frames per clip; a clip is (frames − 1)·hop_length samples
+    n_fft: int = bounded(512, ge=2)
+    hop_length: int = bounded(256, ge=1)
+    n_mels: int = bounded(64, ge=1)
+    f_min: float = bounded(0.0, ge=0)
+    f_max: float | None = bounded(None, gt=0)  # None: sample_rate / 2
     floor_db: float = -60.0  # mel power in dB is clamped to [floor_db, ceil_db] and mapped to [-1, 1]
     ceil_db: float = 30.0
-    griffin_lim_iters: int = 32
+    griffin_lim_iters: int = bounded(32, ge=1)
 
-    def __post_init__(self):
-        if self.sample_rate <= 0 or self.frames < 2 or self.hop_length <= 0 or self.n_mels <= 0:
-            raise MediaError("sample_rate, hop_length and n_mels must be positive and frames >= 2")
-        if self.n_fft < self.hop_length:
-            raise MediaError(f"n_fft ({self.n_fft}) must be >= hop_length ({self.hop_length})")
-        if not self.floor_db < self.ceil_db:
-            raise MediaError(f"floor_db ({self.floor_db}) must be below ceil_db ({self.ceil_db})")
+    def rules(self):
         top = self.sample_rate / 2 if self.f_max is None else self.f_max
-        if not 0 <= self.f_min < top <= self.sample_rate / 2:
-            raise MediaError(f"need 0 <= f_min < f_max <= sample_rate / 2, got {self.f_min}, {top}")
+        yield self.n_fft >= self.hop_length, "n_fft", f"must be >= hop_length ({self.hop_length}), got {self.n_fft}"
+        yield self.floor_db < self.ceil_db, "floor_db", f"must be below ceil_db ({self.ceil_db}), got {self.floor_db}"
+        yield (self.f_min < top <= self.sample_rate / 2, "f_max",
+               f"need f_min < f_max <= sample_rate / 2, got {self.f_min}, {top}")
 
     @property
     def samples(self) -> int:
@@ -100,6 +97,7 @@ class AudioAdapter(MediaAdapter):
     modality = "audio"
     object_types = (Audio,)
     file_extensions = (".wav", ".flac", ".mp3", ".ogg", ".m4a", ".aac", ".opus", ".wma")
+    writable_extensions = (".wav",)  # `Audio.save` writes 16-bit PCM WAV
     channels = 1  # one log-mel spectrogram
 
     def __init__(self, config: AudioConfig, vocoder: Vocoder | None = None):

@@ -31,7 +31,8 @@ def decord_reason(err: Exception) -> str:
 
 class MediaAdapter(ABC):
     modality: ClassVar[str]
-    file_extensions: ClassVar[tuple[str, ...]]
+    file_extensions: ClassVar[tuple[str, ...]]  # what `load` reads
+    writable_extensions: ClassVar[tuple[str, ...]]  # what the in-memory objects' `save` writes
     channels: ClassVar[int]  # leading dim of `input_shape`: what the autoencoder's in_channels must be
     dims: ClassVar[int] = 2  # axes after the channels: 2 (H, W) or 3 (frames, H, W)
     object_types: ClassVar[tuple[type, ...]]  # the in-memory objects of the modality (`load` returns one)
@@ -56,6 +57,13 @@ class MediaAdapter(ABC):
     @abstractmethod
     def input_shape(self) -> tuple[int, ...]:
         """Shape of one preprocessed item, e.g. (3, 32, 32); starts with `channels`."""
+
+    @classmethod
+    def check_writable(cls, path: str | Path) -> None:
+        """Refuse, before anything is made, a file name the modality's objects cannot be saved as."""
+        if Path(path).suffix.lower() not in cls.writable_extensions:
+            raise MediaError(f"{path}: {cls.modality} saves as {', '.join(cls.writable_extensions)}; "
+                             "give the file one of these extensions")
 
     def accepts(self, media: Any) -> bool:
         """Whether `media` is an in-memory object of this modality (what an interleaved prompt holds)."""

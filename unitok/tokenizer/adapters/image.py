@@ -10,23 +10,21 @@ import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 
+from unitok.core.config import Config, bounded
 from unitok.tokenizer.adapters.base import MediaAdapter, MediaError
 
 
 @dataclass(frozen=True)
-class ImageConfig:
-    size: int = 32  # images are resized (shorter side) and centre-cropped to size x size
-    min_input_size: int = 8  # smaller source images are refused as unusable
-
-    def __post_init__(self):
-        if self.size < 8:
-            raise MediaError("size must be >= 8")
+class ImageConfig(Config):
+    size: int = bounded(32, ge=8)  # images are resized (shorter side) and centre-cropped to size x size
+    min_input_size: int = bounded(8, ge=1)  # smaller source images are refused as unusable
 
 
 class ImageAdapter(MediaAdapter):
     modality = "image"
     object_types = (Image.Image,)
     file_extensions = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff")
+    writable_extensions = file_extensions  # Pillow writes every one it reads here
     channels = 3
 
     def __init__(self, config: ImageConfig):

@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from unitok.core.config import Config, bounded
 from unitok.tokenizer.adapters.base import MediaAdapter, MediaError, decord_reason
 
 # Container suffix -> PyAV encoder and pixel format; GIF goes through Pillow.
@@ -25,23 +26,13 @@ VIDEO_CODECS = {".mp4": ("libx264", "yuv420p"), ".mkv": ("libx264", "yuv420p"), 
 
 
 @dataclass(frozen=True)
-class VideoConfig:
-    frames: int = 8  # frames per clip
-    size: int = 32  # frames are resized (shorter side) and centre-cropped to size x size
-    fps: float | None = None  # sample files at this frame rate; None: every `stride`-th frame
-    stride: int = 1
-    output_fps: float = 8.0  # frame rate of generated clips
-    min_input_size: int = 8  # smaller source frames are refused as unusable
-
-    def __post_init__(self):
-        if self.frames < 1:
-            raise MediaError("frames must be >= 1")
-        if self.size < 8:
-            raise MediaError("size must be >= 8")
-        if self.stride < 1:
-            raise MediaError("stride must be >= 1")
-        if (self.fps is not None and self.fps <= 0) or self.output_fps <= 0:
-            raise MediaError("fps and output_fps must be > 0")
+class VideoConfig(Config):
+    frames: int = bounded(8, ge=1)  # frames per clip
+    size: int = bounded(32, ge=8)  # frames are resized (shorter side) and centre-cropped to size x size
+    fps: float | None = bounded(None, gt=0)  # sample files at this frame rate; None: every `stride`-th frame
+    stride: int = bounded(1, ge=1)
+    output_fps: float = bounded(8.0, gt=0)  # frame rate of generated clips
+    min_input_size: int = bounded(8, ge=1)  # smaller source frames are refused as unusable
 
 
 @dataclass
@@ -86,6 +77,7 @@ class VideoAdapter(MediaAdapter):
     modality = "video"
     object_types = (Video,)
     file_extensions = (".mp4", ".avi", ".webm", ".mkv", ".mov", ".m4v", ".mpg", ".mpeg", ".flv")
+    writable_extensions = (*VIDEO_CODECS, ".gif")
     channels = 3
     dims = 3
 
