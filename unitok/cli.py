@@ -20,9 +20,9 @@ from pathlib import Path
 from unitok._version import __version__
 from unitok.configs import shipped_recipes
 from unitok.core.errors import UnitokError
+from unitok.core.seeds import MAX_SEED
 
 USER_ERRORS = (UnitokError, OSError)
-MAX_SEED = 2**63  # torch generators take seeds below it (lm.sampling's; importing it would load torch)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -68,7 +68,9 @@ def _checked(parse, holds, expected: str):
 
 
 _seed = _checked(int, lambda seed: 0 <= seed < MAX_SEED, "an integer in [0, 2**63)")
-_finite = _checked(float, math.isfinite, "a finite number")
+_above_zero = _checked(float, lambda value: 0 < value < math.inf, "a finite number > 0")
+_at_least_zero = _checked(float, lambda value: 0 <= value < math.inf, "a finite number >= 0")
+_share = _checked(float, lambda value: 0 < value <= 1, "a number in (0, 1]")
 _positive = _checked(int, lambda value: value >= 1, "an integer >= 1")
 
 
@@ -154,14 +156,15 @@ def build_parser() -> argparse.ArgumentParser:
                                                                       "(repeat for several)")
     generate.add_argument("--out", type=Path, help="output file for media, e.g. x.png or x.wav "
                                                    "(several prompts: NAME-0.ext, …)")
-    generate.add_argument("--guidance-scale", type=_finite, help="classifier-free guidance (text→media; default: "
-                                                               "the pipeline's saved sampler settings, else 3.0)")
-    generate.add_argument("--temperature", type=_finite, help="default: the pipeline's, else 1.0")
+    generate.add_argument("--guidance-scale", type=_at_least_zero,
+                          help="classifier-free guidance (text→media; default: the pipeline's saved sampler settings, "
+                               "else 3.0)")
+    generate.add_argument("--temperature", type=_above_zero, help="default: the pipeline's, else 1.0")
     generate.add_argument("--top-k", type=_positive, help="default: the pipeline's, else none")
-    generate.add_argument("--top-p", type=_finite, help="default: the pipeline's, else none")
-    generate.add_argument("--gumbel-scale", type=_finite,
+    generate.add_argument("--top-p", type=_share, help="default: the pipeline's, else none")
+    generate.add_argument("--gumbel-scale", type=_at_least_zero,
                           help="1 = sample, 0 = greedy (default: the pipeline's for media, else 1; 0 for text)")
-    generate.add_argument("--refine-temperature", type=_finite,
+    generate.add_argument("--refine-temperature", type=_above_zero,
                           help="RDPM: temperature of the blocks after the first generated one (default: the "
                                "pipeline's, else --temperature)")
     generate.add_argument("--max-new-tokens", type=_positive, default=32, help="longest caption (media→text)")
@@ -302,7 +305,10 @@ def cmd_generate(args) -> int:
     sampler = {"temperature": args.temperature, "top_k": args.top_k, "top_p": args.top_p,
                "gumbel_scale": args.gumbel_scale, "seed": args.seed}
     if describe:
-        captions = pipe.media_to_text(pipe.modality_of_file(args.input[0]), [str(p) for p in args.input],
+        modalities = sorted({pipe.modality_of_file(path) for path in args.input})
+        if len(modalities) > 1:
+            raise UnitokError(f"--input: files of one modality per call, got {' and '.join(modalities)}")
+        captions = pipe.media_to_text(modalities[0], [str(p) for p in args.input],
                                       max_new_tokens=args.max_new_tokens, **sampler)
         for path, caption in zip(args.input, captions):
             print(f"{path}\t{caption}")
@@ -325,16 +331,12 @@ def writable_folder(folder: Path) -> None:
 
 
 def cmd_sweep(args) -> int:
-    import yaml
-
-    from unitok.core.config import ConfigError
+    from unitok.core.config import ConfigError, read_yaml
     from unitok.experiments.generation_sweep import run_generation_sweep
     from unitok.experiments.tokenizer_sweep import run_tokenizer_sweep
 
     sweeps = {"tokenizer": run_tokenizer_sweep, "generation": run_generation_sweep}
-    if not args.sweep.is_file():
-        raise ConfigError(f"{args.sweep}: no such sweep file")
-    kind = (yaml.safe_load(args.sweep.read_text()) or {}).get("kind")
+    kind = read_yaml(args.sweep).get("kind")
     if kind not in sweeps:
         raise ConfigError(f"{args.sweep}: kind: expected one of {list(sweeps)}, got {kind!r}")
     sweeps[kind](args.sweep)
@@ -344,6 +346,7 @@ def cmd_sweep(args) -> int:
 def cmd_bench(args) -> int:
     from unitok.experiments.bench import run_bench
 
+    writable_folder(args.out.parent)
     results = run_bench(quick=args.quick)
     args.out.write_text(json.dumps(results, indent=2) + "\n")
     print(f"wrote {args.out}")

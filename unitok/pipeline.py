@@ -29,23 +29,16 @@ from unitok._version import __version__
 from unitok.core.atomic import write_text_atomic
 from unitok.core.config import from_dict, to_dict
 from unitok.core.errors import UnitokError
+from unitok.core.seeds import item_generators, item_seeds
 from unitok.data.tasks import task_modality
 from unitok.hub import local_folder, push_folder, write_model_card
 from unitok.lm.documents import readout_states
 from unitok.lm.layout import StreamLayout
 from unitok.lm.model import StreamModel
-from unitok.lm.sampling import (
-    MAX_SEED,
-    MediaSampler,
-    SamplerConfig,
-    item_generators,
-    item_seeds,
-    media_sampler,
-    sample_text,
-)
+from unitok.lm.sampling import MediaSampler, SamplerConfig, media_sampler, sample_text
 from unitok.lm.streams import StreamBuilder
 from unitok.tokenizer.adapters import MediaAdapter
-from unitok.tokenizer.media_tokenizer import MediaTokenizer
+from unitok.tokenizer.media_tokenizer import MediaTokenizer, block_sizes
 from unitok.tokenizer.text_bpe import TextBPE
 from unitok.tokenizer.vocabulary import Vocabulary, VocabularyError
 
@@ -53,7 +46,7 @@ INDEX_NAME = "model_index.json"
 # format 3 did not record the trained tasks; 2 (unitok 0.2) kept the decode schedule in the samplers;
 # 1 was unitok_pipeline.json
 INDEX_FORMAT = 4
-Seed = int | Sequence[int]  # one seed for every item, or one per item (`sampling.item_seeds`)
+Seed = int | Sequence[int]  # one seed for every item, or one per item (`core.seeds.item_seeds`)
 
 
 @dataclass
@@ -96,7 +89,8 @@ class UniTokPipeline:
     allow); `samplers` holds each modality's free sampler settings (`SamplerConfig`: guidance,
     temperatures, …), saved with the pipeline; a call's own options override them for that call.
 
-    Seeds: a call's `seed` is every item's seed, or a list of one per item. An item's output
+    Seeds: a call's `seed` is every item's seed, or a list of one per item. Each item has its own
+    generator: its noise ε, then its samples, are drawn from it in that order, so an item's output
     depends on its prompt (or media), its seed and the settings only, whatever else is in its batch."""
 
     def __init__(self, transformer: LlamaForCausalLM, text_tokenizer: TextBPE,
@@ -106,8 +100,7 @@ class UniTokPipeline:
         self.text_tokenizer = text_tokenizer
         self.media_tokenizers = media_tokenizers
         self.vocabulary = vocabulary
-        self.layout = layout.fitted({name: (t.quantizer.noise_steps, t.num_positions)
-                                     for name, t in media_tokenizers.items()})
+        self.layout = layout.fitted(block_sizes(media_tokenizers))
         self.samplers = dict(samplers or {})
         self.tasks = None if tasks is None else tuple(tasks)
         self._check_components()
@@ -191,23 +184,25 @@ class UniTokPipeline:
         return self.sampler_for(modality).passes(tokenizer.num_blocks, tokenizer.num_positions)
 
     @torch.no_grad()
-    def generate_media_ids(self, modality: str, prompts: Sequence[str], seed: Seed = 0, **options) -> torch.Tensor:
+    def generate_media_ids(self, modality: str, prompts: str | Sequence[str], seed: Seed = 0,
+                           **options) -> torch.Tensor:
         """Local code ids (B, num_blocks, N) for each prompt; item i's noise ε and draws come from
         its own seed (see the class docstring)."""
         self.require_task(f"text_to_{modality}")
+        prompts = _check_prompts(prompts)
         tokenizer = self.tokenizer_for(modality)
         sampler = self.sampler_for(modality, **options)
-        seeds = item_seeds(seed, len(prompts))
+        generators = item_generators(item_seeds(seed, len(prompts)))
         encoded = [self.encode_prompt(p) for p in prompts]
         span = self.vocabulary.range(f"{tokenizer.name}.cells").size
         self._require_positions(max(map(len, encoded)) + 2 + span, f"a prompt of {max(map(len, encoded))} tokens "
                                 f"and its {modality}'s {span} positions")
         first_blocks = None
         if self.layout.media_order == "timestep":
-            noise = tokenizer.draw_noise(len(prompts), seeds=seeds)
+            noise = tokenizer.draw_noise(len(prompts), generators)
             first_blocks = tokenizer.quantizer.quantize_noise(noise).unsqueeze(1)  # k_T from ε, (B, 1, N)
         return sampler.sample(StreamModel(self.transformer), self.vocabulary, tokenizer.name, tokenizer.quantizer,
-                              encoded, first_blocks, item_generators(seeds))
+                              encoded, first_blocks, generators)
 
     def text_to_media(self, modality: str, prompt: str | Sequence[str], guidance_scale: float | None = None,
                       temperature: float | None = None, top_k: int | None = None, top_p: float | None = None,
@@ -216,8 +211,7 @@ class UniTokPipeline:
         """Generate one item of `modality` per prompt. Options left at None take the pipeline's
         saved sampler settings (`samplers`, else `SamplerConfig()`'s defaults). Same seed, same
         prompts, same options -> the same items."""
-        prompts = _check_prompts(prompt)
-        ids = self.generate_media_ids(modality, prompts, seed, guidance_scale=guidance_scale, temperature=temperature,
+        ids = self.generate_media_ids(modality, prompt, seed, guidance_scale=guidance_scale, temperature=temperature,
                                       top_k=top_k, top_p=top_p, gumbel_scale=gumbel_scale,
                                       refine_temperature=refine_temperature)
         tokenizer = self.tokenizer_for(modality)
@@ -248,12 +242,12 @@ class UniTokPipeline:
         items = list(media) if isinstance(media, (list, tuple)) else [media]
         if not items:
             raise UnitokError("media: expected an item or a non-empty list of items")
-        seeds = item_seeds(seed, len(items))
+        generators = item_generators(item_seeds(seed, len(items)))
         tokenizer = self.tokenizer_for(modality)
         prefixes = [self._document().read_out(tokenizer.name, states).build()
-                    for states in self._readout_states(tokenizer, items, seeds)]
-        texts = self._sample_text(prefixes, max_new_tokens, seeds, temperature=temperature, top_k=top_k, top_p=top_p,
-                                  gumbel_scale=gumbel_scale)
+                    for states in self._readout_states(tokenizer, items, generators)]
+        texts = self._sample_text(prefixes, max_new_tokens, generators, temperature=temperature, top_k=top_k,
+                                  top_p=top_p, gumbel_scale=gumbel_scale)
         return texts if isinstance(media, (list, tuple)) else texts[0]
 
     @torch.no_grad()
@@ -261,25 +255,25 @@ class UniTokPipeline:
                       top_k: int | None = None, top_p: float | None = None, gumbel_scale: float | None = None,
                       seed: int = 0) -> str:
         """Continue an interleaved prompt, a list of strings and media (PIL images, `Audio`, `Video`
-        or file paths), e.g. ``["a red 3", image, "in other words:"]``, with text. Each media item
-        is tokenized with noise seed `seed + its index` and read through its read-out block, as
-        the model trained to read media; sampling options as in `media_to_text`."""
+        or file paths), e.g. ``["a red 3", image, "in other words:"]``, with text. The call's one
+        generator (`seed`) draws each media item's noise in order, then the text; each media item is
+        read through its read-out block, as the model trained to read media; sampling options as in
+        `media_to_text`."""
         parts = list(prompt) if isinstance(prompt, (list, tuple)) else [prompt]
         if not parts:
             raise UnitokError("prompt: expected a non-empty list of strings and media")
-        (seed,) = item_seeds(seed, 1)
+        generators = item_generators(item_seeds(seed, 1))
         _check_max_new_tokens(max_new_tokens)
         builder = self._document()
-        for index, part in enumerate(parts):
+        for part in parts:
             if isinstance(part, str) and self._is_text(part):
                 builder.text(self.encode_prompt(part))
             else:
                 modality = self.modality_of(part)
                 self.require_task(f"{modality}_to_text")
                 tokenizer = self.tokenizer_for(modality)
-                part_seed = (seed + index) % MAX_SEED  # each media part its own noise
-                builder.read_out(tokenizer.name, self._readout_states(tokenizer, [part], [part_seed])[0])
-        return self._sample_text([builder.build()], max_new_tokens, [seed], temperature=temperature, top_k=top_k,
+                builder.read_out(tokenizer.name, self._readout_states(tokenizer, [part], generators)[0])
+        return self._sample_text([builder.build()], max_new_tokens, generators, temperature=temperature, top_k=top_k,
                                  top_p=top_p, gumbel_scale=gumbel_scale)[0]
 
     def modality_of(self, item: Any) -> str:
@@ -301,20 +295,22 @@ class UniTokPipeline:
         """A new document of this model's layout, after its ``<bos>``."""
         return StreamBuilder(self.vocabulary, self.layout.media_order).special("<bos>")
 
-    def _readout_states(self, tokenizer: MediaTokenizer, items: Sequence[Any], seeds: Sequence[int]) -> torch.Tensor:
-        """The state inputs (B, N, S) of the read-out blocks of items tokenized with their `seeds`
-        (`documents.readout_states`), as the model trained to read media."""
-        ids = tokenizer.encode(list(items), seed=list(seeds))
+    def _readout_states(self, tokenizer: MediaTokenizer, items: Sequence[Any],
+                        generators: Sequence[torch.Generator]) -> torch.Tensor:
+        """The state inputs (B, N, S) of the read-out blocks of items tokenized with noise from
+        their `generators` (`documents.readout_states`), as the model trained to read media."""
+        ids = tokenizer.encode_tensor(tokenizer.to_batch(list(items)), generators)
         clean = tokenizer.quantizer.block_inputs(ids)[0][:, -1].cpu()
         return readout_states(clean, self.layout.readout_patch, tokenizer.latent_shape)
 
-    def _sample_text(self, prefixes: Sequence, max_new_tokens: int, seeds: Sequence[int], **options) -> list[str]:
+    def _sample_text(self, prefixes: Sequence, max_new_tokens: int, generators: Sequence[torch.Generator],
+                     **options) -> list[str]:
         self._require_positions(max(map(len, prefixes)) + max_new_tokens,
                                 f"a prefix of {max(map(len, prefixes))} positions and {max_new_tokens} new tokens")
         given = {k: v for k, v in options.items() if v is not None}
         sampler = replace(SamplerConfig.for_text(), **given)
         texts = sample_text(StreamModel(self.transformer), self.vocabulary, prefixes, max_new_tokens, sampler,
-                            item_generators(seeds))
+                            generators)
         return [self.text_tokenizer.decode(t) for t in texts]
 
     def image_to_text(self, image: Any | Sequence[Any], **sampler) -> str | list[str]:
@@ -422,7 +418,10 @@ def _read_index(directory: str | Path) -> dict:
                           "unitok (`unitok train RECIPE` redoes the pipeline stage)")
     if not index_path.is_file():
         raise FileNotFoundError(f"{directory}: no {INDEX_NAME}; not a saved UniTokPipeline")
-    index = json.loads(index_path.read_text())
+    try:
+        index = json.loads(index_path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise UnitokError(f"{index_path}: not valid JSON ({err}); save the pipeline again") from None
     if index.get("format", 0) != INDEX_FORMAT:
         remedy = ("upgrade unitok to load it" if index.get("format", 0) > INDEX_FORMAT else
                   "save it again with this unitok (`unitok train RECIPE` redoes the stages that changed)")

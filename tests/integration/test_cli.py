@@ -197,8 +197,10 @@ def test_generate_refuses_untrained_directions_long_prompts_and_bad_values_in_on
                    "without --input")
     one_line_error(run_cli("generate", model, "--prompt", "a red 7", "--out", tmp_path / "x.png", "--device",
                            "cuda:64"), "device cuda:64: this machine has")
-    for option, value, reason in (("--guidance-scale", "nan", "expected a finite number, got 'nan'"),
-                                  ("--temperature", "inf", "expected a finite number, got 'inf'"),
+    for option, value, reason in (("--guidance-scale", "nan", "expected a finite number >= 0, got 'nan'"),
+                                  ("--temperature", "inf", "expected a finite number > 0, got 'inf'"),
+                                  ("--temperature", "0", "expected a finite number > 0, got '0'"),
+                                  ("--top-p", "0", "expected a number in (0, 1], got '0'"),
                                   ("--max-new-tokens", "-1", "expected an integer >= 1, got '-1'"),
                                   ("--seed", "99999999999999999999", "expected an integer in [0, 2**63)")):
         refused = run_cli("generate", model, "--prompt", "a red 7", "--out", tmp_path / "x.png", option, value)
@@ -220,3 +222,31 @@ def test_output_cut_short_by_its_reader_ends_quietly(tiny_run, tmp_path):
                                    stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     reader_gone.stdout.close()  # the reader stops before the first line is written
     assert reader_gone.stderr.read() == b"" and reader_gone.wait() == 141
+
+
+def test_files_and_values_a_command_cannot_use_are_one_line_errors(tiny_run, tmp_path):
+    (tmp_path / "unclosed.yaml").write_text("kind: [generation\n")
+    one_line_error(run_cli("sweep", tmp_path / "unclosed.yaml"), "unclosed.yaml: not valid YAML")
+    (tmp_path / "list.yaml").write_text("- kind\n- generation\n")
+    one_line_error(run_cli("sweep", tmp_path / "list.yaml"), "list.yaml: expected a mapping of fields, got list")
+    (tmp_path / "latin1.yaml").write_bytes(b"name: caf\xe9\n")
+    one_line_error(run_cli("train", tmp_path / "latin1.yaml"), "latin1.yaml:1: not UTF-8 text")
+    model = tmp_path / "model"
+    shutil.copytree(tiny_run / "model", model)
+    (model / "model_index.json").write_text("{")
+    one_line_error(run_cli("generate", model, "--prompt", "a red 7", "--out", tmp_path / "x.png"),
+                   "model_index.json: not valid JSON")
+    folder, _ = make_folder(tiny_run, tmp_path)
+    tokenize = ["tokenize", "--tokenizer", tiny_run / "model", "--input", folder, "--out", tmp_path / "s"]
+    one_line_error(run_cli(*tokenize, "--task", "audio_to_text"),
+                   "task audio_to_text: these rows hold image and text, not audio")
+    one_line_error(run_cli(*tokenize, "--task", "caption"), "unknown task 'caption'")
+    assert not (tmp_path / "s").exists()
+    one_line_error(run_cli("bench", "--out", folder / "captions.jsonl" / "bench.json"), "is a file, not a folder")
+
+
+def test_describe_takes_files_of_one_modality_per_call(tiny_multimodal_run):
+    heldout = tiny_multimodal_run / "data"
+    image, audio = next((heldout / "image").rglob("*.png")), next((heldout / "audio").rglob("*.wav"))
+    one_line_error(run_cli("generate", tiny_multimodal_run / "model", "--modality", "text", "--input", image,
+                           "--input", audio), "--input: files of one modality per call, got audio and image")

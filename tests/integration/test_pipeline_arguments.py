@@ -56,8 +56,9 @@ def test_a_seed_that_is_not_one_integer_or_one_per_item_is_refused_naming_the_se
 
 
 @pytest.mark.parametrize("option, message", [
-    ({"temperature": math.inf}, "temperature: must be a finite number, got inf"),
-    ({"guidance_scale": math.nan}, "guidance_scale: must be a finite number, got nan"),
+    ({"temperature": math.inf}, "temperature: expected a finite number, got inf"),
+    ({"guidance_scale": math.nan}, "guidance_scale: expected a finite number, got nan"),
+    ({"top_k": 2.5}, "top_k: expected int, got float 2.5"),
     ({"top_p": 1.5}, r"top_p: must be in \(0, 1\], got 1.5"),
     ({"top_k": 0}, "top_k: must be >= 1, got 0")])
 def test_sampler_options_out_of_range_or_not_finite_are_refused_naming_them(pipe, option, message):
@@ -87,3 +88,14 @@ def test_a_prompt_longer_than_the_models_positions_is_refused(image_only):
         image_only.text_to_image("a red 7 on the left " * 200)
     with pytest.raises(UnitokError, match=rf"needs \d+ positions; this model has {positions}$"):
         image_only.continue_text("a red 7 on the left " * 200)
+
+
+def test_empty_inputs_and_bad_seeds_of_the_lower_level_calls_are_refused_naming_them(pipe):
+    with pytest.raises(UnitokError, match="^prompt: expected a string or a non-empty list of strings$"):
+        pipe.generate_media_ids("image", [])
+    tokenizer = pipe.tokenizer_for("image")
+    with pytest.raises(UnitokError, match="^media: expected at least one item$"):
+        tokenizer.encode([])
+    with pytest.raises(UnitokError, match=r"^seed: expected an integer"):
+        tokenizer.encode([BLANK], seed=1.5)
+    assert pipe.generate_media_ids("image", PROMPT).shape[0] == 1, "a string is one prompt, not one per character"

@@ -5,7 +5,7 @@ import yaml
 
 from tests.helpers import write_tiny_recipe
 from unitok.configs import SHIPPED, shipped_recipes
-from unitok.core.config import ConfigError
+from unitok.core.config import ConfigError, from_dict
 from unitok.core.errors import UnitokError
 from unitok.lm.layout import DecodeSchedule, StreamLayout
 from unitok.recipe.schema import load_recipe
@@ -151,12 +151,27 @@ def test_nan_and_infinity_are_refused_wherever_a_number_is_read(tmp_path, where,
         load_recipe(path)
 
 
+def test_tokenizer_specs_that_could_not_build_are_refused_at_load_time():
+    from tests.helpers import TINY_SPEC
+    from unitok.tokenizer.media_tokenizer import TokenizerSpec
+
+    with pytest.raises(ConfigError, match=r"autoencoder\.channels: every width must be a multiple of 8 \(GroupNorm "
+                                          r"of 8 groups\), got \[12, 24\]"):
+        from_dict(TokenizerSpec, {**TINY_SPEC, "autoencoder": {**TINY_SPEC["autoencoder"], "channels": [12, 24]}})
+    with pytest.raises(ConfigError, match=r"image: the input 30x30 must divide by the autoencoder's downsampling 8x8"):
+        from_dict(TokenizerSpec, {**TINY_SPEC, "image": {"size": 30}})
+
+
 def test_configs_built_in_python_name_every_bad_field():
     from unitok.lm.sampling import SamplerConfig
     from unitok.train.lm import LMTraining
 
-    with pytest.raises(ValueError, match=r"guidance_scale: must be a finite number, got nan; top_p: must be in "
+    with pytest.raises(ValueError, match=r"guidance_scale: expected a finite number, got nan; top_p: must be in "
                                          r"\(0, 1\], got 1\.5"):
         SamplerConfig(guidance_scale=float("nan"), top_p=1.5)
+    with pytest.raises(ValueError, match=r"^temperature: expected float, got str 'warm'; top_k: expected int, got "
+                                         r"float 2\.5$"):
+        SamplerConfig(top_k=2.5, temperature="warm")
+    assert SamplerConfig(temperature="0.8").temperature == 0.8, "converted as a YAML file's value is"
     with pytest.raises(ValueError, match=r"tasks\.text_to_imag: unknown task"):
         LMTraining(tasks={"text_to_imag": 1.0})

@@ -8,6 +8,7 @@ import torch
 from tests.helpers import TINY_MODEL, TINY_VIDEO_SPEC, image_layout
 from unitok.core.config import from_dict
 from unitok.core.errors import UnitokError
+from unitok.core.seeds import item_generators
 from unitok.lm import sampling
 from unitok.lm.batch import collate
 from unitok.lm.documents import MediaSpan, task_document
@@ -18,7 +19,6 @@ from unitok.lm.sampling import (
     RasterSampler,
     SamplerConfig,
     choose,
-    item_generators,
     media_prefix,
     sample_text,
 )
@@ -204,7 +204,7 @@ def test_groups_must_fit_the_tokenizer_and_the_cells(model, vocab):
 
 def test_raster_sampler_matches_full_recompute(model, vocab):
     greedy = RasterSampler(SamplerConfig(guidance_scale=1.0, gumbel_scale=0.0))
-    ids = greedy.sample(model, vocab, "image", IMAGE_QUANTIZER, [text(vocab, [5, 6])], None)
+    ids = greedy.sample(model, vocab, "image", IMAGE_QUANTIZER, [text(vocab, [5, 6])], None, item_generators([0]))
     assert ids.shape == (1, 1, N) and greedy.passes(1, N) == N
     codes = vocab.range("image")
     block = vocab.to_global("image", ids[0])
@@ -237,8 +237,9 @@ def test_each_media_span_stays_in_its_own_range_when_there_are_several():
         model.transformer.lm_head.weight[: audio.offset] += 5.0
         model.transformer.lm_head.weight[audio.end:] += 5.0
     quantizer = RDPMQuantizer(QuantizerConfig(noise_steps=2, codebook_size=32), latent_channels=4)
-    ids = group_sampler((1, 1), temperature=2.0).sample(model, vocab, "audio", quantizer, [text(vocab, [1])] * 3,
-                                                        torch.zeros(3, 1, N, dtype=torch.long))
+    first = torch.zeros(3, 1, N, dtype=torch.long)
+    ids = group_sampler((1, 1), temperature=2.0).sample(model, vocab, "audio", quantizer, [text(vocab, [1])] * 3, first,
+                                                        item_generators([0] * 3))
     assert ids.shape == (3, 3, N) and ids.min() >= 0 and ids.max() < audio.size
 
 
@@ -257,7 +258,7 @@ def test_text_after_a_media_span_is_text_only_and_equals_full_recompute(model, v
     blocks = vocab.to_global("image", torch.randint(0, 64, (2, BLOCKS, N), generator=torch.Generator().manual_seed(1)))
     prefixes = [StreamBuilder(vocab, "timestep").special("<bos>").read_out("image", span_inputs(vocab, b)[-1]).build()
                 for b in blocks]
-    got = sample_text(model, vocab, prefixes, 6, SamplerConfig.for_text())
+    got = sample_text(model, vocab, prefixes, 6, SamplerConfig.for_text(), item_generators([0] * len(prefixes)))
     allowed = torch.full((model.transformer.config.vocab_size,), float("-inf"))
     text_range = vocab.range("text")
     allowed[text_range.offset : text_range.end] = 0.0
@@ -276,7 +277,7 @@ def test_text_after_a_media_span_is_text_only_and_equals_full_recompute(model, v
         assert row == expected and all(0 <= t < text_range.size for t in row)
     assert any(got), "the check saw text, not only <eos>"
     with pytest.raises(ValueError, match="guidance_scale applies to text→media"):
-        sample_text(model, vocab, prefixes, 2, SamplerConfig(guidance_scale=2.0))
+        sample_text(model, vocab, prefixes, 2, SamplerConfig(guidance_scale=2.0), item_generators([0] * len(prefixes)))
 
 
 def test_choose_top_k_top_p_and_seeded_gumbel():

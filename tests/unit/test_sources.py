@@ -41,6 +41,13 @@ def test_a_manifest_without_lines_for_some_files_keeps_them_as_items_that_say_wh
     assert given[1] == ("img00.png", None, "elsewhere.jsonl has no line for it")
 
 
+def test_splits_that_share_a_folder_take_only_their_manifests_lines(tmp_path):
+    folder = image_folder(tmp_path / "photos", ["a.png", "b.png", "c.png"])
+    train = jsonl(folder / "train.jsonl", [{"file": "./a.png", "caption": "a"}, {"file": "b.png", "caption": "b"}])
+    assert [item.key for item in FolderSource(folder, train, every_file=False)] == ["./a.png", "b.png"]
+    assert [item.key for item in FolderSource(folder, train)] == ["./a.png", "b.png", "c.png"], "./a.png lists a.png"
+
+
 def test_repeated_caption_lines_are_one_item_each_with_distinct_keys(tmp_path):
     folder = image_folder(tmp_path / "photos", ["a.png", "sub/b.png"])
     lines = [("a.png", "first"), ("sub/b.png", "b"), ("a.png", "second"), ("a.png", "third")]
@@ -90,3 +97,6 @@ def test_dataset_rows_are_keyed_by_their_file_relative_to_the_dataset_folder(tmp
     assert [(item.key, item.caption) for item in by_path] == [("sub/b.png", "b"), ("a.png", "a"),
                                                                ("sub/b.png#2", "b again")]
     assert by_path[1].media == folder / "a.png"
+    (tmp_path / "absolute.csv").write_text(f"path,caption\n{folder / 'sub' / 'b.png'},b\n")
+    elsewhere = DatasetSource("csv", data_files=str(tmp_path / "absolute.csv"), media_column="path")
+    assert [item.key for item in elsewhere] == ["b.png"], "a file outside the dataset's folder: its name"

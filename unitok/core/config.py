@@ -11,9 +11,11 @@ must hold across its fields; building a config in Python checks the same and nam
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import json
 import math
+import numbers
 import types
 import typing
 from pathlib import Path
@@ -22,6 +24,7 @@ from typing import Any, ClassVar, Iterable, Literal, TypeVar, Union
 import yaml
 
 from unitok.core.errors import UnitokError
+from unitok.core.text_files import read_utf8
 
 T = TypeVar("T")
 
@@ -52,13 +55,18 @@ class Bounds:
                 and (self.lt is None or value < self.lt) and (self.le is None or value <= self.le))
 
     def __str__(self) -> str:
-        low = f"[{self.ge:g}" if self.ge is not None else f"({self.gt:g}" if self.gt is not None else None
-        high = f"{self.le:g}]" if self.le is not None else f"{self.lt:g})" if self.lt is not None else None
+        low = f"[{_shown(self.ge)}" if self.ge is not None else f"({_shown(self.gt)}" if self.gt is not None else None
+        high = f"{_shown(self.le)}]" if self.le is not None else f"{_shown(self.lt)})" if self.lt is not None else None
         if low and high:
             return f"in {low}, {high}"
         if low:
             return f"{'>=' if self.ge is not None else '>'} {low[1:]}"
         return f"{'<=' if self.le is not None else '<'} {high[:-1]}"
+
+
+def _shown(number: float) -> str:
+    """A bound or value as a message shows it: integers whole, floats short."""
+    return str(number) if isinstance(number, int) else f"{number:g}"
 
 
 def bounded(default: Any = dataclasses.MISSING, *, default_factory: Any = dataclasses.MISSING, gt: float | None = None,
@@ -82,38 +90,68 @@ class Config:
         return ()
 
     def __post_init__(self):
-        problems = [*_field_problems(self), *((field, message) for holds, field, message in self.rules() if not holds)]
+        problems = _type_problems(self)
+        mistyped = {path.split(".")[0].split("[")[0] for path, _ in problems}
+        problems += [(path, message) for path, message in _range_problems(self) if path.split(".")[0].split("[")[0]
+                     not in mistyped]
+        if not problems:  # rules read several fields: only once each has its type and range
+            problems = [(f, message) for holds, f, message in self.rules() if not holds]
         if problems:
             raise ConfigProblems(problems)
 
 
-def _field_problems(config: Any) -> list[tuple[str, str]]:
+@functools.cache
+def _type_hints(cls: type) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
+
+
+def _type_problems(config: Any) -> list[tuple[str, str]]:
+    """Check every field against its declared type as a YAML file's value would be (a config built
+    in Python gets the same errors), and store the converted value (a list for a tuple field)."""
+    errors: list[str] = []
+    hints = _type_hints(type(config))
+    for f in dataclasses.fields(config):
+        before = len(errors)
+        value = _convert(hints[f.name], getattr(config, f.name), f.name, errors)
+        if len(errors) == before:
+            object.__setattr__(config, f.name, value)
+    return [tuple(error.split(": ", 1)) for error in errors]
+
+
+def _range_problems(config: Any) -> list[tuple[str, str]]:
+    """Every number of a `bounded` field (or of its list or mapping) outside its bounds."""
     problems = []
     for f in dataclasses.fields(config):
         value, bounds = getattr(config, f.name), f.metadata.get("bounds")
+        if bounds is None:
+            continue
         items = (value.items() if isinstance(value, dict) else enumerate(value) if isinstance(value, (list, tuple))
                  else [(None, value)])
         for key, number in items:
-            if isinstance(number, bool) or not isinstance(number, (int, float)):
-                continue
-            where = f.name if key is None else f"{f.name}.{key}" if isinstance(value, dict) else f"{f.name}[{key}]"
-            if not math.isfinite(number):
-                problems.append((where, f"must be a finite number, got {number}"))
-            elif bounds is not None and not bounds.holds(number):
-                problems.append((where, f"must be {bounds}, got {number:g}"))
+            if isinstance(number, numbers.Real) and not isinstance(number, bool) and not bounds.holds(number):
+                where = f.name if key is None else f"{f.name}.{key}" if isinstance(value, dict) else f"{f.name}[{key}]"
+                problems.append((where, f"must be {bounds}, got {_shown(number)}"))
     return problems
 
 
-def load_config(path: str | Path, cls: type[T]) -> T:
-    """Read the YAML file at `path` into an instance of dataclass `cls`."""
+def read_yaml(path: str | Path) -> dict:
+    """The mapping a YAML config file holds ({} for an empty file); ConfigError naming the file
+    when it is missing, not UTF-8, not YAML or not a mapping."""
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"{path}: no such config file")
     try:
-        data = yaml.safe_load(path.read_text())
+        data = yaml.safe_load(read_utf8(path, ConfigError))
     except yaml.YAMLError as err:
         raise ConfigError(f"{path}: not valid YAML ({err})") from None
-    return from_dict(cls, data if data is not None else {}, source=str(path))
+    if data is not None and not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping of fields, got {_describe(data)}")
+    return data or {}
+
+
+def load_config(path: str | Path, cls: type[T]) -> T:
+    """Read the YAML file at `path` into an instance of dataclass `cls`."""
+    return from_dict(cls, read_yaml(path), source=str(path))
 
 
 def from_dict(cls: type[T], data: Any, source: str = "<config>") -> T:

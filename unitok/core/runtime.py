@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+from datetime import timedelta
+
 import torch
 from accelerate import PartialState
 from accelerate.utils import parse_flag_from_env
@@ -23,11 +25,17 @@ def torch_device(name: str) -> torch.device:
     return device
 
 
+# How long a rank waits at a barrier: the other ranks wait there while the main process runs a
+# main-only stage (a recipe's eval takes most of an hour on a 2-core CPU), longer than torch's
+# default of 30 minutes.
+BARRIER_TIMEOUT = timedelta(hours=6)
+
+
 def processes() -> PartialState:
     """The processes of this run. `Accelerator()` reads ACCELERATE_USE_CPU (set by `accelerate
     launch` with use_cpu); a bare `PartialState()` would not, and every CPU rank would act as the
-    only process."""
-    return PartialState(cpu=parse_flag_from_env("ACCELERATE_USE_CPU"))
+    only process. The first call sets the process group up (with `BARRIER_TIMEOUT`)."""
+    return PartialState(cpu=parse_flag_from_env("ACCELERATE_USE_CPU"), timeout=BARRIER_TIMEOUT)
 
 
 def end_processes() -> None:

@@ -29,6 +29,7 @@ from tqdm.auto import tqdm
 from unitok.core.atomic import temporary_path, write_text_atomic
 from unitok.core.config import Config, bounded
 from unitok.core.runtime import processes, torch_device
+from unitok.core.seeds import MAX_SEED
 from unitok.data.shards import (
     ERRORS_NAME,
     FORMAT,
@@ -41,6 +42,7 @@ from unitok.data.shards import (
     shard_name,
 )
 from unitok.data.sources import Source, SourceItem
+from unitok.data.tasks import task_modality
 from unitok.tokenizer.adapters import MediaError
 from unitok.tokenizer.media_tokenizer import MediaTokenizer
 from unitok.tokenizer.text_bpe import TextBPE
@@ -78,7 +80,7 @@ class TokenizeSettings(Config):
     """What a shard set is tokenized with (a recipe's ``shards:`` section, `unitok tokenize`'s options)."""
 
     items_per_shard: int = bounded(1024, ge=1)
-    seed: int = bounded(0, ge=0, lt=2**63)  # base of every item's noise seed
+    seed: int = bounded(0, ge=0, lt=MAX_SEED)  # base of every item's noise seed
     noise_draws: int = bounded(1, ge=1)  # RDPM tokens depend on ε: K draws per item, each its own row
     batch_size: int = bounded(64, ge=1)
     require_caption: bool = True
@@ -188,6 +190,10 @@ class ShardWriter:
         self.tokenizer, self.text_bpe, self.settings = tokenizer, text_bpe, settings
         self.vocab = vocab.with_readout_patch(1)  # ids only: a model's read-out state rows are not the set's
         self.task = task or (f"text_to_{tokenizer.modality}" if tokenizer else "text")
+        modality = task_modality(self.task)  # refuses an unknown task
+        if modality not in (None, tokenizer.modality if tokenizer else None):
+            raise ShardError(f"task {self.task}: these rows hold {tokenizer.modality + ' and ' if tokenizer else ''}"
+                             f"text, not {modality}")
         self.strict, self.device = strict, device
 
     def identity(self, source: Source, device: torch.device) -> dict:

@@ -21,6 +21,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from unitok.core.errors import UnitokError
+from unitok.core.text_files import read_utf8
 from unitok.tokenizer.adapters import AudioAdapter, ImageAdapter, MediaError, VideoAdapter
 
 CAPTION_COLUMNS = ("caption", "text")
@@ -94,20 +95,22 @@ class FolderSource(Source):
     sidecar ``.txt`` files (``cat.png`` + ``cat.txt``).
 
     Without `captions`, the folder's own ``metadata.jsonl`` / ``metadata.csv`` (the `imagefolder`
-    convention, column ``file_name``) or ``captions.jsonl`` is used, else sidecar files. Every
-    media file of the folder is an item: one the manifest has no line for is an item without a
-    caption (reported, not dropped); a file with several lines is one item per line, keyed
-    ``cat.png``, ``cat.png#2``, … (several captions of one image are common).
+    convention, column ``file_name``) or ``captions.jsonl`` is used, else sidecar files. A file
+    with several manifest lines is one item per line, keyed ``cat.png``, ``cat.png#2``, … (several
+    captions of one image are common). With `every_file`, every media file of the folder is an
+    item, and one the manifest has no line for is an item without a caption (reported, not
+    dropped); without it, the items are the manifest's lines (a recipe's splits, which may share
+    one folder with a manifest each).
     """
 
-    def __init__(self, folder: str | Path, captions: str | Path | None = None):
+    def __init__(self, folder: str | Path, captions: str | Path | None = None, every_file: bool = True):
         self.folder = Path(folder)
         if not self.folder.is_dir():
             raise SourceError(f"{self.folder}: not a directory")
         manifest = Path(captions) if captions else next(
             (self.folder / n for n in MANIFEST_NAMES if (self.folder / n).is_file()), None)
         self.captions = str(manifest) if manifest else "sidecar .txt files"
-        self.rows = _manifest_rows(manifest, self.folder) if manifest else _sidecar_rows(self.folder)
+        self.rows = _manifest_rows(manifest, self.folder, every_file) if manifest else _sidecar_rows(self.folder)
 
     def __len__(self) -> int:
         return len(self.rows)
@@ -139,15 +142,15 @@ def _media_files(folder: Path) -> list[str]:
                   if p.suffix.lower() in MEDIA_EXTENSIONS and p.is_file())
 
 
-def _manifest_rows(path: Path, folder: Path) -> list[FolderRow]:
-    """The manifest's lines in order, then the folder's media files it has no line for."""
+def _manifest_rows(path: Path, folder: Path, every_file: bool) -> list[FolderRow]:
+    """The manifest's lines in order, then (`every_file`) the folder's media files it has no line for."""
     rows = read_table(path)
     if rows and _column(rows[0], FILE_COLUMNS) is None:
         raise SourceError(f"{path}: no file column (expected one of {FILE_COLUMNS})")
     files = [str(_column(row, FILE_COLUMNS)) for row in rows]
-    listed = set(files)
+    listed = {Path(f) for f in files}  # `./a.png` lists a.png
     unlisted = [(f, f, None, f"{path.name} has no line for it")
-                for f in _media_files(folder) if f not in listed]
+                for f in (_media_files(folder) if every_file else []) if Path(f) not in listed]
     return [(key, f, _column(row, CAPTION_COLUMNS), None)
             for key, f, row in zip(unique_keys(files), files, rows)] + unlisted
 
@@ -180,21 +183,9 @@ def _read_sidecar(path: Path) -> tuple[str | None, str | None]:
         return None, f"{path.name} is not UTF-8 text: byte {err.start}"
 
 
-def read_utf8(path: Path) -> str:
-    """The text of `path`; bytes that are not UTF-8 are refused naming the line they are on."""
-    if not path.is_file():
-        raise SourceError(f"{path}: file not found")
-    data = path.read_bytes()
-    try:
-        return data.decode("utf-8")
-    except UnicodeDecodeError as err:
-        line = data[:err.start].count(b"\n") + 1
-        raise SourceError(f"{path}:{line}: not UTF-8 text; re-save the file as UTF-8") from None
-
-
 def read_table(path: Path) -> list[dict[str, Any]]:
     """Rows of a JSONL or CSV file; names the line of a malformed JSONL row."""
-    text = read_utf8(path)
+    text = read_utf8(path, SourceError)
     if path.suffix == ".csv":
         return list(csv.DictReader(io.StringIO(text, newline="")))
     rows = []
@@ -249,15 +240,19 @@ class DatasetSource(Source):
             column = pc.struct_field(column, "path")
         return column.to_pylist()
 
-    def _key(self, index: int, path: str | None) -> str:
-        """The file's path relative to the dataset's folder where it has a file, else the row index."""
-        if not path:
+    def _key(self, index: int, path: Any) -> str:
+        """Where a row has a file: its path relative to the dataset's folder, a relative path as the
+        row gives it, else its file name (not a cache path, which differs by machine); the row
+        index where it has none."""
+        if not isinstance(path, str) or not path:
             return str(index)
+        file = Path(path)
+        if not file.is_absolute():
+            return path
         for root in (self.data_dir, self.name):
-            if root and Path(root).is_dir() and Path(path).is_absolute() and Path(path).is_relative_to(
-                    Path(root).resolve()):
-                return str(Path(path).relative_to(Path(root).resolve()))
-        return str(path)
+            if root and Path(root).is_dir() and file.is_relative_to(Path(root).resolve()):
+                return str(file.relative_to(Path(root).resolve()))
+        return file.name
 
     def __len__(self) -> int:
         return len(self.dataset)

@@ -34,12 +34,13 @@ from unitok.benchmarks.digits.scenes import DigitsWorldConfig
 from unitok.benchmarks.digits.tones import ToneWorldConfig
 from unitok.benchmarks.digits.world import write_world_folders
 from unitok.configs import SHIPPED
+from unitok.core.seeds import item_generators
 from unitok.lm.batch import collate
 from unitok.lm.documents import MediaSpan, task_document
 from unitok.lm.layout import DecodeSchedule, StreamLayout
 from unitok.lm.losses import stream_loss
 from unitok.lm.model import ModelSpec, StreamModel, build_transformer
-from unitok.lm.sampling import GroupSampler, RasterSampler, SamplerConfig, item_generators
+from unitok.lm.sampling import GroupSampler, RasterSampler, SamplerConfig
 from unitok.tokenizer.rdpm import QuantizerConfig, RDPMQuantizer
 from unitok.tokenizer.vocabulary import MediaLayout, Vocabulary
 

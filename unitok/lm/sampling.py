@@ -87,32 +87,12 @@ def filtered_logits(logits: torch.Tensor, cfg: SamplerConfig) -> torch.Tensor:
     return logits
 
 
-Generators = Sequence[torch.Generator] | None  # one per row of a batch: a row's draws depend on its generator alone
-
-
-MAX_SEED = 2**63  # torch generators take seeds below it
-
-
-def item_seeds(seed: int | Sequence[int], count: int) -> list[int]:
-    """One seed per item: `seed` for every item, or the `count` seeds it lists. An item's output
-    depends on its own seed only, never on the other items of its batch or its place among them."""
-    seeds = [seed] * count if isinstance(seed, int) and not isinstance(seed, bool) else seed
-    if not isinstance(seeds, (list, tuple)) or len(seeds) != count or not all(
-            isinstance(s, int) and not isinstance(s, bool) and 0 <= s < MAX_SEED for s in seeds):
-        raise UnitokError(f"seed: expected an integer in [0, 2**63) or a list of {count} such integers (one per "
-                          f"item), got {type(seed).__name__} {seed!r}")
-    return list(seeds)
-
-
-def item_generators(seeds: Sequence[int]) -> list[torch.Generator]:
-    return [torch.Generator().manual_seed(seed) for seed in seeds]
+Generators = Sequence[torch.Generator]  # one per row of a batch (`core.seeds`): a row's draws depend on it alone
 
 
 def row_uniforms(shape: torch.Size, generators: Generators) -> torch.Tensor:
     """Uniform draws of `shape` (rows first) on the CPU, row r's from `generators[r]`, so that what
     an item draws does not depend on what else is in its batch."""
-    if generators is None:
-        return torch.rand(shape)
     if len(generators) != shape[0]:
         raise UnitokError(f"{len(generators)} generators for {shape[0]} rows")
     return torch.stack([torch.rand(shape[1:], generator=generator) for generator in generators])
@@ -210,7 +190,7 @@ class MediaSampler(ABC):
     @abstractmethod
     def sample(self, model: StreamModel, vocab: Vocabulary, name: str, quantizer: RDPMQuantizer,
                prompts: Sequence[Sequence[int]], first_blocks: torch.Tensor | None,
-               generators: Generators = None) -> torch.Tensor:
+               generators: Generators) -> torch.Tensor:
         """Local code ids (B, num_blocks, N) of a media span of range `name` after each prompt
         (global text ids). `first_blocks` (B, P, N) are the given first blocks (``k_T`` from noise,
         or the start of a real item's trajectory to continue); `quantizer` turns codes into the
@@ -253,7 +233,7 @@ class GroupSampler(MediaSampler):
         return sum(self.block_groups(num_blocks))
 
     @torch.no_grad()
-    def sample(self, model, vocab, name, quantizer, prompts, first_blocks, generators=None):
+    def sample(self, model, vocab, name, quantizer, prompts, first_blocks, generators):
         num_blocks, device = quantizer.num_blocks, next(model.parameters()).device
         groups = self.block_groups(num_blocks)
         rows = vocab.position_rows(name, num_blocks, vocab.range(f"{name}.cells").size).to(device)  # (blocks, N, 3)
@@ -313,7 +293,7 @@ class RasterSampler(MediaSampler):
         return num_positions
 
     @torch.no_grad()
-    def sample(self, model, vocab, name, quantizer, prompts, first_blocks, generators=None):
+    def sample(self, model, vocab, name, quantizer, prompts, first_blocks, generators):
         cfg, device = self.config, next(model.parameters()).device
         B, N = len(prompts), vocab.range(f"{name}.cells").size
         codes = vocab.range(name)
@@ -338,7 +318,7 @@ def media_sampler(layout: StreamLayout, name: str, config: SamplerConfig | None 
 
 @torch.no_grad()
 def sample_text(model: StreamModel, vocab: Vocabulary, prefixes: Sequence[Stream], max_new_tokens: int,
-                cfg: SamplerConfig, generators: Generators = None) -> list[list[int]]:
+                cfg: SamplerConfig, generators: Generators) -> list[list[int]]:
     """Continue each prefix (e.g. ``<bos> <boi> k_T … k_0 <eoi>``) with text until ``<eos>``.
 
     Returns the local text ids of each row, ``<eos>`` excluded; ids outside the text range are

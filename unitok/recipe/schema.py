@@ -18,6 +18,7 @@ from unitok.benchmarks.digits.scenes import DigitsWorldConfig
 from unitok.benchmarks.digits.tones import ToneWorldConfig
 from unitok.configs import find_recipe, find_spec
 from unitok.core.config import Config, ConfigError, bounded, load_config
+from unitok.core.seeds import MAX_SEED
 from unitok.data.mixture import ShardMix
 from unitok.data.shard_writer import TokenizeSettings
 from unitok.data.tasks import task_modality
@@ -99,7 +100,7 @@ class Recipe(Config):
     # modality -> its tokenizer, in vocabulary order
     tokenizers: dict[str, TokenizerSection] = field(default_factory=dict)
     tokenizers_from: str | None = None  # a saved pipeline folder, for a `data` list of shard sets
-    seed: int = bounded(0, ge=0, lt=2**63)
+    seed: int = bounded(0, ge=0, lt=MAX_SEED)
     text_bpe: TextBPEConfig = field(default_factory=TextBPEConfig)
     shards: TokenizeSettings = field(default_factory=TokenizeSettings)
     # modality -> the saved pipeline's free sampler settings (guidance, temperature, …); unset fields

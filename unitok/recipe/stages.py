@@ -37,7 +37,7 @@ from unitok.lm.model import build_transformer
 from unitok.pipeline import INDEX_FORMAT, INDEX_NAME, PipelineTokenizers, UniTokPipeline
 from unitok.recipe.evaluate import EvalRun, evaluate
 from unitok.recipe.schema import LoadedRecipe
-from unitok.tokenizer.media_tokenizer import MediaTokenizer, TokenizerSpec
+from unitok.tokenizer.media_tokenizer import MediaTokenizer, TokenizerSpec, block_sizes
 from unitok.tokenizer.text_bpe import TextBPE
 from unitok.tokenizer.vocabulary import Vocabulary
 from unitok.train.lm import train_lm
@@ -140,13 +140,19 @@ class RecipeRun:
         return {split: (Path(f.dir), Path(f.captions) if f.captions else None)
                 for split, f in (("train", data.train), ("heldout", data.heldout))}
 
-    def split_items(self, modality: str, split: str) -> list[SourceItem]:
+    def split_source(self, modality: str, split: str) -> FolderSource:
+        """A split's items: its manifest's lines (splits may share a folder, a manifest each)."""
         folder, captions = self.data_dirs(modality)[split]
-        return list(FolderSource(folder, captions))
+        return FolderSource(folder, captions, every_file=False)
+
+    def split_items(self, modality: str, split: str) -> list[SourceItem]:
+        return list(self.split_source(modality, split))
 
     def split_tensors(self, modality: str, split: str, tokenizer: MediaTokenizer) -> torch.Tensor:
-        """The split's media preprocessed by `tokenizer`'s adapter, stacked (M, C, …)."""
-        return torch.stack([tokenizer.adapter.to_tensor(item.open()) for item in self.split_items(modality, split)])
+        """The split's media, each file once (a file may have several captions), preprocessed by
+        `tokenizer`'s adapter and stacked (M, C, …)."""
+        files = dict.fromkeys(item.media for item in self.split_items(modality, split))
+        return torch.stack([tokenizer.adapter.to_tensor(path) for path in files])
 
     def stage_data(self) -> None:
         for modality in self.loaded.modalities:
@@ -207,8 +213,7 @@ class RecipeRun:
         """The recipe's layout, checked against the tokenizers (those of `tokenizers_from` are known
         only now) and with one group per generated block for ranges it gives no schedule."""
         try:
-            return self.recipe.layout.fitted({name: (t.quantizer.noise_steps, t.num_positions)
-                                              for name, t in tokenizers.media.items()})
+            return self.recipe.layout.fitted(block_sizes(tokenizers.media))
         except UnitokError as err:
             raise ConfigError(f"{self.loaded.path}: {err}") from None
 
@@ -245,9 +250,9 @@ class RecipeRun:
         def tokenize():
             text = TextBPE.from_pretrained(self.out / "text_tokenizer")
             for modality, tokenizer in self.media_tokenizers().items():
-                for split, (data_dir, captions) in self.data_dirs(modality).items():
+                for split in self.data_dirs(modality):
                     writer = ShardWriter(self.shard_dir(modality, split), tokenizer, text, vocab, self.recipe.shards)
-                    self.log(f"  shards/{modality}/{split}: {writer.write(FolderSource(data_dir, captions))}")
+                    self.log(f"  shards/{modality}/{split}: {writer.write(self.split_source(modality, split))}")
 
         data_keys = [self.data_key(m) for m in self.loaded.modalities]
         run_stage(folder, config_hash(*data_keys, vocab.hash, self.recipe.shards, SHARD_FORMAT), tokenize, self.log,

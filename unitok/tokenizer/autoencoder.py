@@ -43,6 +43,8 @@ class AutoencoderConfig(Config):
 
     def rules(self):
         yield bool(self.channels), "channels", "must list at least one level"
+        yield (all(c % 8 == 0 for c in self.channels), "channels",
+               f"every width must be a multiple of 8 (GroupNorm of 8 groups), got {list(self.channels)}")
         yield (self.temporal_levels <= len(self.channels), "temporal_levels",
                f"must be at most the number of levels ({len(self.channels)}), got {self.temporal_levels}")
 

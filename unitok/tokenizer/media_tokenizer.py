@@ -24,6 +24,7 @@ from torch import nn
 from unitok.core.atomic import write_text_atomic
 from unitok.core.config import Config, from_dict, load_config, to_dict
 from unitok.core.errors import UnitokError
+from unitok.core.seeds import item_generators, item_seeds
 from unitok.tokenizer.adapters import (
     AudioAdapter,
     AudioConfig,
@@ -67,13 +68,19 @@ class TokenizerSpec(Config):
         time_axis = self.autoencoder.temporal_levels or self.autoencoder.temporal_patch_size > 1
         yield (not time_axis or adapter.dims == 3, "autoencoder.temporal_levels",
                f"temporal_levels and temporal_patch_size need frames; {self.modality} tensors have none")
+        if getattr(self, self.modality) is not None and (not time_axis or adapter.dims == 3):
+            shape = build_adapter(self).input_shape[1:]
+            factors = self.autoencoder.downsample_factors(adapter.dims)
+            yield (all(size % f == 0 for size, f in zip(shape, factors)), self.modality,
+                   f"the input {'x'.join(map(str, shape))} must divide by the autoencoder's downsampling "
+                   f"{'x'.join(map(str, factors))} (patch_size · 2^levels)")
 
     @property
     def latent_shape(self) -> tuple[int, ...]:
         """The latent grid of one item: (H, W) of cells, or (frames, H, W) for video."""
         adapter = build_adapter(self)
         factors = self.autoencoder.downsample_factors(adapter.dims)
-        return tuple(size // f for size, f in zip(adapter.input_shape[1:], factors))
+        return tuple(size // f for size, f in zip(adapter.input_shape[1:], factors))  # `rules`: they divide
 
     @property
     def num_positions(self) -> int:
@@ -90,6 +97,11 @@ def build_adapter(spec: TokenizerSpec) -> MediaAdapter:
     return ADAPTERS[spec.modality](getattr(spec, spec.modality))
 
 
+def block_sizes(tokenizers: dict[str, "MediaTokenizer"]) -> dict[str, tuple[int, int]]:
+    """Each media range's (T, N): noise steps and cells per block (what a stream layout must fit)."""
+    return {name: (t.quantizer.noise_steps, t.num_positions) for name, t in tokenizers.items()}
+
+
 class MediaTokenizer(nn.Module):
     def __init__(self, spec: TokenizerSpec):
         super().__init__()
@@ -98,7 +110,7 @@ class MediaTokenizer(nn.Module):
         dims = self.adapter.dims
         self.autoencoder = Autoencoder(spec.autoencoder, dims)
         self.quantizer = RDPMQuantizer(spec.quantizer, spec.autoencoder.latent_channels)
-        self.latent_shape = spec.latent_shape
+        self.latent_shape, self.num_positions = spec.latent_shape, spec.num_positions  # N: latent cells per block
 
     # --- sizes ---------------------------------------------------------------------------------
     @property
@@ -108,11 +120,6 @@ class MediaTokenizer(nn.Module):
     @property
     def modality(self) -> str:
         return self.spec.modality
-
-    @property
-    def num_positions(self) -> int:
-        """N: latent cells per block."""
-        return math.prod(self.latent_shape)
 
     @property
     def num_blocks(self) -> int:
@@ -137,14 +144,16 @@ class MediaTokenizer(nn.Module):
         """(B, C_in, *spatial) -> z (B, C, N)."""
         return rearrange(self.autoencoder.encode(x), "b c ... -> b c (...)")
 
-    def draw_noise(self, batch: int, seeds: Sequence[int] | None = None) -> torch.Tensor:
-        """ε of shape (B, C, N); one generator per item, so an item's tokens depend only on the item
-        and its seed, never on what else is in the batch."""
+    def draw_noise(self, batch: int, seeds: Sequence[int | torch.Generator] | None = None) -> torch.Tensor:
+        """ε of shape (B, C, N): item i's from `seeds[i]` (a seed, or a generator that goes on from
+        where it stands; `core.seeds`), so an item's tokens depend only on the item and its seed,
+        never on what else is in the batch. Without seeds (training), from torch's global RNG."""
         shape = (self.spec.autoencoder.latent_channels, self.num_positions)
         if seeds is None:
             return torch.randn(batch, *shape, device=self.device)
-        draws = [torch.randn(shape, generator=torch.Generator().manual_seed(int(s))) for s in seeds]
-        return torch.stack(draws).to(self.device)
+        if len(seeds) != batch:
+            raise UnitokError(f"got {len(seeds)} seeds for a batch of {batch}")
+        return torch.stack([torch.randn(shape, generator=g) for g in item_generators(seeds)]).to(self.device)
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, QuantizerOutput]:
         """Training pass: reconstruction through the straight-through s_0, and the quantizer output."""
@@ -157,10 +166,9 @@ class MediaTokenizer(nn.Module):
         return self.autoencoder.decode(z_BCN.reshape(*z_BCN.shape[:2], *self.latent_shape))
 
     @torch.no_grad()
-    def encode_tensor(self, x: torch.Tensor, seeds: Sequence[int]) -> torch.Tensor:
-        """Preprocessed batch (B, C_in, …) -> ids (B, T+1, N); deterministic given the seeds."""
-        if len(seeds) != x.shape[0]:
-            raise UnitokError(f"got {len(seeds)} seeds for a batch of {x.shape[0]}")
+    def encode_tensor(self, x: torch.Tensor, seeds: Sequence[int | torch.Generator]) -> torch.Tensor:
+        """Preprocessed batch (B, C_in, …) -> ids (B, T+1, N); deterministic given the seeds (one
+        per item, as `draw_noise` takes them)."""
         z = self.latent(x.to(self.device))
         return self.quantizer(z, self.draw_noise(x.shape[0], seeds)).ids_BTN
 
@@ -175,11 +183,16 @@ class MediaTokenizer(nn.Module):
 
     # --- media ---------------------------------------------------------------------------------
     def encode(self, media: Any | Sequence[Any], seed: int | Sequence[int] = 0) -> torch.Tensor:
-        """Media object(s) or file path(s) -> local ids (B, T+1, N)."""
+        """Media object(s) or file path(s) -> local ids (B, T+1, N); `seed` is every item's noise
+        seed, or a list of one per item."""
         items = list(media) if isinstance(media, (list, tuple)) else [media]
-        seeds = [seed] * len(items) if isinstance(seed, int) else list(seed)
-        x = torch.stack([self.adapter.to_tensor(m) for m in items])
-        return self.encode_tensor(x, seeds)
+        return self.encode_tensor(self.to_batch(items), item_seeds(seed, len(items)))
+
+    def to_batch(self, media: Sequence[Any]) -> torch.Tensor:
+        """Media objects or file paths -> the autoencoder's input batch (B, C_in, …)."""
+        if not media:
+            raise UnitokError("media: expected at least one item")
+        return torch.stack([self.adapter.to_tensor(m) for m in media])
 
     def decode(self, ids_BTN: torch.Tensor) -> list[Any]:
         """Local ids (B, T+1, N) -> media objects."""

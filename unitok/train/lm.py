@@ -31,7 +31,7 @@ from unitok.lm.layout import StreamLayout
 from unitok.lm.losses import heldout_loss, loss_weight_table, stream_loss
 from unitok.lm.model import StreamModel
 from unitok.lm.streams import Stream
-from unitok.tokenizer.media_tokenizer import MediaTokenizer
+from unitok.tokenizer.media_tokenizer import MediaTokenizer, block_sizes
 from unitok.tokenizer.vocabulary import Vocabulary
 from unitok.train.checkpoints import load_weights, resume, save_checkpoint, save_transformer
 from unitok.train.common import (
@@ -128,6 +128,7 @@ def train_lm(transformer: LlamaForCausalLM, vocab: Vocabulary, tokenizers: dict[
     runs too). Trackers (`cfg.log_with`) get `tracker_config` (default: `cfg`) as hyperparameters.
     """
     output_dir = Path(output_dir)
+    layout = layout.fitted(block_sizes(tokenizers))
     set_seed(seed)
     accelerator = Accelerator(mixed_precision=mixed_precision(cfg.mixed_precision),
                               gradient_accumulation_steps=cfg.grad_accum, log_with=cfg.log_with or None,
@@ -141,7 +142,6 @@ def train_lm(transformer: LlamaForCausalLM, vocab: Vocabulary, tokenizers: dict[
     for tokenizer in tokenizers.values():
         tokenizer.to(accelerator.device)
     entries = resolve_mixture(mixture, vocab, tokenizers, accelerator.num_processes)
-    layout = layout.fitted({name: (t.quantizer.noise_steps, t.num_positions) for name, t in tokenizers.items()})
     documents = DocumentMaker(vocab, layout, cfg.caption_dropout, cfg.first_step_fraction)
     rows = MixtureRows(entries, vocab, seed, cfg.shuffle_buffer, accelerator.process_index, accelerator.num_processes)
     data = TrainingBatches(rows, vocab, tokenizers, documents, cfg.batch_size, seed, accelerator.process_index)

@@ -20,10 +20,10 @@ import torch
 
 from unitok.benchmarks.digits.images import image_file
 from unitok.benchmarks.digits.scenes import DIGIT_WORDS, Item
+from unitok.core.seeds import item_generators
 from unitok.lm.documents import MediaSpan, media_spans, task_document
 from unitok.lm.losses import heldout_loss
 from unitok.lm.model import StreamModel
-from unitok.lm.sampling import item_generators
 from unitok.pipeline import UniTokPipeline
 
 
