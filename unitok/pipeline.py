@@ -4,10 +4,11 @@ Saved like a diffusers pipeline: an index file plus one subfolder per component:
 
     model/
       model_index.json         each component's [library, class], the unitok version and format,
-                               the transformer's stream layout (media order, read-out neighbourhood,
+                               the transformer's stream layout (media order, reader,
                                each modality's decode schedule) and each modality's sampler settings
       vocabulary.json          the shared vocabulary manifest
-      transformer/             transformers `save_pretrained` (config.json + model.safetensors)
+      transformer/             transformers `save_pretrained` (config.json + model.safetensors), and
+                               readers.safetensors for a layout with conv readers (`lm.reader`)
       text_tokenizer/          sentencepiece model + config.json
       image_tokenizer/         config.json + model.safetensors (one folder per media tokenizer)
       audio_tokenizer/
@@ -35,6 +36,7 @@ from unitok.hub import local_folder, push_folder, write_model_card
 from unitok.lm.documents import readout_states
 from unitok.lm.layout import StreamLayout
 from unitok.lm.model import StreamModel
+from unitok.lm.reader import ConvReader, build_readers
 from unitok.lm.sampling import MediaSampler, SamplerConfig, media_sampler, sample_text
 from unitok.lm.streams import StreamBuilder
 from unitok.tokenizer.adapters import MediaAdapter
@@ -83,8 +85,9 @@ class MediaPipelineOutput:
 
 
 class UniTokPipeline:
-    """`layout` is the transformer's stream layout (`lm.layout.StreamLayout`: media order, read-out
-    neighbourhood and each modality's decode schedule, which it was trained with); `tasks` the
+    """`layout` is the transformer's stream layout (`lm.layout.StreamLayout`: media order, reader
+    and each modality's decode schedule, which it was trained with); `readers` the conv readers of
+    a layout that reads media with them (`lm.reader.build_readers`, trained with it); `tasks` the
     directions it was trained for (`text_to_image`, `image_to_text`, …; None: any its tokenizers
     allow); `samplers` holds each modality's free sampler settings (`SamplerConfig`: guidance,
     temperatures, …), saved with the pipeline; a call's own options override them for that call.
@@ -95,8 +98,10 @@ class UniTokPipeline:
 
     def __init__(self, transformer: LlamaForCausalLM, text_tokenizer: TextBPE,
                  media_tokenizers: dict[str, MediaTokenizer], vocabulary: Vocabulary, layout: StreamLayout,
-                 samplers: dict[str, SamplerConfig] | None = None, tasks: Sequence[str] | None = None):
-        self.transformer = transformer.eval()
+                 samplers: dict[str, SamplerConfig] | None = None, tasks: Sequence[str] | None = None,
+                 readers: dict[str, ConvReader] | None = None):
+        self.model = StreamModel(transformer, readers).eval()
+        self.transformer = self.model.transformer
         self.text_tokenizer = text_tokenizer
         self.media_tokenizers = media_tokenizers
         self.vocabulary = vocabulary
@@ -115,10 +120,15 @@ class UniTokPipeline:
             r = self.vocabulary.range(name)
             if r.tokenizer_hash != tokenizer.content_hash() or r.size != tokenizer.codebook_size:
                 raise VocabularyError(f"media tokenizer {name!r} does not match the vocabulary manifest")
-            patch, channels = self.layout.readout_patch, tokenizer.spec.autoencoder.latent_channels
-            if self.vocabulary.readout_state(name).size != (patch ** 2 + 1) * channels:
-                raise VocabularyError(f"the vocabulary has no read-out rows for a {patch}x{patch} neighbourhood "
-                                      f"of {name!r}")
+            if self.vocabulary.readout_state(name).size != self.layout.readout_width(
+                    tokenizer.spec.autoencoder.latent_channels):
+                raise VocabularyError(f"the vocabulary has no read-out rows for {name!r} read as the layout says "
+                                      f"(reader {to_dict(self.layout.reader)}, "
+                                      f"readout_patch {self.layout.readout_patch})")
+        needed = set(self.media_tokenizers) if self.layout.reader.kind == "conv" else set()
+        if set(self.model.readers) != needed:
+            raise UnitokError(f"readers: a {self.layout.reader.kind} layout needs conv readers for {sorted(needed)}, "
+                              f"got {sorted(self.model.readers)}")
         if self.transformer.config.vocab_size < self.vocabulary.size:
             raise VocabularyError(
                 f"transformer has {self.transformer.config.vocab_size} embeddings, "
@@ -146,7 +156,7 @@ class UniTokPipeline:
 
     # --- devices -------------------------------------------------------------------------------
     def to(self, device: str | torch.device) -> "UniTokPipeline":
-        self.transformer.to(device)
+        self.model.to(device)
         for tokenizer in self.media_tokenizers.values():
             tokenizer.to(device)
         return self
@@ -201,7 +211,7 @@ class UniTokPipeline:
         if self.layout.media_order == "timestep":
             noise = tokenizer.draw_noise(len(prompts), generators)
             first_blocks = tokenizer.quantizer.quantize_noise(noise).unsqueeze(1)  # k_T from ε, (B, 1, N)
-        return sampler.sample(StreamModel(self.transformer), self.vocabulary, tokenizer.name, tokenizer.quantizer,
+        return sampler.sample(self.model, self.vocabulary, tokenizer.name, tokenizer.quantizer,
                               encoded, first_blocks, generators)
 
     def text_to_media(self, modality: str, prompt: str | Sequence[str], guidance_scale: float | None = None,
@@ -301,7 +311,7 @@ class UniTokPipeline:
         their `generators` (`documents.readout_states`), as the model trained to read media."""
         ids = tokenizer.encode_tensor(tokenizer.to_batch(list(items)), generators)
         clean = tokenizer.quantizer.block_inputs(ids)[0][:, -1].cpu()
-        return readout_states(clean, self.layout.readout_patch, tokenizer.latent_shape)
+        return readout_states(clean, self.layout, tokenizer.latent_shape)
 
     def _sample_text(self, prefixes: Sequence, max_new_tokens: int, generators: Sequence[torch.Generator],
                      **options) -> list[str]:
@@ -309,7 +319,7 @@ class UniTokPipeline:
                                 f"a prefix of {max(map(len, prefixes))} positions and {max_new_tokens} new tokens")
         given = {k: v for k, v in options.items() if v is not None}
         sampler = replace(SamplerConfig.for_text(), **given)
-        texts = sample_text(StreamModel(self.transformer), self.vocabulary, prefixes, max_new_tokens, sampler,
+        texts = sample_text(self.model, self.vocabulary, prefixes, max_new_tokens, sampler,
                             generators)
         return [self.text_tokenizer.decode(t) for t in texts]
 
@@ -335,7 +345,7 @@ class UniTokPipeline:
         directory.mkdir(parents=True, exist_ok=True)
         (directory / INDEX_NAME).unlink(missing_ok=True)  # written last: a killed save does not load
         self.vocabulary.save(directory)
-        self.transformer.save_pretrained(directory / "transformer", safe_serialization=True)
+        self.model.save_pretrained(directory / "transformer")
         self.text_tokenizer.save_pretrained(directory / "text_tokenizer")
         media = {name: f"{name}_tokenizer" for name in self.media_tokenizers}
         for name, tokenizer in self.media_tokenizers.items():
@@ -366,15 +376,19 @@ class UniTokPipeline:
         directory = local_folder(directory, revision, **hub_kwargs)
         index = _read_index(directory)
         tokenizers = PipelineTokenizers.from_pretrained(directory)
+        layout = from_dict(StreamLayout, index["layout"], source=f"{directory}/{INDEX_NAME}: layout")
+        transformer = LlamaForCausalLM.from_pretrained(Path(directory) / "transformer", use_safetensors=True)
         pipe = cls(
-            transformer=LlamaForCausalLM.from_pretrained(Path(directory) / "transformer", use_safetensors=True),
-            text_tokenizer=tokenizers.text, media_tokenizers=tokenizers.media, vocabulary=tokenizers.vocabulary,
-            layout=from_dict(StreamLayout, index["layout"], source=f"{directory}/{INDEX_NAME}: layout"),
+            transformer=transformer, text_tokenizer=tokenizers.text, media_tokenizers=tokenizers.media,
+            vocabulary=tokenizers.vocabulary, layout=layout,
+            readers=build_readers(layout.reader, tokenizers.vocabulary, tokenizers.media,
+                                  transformer.config.hidden_size),
             samplers={modality: from_dict(SamplerConfig, config,
                                           source=f"{directory}/{INDEX_NAME}: samplers.{modality}")
                       for modality, config in index.get("samplers", {}).items()},
             tasks=index["tasks"],
         )
+        pipe.model.load_readers(Path(directory) / "transformer")
         return pipe.to(device) if device is not None else pipe
 
 

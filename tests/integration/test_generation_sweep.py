@@ -43,7 +43,7 @@ def test_generation_sweep_trains_each_lm_once_and_evaluates_each_sampler(tmp_pat
     assert set(results) == {f"{run}/{steps}/{sampler}" for steps in (3, 6) for run, sampler in
                             (("groups", "sampled"), ("groups", "greedy"), ("T2", "recipe"))} | {"raster_ar/6/recipe"}
     for key, row in results.items():
-        assert row["lm_steps"] == int(key.split("/")[1])
+        assert row["lm_steps"] == int(key.split("/")[1]) and row["documents"] == 8 * row["lm_steps"]  # batch 8
         assert 0 <= row["digit_accuracy"] <= 1 and row["fid"] > 0 and row["lm_seconds"] >= 0
         assert row["passes"] == {"groups": 6, "T2": 3, "raster_ar": 16}[row["run"]]  # raster: N = 16 codes
     out = tmp_path / "sweep"
@@ -100,7 +100,8 @@ def test_a_media_to_text_sweep_scores_captions_and_switches_tasks_off(tmp_path):
         assert "text_to_image" not in metrics and set(metrics["lm"]["heldout_loss_per_task"]) == {"image_to_text"}
         layout = json.loads((point / "model" / "model_index.json").read_text())["layout"]
         assert layout["readout_patch"] == int(row["run"][-1])
-    assert (tmp_path / "sweep" / "results.md").read_text().startswith("| run | sampler | lm_steps | digit_accuracy |")
+    table = (tmp_path / "sweep" / "results.md").read_text()
+    assert table.startswith("| run | sampler | lm_steps | documents | digit_accuracy |")
     path.write_text(yaml.safe_dump({**sweep, "direction": "text"}, sort_keys=False))
     with pytest.raises(ValueError, match="direction: expected a text-to-media or media-to-text task"):
         run_generation_sweep(path, log=lambda _: None)

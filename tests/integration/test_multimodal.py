@@ -2,6 +2,7 @@
 
 import json
 import math
+from dataclasses import replace
 
 import pytest
 import torch
@@ -12,7 +13,8 @@ from unitok import UniTokPipeline
 from unitok.cli import main
 from unitok.core.config import ConfigError
 from unitok.lm.batch import collate
-from unitok.lm.model import StreamModel, batch_logits
+from unitok.lm.model import ModelSpec, batch_logits, build_transformer
+from unitok.lm.reader import ReaderSpec, build_readers
 from unitok.lm.streams import StreamBuilder
 from unitok.recipe.schema import load_recipe
 from unitok.tokenizer.adapters.audio import Audio
@@ -84,7 +86,7 @@ def test_a_caption_reads_the_media_through_the_read_out_block(tiny_multimodal_ru
     docs = [StreamBuilder(vocab, "timestep").special("<bos>").read_out("image", states).text(caption).build()
             for states in pipe._readout_states(tokenizer, images, [0, 0])]
     with torch.no_grad():
-        logits = batch_logits(StreamModel(pipe.transformer), collate([[d] for d in docs], pad_id=0))
+        logits = batch_logits(pipe.model, collate([[d] for d in docs], pad_id=0))
     eoi = docs[0].input_ids.index(vocab.special_id("<eoi>"))
     assert not torch.allclose(logits[0, eoi:], logits[1, eoi:], atol=1e-4), "the caption depends on the media"
     assert torch.equal(logits[0, :eoi - tokenizer.num_positions], logits[1, :eoi - tokenizer.num_positions])
@@ -93,6 +95,27 @@ def test_a_caption_reads_the_media_through_the_read_out_block(tiny_multimodal_ru
                                                                 max_new_tokens=4), "same seed, same text"
     with pytest.raises(ValueError, match="no tokenizer of this pipeline reads a dict"):
         pipe.continue_text(["a red 7", {"not": "media"}])
+
+
+def test_conv_readers_are_saved_with_the_pipeline_and_reload_to_the_same_captions(tiny_run, tmp_path):
+    trained = UniTokPipeline.from_pretrained(tiny_run / "model")
+    layout = replace(trained.layout, reader=ReaderSpec("conv", channels=8, pool=2))
+    vocab = trained.vocabulary.with_readout_width(layout.readout_width)
+    torch.manual_seed(0)
+    transformer = build_transformer(ModelSpec(hidden_size=32, num_layers=1, num_heads=2, intermediate_size=64), vocab)
+    pipe = UniTokPipeline(transformer, trained.text_tokenizer, trained.media_tokenizers, vocab, layout,
+                          readers=build_readers(layout.reader, vocab, trained.media_tokenizers, 32))
+    images = trained.text_to_image(["a red 7", "a big blue 1 at the top"], seed=0).images
+    captions = pipe.image_to_text(images, max_new_tokens=6)
+    pipe.save_pretrained(tmp_path / "conv")
+    reloaded = UniTokPipeline.from_pretrained(tmp_path / "conv")
+    assert reloaded.layout.reader == layout.reader and set(reloaded.model.readers) == {"image"}
+    assert reloaded.image_to_text(images, max_new_tokens=6) == captions
+    (tmp_path / "conv" / "transformer" / "readers.safetensors").unlink()
+    with pytest.raises(ValueError, match="readers.safetensors: missing"):
+        UniTokPipeline.from_pretrained(tmp_path / "conv")
+    with pytest.raises(ValueError, match=r"readers: a conv layout needs conv readers for \['image'\], got \[\]"):
+        UniTokPipeline(transformer, trained.text_tokenizer, trained.media_tokenizers, vocab, layout)
 
 
 def test_generate_cli_for_audio_and_media_to_text(tiny_multimodal_run, tmp_path, capsys):

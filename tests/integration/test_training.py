@@ -22,7 +22,7 @@ from unitok.core.config import ConfigError
 from unitok.data.mixture import MixtureRows, ShardMix, heldout_rows, resolve_mixture
 from unitok.data.shards import ShardError, read_manifest
 from unitok.lm.layout import StreamLayout
-from unitok.lm.model import ModelSpec, build_transformer
+from unitok.lm.model import ModelSpec, StreamModel, build_transformer
 from unitok.pipeline import PipelineTokenizers
 from unitok.recipe.schema import load_recipe
 from unitok.recipe.stages import RecipeRun
@@ -166,8 +166,8 @@ def test_tensorboard_gets_the_recipe_and_every_steps_loss_lr_grad_norm_and_token
 
     tokenizers = PipelineTokenizers.from_pretrained(tiny_run / "model")
     torch.manual_seed(0)
-    model = build_transformer(ModelSpec(hidden_size=32, num_layers=1, num_heads=2, intermediate_size=64),
-                              tokenizers.vocabulary)
+    model = StreamModel(build_transformer(ModelSpec(hidden_size=32, num_layers=1, num_heads=2,
+                                                    intermediate_size=64), tokenizers.vocabulary))
     cfg = LMTraining(steps=3, batch_size=4, warmup_steps=1, checkpoint_every=3, eval_every=3, eval_items=8,
                      log_with=["tensorboard"])
     shards = tiny_run / "shards" / "image"

@@ -4,7 +4,7 @@ import torch
 from safetensors.torch import load_file
 
 from unitok.lm.model import ModelSpec, StreamModel, build_transformer
-from unitok.train.checkpoints import save_transformer
+from unitok.train.checkpoints import save_best
 
 
 class GatheringAccelerator:
@@ -32,7 +32,7 @@ def test_kept_weights_are_gathered_on_every_rank_and_saved_whole_by_the_first(vo
     whole = {name: torch.full_like(tensor, 0.5) for name, tensor in model.state_dict().items()}
     for rank in (1, 0):
         accelerator = GatheringAccelerator(is_main_process=rank == 0, whole=whole)
-        save_transformer(accelerator, model, tmp_path / f"rank-{rank}")
+        save_best(accelerator, model, tmp_path / f"rank-{rank}")
         assert accelerator.gathered == 1
     assert not (tmp_path / "rank-1").exists()
     saved = load_file(tmp_path / "rank-0" / "model.safetensors")

@@ -105,16 +105,16 @@ def test_the_decode_schedule_is_stated_once(tmp_path):
 
 
 def test_a_layout_fits_its_tokenizers_and_completes_the_schedules_it_leaves_out():
-    assert StreamLayout(media_order="raster").problems("image", 4, 16) == [
+    assert StreamLayout(media_order="raster").problems("image", 4, (4, 4)) == [
         "media_order: raster needs tokenizers with noise_steps = 0; image's has 4"]
-    assert StreamLayout().problems("image", 0, 16) == [
+    assert StreamLayout().problems("image", 0, (4, 4)) == [
         "media_order: timestep needs tokenizers with noise_steps >= 1 (T = 0 is the raster baseline's); image's has 0"]
-    assert StreamLayout(media_order="raster").problems("image", 0, 16) == []
-    fitted = StreamLayout().fitted({"image": (4, 16), "audio": (1, 24)})
+    assert StreamLayout(media_order="raster").problems("image", 0, (4, 4)) == []
+    fitted = StreamLayout().fitted({"image": (4, (4, 4)), "audio": (1, (4, 6))})
     assert fitted.decode["image"].groups == (1, 1, 1, 1) and fitted.decode["audio"].groups == (1,)
     with pytest.raises(UnitokError, match=r"^layout: decode: 'video' names no media range of this model "
                                           r"\(\['image'\]\)$"):
-        StreamLayout(decode={"video": DecodeSchedule((2,))}).fitted({"image": (1, 16)})
+        StreamLayout(decode={"video": DecodeSchedule((2,))}).fitted({"image": (1, (4, 4))})
 
 
 def test_an_even_readout_patch_is_refused_with_its_field(tmp_path):

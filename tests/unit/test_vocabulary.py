@@ -6,6 +6,8 @@ import pytest
 import torch
 
 from tests.helpers import image_layout
+from unitok.lm.layout import StreamLayout
+from unitok.lm.reader import ReaderSpec
 from unitok.tokenizer.vocabulary import SPECIAL_TOKENS, Vocabulary, VocabularyError
 
 
@@ -63,15 +65,16 @@ def test_other_tokenizer_is_refused(vocab):
     vocab.require_holds(Vocabulary.build(40, "texthash", [image_layout()]), "same")
 
 
-def test_readout_patch_rows_extend_the_vocabulary_and_keep_its_shards(vocab):
-    patched = vocab.with_readout_patch(3)
+def test_readout_state_rows_extend_the_vocabulary_and_keep_its_shards(vocab):
+    patched = vocab.with_readout_width(StreamLayout(readout_patch=3).readout_width)
     rows = patched.range("image.readout_state")
     assert rows.offset == vocab.size and rows.size == (9 + 1) * 4 and rows.kind == "state"  # C = 4
     patched.require_holds(vocab, "shard set x")  # every id of the shards means the same
     with pytest.raises(VocabularyError, match="another vocabulary"):
         vocab.require_holds(patched, "shard set x")  # not the other way round
-    assert vocab.with_readout_patch(1).ranges == patched.with_readout_patch(1).ranges == vocab.ranges
-    assert patched.with_readout_patch(3).ranges == patched.ranges
+    one_cell = StreamLayout().readout_width
+    assert vocab.with_readout_width(one_cell).ranges == patched.with_readout_width(None).ranges == vocab.ranges
+    assert patched.with_readout_width(StreamLayout(readout_patch=3).readout_width).ranges == patched.ranges
     assert vocab.readout_state("image") == vocab.range("image.state"), "patch 1: a code position's state rows"
-    with pytest.raises(VocabularyError, match="odd number"):
-        vocab.with_readout_patch(2)
+    pooled = vocab.with_readout_width(StreamLayout(reader=ReaderSpec("conv", pool=2)).readout_width)
+    assert pooled.readout_state("image").size == 2 * 2 * 4, "the conv reader: the s_0 of a 2x2 square"

@@ -24,7 +24,7 @@ Data, tokenizers, text BPE and shards are made once for all runs with the same s
 step count (``<run>/steps-<n>``), and each sampler gets its own pipeline and evaluation
 (``<run>/steps-<n>/<sampler>``), all as recipe stages, so an interrupted sweep resumes and a
 finished point is skipped. Every point's folder holds the
-recipe it ran (``recipe.yaml``). The table of held-out scores, passes and wall times lands in
+recipe it ran (``recipe.yaml``). The table of held-out scores, documents seen, passes and wall times lands in
 ``<output_dir>/results.md`` and ``results.json``.
 """
 
@@ -48,12 +48,12 @@ UPSTREAM_STAGES = ("data", "tokenizers", "text_tokenizer", "shards")  # stage fo
 UPSTREAM_SECTIONS = ("data", "tokenizers", "text_bpe", "shards", "seed")  # the recipe sections they depend on
 # the table's columns for a text→media direction and a media→text one (`results_table` leaves out
 # those that no row scores: an image has no direction, a clip no position)
-COLUMNS = ("lm_steps", "passes", "digit_accuracy", "unseen_combo_digit_accuracy", "color_accuracy",
+COLUMNS = ("lm_steps", "documents", "passes", "digit_accuracy", "unseen_combo_digit_accuracy", "color_accuracy",
            "position_accuracy", "direction_accuracy", "digit_direction_accuracy", "dtmf_sequence_accuracy",
            "unseen_pair_accuracy", "fid", "first_step_digit_ce_gain", "heldout_loss", "lm_seconds", "eval_seconds")
-TO_TEXT_COLUMNS = ("lm_steps", "digit_accuracy", "color_accuracy", "direction_accuracy", "digit_color_accuracy",
-                   "digit_direction_accuracy", "caption_loss_matched", "caption_loss_shuffled", "heldout_loss",
-                   "lm_seconds", "eval_seconds")
+TO_TEXT_COLUMNS = ("lm_steps", "documents", "digit_accuracy", "color_accuracy", "direction_accuracy",
+                   "digit_color_accuracy", "digit_direction_accuracy", "caption_loss_matched", "caption_loss_shuffled",
+                   "heldout_loss", "lm_seconds", "eval_seconds")
 
 
 @dataclass(frozen=True)
@@ -187,7 +187,9 @@ def _row(run: str, sampler: str, point: RecipeRun, direction: str) -> dict:
     metrics = json.loads((point.out / "metrics.json").read_text())
     history = json.loads((point.out / "lm" / "history.json").read_text())
     scores = metrics[direction]
+    lm = point.recipe.lm
     row = {"run": run, "sampler": sampler, "lm_steps": metrics["lm"]["steps_trained"],
+           "documents": metrics["lm"]["steps_trained"] * lm.batch_size * lm.grad_accum,  # per process
            "heldout_loss": metrics["lm"]["heldout_loss"], "lm_seconds": round(history.get("seconds", 0.0)),
            "eval_seconds": round(json.loads((point.out / "eval_seconds.json").read_text()))}
     row |= {key: scores[key] for key in _columns(direction) if key in scores}

@@ -24,6 +24,7 @@ from einops import rearrange
 from unitok.core.errors import UnitokError
 from unitok.data.tasks import generates_media, task_modality
 from unitok.lm.layout import StreamLayout
+from unitok.lm.reader import pooled_states
 from unitok.lm.streams import Stream, StreamBuilder
 from unitok.tokenizer.media_tokenizer import MediaTokenizer
 from unitok.tokenizer.vocabulary import Vocabulary
@@ -59,17 +60,22 @@ def media_spans(rows: Sequence[dict], vocab: Vocabulary, tokenizers: dict[str, M
     return spans
 
 
-def readout_states(clean_inputs: torch.Tensor, patch: int = 1, latent_shape: Sequence[int] = ()) -> torch.Tensor:
-    """The state inputs (…, N, S) of a read-out block from the context inputs of a span's clean
-    block (…, N, 2C: ``s_0`` then ε̂): ``s_0`` and zeros where a code position holds ε̂ (with
-    `patch` 1 the read-out positions share a code position's state rows), then, for a `patch` > 1,
-    the ``s_0`` of the other cells of each cell's neighbourhood (`neighbourhood_states`)."""
+def readout_states(clean_inputs: torch.Tensor, layout: StreamLayout, latent_shape: Sequence[int]) -> torch.Tensor:
+    """The state inputs (…, P, S) of a read-out block from the context inputs of a span's clean
+    block (…, N, 2C: ``s_0`` then ε̂), as the layout's reader takes them (`reader.py`). Linear:
+    one position per cell, ``s_0`` and zeros where a code position holds ε̂ (with `readout_patch` 1
+    the read-out positions share a code position's state rows), then, for a `readout_patch` > 1,
+    the ``s_0`` of the other cells of each cell's neighbourhood (`neighbourhood_states`). Conv: one
+    position per pooled square, the ``s_0`` of its cells (`reader.pooled_states`)."""
     channels = clean_inputs.shape[-1] // 2
+    if layout.reader.kind == "conv":
+        return pooled_states(clean_inputs[..., :channels], latent_shape, layout.reader.pool)
     states = clean_inputs.clone()
     states[..., channels:] = 0
-    if patch == 1:
+    if layout.readout_patch == 1:
         return states
-    return torch.cat([states, neighbourhood_states(states[..., :channels], latent_shape, patch)], dim=-1)
+    return torch.cat([states, neighbourhood_states(states[..., :channels], latent_shape, layout.readout_patch)],
+                     dim=-1)
 
 
 def neighbourhood_states(states: torch.Tensor, latent_shape: Sequence[int], patch: int) -> torch.Tensor:
@@ -99,7 +105,7 @@ def task_document(vocab: Vocabulary, layout: StreamLayout, task: str, text_ids: 
     if task_modality(task) is None:
         return builder.text(text_ids).eos().build()
     if not generates_media(task):
-        inputs = readout_states(span.context_inputs[-1], layout.readout_patch, span.latent_shape)
+        inputs = readout_states(span.context_inputs[-1], layout, span.latent_shape)
         return builder.read_out(span.name, inputs).text(text_ids).eos().build()
     builder.text([] if drop_text else text_ids)
     if layout.media_order == "raster":

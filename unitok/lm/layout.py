@@ -4,9 +4,10 @@ saved with it (``model_index.json``, key ``layout``), the one place these facts 
 - the media order: ``timestep`` (RDPM: the generated blocks ``k_{T−1} … k_0`` in timestep order,
   each drawn in groups of cells) or ``raster`` (the autoregressive baseline: the codes of one
   clean block in raster order, one per pass);
-- the read-out neighbourhood: a caption reads a media span through one read-out position per
-  cell, which takes the clean state ``s_0`` of the `readout_patch` × `readout_patch` square of cells
-  around it (`documents.readout_states`);
+- the reader: how a caption reads a media span, through its read-out block of the clean state
+  ``s_0`` (`reader.py`): one position per cell, a linear map of the ``s_0`` of the
+  `readout_patch` × `readout_patch` square of cells around it (``reader.kind: linear``), or a small
+  CNN over the whole latent, pooled (``reader.kind: conv``);
 - per media range, its `DecodeSchedule`: in how many groups the cells of each generated block
   are drawn, and how large the groups are. Training documents and the sampler both read it, so
   every cell is trained with exactly what the sampler knows when it draws it.
@@ -18,13 +19,14 @@ drawn in G groups costs G transformer passes.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Literal
 
 import torch
 
 from unitok.core.config import Config, bounded
 from unitok.core.errors import UnitokError
+from unitok.lm.reader import ReaderSpec
 
 MediaOrder = Literal["timestep", "raster"]
 GroupSizes = Literal["cosine", "linear"]
@@ -86,11 +88,14 @@ class StreamLayout(Config):
     """A model's stream layout (see the module docstring); a recipe's ``layout:`` section."""
 
     media_order: MediaOrder = "timestep"
-    readout_patch: int = bounded(1, ge=1)  # odd: a read-out cell takes the s_0 of the readout_patch² cells around it
+    readout_patch: int = bounded(1, ge=1)  # odd: a linear read-out cell takes the s_0 of the k² cells around it
     decode: dict[str, DecodeSchedule] = field(default_factory=dict)  # media range -> its schedule
+    reader: ReaderSpec = field(default_factory=ReaderSpec)
 
     def rules(self):
         yield self.readout_patch % 2 == 1, "readout_patch", f"must be an odd number, got {self.readout_patch}"
+        yield (self.reader.kind == "linear" or self.readout_patch == 1, "readout_patch",
+               f"is the linear reader's neighbourhood; the conv reader sees the whole latent, got {self.readout_patch}")
         yield (self.media_order == "timestep" or not self.decode, "decode",
                "the raster order draws one code per pass; it takes no decode schedule")
 
@@ -105,11 +110,22 @@ class StreamLayout(Config):
         if self.media_order == "raster":
             return self
         defaults = {name: DecodeSchedule((1,) * steps) for name, steps in noise_steps.items() if steps}
-        return StreamLayout(self.media_order, self.readout_patch, {**defaults, **self.decode})
+        return replace(self, decode={**defaults, **self.decode})
 
-    def problems(self, name: str, noise_steps: int, num_positions: int) -> list[str]:
-        """What does not fit a media range `name` whose tokenizer has `noise_steps` (T) and N cells
-        (a range without a schedule takes the default, which fits)."""
+    def readout_width(self, latent_channels: int) -> int:
+        """State inputs of a read-out position: its own 2C rows (``s_0``, zeros for ε̂) and (k² − 1)·C
+        for a linear reader's k × k neighbours; the ``s_0`` of its pool² cells for the conv reader."""
+        if self.reader.kind == "conv":
+            return self.reader.pool ** 2 * latent_channels
+        return (self.readout_patch ** 2 + 1) * latent_channels
+
+    def problems(self, name: str, noise_steps: int, latent_shape: tuple[int, ...]) -> list[str]:
+        """What does not fit a media range `name` whose tokenizer has `noise_steps` (T) and a latent
+        of `latent_shape` (a range without a schedule takes the default, which fits)."""
+        num_positions = math.prod(latent_shape)
+        reader = self.reader.problems(latent_shape)
+        if reader:
+            return reader
         if self.media_order == "raster":
             return [] if noise_steps == 0 else [f"media_order: raster needs tokenizers with noise_steps = 0; "
                                                 f"{name}'s has {noise_steps}"]
@@ -126,11 +142,11 @@ class StreamLayout(Config):
             return [f"decode.{name}.groups: {max(groups)} groups cannot each hold one of {num_positions} cells"]
         return []
 
-    def fitted(self, tokenizers: dict[str, tuple[int, int]]) -> StreamLayout:
-        """This layout checked against media ranges (name -> (T, N)) and completed with the default
-        schedules; refused, naming each problem, where it does not fit."""
-        problems = [problem for name, (steps, cells) in tokenizers.items()
-                    for problem in self.problems(name, steps, cells)]
+    def fitted(self, tokenizers: dict[str, tuple[int, tuple[int, ...]]]) -> StreamLayout:
+        """This layout checked against media ranges (name -> (T, latent shape)) and completed with
+        the default schedules; refused, naming each problem, where it does not fit."""
+        problems = [problem for name, (steps, shape) in tokenizers.items()
+                    for problem in self.problems(name, steps, shape)]
         problems += [f"decode: {name!r} names no media range of this model ({sorted(tokenizers)})"
                      for name in self.decode if name not in tokenizers]
         if problems:

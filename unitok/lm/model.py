@@ -4,7 +4,9 @@ It is a plain `LlamaForCausalLM` trained from scratch, so `save_pretrained`, `fr
 safetensors, accelerate and FSDP work as users expect. unitok only decides the inputs (ids, 4D
 masks, position ids, media position rows) and the targets: `streams.py` lays a document out,
 `batch.py` turns its reach and segments into masks.
-`StreamModel` is the one place that turns a stream's inputs into logits.
+`StreamModel` is the one place that turns a stream's inputs into logits; it holds the transformer
+and, for a layout with the conv reader, the readers (`reader.py`), saved beside the transformer's
+weights as ``readers.safetensors``.
 """
 
 from __future__ import annotations
@@ -13,11 +15,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from safetensors.torch import load_file, save_file
 from torch import nn
 from transformers import LlamaConfig, LlamaForCausalLM
 
 from unitok.core.config import Config, bounded, load_config
+from unitok.core.errors import UnitokError
 from unitok.lm.batch import Batch
+from unitok.lm.reader import ConvReader
 from unitok.tokenizer.vocabulary import Vocabulary
 
 
@@ -44,6 +49,9 @@ class ModelSpec(Config):
     @classmethod
     def load(cls, path: str | Path) -> "ModelSpec":
         return load_config(path, cls)
+
+
+READERS_FILE = "readers.safetensors"
 
 
 def padded_vocab_size(vocab: Vocabulary, multiple: int = 64) -> int:
@@ -78,12 +86,47 @@ class StreamModel(nn.Module):
     state at its cell, its own code included once decided, and the noise ε̂; more for a read-out
     cell that takes a neighbourhood) times as many state rows from its first one, a learned linear
     map; every other token as its own embedding. The extra rows live in the transformer's
-    embedding table, so its `save_pretrained` holds the whole model, and the sum is taken inside
-    `forward`, where DDP and FSDP expect every use of a parameter."""
+    embedding table, and the sum is taken inside `forward`, where DDP and FSDP expect every use of a
+    parameter. A range with a conv reader gets its read-out positions' state inputs from it instead.
+    `save_pretrained` writes the transformer as transformers does and the readers beside it."""
 
-    def __init__(self, transformer: LlamaForCausalLM):
+    def __init__(self, transformer: LlamaForCausalLM, readers: dict[str, ConvReader] | None = None):
         super().__init__()
         self.transformer = transformer
+        self.readers = nn.ModuleDict(readers or {})  # media range -> its conv reader (`reader.py`)
+        # first state row of a range's read-out positions -> its reader, which makes their inputs
+        self._reader_of_row = {reader.state_row: name for name, reader in self.readers.items()}
+
+    def save_pretrained(self, directory: str | Path, state_dict: dict[str, torch.Tensor] | None = None) -> None:
+        """The transformer's `save_pretrained` folder (config.json, model.safetensors), plus
+        ``readers.safetensors`` with conv readers; `state_dict` (of this module) where accelerate
+        gathered it."""
+        weights = self.state_dict() if state_dict is None else state_dict
+        self.transformer.save_pretrained(directory, safe_serialization=True, state_dict={
+            name.removeprefix("transformer."): w for name, w in weights.items() if name.startswith("transformer.")})
+        if self.readers:
+            save_file({name.removeprefix("readers."): w.contiguous() for name, w in weights.items()
+                       if name.startswith("readers.")}, str(Path(directory) / READERS_FILE))
+
+    @classmethod
+    def from_pretrained(cls, directory: str | Path, readers: dict[str, ConvReader] | None = None) -> "StreamModel":
+        """A saved model: its transformer, and the weights of `readers` (`reader.build_readers`) when
+        there are any."""
+        model = cls(LlamaForCausalLM.from_pretrained(directory, use_safetensors=True), readers)
+        model.load_readers(directory)
+        return model
+
+    def load_readers(self, directory: str | Path) -> None:
+        """The readers' weights saved beside a transformer in `directory` (none to load without readers)."""
+        if not self.readers:
+            return
+        path = Path(directory) / READERS_FILE
+        if not path.is_file():
+            raise UnitokError(f"{path}: missing; the layout reads media with conv readers, whose weights it holds")
+        missing, unexpected = self.readers.load_state_dict(load_file(str(path)), strict=False)
+        if missing or unexpected:
+            raise UnitokError(f"{path}: does not match the layout's readers (missing {missing}, "
+                              f"unexpected {unexpected})")
 
     def forward(self, input_ids: torch.Tensor, media_rows: torch.Tensor, media_states: torch.Tensor,
                 attention_mask: torch.Tensor, position_ids: torch.Tensor, cache=None,
@@ -100,10 +143,12 @@ class StreamModel(nn.Module):
         first_rows, states = media_rows[..., 2][coded], media_states[coded]  # (M,), (M, S)
         from_state = torch.zeros(*states.shape[:-1], embeds.shape[-1], dtype=embeds.dtype, device=embeds.device)
         for first in first_rows.unique().tolist():  # one state range per modality and kind of position
-            # states are zero-padded beyond a range's width, so the rows past it weigh nothing
-            weight = table.weight[first:first + states.shape[-1]]
             of_range = first_rows == first
-            projected = states[of_range, :weight.shape[0]].to(weight.dtype) @ weight
+            if first in self._reader_of_row:
+                projected = self.readers[self._reader_of_row[first]](states[of_range])
+            else:  # states are zero-padded beyond a range's width, so the rows past it weigh nothing
+                weight = table.weight[first:first + states.shape[-1]]
+                projected = states[of_range, :weight.shape[0]].to(weight.dtype) @ weight
             from_state[of_range] = projected.to(embeds.dtype)  # autocast: bf16
         embeds = embeds.index_put((coded,), from_state, accumulate=True)
         if outputs_at is not None:

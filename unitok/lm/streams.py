@@ -172,8 +172,9 @@ class StreamBuilder:
 
     def read_out(self, name: str, readout_inputs: torch.Tensor) -> "StreamBuilder":
         """Close a span with its *read-out block*, opening it first if no span of `name` is open:
-        one position per cell (the read-out row, the cell's row, the clean block's row, and the
-        state inputs `readout_inputs` (N, S) from `documents.readout_states`), then ``<eo?>``.
+        one position per cell, or per pooled square of a conv reader (the read-out row, the cell's
+        row, the clean block's row, and the state inputs `readout_inputs` (P, S) from
+        `documents.readout_states`), then ``<eo?>``.
         Read-out positions see the prefix and each other, never the span's blocks, and have no
         target; the text after the span sees them (and not the blocks), so that a caption reads the
         clean latent in one block."""

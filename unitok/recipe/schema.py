@@ -169,7 +169,7 @@ def _tokenizer_errors(path: Path, recipe: Recipe, modality: str, spec: Tokenizer
     if getattr(recipe.data, modality, None) is None:
         errors.append(f"{path}: data.{modality}: missing; the {modality} tokenizer needs train and held-out items")
     errors += [f"{path}: layout.{problem}" for problem in
-               recipe.layout.problems(spec.name, spec.quantizer.noise_steps, spec.num_positions)]
+               recipe.layout.problems(spec.name, spec.quantizer.noise_steps, spec.latent_shape)]
     return errors
 
 

@@ -16,7 +16,6 @@ from typing import Callable
 
 import torch
 from accelerate.utils import set_seed
-from transformers import LlamaForCausalLM
 
 from unitok.benchmarks.digits.evaluate import WorldEval
 from unitok.benchmarks.digits.world import write_world_folders
@@ -33,7 +32,8 @@ from unitok.data.tasks import task_modality
 from unitok.hub import write_model_card
 from unitok.lm.documents import DOCUMENT_FORMAT
 from unitok.lm.layout import StreamLayout
-from unitok.lm.model import build_transformer
+from unitok.lm.model import StreamModel, build_transformer
+from unitok.lm.reader import build_readers
 from unitok.pipeline import INDEX_FORMAT, INDEX_NAME, PipelineTokenizers, UniTokPipeline
 from unitok.recipe.evaluate import EvalRun, evaluate
 from unitok.recipe.schema import LoadedRecipe
@@ -206,7 +206,7 @@ class RecipeRun:
         else:
             tokenizers = PipelineTokenizers(TextBPE.from_pretrained(self.out / "text_tokenizer"),
                                             {t.name: t for t in self.media_tokenizers().values()}, self.vocabulary())
-        vocabulary = tokenizers.vocabulary.with_readout_patch(self.recipe.layout.readout_patch)
+        vocabulary = tokenizers.vocabulary.with_readout_width(self.recipe.layout.readout_width)
         return replace(tokenizers, vocabulary=vocabulary)
 
     def layout(self, tokenizers: PipelineTokenizers) -> StreamLayout:
@@ -292,8 +292,10 @@ class RecipeRun:
 
         def train():
             set_seed(self.recipe.seed)  # the initial weights depend on the recipe only, not on earlier stages
-            model = build_transformer(self.loaded.model_spec, tokenizers.vocabulary)
-            history = train_lm(model, tokenizers.vocabulary, tokenizers.media, layout, mixture, self.recipe.lm, folder,
+            spec, vocabulary = self.loaded.model_spec, tokenizers.vocabulary
+            model = StreamModel(build_transformer(spec, vocabulary),
+                                build_readers(layout.reader, vocabulary, tokenizers.media, spec.hidden_size))
+            history = train_lm(model, vocabulary, tokenizers.media, layout, mixture, self.recipe.lm, folder,
                                self.recipe.seed, tracker_config=to_dict(self.recipe))
             if self.main:
                 (folder / "history.json").write_text(json.dumps(history, indent=2) + "\n")
@@ -316,9 +318,12 @@ class RecipeRun:
         samplers = {m: config for m, config in self.recipe.samplers.items() if m in modalities}
 
         def assemble():
-            transformer = LlamaForCausalLM.from_pretrained(self.out / "lm" / "transformer", use_safetensors=True)
-            UniTokPipeline(transformer, tokenizers.text, tokenizers.media, tokenizers.vocabulary,
-                           self.layout(tokenizers), samplers, self.trained_tasks()).save_pretrained(self.out / "model")
+            layout = self.layout(tokenizers)
+            model = StreamModel.from_pretrained(self.out / "lm" / "transformer", build_readers(
+                layout.reader, tokenizers.vocabulary, tokenizers.media, self.loaded.model_spec.hidden_size))
+            UniTokPipeline(model.transformer, tokenizers.text, tokenizers.media, tokenizers.vocabulary, layout,
+                           samplers, self.trained_tasks(), readers=dict(model.readers)
+                           ).save_pretrained(self.out / "model")
 
         key = config_hash(stage_key(self.out / "lm"), samplers, INDEX_FORMAT)  # a new format re-saves the pipeline
         return run_stage(self.out / "model", key, assemble, self.log)

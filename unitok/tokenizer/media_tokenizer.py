@@ -97,9 +97,10 @@ def build_adapter(spec: TokenizerSpec) -> MediaAdapter:
     return ADAPTERS[spec.modality](getattr(spec, spec.modality))
 
 
-def block_sizes(tokenizers: dict[str, "MediaTokenizer"]) -> dict[str, tuple[int, int]]:
-    """Each media range's (T, N): noise steps and cells per block (what a stream layout must fit)."""
-    return {name: (t.quantizer.noise_steps, t.num_positions) for name, t in tokenizers.items()}
+def block_sizes(tokenizers: dict[str, "MediaTokenizer"]) -> dict[str, tuple[int, tuple[int, ...]]]:
+    """Each media range's (T, latent shape): noise steps and the shape of a block's cells (what a
+    stream layout must fit)."""
+    return {name: (t.quantizer.noise_steps, tuple(t.latent_shape)) for name, t in tokenizers.items()}
 
 
 class MediaTokenizer(nn.Module):

@@ -8,9 +8,10 @@ learned projection of what the RDPM trajectory holds at its cell: the running st
 included once decided) and the noise ε̂ (C latent channels each); ``<name>.mask`` (1 row) is the input of a cell
 whose code is not decided yet; ``<name>.readout`` (1 row) is the input of a read-out position,
 which holds the clean state ``s_0`` for the text after a span to read (`lm.streams.StreamBuilder.read_out`).
-A model whose read-out positions take the ``s_0`` of a k×k neighbourhood of their cell
-(`Vocabulary.with_readout_patch`) has, after every other range, a ``<name>.readout_state`` range
-of (k²+1)·C rows per media range: input rows only, so its shard sets, which never hold them, stay
+A model whose read-out positions take other state inputs than a code position's 2C (the ``s_0`` of
+a k×k neighbourhood of their cell, or the ``s_0`` of a conv reader's pooled square;
+`Vocabulary.with_readout_width`) has, after every other range, a ``<name>.readout_state`` range of
+that many rows per media range: input rows only, so its shard sets, which never hold them, stay
 valid (`Vocabulary.require_holds`). The manifest (``vocabulary.json``) is saved
 with every model and shard set and records a content hash of every tokenizer,
 so that shards or checkpoints made with other tokenizers are refused.
@@ -22,7 +23,7 @@ import hashlib
 import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Literal, NamedTuple, Sequence
+from typing import Callable, Literal, NamedTuple, Sequence
 
 import torch
 
@@ -91,18 +92,16 @@ class Vocabulary:
                 ranges.append(TokenRange(name, kind, ranges[-1].end, size, m.tokenizer_hash, m.modality))
         return cls(ranges)
 
-    def with_readout_patch(self, patch: int) -> "Vocabulary":
-        """This vocabulary, with the state rows of read-out positions that take the ``s_0`` of a
-        `patch` × `patch` neighbourhood (their own 2C rows, then (patch² − 1)·C for the neighbours)
-        appended after every other range (in place of any it had); patch 1 (a cell's own ``s_0``)
-        adds none: read-out positions then share the ``<name>.state`` rows."""
-        if patch < 1 or patch % 2 == 0:
-            raise VocabularyError(f"readout_patch must be an odd number >= 1, got {patch}")
+    def with_readout_width(self, width: Callable[[int], int] | None) -> "Vocabulary":
+        """This vocabulary with ``<name>.readout_state`` rows after every other range (in place of any
+        it had): `width` (`StreamLayout.readout_width`) of each media range's C latent channels, none
+        where that is 2C (read-out positions then share the ``<name>.state`` rows) or `width` is None."""
         ranges = [r for r in self.ranges if not r.name.endswith(".readout_state")]
-        for media in (r for r in self.ranges if r.kind == "media" and patch > 1):
+        for media in (r for r in self.ranges if r.kind == "media" and width is not None):
             channels = self.range(f"{media.name}.state").size // 2
-            ranges.append(TokenRange(f"{media.name}.readout_state", "state", ranges[-1].end,
-                                     (patch * patch + 1) * channels, media.tokenizer_hash, media.modality))
+            if width(channels) != 2 * channels:
+                ranges.append(TokenRange(f"{media.name}.readout_state", "state", ranges[-1].end,
+                                         width(channels), media.tokenizer_hash, media.modality))
         return Vocabulary(ranges)
 
     # --- lookups -------------------------------------------------------------------------------
@@ -139,7 +138,7 @@ class Vocabulary:
 
     def readout_state(self, name: str) -> TokenRange:
         """The state rows of the read-out positions of media range `name`: ``<name>.readout_state``
-        where they take a neighbourhood (`with_readout_patch`), else the ``<name>.state`` rows."""
+        where they take other inputs (`with_readout_width`), else the ``<name>.state`` rows."""
         return self._by_name.get(f"{name}.readout_state") or self.range(f"{name}.state")
 
     def special_id(self, token: str) -> int:
@@ -195,7 +194,7 @@ class Vocabulary:
 
     def require_holds(self, other: "Vocabulary", what: str) -> None:
         """Refuse `other` (a shard set's vocabulary) unless every id of it means the same here: this
-        vocabulary is `other`, or `other` followed by input-only state rows (`with_readout_patch`)."""
+        vocabulary is `other`, or `other` followed by input-only state rows (`with_readout_width`)."""
         extra = self.ranges[len(other.ranges):]
         if self.ranges[:len(other.ranges)] == other.ranges and all(r.kind == "state" for r in extra):
             return

@@ -20,6 +20,7 @@ from safetensors.torch import load_file
 
 from unitok.core.errors import UnitokError
 from unitok.data.mixture import MixtureRows
+from unitok.lm.model import StreamModel
 
 PROGRESS_NAME = "progress.json"
 DATA_POSITION = "data-rank-{rank}.json"  # rows each stream of the mixture consumed, per rank
@@ -59,18 +60,19 @@ def resume(accelerator: Accelerator, root: Path, data: MixtureRows) -> dict:
     return state
 
 
-def save_transformer(accelerator: Accelerator, model: torch.nn.Module, directory: Path) -> None:
-    """`save_pretrained` of the whole transformer. Every rank takes part: under FSDP
+def save_best(accelerator: Accelerator, model: torch.nn.Module, directory: Path) -> None:
+    """`StreamModel.save_pretrained` of the whole model. Every rank takes part: under FSDP
     `get_state_dict` gathers the shards, which the unwrapped module alone does not hold."""
     weights = accelerator.get_state_dict(model)
     if accelerator.is_main_process:
-        weights = {name.removeprefix("transformer."): tensor for name, tensor in weights.items()}
-        accelerator.unwrap_model(model).transformer.save_pretrained(directory, state_dict=weights)
+        accelerator.unwrap_model(model).save_pretrained(directory, state_dict=weights)
 
 
-def load_weights(model: torch.nn.Module, best_dir: Path) -> None:
+def load_weights(model: StreamModel, best_dir: Path) -> None:
+    """The kept weights (`save_best`) into `model`, in place; nothing when none were saved."""
     weights = best_dir / "model.safetensors"
     if weights.is_file():
-        missing, unexpected = model.load_state_dict(load_file(str(weights)), strict=False)
+        missing, unexpected = model.transformer.load_state_dict(load_file(str(weights)), strict=False)
         if unexpected or any("lm_head" not in k for k in missing):  # lm_head is tied to the embeddings
             raise RuntimeError(f"{weights}: does not match the model (missing {missing}, unexpected {unexpected})")
+        model.load_readers(best_dir)

@@ -20,7 +20,6 @@ import torch
 from accelerate import Accelerator
 from accelerate.utils import set_seed
 from tqdm.auto import tqdm
-from transformers import LlamaForCausalLM
 
 from unitok.core.config import Config, bounded, to_dict
 from unitok.data.mixture import MixtureEntry, MixtureRows, ShardMix, heldout_rows, resolve_mixture
@@ -33,7 +32,7 @@ from unitok.lm.model import StreamModel
 from unitok.lm.streams import Stream
 from unitok.tokenizer.media_tokenizer import MediaTokenizer, block_sizes
 from unitok.tokenizer.vocabulary import Vocabulary
-from unitok.train.checkpoints import load_weights, resume, save_checkpoint, save_transformer
+from unitok.train.checkpoints import load_weights, resume, save_best, save_checkpoint
 from unitok.train.common import (
     Precision,
     check_finite,
@@ -117,10 +116,10 @@ def heldout_documents(entries: Sequence[MixtureEntry], vocab: Vocabulary, tokeni
             for task, rows in heldout_rows(entries, vocab, count).items()}
 
 
-def train_lm(transformer: LlamaForCausalLM, vocab: Vocabulary, tokenizers: dict[str, MediaTokenizer],
+def train_lm(model: StreamModel, vocab: Vocabulary, tokenizers: dict[str, MediaTokenizer],
              layout: StreamLayout, mixture: Sequence[ShardMix], cfg: LMTraining, output_dir: str | Path,
              seed: int = 0, tracker_config: dict | None = None) -> dict:
-    """Train `transformer` in place on a mixture of shard sets, laid out as `layout` says;
+    """Train `model` (the transformer and any readers) in place on a mixture of shard sets, laid out as `layout` says;
     checkpoints under `output_dir/checkpoints`, best weights loaded at the end. `tokenizers` (range
     name -> media tokenizer) give the running states of the streamed media codes. Every rank logs
     each step's loss and items to ``log/rank-<i>.jsonl``. Returns the history: held-out losses per
@@ -134,7 +133,7 @@ def train_lm(transformer: LlamaForCausalLM, vocab: Vocabulary, tokenizers: dict[
                               gradient_accumulation_steps=cfg.grad_accum, log_with=cfg.log_with or None,
                               project_dir=output_dir / "trackers")
     accelerator.init_trackers("lm", config=flat_hyperparameters(tracker_config or to_dict(cfg)))
-    model = StreamModel(transformer)
+    transformer = model.transformer
     optimizer = torch.optim.AdamW(_param_groups(model, cfg.weight_decay), lr=cfg.learning_rate, betas=(0.9, 0.95))
     scheduler = warmup_cosine(optimizer, cfg.warmup_steps, cfg.steps)
     model, optimizer = accelerator.prepare(model, optimizer)
@@ -184,7 +183,7 @@ def train_lm(transformer: LlamaForCausalLM, vocab: Vocabulary, tokenizers: dict[
             model.train()
             if _improved(state):
                 state["best_step"] = done
-                save_transformer(accelerator, model, output_dir / "best")
+                save_best(accelerator, model, output_dir / "best")
             if _patience_exhausted(state, cfg.early_stopping_patience):
                 state["stopped_early_at"] = done
         if done % cfg.checkpoint_every == 0 or done == cfg.steps or "stopped_early_at" in state:
@@ -193,12 +192,12 @@ def train_lm(transformer: LlamaForCausalLM, vocab: Vocabulary, tokenizers: dict[
         if "stopped_early_at" in state:
             break
     if state["best_step"] is None:  # no held-out evaluation: the last weights are the kept ones
-        save_transformer(accelerator, model, output_dir / "best")
+        save_best(accelerator, model, output_dir / "best")
     accelerator.wait_for_everyone()
     finish_trackers(accelerator)
     progress.close()
     log.close()
-    load_weights(transformer, output_dir / "best")
+    load_weights(model, output_dir / "best")
     return state
 
 

@@ -16,7 +16,7 @@ import torch
 from unitok.core.runtime import end_processes, processes
 from unitok.data.mixture import ShardMix
 from unitok.lm.layout import StreamLayout
-from unitok.lm.model import ModelSpec, build_transformer
+from unitok.lm.model import ModelSpec, StreamModel, build_transformer
 from unitok.pipeline import PipelineTokenizers
 from unitok.train.lm import LMTraining, train_lm
 
@@ -32,8 +32,8 @@ def weights_checksum(model: torch.nn.Module) -> str:
 def main(out: Path, steps: int, pipeline: Path, shards: Path) -> None:
     tokenizers = PipelineTokenizers.from_pretrained(pipeline)
     torch.manual_seed(0)
-    model = build_transformer(ModelSpec(hidden_size=32, num_layers=1, num_heads=2, intermediate_size=64),
-                              tokenizers.vocabulary)
+    model = StreamModel(build_transformer(ModelSpec(hidden_size=32, num_layers=1, num_heads=2,
+                                                    intermediate_size=64), tokenizers.vocabulary))
     initial = weights_checksum(model)
     cfg = LMTraining(steps=steps, batch_size=4, warmup_steps=1, checkpoint_every=2, eval_every=2, eval_items=8,
                      learning_rate=1e-2, shuffle_buffer=16)

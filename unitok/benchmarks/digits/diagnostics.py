@@ -23,7 +23,6 @@ from unitok.benchmarks.digits.scenes import DIGIT_WORDS, Item
 from unitok.core.seeds import item_generators
 from unitok.lm.documents import MediaSpan, media_spans, task_document
 from unitok.lm.losses import heldout_loss
-from unitok.lm.model import StreamModel
 from unitok.pipeline import UniTokPipeline
 
 
@@ -47,7 +46,7 @@ def first_step_digit_ce_gain(pipe: UniTokPipeline, items: list[Item], media_ids:
     """Cross-entropy (nats per code) of ``k_{T−1}``, every cell undecided, with the digit swapped
     minus with the true caption."""
     tokenizer = pipe.tokenizer_for("image")
-    model, vocab = StreamModel(pipe.transformer), pipe.vocabulary
+    model, vocab = pipe.model, pipe.vocabulary
     blocks = vocab.to_global(tokenizer.name, media_ids)
     contexts, queries = (inputs.cpu() for inputs in tokenizer.quantizer.block_inputs(media_ids.to(tokenizer.device)))
     spans = [MediaSpan(tokenizer.name, b, context, query, tokenizer.latent_shape)
@@ -69,7 +68,7 @@ def digit_accuracy_given_first_step(pipe: UniTokPipeline, items: list[Item], med
     with the pipeline's image sampler."""
     tokenizer = pipe.tokenizer_for("image")
     prompts = [pipe.encode_prompt(it.caption) for it in items]
-    ids = pipe.sampler_for("image").sample(StreamModel(pipe.transformer), pipe.vocabulary, tokenizer.name,
+    ids = pipe.sampler_for("image").sample(pipe.model, pipe.vocabulary, tokenizer.name,
                                            tokenizer.quantizer, prompts, media_ids[:, :2],
                                            item_generators([seed + i for i in range(len(items))]))
     images = np.stack([np.asarray(im) for im in tokenizer.decode(ids)])
@@ -87,7 +86,7 @@ def caption_loss_matched_vs_shuffled(pipe: UniTokPipeline, modality: str, shards
 
     def caption_ce(media_of: list[int]) -> float:
         docs = [task_document(vocab, pipe.layout, task, row["text_ids"], spans[m]) for row, m in zip(rows, media_of)]
-        return heldout_loss(StreamModel(pipe.transformer), vocab, {task: docs}, pipe.device)["loss"]
+        return heldout_loss(pipe.model, vocab, {task: docs}, pipe.device)["loss"]
 
     own = list(range(len(rows)))
     matched, shuffled = caption_ce(own), caption_ce(own[1:] + own[:1])
