@@ -18,7 +18,7 @@ from typing import Sequence
 
 import torch
 from accelerate import Accelerator
-from accelerate.utils import set_seed
+from accelerate.utils import DistributedDataParallelKwargs, set_seed
 from tqdm.auto import tqdm
 
 from unitok.core.config import Config, bounded, to_dict
@@ -119,19 +119,22 @@ def heldout_documents(entries: Sequence[MixtureEntry], vocab: Vocabulary, tokeni
 def train_lm(model: StreamModel, vocab: Vocabulary, tokenizers: dict[str, MediaTokenizer],
              layout: StreamLayout, mixture: Sequence[ShardMix], cfg: LMTraining, output_dir: str | Path,
              seed: int = 0, tracker_config: dict | None = None) -> dict:
-    """Train `model` (the transformer and any readers) in place on a mixture of shard sets, laid out as `layout` says;
-    checkpoints under `output_dir/checkpoints`, best weights loaded at the end. `tokenizers` (range
-    name -> media tokenizer) give the running states of the streamed media codes. Every rank logs
-    each step's loss and items to ``log/rank-<i>.jsonl``. Returns the history: held-out losses per
-    eval, the step whose weights were kept, and the training's wall time in seconds (over resumed
-    runs too). Trackers (`cfg.log_with`) get `tracker_config` (default: `cfg`) as hyperparameters.
+    """Train `model` (the transformer and any readers) in place on a mixture of shard sets, laid
+    out as `layout` says; checkpoints under `output_dir/checkpoints`, best weights loaded at the
+    end. `tokenizers` (range name -> media tokenizer) give the running states of the streamed media
+    codes. Every rank logs each step's loss and items to ``log/rank-<i>.jsonl``. Returns the
+    history: held-out losses per eval, the step whose weights were kept, and the training's wall
+    time in seconds (over resumed runs too). Trackers (`cfg.log_with`) get `tracker_config`
+    (default: `cfg`) as hyperparameters.
     """
     output_dir = Path(output_dir)
     layout = layout.fitted(block_sizes(tokenizers))
     set_seed(seed)
+    # a batch without media→text documents leaves the conv readers without gradients, which DDP must expect
+    unused = DistributedDataParallelKwargs(find_unused_parameters=bool(model.readers))
     accelerator = Accelerator(mixed_precision=mixed_precision(cfg.mixed_precision),
                               gradient_accumulation_steps=cfg.grad_accum, log_with=cfg.log_with or None,
-                              project_dir=output_dir / "trackers")
+                              project_dir=output_dir / "trackers", kwargs_handlers=[unused])
     accelerator.init_trackers("lm", config=flat_hyperparameters(tracker_config or to_dict(cfg)))
     transformer = model.transformer
     optimizer = torch.optim.AdamW(_param_groups(model, cfg.weight_decay), lr=cfg.learning_rate, betas=(0.9, 0.95))
@@ -197,7 +200,7 @@ def train_lm(model: StreamModel, vocab: Vocabulary, tokenizers: dict[str, MediaT
     finish_trackers(accelerator)
     progress.close()
     log.close()
-    load_weights(model, output_dir / "best")
+    load_weights(accelerator.unwrap_model(model), output_dir / "best")
     return state
 
 
