@@ -50,10 +50,6 @@ class ReaderSpec(Config):
         yield (self.kind == "conv" or self.pool == 1, "pool",
                f"pools only the conv reader's features; the linear reader has one position per cell, got {self.pool}")
 
-    def positions(self, latent_shape: Sequence[int]) -> int:
-        """Read-out positions of a span of `latent_shape`."""
-        return math.prod(latent_shape) // (self.pool * self.pool)
-
     def problems(self, latent_shape: Sequence[int]) -> list[str]:
         """What does not fit a latent of `latent_shape`."""
         if self.pool > 1 and any(size % self.pool for size in latent_shape[-2:]):
