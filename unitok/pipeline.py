@@ -112,7 +112,7 @@ class UniTokPipeline:
 
     def _check_components(self) -> None:
         """Every tokenizer must be the one the vocabulary was made with, fit the embedding, and fit
-        the layout (a decode schedule per generated block, read-out rows of its neighbourhood)."""
+        the layout (a decode schedule per generated block, read-out and query rows of its neighbourhoods)."""
         text_range = self.vocabulary.range("text")
         if text_range.tokenizer_hash != self.text_tokenizer.content_hash():
             raise VocabularyError("text tokenizer does not match the vocabulary manifest")
@@ -120,11 +120,14 @@ class UniTokPipeline:
             r = self.vocabulary.range(name)
             if r.tokenizer_hash != tokenizer.content_hash() or r.size != tokenizer.codebook_size:
                 raise VocabularyError(f"media tokenizer {name!r} does not match the vocabulary manifest")
-            if self.vocabulary.readout_state(name).size != self.layout.readout_width(
-                    tokenizer.spec.autoencoder.latent_channels):
+            channels = tokenizer.spec.autoencoder.latent_channels
+            if self.vocabulary.readout_state(name).size != self.layout.readout_width(channels):
                 raise VocabularyError(f"the vocabulary has no read-out rows for {name!r} read as the layout says "
                                       f"(reader {to_dict(self.layout.reader)}, "
                                       f"readout_patch {self.layout.readout_patch})")
+            if self.vocabulary.query_state(name).size != self.layout.query_width(channels):
+                raise VocabularyError(f"the vocabulary has no query rows for {name!r} drawn as the layout says "
+                                      f"(query_patch {self.layout.query_patch})")
         needed = set(self.media_tokenizers) if self.layout.reader.kind == "conv" else set()
         if set(self.model.readers) != needed:
             raise UnitokError(f"readers: a {self.layout.reader.kind} layout needs conv readers for {sorted(needed)}, "
@@ -186,7 +189,8 @@ class UniTokPipeline:
         """The sampler of this pipeline's layout for `modality`, with its saved settings and
         `options` (`SamplerConfig` fields; None keeps the saved value) on top."""
         config = self.samplers.get(modality, SamplerConfig())
-        return media_sampler(self.layout, self.tokenizer_for(modality).name, config).with_options(**options)
+        tokenizer = self.tokenizer_for(modality)
+        return media_sampler(self.layout, tokenizer.name, config, tokenizer.latent_shape).with_options(**options)
 
     def passes(self, modality: str) -> int:
         """Transformer passes per generated item of `modality`."""

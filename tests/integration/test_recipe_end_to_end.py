@@ -69,13 +69,15 @@ def test_a_saved_layout_must_fit_the_tokenizers_and_samplers_hold_no_schedule(ti
     shutil.copytree(tiny_run / "model", tmp_path / "copy")
     path = tmp_path / "copy" / "model_index.json"
     index = json.loads(path.read_text())
-    assert index["layout"] == {"media_order": "timestep", "readout_patch": 1,
+    assert index["layout"] == {"media_order": "timestep", "readout_patch": 1, "query_patch": 1,
                                "decode": {"image": {"groups": [2, 1, 1, 1], "group_sizes": "cosine"}},
                                "reader": {"kind": "linear", "channels": 64, "pool": 1}}
     for layout, reason in (({**index["layout"], "decode": {"image": {"groups": [2, 1]}}},
                             r"layout: decode\.image\.groups: expected one entry per generated block \(4 for T = 4"),
                            ({**index["layout"], "readout_patch": 3},
-                            r"no read-out rows for 'image' read as the layout says .*readout_patch 3")):
+                            r"no read-out rows for 'image' read as the layout says .*readout_patch 3"),
+                           ({**index["layout"], "query_patch": 3},
+                            r"no query rows for 'image' drawn as the layout says \(query_patch 3\)")):
         path.write_text(json.dumps({**index, "layout": layout}))
         with pytest.raises(ValueError, match=reason):
             UniTokPipeline.from_pretrained(tmp_path / "copy")

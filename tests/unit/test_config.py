@@ -175,3 +175,11 @@ def test_configs_built_in_python_name_every_bad_field():
     assert SamplerConfig(temperature="0.8").temperature == 0.8, "converted as a YAML file's value is"
     with pytest.raises(ValueError, match=r"tasks\.text_to_imag: unknown task"):
         LMTraining(tasks={"text_to_imag": 1.0})
+
+
+def test_a_bad_query_patch_is_refused_with_its_field(tmp_path):
+    for layout, message in (({"query_patch": 2}, r"layout\.query_patch: must be an odd number, got 2"),
+                            ({"query_patch": 3, "media_order": "raster"},
+                             r"layout\.query_patch: is a neighbourhood of decided cells .* the raster order has none")):
+        with pytest.raises(ConfigError, match=message):
+            load_recipe(write_tiny_recipe(tmp_path, layout=layout))

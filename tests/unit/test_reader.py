@@ -46,10 +46,12 @@ def test_bad_reader_settings_are_refused_with_their_field_path(tmp_path):
 
 
 def test_a_caption_reads_the_media_through_the_conv_reader_and_trains_it(vocab):
-    """Two image→text documents that differ only in their media: the caption's logits differ, the
-    positions before the span do not, and the caption loss reaches the reader's weights."""
+    """Two image→text documents that differ only in their media. An untrained reader adds nothing
+    (its output layer starts at zero) and the caption loss reaches that layer; once the reader has
+    weights, the caption's logits depend on them and on the media, the positions before the span on
+    neither."""
     layout = StreamLayout(reader=ReaderSpec("conv", channels=8, pool=2))
-    vocab = vocab.with_readout_width(layout.readout_width)
+    vocab = vocab.with_state_widths(layout.readout_width)
     torch.manual_seed(0)
     reader = ConvReader((8, 8), 4, layout.reader, TINY_MODEL.hidden_size, vocab.readout_state("image").offset)
     model = StreamModel(build_transformer(TINY_MODEL, vocab), {"image": reader})
@@ -61,19 +63,29 @@ def test_a_caption_reads_the_media_through_the_conv_reader_and_trains_it(vocab):
                                   MediaSpan("image", blocks, inputs, inputs, (8, 8))))
     boi = docs[0].input_ids.index(vocab.special_id("<boi>"))
     assert len(docs[0]) == 1 + 1 + 16 + 1 + 3 + 1, "16 read-out positions: one per 2x2 square of the 8x8 latent"
+    assert readout_states(inputs[-1], layout, (8, 8)).shape == (16, 16)
     batch = collate([[d] for d in docs], pad_id=0)
+    untrained = batch_logits(model, batch)
+    assert torch.equal(untrained, batch_logits(StreamModel(model.transformer), batch)), "zero until trained"
+    loss = torch.nn.functional.cross_entropy(untrained.flatten(0, 1), batch.targets.flatten(), ignore_index=-100)
+    loss.backward()
+    assert reader.to_hidden.weight.grad.abs().sum() > 0, "the caption loss reaches the reader's output layer"
+
+    torch.nn.init.normal_(reader.to_hidden.weight, std=0.1)  # as training leaves it
     logits = batch_logits(model, batch)
-    assert torch.equal(logits[0, :boi + 1], logits[1, :boi + 1])
-    assert not torch.allclose(logits[0, -4:], logits[1, -4:], atol=1e-4), "the caption depends on the media"
+    assert torch.equal(logits[:, :boi + 1], untrained[:, :boi + 1])
+    assert not torch.allclose(logits[:, -4:], untrained[:, -4:], atol=1e-4), "the caption reads the reader"
+    media_change = (logits[0, -4:] - logits[1, -4:]) - (untrained[0, -4:] - untrained[1, -4:])
+    assert media_change.abs().max() > 1e-4, "the reader's part of the caption changes with the media"
     loss = torch.nn.functional.cross_entropy(logits.flatten(0, 1), batch.targets.flatten(), ignore_index=-100)
+    model.zero_grad()
     loss.backward()
     assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in reader.parameters())
-    assert readout_states(inputs[-1], layout, (8, 8)).shape == (16, 16)
 
 
 def test_a_model_with_readers_saves_and_reloads_them_beside_its_transformer(vocab, tmp_path):
     layout = StreamLayout(reader=ReaderSpec("conv", channels=8, pool=2))
-    vocab = vocab.with_readout_width(layout.readout_width)
+    vocab = vocab.with_state_widths(layout.readout_width)
 
     def readers():
         return {"image": ConvReader((8, 8), 4, layout.reader, TINY_MODEL.hidden_size,

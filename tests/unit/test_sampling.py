@@ -12,7 +12,14 @@ from unitok.core.seeds import item_generators
 from unitok.lm import sampling
 from unitok.lm.batch import collate
 from unitok.lm.documents import MediaSpan, task_document
-from unitok.lm.layout import DecodeSchedule, StreamLayout, cell_order, group_bounds, undecided_after_groups
+from unitok.lm.layout import (
+    DecodeSchedule,
+    StreamLayout,
+    cell_groups,
+    cell_order,
+    group_bounds,
+    undecided_after_groups,
+)
 from unitok.lm.model import StreamModel, batch_logits, build_transformer
 from unitok.lm.sampling import (
     GroupSampler,
@@ -74,12 +81,13 @@ def sample(model, vocab, sampler, prompts, first, seed=0, name="image", quantize
     return sampler.sample(model, vocab, name, quantizer, prompts, first, item_generators([seed] * len(prompts)))
 
 
-def trained_query_logits(model, vocab, prompt, local_ids, bounds, name="image", quantizer=IMAGE_QUANTIZER):
+def trained_query_logits(model, vocab, prompt, local_ids, bounds, name="image", quantizer=IMAGE_QUANTIZER,
+                         layout=StreamLayout(), latent_shape=()):
     """Logits of every query of a training document of the span `local_ids` (T+1, N) with the
     generated blocks' groups `bounds`, in document order (block, then cell order)."""
     decided, undecided = (inputs[0] for inputs in quantizer.block_inputs(local_ids[None]))
-    span = MediaSpan(name, vocab.to_global(name, local_ids), decided, undecided, ())
-    stream = task_document(vocab, StreamLayout(), f"text_to_{name}", prompt, span, bounds)
+    span = MediaSpan(name, vocab.to_global(name, local_ids), decided, undecided, latent_shape)
+    stream = task_document(vocab, layout, f"text_to_{name}", prompt, span, bounds)
     with torch.no_grad():
         logits = batch_logits(model, collate([[stream]], pad_id=0))[0]
     return logits[torch.tensor(stream.input_ids) == vocab.mask_id(name)]
@@ -112,6 +120,46 @@ def test_cached_groups_equal_the_trained_layout_and_decide_every_cell_once(model
         context_cells = torch.cat([cell[0][fed[0] != mask_id] for fed, cell, _, _ in block_passes]) - cells
         assert torch.equal(fed_contexts, ids[:, block, context_cells] + vocab.range("image").offset), \
             "a context is its cell's drawn code"
+
+
+def test_queries_with_a_neighbourhood_see_the_decided_cells_around_them_as_trained(vocab):
+    """With `query_patch` 3 on a 3x3 latent, each query's state inputs hold the cells around it
+    that earlier groups decided, and nothing else: cached passes equal the training document's
+    logits, a first group's queries see no neighbour, a later one's see the drawn codes."""
+    layout = StreamLayout(query_patch=3)
+    nine = Vocabulary.build(40, "texthash", [MediaLayout("image", "image", 64, "imagehash", num_blocks=2,
+                                                         num_positions=9, latent_channels=4)])
+    nine = nine.with_state_widths(None, layout.query_width)
+    torch.manual_seed(0)
+    recording = RecordingModel(build_transformer(TINY_MODEL, nine)).eval()
+    quantizer = RDPMQuantizer(QuantizerConfig(noise_steps=1, codebook_size=64), latent_channels=4)
+    sampler = GroupSampler(SamplerConfig(guidance_scale=2.0), DecodeSchedule((3,)), 3, (3, 3))
+    prompts = [text(nine, [1, 2, 3]), text(nine, [4])]
+    ids = sampler.sample(recording, nine, "image", quantizer, prompts, torch.randint(0, 64, (2, 1, 9)),
+                         item_generators([0, 0]))
+    passes, mask_id = recording.passes[1:], nine.mask_id("image")
+    bounds = [group_bounds(9, 3)]
+    for row, prompt in enumerate(prompts + [[], []]):
+        trained = trained_query_logits(recording, nine, prompt, ids[row % 2], bounds, quantizer=quantizer,
+                                       layout=layout, latent_shape=(3, 3))
+        queried = torch.cat([logits[row][fed[row] == mask_id] for fed, _, _, logits in passes])
+        torch.testing.assert_close(queried, trained, atol=1e-4, rtol=1e-4)
+    first_fed, _, first_states, _ = passes[0]
+    queries = first_states[0][first_fed[0] == mask_id]
+    assert queries.shape[-1] == (9 + 1) * 4 and not queries[:, 8:].any(), "the first group sees no decided cell"
+    last_fed, last_cells, last_states, _ = passes[-1]
+    decided = quantizer.block_inputs(ids[:1])[0][0, -1, :, :4]  # the clean block's drawn states (9, 4)
+    order, groups = cell_order(9), cell_groups(bounds[0])
+    cell = order[bounds[0][2]].item()  # a cell of the last group
+    row = (last_cells[0] == nine.range("image.cells").offset + cell) & (last_fed[0] == mask_id)
+    around = last_states[0][row][0, 8:].view(8, 4)
+    assert around.any(), "a last-group cell has drawn neighbours"
+    y, x = divmod(cell, 3)
+    square = [(y + dy, x + dx) for dy in (-1, 0, 1) for dx in (-1, 0, 1) if (dy, dx) != (0, 0)]
+    for k, (ny, nx) in enumerate(square):
+        inside = 0 <= ny < 3 and 0 <= nx < 3
+        expected = decided[ny * 3 + nx] if inside and groups[ny * 3 + nx] < groups[cell] else torch.zeros(4)
+        torch.testing.assert_close(around[k], expected)
 
 
 def test_groups_on_a_3d_video_latent_decide_every_cell_once_as_trained_and_are_seeded():

@@ -171,7 +171,7 @@ def test_a_neighbourhood_holds_the_other_cells_of_its_square_and_zeros_beyond_th
 
 
 def test_a_read_out_patch_gives_each_cell_its_neighbours_through_rows_of_its_own(vocab):
-    blocks, patched = media_blocks(vocab), vocab.with_readout_width(StreamLayout(readout_patch=3).readout_width)
+    blocks, patched = media_blocks(vocab), vocab.with_state_widths(StreamLayout(readout_patch=3).readout_width)
     decided = span_inputs(vocab, blocks)  # N = 3 cells: a 1 x 3 latent
     doc = task_document(patched, StreamLayout(readout_patch=3), "image_to_text", [10], image_span(vocab))
     boi = doc.input_ids.index(vocab.special_id("<boi>"))

@@ -66,15 +66,25 @@ def test_other_tokenizer_is_refused(vocab):
 
 
 def test_readout_state_rows_extend_the_vocabulary_and_keep_its_shards(vocab):
-    patched = vocab.with_readout_width(StreamLayout(readout_patch=3).readout_width)
+    patched = vocab.with_state_widths(StreamLayout(readout_patch=3).readout_width)
     rows = patched.range("image.readout_state")
     assert rows.offset == vocab.size and rows.size == (9 + 1) * 4 and rows.kind == "state"  # C = 4
     patched.require_holds(vocab, "shard set x")  # every id of the shards means the same
     with pytest.raises(VocabularyError, match="another vocabulary"):
         vocab.require_holds(patched, "shard set x")  # not the other way round
     one_cell = StreamLayout().readout_width
-    assert vocab.with_readout_width(one_cell).ranges == patched.with_readout_width(None).ranges == vocab.ranges
-    assert patched.with_readout_width(StreamLayout(readout_patch=3).readout_width).ranges == patched.ranges
+    assert vocab.with_state_widths(one_cell).ranges == patched.with_state_widths(None).ranges == vocab.ranges
+    assert patched.with_state_widths(StreamLayout(readout_patch=3).readout_width).ranges == patched.ranges
     assert vocab.readout_state("image") == vocab.range("image.state"), "patch 1: a code position's state rows"
-    pooled = vocab.with_readout_width(StreamLayout(reader=ReaderSpec("conv", pool=2)).readout_width)
+    pooled = vocab.with_state_widths(StreamLayout(reader=ReaderSpec("conv", pool=2)).readout_width)
     assert pooled.readout_state("image").size == 2 * 2 * 4, "the conv reader: the s_0 of a 2x2 square"
+
+
+def test_query_state_rows_follow_the_read_out_rows_and_keep_the_shards(vocab):
+    layout = StreamLayout(readout_patch=3, query_patch=3)
+    patched = vocab.with_state_widths(layout.readout_width, layout.query_width)
+    readout, query = patched.range("image.readout_state"), patched.range("image.query_state")
+    assert (readout.offset, query.offset, query.size, query.kind) == (vocab.size, readout.end, (9 + 1) * 4, "state")
+    assert patched.query_state("image") == query and vocab.query_state("image") == vocab.range("image.state")
+    patched.require_holds(vocab, "shard set x")
+    assert patched.with_state_widths(layout.readout_width, layout.query_width).ranges == patched.ranges

@@ -188,7 +188,7 @@ class ShardWriter:
                  settings: TokenizeSettings, task: str | None = None, strict: bool = False, device: str = "cpu"):
         self.out_dir = Path(out_dir)
         self.tokenizer, self.text_bpe, self.settings = tokenizer, text_bpe, settings
-        self.vocab = vocab.with_readout_width(None)  # ids only: a model's read-out state rows are not the set's
+        self.vocab = vocab.with_state_widths(None)  # ids only: a model's input-only state rows are not the set's
         self.task = task or (f"text_to_{tokenizer.modality}" if tokenizer else "text")
         modality = task_modality(self.task)  # refuses an unknown task
         if modality not in (None, tokenizer.modality if tokenizer else None):

@@ -23,7 +23,7 @@ from einops import rearrange
 
 from unitok.core.errors import UnitokError
 from unitok.data.tasks import generates_media, task_modality
-from unitok.lm.layout import StreamLayout
+from unitok.lm.layout import StreamLayout, cell_groups
 from unitok.lm.reader import pooled_states
 from unitok.lm.streams import Stream, StreamBuilder
 from unitok.tokenizer.media_tokenizer import MediaTokenizer
@@ -35,7 +35,7 @@ DOCUMENT_FORMAT = 4  # of documents and their inputs; part of the LM stage's key
 class MediaSpan(NamedTuple):
     """A media item as the transformer takes it: its range, its blocks' global code ids (T+1, N),
     their state inputs as contexts and as queries (T+1, N, 2C; `RDPMQuantizer.block_inputs`), and
-    its tokenizer's latent shape (which a read-out neighbourhood needs)."""
+    its tokenizer's latent shape (which a read-out or query neighbourhood needs)."""
 
     name: str
     ids: torch.Tensor
@@ -78,6 +78,29 @@ def readout_states(clean_inputs: torch.Tensor, layout: StreamLayout, latent_shap
                      dim=-1)
 
 
+def query_states(query_inputs: torch.Tensor, context_inputs: torch.Tensor, groups: torch.Tensor,
+                 latent_shape: Sequence[int], patch: int) -> torch.Tensor:
+    """The state inputs (…, N, S) of a block's queries: their own (…, N, 2C), and with `patch` > 1
+    the `decided_neighbourhood` of the block's `context_inputs` for cells in `groups` (N,)."""
+    if patch == 1:
+        return query_inputs
+    return torch.cat([query_inputs, decided_neighbourhood(context_inputs, groups, latent_shape, patch)], dim=-1)
+
+
+def decided_neighbourhood(context_inputs: torch.Tensor, groups: torch.Tensor, latent_shape: Sequence[int],
+                          patch: int) -> torch.Tensor:
+    """(…, N, 2C) context inputs of a block's cells (the running state with each cell's own code,
+    then ε̂) and the group of each cell (N,) -> (…, N, (patch² − 1)·C): at each cell, the state of
+    every other cell of the `patch` × `patch` square around it that an earlier group decided, zeros
+    for the cells of its own group or later ones (not yet drawn when it is) and beyond the edge."""
+    n, channels = groups.shape[0], context_inputs.shape[-1] // 2
+    ids = neighbourhood_states(torch.arange(1, n + 1, dtype=torch.float)[:, None], latent_shape, patch)
+    neighbours = ids.long() - 1  # (N, patch² − 1): each cell's neighbours, −1 beyond the edge
+    earlier = (neighbours >= 0) & (groups[neighbours.clamp_min(0)] < groups[:, None])
+    states = neighbourhood_states(context_inputs[..., :channels], latent_shape, patch)
+    return states * earlier.repeat_interleave(channels, dim=-1).to(states.dtype)
+
+
 def neighbourhood_states(states: torch.Tensor, latent_shape: Sequence[int], patch: int) -> torch.Tensor:
     """(…, N, C) per-cell states of a latent of `latent_shape` (cells in raster order) -> (…, N,
     (patch² − 1)·C): at each cell, the states of the other cells of the `patch` × `patch` square
@@ -111,8 +134,10 @@ def task_document(vocab: Vocabulary, layout: StreamLayout, task: str, text_ids: 
     if layout.media_order == "raster":
         return builder.media(span.name, span.ids, span.context_inputs).eos().build()
     generated = slice(1, 1 + len(bounds))
-    return builder.generated(span.name, span.ids[generated], span.context_inputs[generated],
-                             span.query_inputs[generated], bounds).build()
+    contexts = span.context_inputs[generated]
+    queries = torch.stack([query_states(q, c, cell_groups(block_bounds), span.latent_shape, layout.query_patch)
+                           for q, c, block_bounds in zip(span.query_inputs[generated], contexts, bounds)])
+    return builder.generated(span.name, span.ids[generated], contexts, queries, bounds).build()
 
 
 class DocumentMaker:

@@ -10,7 +10,11 @@ saved with it (``model_index.json``, key ``layout``), the one place these facts 
   CNN over the whole latent, pooled (``reader.kind: conv``);
 - per media range, its `DecodeSchedule`: in how many groups the cells of each generated block
   are drawn, and how large the groups are. Training documents and the sampler both read it, so
-  every cell is trained with exactly what the sampler knows when it draws it.
+  every cell is trained with exactly what the sampler knows when it draws it;
+- the query neighbourhood: with `query_patch` k > 1 a query (a cell being drawn) also takes, as
+  state inputs, the codes' states of the cells of the k × k square around it that earlier groups of
+  its block decided (zeros for the others): a local view of the drawn shape in its own input
+  instead of one it must find by attention (`documents.decided_neighbourhood`).
 
 Group g of a block holds the cells ``cell_order(N)[a_g : a_{g+1}]`` (`group_bounds`); a block
 drawn in G groups costs G transformer passes.
@@ -56,6 +60,14 @@ def group_bounds(num_positions: int, groups: int, sizes: GroupSizes = "cosine") 
     return [0] + [num_positions - left for left in undecided_after_groups(num_positions, groups, sizes)]
 
 
+def cell_groups(bounds: list[int]) -> torch.Tensor:
+    """(N,) the group of each cell of a block drawn in the groups `bounds` (`group_bounds`)."""
+    order, groups = cell_order(bounds[-1]), torch.empty(bounds[-1], dtype=torch.long)
+    for g, (start, end) in enumerate(zip(bounds, bounds[1:])):
+        groups[order[start:end]] = g
+    return groups
+
+
 def cell_order(num_positions: int) -> torch.Tensor:
     """The fixed order in which a block's cells are decided, group after group: a seeded permutation,
     so that every group is spread over the whole latent."""
@@ -89,6 +101,7 @@ class StreamLayout(Config):
 
     media_order: MediaOrder = "timestep"
     readout_patch: int = bounded(1, ge=1)  # odd: a linear read-out cell takes the s_0 of the k² cells around it
+    query_patch: int = bounded(1, ge=1)  # odd: a query takes the decided cells of the k² cells around it
     decode: dict[str, DecodeSchedule] = field(default_factory=dict)  # media range -> its schedule
     reader: ReaderSpec = field(default_factory=ReaderSpec)
 
@@ -96,6 +109,10 @@ class StreamLayout(Config):
         yield self.readout_patch % 2 == 1, "readout_patch", f"must be an odd number, got {self.readout_patch}"
         yield (self.reader.kind == "linear" or self.readout_patch == 1, "readout_patch",
                f"is the linear reader's neighbourhood; the conv reader sees the whole latent, got {self.readout_patch}")
+        yield self.query_patch % 2 == 1, "query_patch", f"must be an odd number, got {self.query_patch}"
+        yield (self.media_order == "timestep" or self.query_patch == 1, "query_patch",
+               f"is a neighbourhood of decided cells of a block drawn in groups; the raster order has none, "
+               f"got {self.query_patch}")
         yield (self.media_order == "timestep" or not self.decode, "decode",
                "the raster order draws one code per pass; it takes no decode schedule")
 
@@ -118,6 +135,11 @@ class StreamLayout(Config):
         if self.reader.kind == "conv":
             return self.reader.pool ** 2 * latent_channels
         return (self.readout_patch ** 2 + 1) * latent_channels
+
+    def query_width(self, latent_channels: int) -> int:
+        """State inputs of a query: its own 2C and, with `query_patch` k > 1, (k² − 1)·C for the
+        decided cells of its neighbourhood."""
+        return (self.query_patch ** 2 + 1) * latent_channels if self.query_patch > 1 else 2 * latent_channels
 
     def problems(self, name: str, noise_steps: int, latent_shape: tuple[int, ...]) -> list[str]:
         """What does not fit a media range `name` whose tokenizer has `noise_steps` (T) and a latent

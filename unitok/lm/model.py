@@ -87,7 +87,7 @@ class StreamModel(nn.Module):
     cell that takes a neighbourhood) times as many state rows from its first one, a learned linear
     map; every other token as its own embedding. The extra rows live in the transformer's
     embedding table, and the sum is taken inside `forward`, where DDP and FSDP expect every use of a
-    parameter. A range with a conv reader gets its read-out positions' state inputs from it instead.
+    parameter. A range with a conv reader adds its output to its read-out positions' linear map.
     `save_pretrained` writes the transformer as transformers does and the readers beside it."""
 
     def __init__(self, transformer: LlamaForCausalLM, readers: dict[str, ConvReader] | None = None):
@@ -144,11 +144,11 @@ class StreamModel(nn.Module):
         from_state = torch.zeros(*states.shape[:-1], embeds.shape[-1], dtype=embeds.dtype, device=embeds.device)
         for first in first_rows.unique().tolist():  # one state range per modality and kind of position
             of_range = first_rows == first
+            # states are zero-padded beyond a range's width, so the rows past it weigh nothing
+            weight = table.weight[first:first + states.shape[-1]]
+            projected = states[of_range, :weight.shape[0]].to(weight.dtype) @ weight
             if first in self._reader_of_row:
-                projected = self.readers[self._reader_of_row[first]](states[of_range])
-            else:  # states are zero-padded beyond a range's width, so the rows past it weigh nothing
-                weight = table.weight[first:first + states.shape[-1]]
-                projected = states[of_range, :weight.shape[0]].to(weight.dtype) @ weight
+                projected = projected + self.readers[self._reader_of_row[first]](states[of_range])
             from_state[of_range] = projected.to(embeds.dtype)  # autocast: bf16
         embeds = embeds.index_put((coded,), from_state, accumulate=True)
         if outputs_at is not None:

@@ -33,12 +33,14 @@ from dataclasses import dataclass, replace
 from typing import Sequence
 
 import torch
+import torch.nn.functional as F
 from transformers import DynamicCache
 
 from unitok.core.config import Config, bounded
 from unitok.core.errors import UnitokError
 from unitok.lm.batch import Batch, collate
-from unitok.lm.layout import DecodeSchedule, MediaOrder, StreamLayout, cell_order, group_bounds
+from unitok.lm.documents import query_states
+from unitok.lm.layout import DecodeSchedule, MediaOrder, StreamLayout, cell_groups, cell_order, group_bounds
 from unitok.lm.model import StreamModel
 from unitok.lm.streams import NO_ROWS, Stream, StreamBuilder
 from unitok.tokenizer.rdpm import RDPMQuantizer
@@ -217,9 +219,12 @@ class GroupSampler(MediaSampler):
 
     media_order = "timestep"
 
-    def __init__(self, config: SamplerConfig | None, schedule: DecodeSchedule):
+    def __init__(self, config: SamplerConfig | None, schedule: DecodeSchedule, query_patch: int = 1,
+                 latent_shape: tuple[int, ...] = ()):
         super().__init__(config)
         self.schedule = schedule
+        # the layout's query neighbourhood, and the latent it is taken on
+        self.query_patch, self.latent_shape = query_patch, latent_shape
 
     def block_groups(self, num_blocks: int) -> tuple[int, ...]:
         """Groups of each generated block (T = num_blocks − 1 of them)."""
@@ -263,7 +268,10 @@ class GroupSampler(MediaSampler):
         block = torch.zeros(B, N, dtype=torch.long, device=device)
         spans = torch.cat([before_BbN, block[:, None]], 1)
         order, bounds = cell_order(N).to(device), group_bounds(N, groups, self.schedule.group_sizes)
+        cell_group = cell_groups(bounds).to(device)
         query_inputs = quantizer.block_inputs(spans)[1][:, -1]  # (B, N, 2C): no code of the block in them
+        query_rows_N3 = rows_N3.clone()
+        query_rows_N3[:, 2] = vocab.query_state(name).offset
         decoder.rewind()
         for g in range(groups):
             contexts = order[bounds[g - 1]:bounds[g]] if g else order[:0]
@@ -271,13 +279,17 @@ class GroupSampler(MediaSampler):
             spans[:, -1] = block
             context_inputs = quantizer.block_inputs(spans)[0][:, -1]
             ids = torch.cat([block[:, contexts] + codes.offset, torch.full_like(block[:, queries], mask_id)], 1)
-            states = torch.cat([context_inputs[:, contexts], query_inputs[:, queries]], 1)
+            asked = query_states(query_inputs, context_inputs, cell_group, self.latent_shape,
+                                 self.query_patch)[:, queries]  # neighbours of earlier groups only
+            told = context_inputs[:, contexts]
+            states = torch.cat([F.pad(told, (0, asked.shape[-1] - told.shape[-1])), asked], 1)  # zero-padded
             c, q = len(contexts), len(queries)
             inner = torch.zeros(c + q, c + q, dtype=torch.bool)
             inner[:c, :c] = torch.ones(c, c, dtype=torch.bool).tril()  # contexts: causal, in cell order
             inner[c:, :c] = True  # queries: every context, no other query (nor themselves)
             cells = torch.cat([contexts, queries])
-            logits = decoder.feed(_repeat_for_guidance(ids, cfg), rows_N3[cells], _repeat_for_guidance(states, cfg),
+            media_rows = torch.cat([rows_N3[contexts], query_rows_N3[queries]])
+            logits = decoder.feed(_repeat_for_guidance(ids, cfg), media_rows, _repeat_for_guidance(states, cfg),
                                   inner, cells)[:, c:]
             decoder.drop(q)
             block[:, queries] = choose(_guided(logits, B, cfg)[..., codes.offset:codes.end], cfg, generators)
@@ -309,11 +321,13 @@ class RasterSampler(MediaSampler):
         return torch.cat(generated, dim=1).unsqueeze(1)
 
 
-def media_sampler(layout: StreamLayout, name: str, config: SamplerConfig | None = None) -> MediaSampler:
-    """The sampler of a model's layout for its media range `name`."""
+def media_sampler(layout: StreamLayout, name: str, config: SamplerConfig | None = None,
+                  latent_shape: Sequence[int] = ()) -> MediaSampler:
+    """The sampler of a model's layout for its media range `name`, whose tokenizer's latent has
+    `latent_shape` (which a query neighbourhood needs)."""
     if layout.media_order == "raster":
         return RasterSampler(config)
-    return GroupSampler(config, layout.schedule(name))
+    return GroupSampler(config, layout.schedule(name), layout.query_patch, tuple(latent_shape))
 
 
 @torch.no_grad()

@@ -146,11 +146,13 @@ class StreamBuilder:
         with what the sampler knows when it draws it. A block is laid out as the *context* positions
         of its groups 0 … G−2 in cell order (code and `context_inputs`: what a drawn cell tells the
         later ones; causal, no target), then one *query* per cell (mask row and `query_inputs`, its
-        own code the target) that sees the prefix and the contexts of the groups before its own.
+        own code the target) that sees the prefix and the contexts of the groups before its own; its
+        state rows are ``<name>.query_state``'s where the layout gives queries a neighbourhood.
         Neither sees another block of the span, and nothing after the span sees them. The span
         stays open: a document ends with it, or text reads it after `read_out`."""
+        query_rows = self.vocab.query_state(name)
         self._check_inputs(name, blocks, context_inputs)
-        self._check_inputs(name, blocks, query_inputs)
+        self._check_inputs(name, blocks, query_inputs, query_rows)
         span_position = self._open(name, _NONE)
         num_blocks, n = blocks.shape
         rows = self.vocab.position_rows(name, 1 + num_blocks, n)[1:].tolist()
@@ -166,7 +168,8 @@ class StreamBuilder:
                 for cell in cells[block_bounds[g]:block_bounds[g + 1]]:
                     self._append(mask_id, codes[b][cell], span_position + cell,
                                  reach=block_start + block_bounds[g] - 1, segment=private,
-                                 target_block=b, media_rows=tuple(rows[b][cell]), media_state=query_states[b][cell])
+                                 target_block=b, media_rows=(*rows[b][cell][:2], query_rows.offset),
+                                 media_state=query_states[b][cell])
         self._next_position = span_position + n
         return self
 

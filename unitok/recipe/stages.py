@@ -206,7 +206,8 @@ class RecipeRun:
         else:
             tokenizers = PipelineTokenizers(TextBPE.from_pretrained(self.out / "text_tokenizer"),
                                             {t.name: t for t in self.media_tokenizers().values()}, self.vocabulary())
-        vocabulary = tokenizers.vocabulary.with_readout_width(self.recipe.layout.readout_width)
+        vocabulary = tokenizers.vocabulary.with_state_widths(self.recipe.layout.readout_width,
+                                                             self.recipe.layout.query_width)
         return replace(tokenizers, vocabulary=vocabulary)
 
     def layout(self, tokenizers: PipelineTokenizers) -> StreamLayout:

@@ -9,12 +9,12 @@ included once decided) and the noise ε̂ (C latent channels each); ``<name>.mas
 whose code is not decided yet; ``<name>.readout`` (1 row) is the input of a read-out position,
 which holds the clean state ``s_0`` for the text after a span to read (`lm.streams.StreamBuilder.read_out`).
 A model whose read-out positions take other state inputs than a code position's 2C (the ``s_0`` of
-a k×k neighbourhood of their cell, or the ``s_0`` of a conv reader's pooled square;
-`Vocabulary.with_readout_width`) has, after every other range, a ``<name>.readout_state`` range of
-that many rows per media range: input rows only, so its shard sets, which never hold them, stay
-valid (`Vocabulary.require_holds`). The manifest (``vocabulary.json``) is saved
-with every model and shard set and records a content hash of every tokenizer,
-so that shards or checkpoints made with other tokenizers are refused.
+a k×k neighbourhood of their cell, or the ``s_0`` of a conv reader's pooled square) has, after
+every other range, a ``<name>.readout_state`` range of that many rows per media range, and one whose
+queries take their decided neighbours a ``<name>.query_state`` range (`Vocabulary.with_state_widths`):
+input rows only, so its shard sets, which never hold them, stay valid (`Vocabulary.require_holds`).
+The manifest (``vocabulary.json``) is saved with every model and shard set and records a content
+hash of every tokenizer, so that shards or checkpoints made with other tokenizers are refused.
 """
 
 from __future__ import annotations
@@ -32,6 +32,7 @@ from unitok.core.errors import UnitokError
 SPECIAL_TOKENS = ("<pad>", "<bos>", "<eos>", "<boi>", "<eoi>", "<boa>", "<eoa>", "<bov>", "<eov>")
 MEDIA_DELIMITERS = {"image": ("<boi>", "<eoi>"), "audio": ("<boa>", "<eoa>"), "video": ("<bov>", "<eov>")}
 MANIFEST_NAME = "vocabulary.json"
+INPUT_ONLY_STATES = (".readout_state", ".query_state")  # state rows a model adds to its shards' vocabulary
 
 
 class VocabularyError(UnitokError):
@@ -53,7 +54,7 @@ class MediaLayout(NamedTuple):
 @dataclass(frozen=True)
 class TokenRange:
     name: str  # "special", "text", a media tokenizer's name (e.g. "image"), or "<name>.cells" / ".blocks" /
-    # ".state" / ".mask" / ".readout" / ".readout_state"
+    # ".state" / ".mask" / ".readout" / ".readout_state" / ".query_state"
     kind: Literal["special", "text", "media", "position", "state", "mask", "readout"]
     offset: int
     size: int
@@ -92,16 +93,19 @@ class Vocabulary:
                 ranges.append(TokenRange(name, kind, ranges[-1].end, size, m.tokenizer_hash, m.modality))
         return cls(ranges)
 
-    def with_readout_width(self, width: Callable[[int], int] | None) -> "Vocabulary":
-        """This vocabulary with ``<name>.readout_state`` rows after every other range (in place of any
-        it had): `width` (`StreamLayout.readout_width`) of each media range's C latent channels, none
-        where that is 2C (read-out positions then share the ``<name>.state`` rows) or `width` is None."""
-        ranges = [r for r in self.ranges if not r.name.endswith(".readout_state")]
-        for media in (r for r in self.ranges if r.kind == "media" and width is not None):
-            channels = self.range(f"{media.name}.state").size // 2
-            if width(channels) != 2 * channels:
-                ranges.append(TokenRange(f"{media.name}.readout_state", "state", ranges[-1].end,
-                                         width(channels), media.tokenizer_hash, media.modality))
+    def with_state_widths(self, readout: Callable[[int], int] | None,
+                          query: Callable[[int], int] | None = None) -> "Vocabulary":
+        """This vocabulary with ``<name>.readout_state`` and ``<name>.query_state`` rows after every
+        other range (in place of any it had): `readout` (`StreamLayout.readout_width`) and `query`
+        (`StreamLayout.query_width`) of each media range's C latent channels, none where that is 2C
+        (those positions then share the ``<name>.state`` rows) or the width is None."""
+        ranges = [r for r in self.ranges if not r.name.endswith(INPUT_ONLY_STATES)]
+        for suffix, width in zip(INPUT_ONLY_STATES, (readout, query)):
+            for media in (r for r in self.ranges if r.kind == "media" and width is not None):
+                channels = self.range(f"{media.name}.state").size // 2
+                if width(channels) != 2 * channels:
+                    ranges.append(TokenRange(f"{media.name}{suffix}", "state", ranges[-1].end,
+                                             width(channels), media.tokenizer_hash, media.modality))
         return Vocabulary(ranges)
 
     # --- lookups -------------------------------------------------------------------------------
@@ -138,8 +142,13 @@ class Vocabulary:
 
     def readout_state(self, name: str) -> TokenRange:
         """The state rows of the read-out positions of media range `name`: ``<name>.readout_state``
-        where they take other inputs (`with_readout_width`), else the ``<name>.state`` rows."""
+        where they take other inputs (`with_state_widths`), else the ``<name>.state`` rows."""
         return self._by_name.get(f"{name}.readout_state") or self.range(f"{name}.state")
+
+    def query_state(self, name: str) -> TokenRange:
+        """The state rows of the queries of media range `name`: ``<name>.query_state`` where they
+        take a neighbourhood (`with_state_widths`), else the ``<name>.state`` rows."""
+        return self._by_name.get(f"{name}.query_state") or self.range(f"{name}.state")
 
     def special_id(self, token: str) -> int:
         if token not in SPECIAL_TOKENS:
@@ -194,7 +203,7 @@ class Vocabulary:
 
     def require_holds(self, other: "Vocabulary", what: str) -> None:
         """Refuse `other` (a shard set's vocabulary) unless every id of it means the same here: this
-        vocabulary is `other`, or `other` followed by input-only state rows (`with_readout_width`)."""
+        vocabulary is `other`, or `other` followed by input-only state rows (`with_state_widths`)."""
         extra = self.ranges[len(other.ranges):]
         if self.ranges[:len(other.ranges)] == other.ranges and all(r.kind == "state" for r in extra):
             return

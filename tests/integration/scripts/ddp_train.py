@@ -35,7 +35,7 @@ def weights_checksum(model: torch.nn.Module) -> str:
 def main(out: Path, steps: int, pipeline: Path, shards: Path) -> None:
     tokenizers = PipelineTokenizers.from_pretrained(pipeline)
     layout = StreamLayout(reader=ReaderSpec("conv", channels=8, pool=2)).with_default_schedules({"image": 4})
-    vocab = tokenizers.vocabulary.with_readout_width(layout.readout_width)  # the tiny tokenizer: T = 4
+    vocab = tokenizers.vocabulary.with_state_widths(layout.readout_width)  # the tiny tokenizer: T = 4
     torch.manual_seed(0)
     model = StreamModel(build_transformer(ModelSpec(hidden_size=32, num_layers=1, num_heads=2, intermediate_size=64),
                                           vocab), build_readers(layout.reader, vocab, tokenizers.media, 32))
