@@ -8,7 +8,8 @@ Saved like a diffusers pipeline: an index file plus one subfolder per component:
                                each modality's decode schedule) and each modality's sampler settings
       vocabulary.json          the shared vocabulary manifest
       transformer/             transformers `save_pretrained` (config.json + model.safetensors), and
-                               readers.safetensors for a layout with conv readers (`lm.reader`)
+                               media_modules.safetensors for a layout with conv readers or code
+                               geometry (`lm.model.media_modules`)
       text_tokenizer/          sentencepiece model + config.json
       image_tokenizer/         config.json + model.safetensors (one folder per media tokenizer)
       audio_tokenizer/
@@ -33,10 +34,11 @@ from unitok.core.errors import UnitokError
 from unitok.core.seeds import item_generators, item_seeds
 from unitok.data.tasks import task_modality
 from unitok.hub import local_folder, push_folder, write_model_card
+from unitok.lm.code_geometry import CodeGeometry
 from unitok.lm.documents import readout_states
 from unitok.lm.layout import StreamLayout
-from unitok.lm.model import StreamModel
-from unitok.lm.reader import ConvReader, build_readers
+from unitok.lm.model import StreamModel, media_modules
+from unitok.lm.reader import ConvReader
 from unitok.lm.sampling import MediaSampler, SamplerConfig, media_sampler, sample_text
 from unitok.lm.streams import StreamBuilder
 from unitok.tokenizer.adapters import MediaAdapter
@@ -86,8 +88,8 @@ class MediaPipelineOutput:
 
 class UniTokPipeline:
     """`layout` is the transformer's stream layout (`lm.layout.StreamLayout`: media order, reader
-    and each modality's decode schedule, which it was trained with); `readers` the conv readers of
-    a layout that reads media with them (`lm.reader.build_readers`, trained with it); `tasks` the
+    and each modality's decode schedule, which it was trained with); `readers` and `code_heads` the
+    media modules the layout asks for (`lm.model.media_modules`, trained with it); `tasks` the
     directions it was trained for (`text_to_image`, `image_to_text`, …; None: any its tokenizers
     allow); `samplers` holds each modality's free sampler settings (`SamplerConfig`: guidance,
     temperatures, …), saved with the pipeline; a call's own options override them for that call.
@@ -99,8 +101,8 @@ class UniTokPipeline:
     def __init__(self, transformer: LlamaForCausalLM, text_tokenizer: TextBPE,
                  media_tokenizers: dict[str, MediaTokenizer], vocabulary: Vocabulary, layout: StreamLayout,
                  samplers: dict[str, SamplerConfig] | None = None, tasks: Sequence[str] | None = None,
-                 readers: dict[str, ConvReader] | None = None):
-        self.model = StreamModel(transformer, readers).eval()
+                 readers: dict[str, ConvReader] | None = None, code_heads: dict[str, CodeGeometry] | None = None):
+        self.model = StreamModel(transformer, readers, code_heads).eval()
         self.transformer = self.model.transformer
         self.text_tokenizer = text_tokenizer
         self.media_tokenizers = media_tokenizers
@@ -132,6 +134,10 @@ class UniTokPipeline:
         if set(self.model.readers) != needed:
             raise UnitokError(f"readers: a {self.layout.reader.kind} layout needs conv readers for {sorted(needed)}, "
                               f"got {sorted(self.model.readers)}")
+        needed = set(self.media_tokenizers) if self.layout.code_geometry else set()
+        if set(self.model.code_heads) != needed:
+            raise UnitokError(f"code_heads: a layout with code_geometry {self.layout.code_geometry} needs code "
+                              f"geometry heads for {sorted(needed)}, got {sorted(self.model.code_heads)}")
         if self.transformer.config.vocab_size < self.vocabulary.size:
             raise VocabularyError(
                 f"transformer has {self.transformer.config.vocab_size} embeddings, "
@@ -385,14 +391,13 @@ class UniTokPipeline:
         pipe = cls(
             transformer=transformer, text_tokenizer=tokenizers.text, media_tokenizers=tokenizers.media,
             vocabulary=tokenizers.vocabulary, layout=layout,
-            readers=build_readers(layout.reader, tokenizers.vocabulary, tokenizers.media,
-                                  transformer.config.hidden_size),
+            **media_modules(layout, tokenizers.vocabulary, tokenizers.media, transformer.config.hidden_size),
             samplers={modality: from_dict(SamplerConfig, config,
                                           source=f"{directory}/{INDEX_NAME}: samplers.{modality}")
                       for modality, config in index.get("samplers", {}).items()},
             tasks=index["tasks"],
         )
-        pipe.model.load_readers(Path(directory) / "transformer")
+        pipe.model.load_media_modules(Path(directory) / "transformer")
         return pipe.to(device) if device is not None else pipe
 
 

@@ -13,8 +13,8 @@ from unitok import UniTokPipeline
 from unitok.cli import main
 from unitok.core.config import ConfigError
 from unitok.lm.batch import collate
-from unitok.lm.model import ModelSpec, batch_logits, build_transformer
-from unitok.lm.reader import ReaderSpec, build_readers
+from unitok.lm.model import ModelSpec, batch_logits, build_transformer, media_modules
+from unitok.lm.reader import ReaderSpec
 from unitok.lm.streams import StreamBuilder
 from unitok.recipe.schema import load_recipe
 from unitok.tokenizer.adapters.audio import Audio
@@ -97,26 +97,36 @@ def test_a_caption_reads_the_media_through_the_read_out_block(tiny_multimodal_ru
         pipe.continue_text(["a red 7", {"not": "media"}])
 
 
-def test_conv_readers_are_saved_with_the_pipeline_and_reload_to_the_same_captions(tiny_run, tmp_path):
+def test_media_modules_are_saved_with_the_pipeline_and_reload_to_the_same_outputs(tiny_run, tmp_path):
+    """Conv readers and code geometry heads, with weights as training leaves them: the reloaded
+    pipeline draws the same codes and writes the same captions; a pipeline without them is refused."""
     trained = UniTokPipeline.from_pretrained(tiny_run / "model")
-    layout = replace(trained.layout, reader=ReaderSpec("conv", channels=8, pool=2))
+    layout = replace(trained.layout, reader=ReaderSpec("conv", channels=8, pool=2), code_geometry=True)
     vocab = trained.vocabulary.with_state_widths(layout.readout_width)
     torch.manual_seed(0)
     transformer = build_transformer(ModelSpec(hidden_size=32, num_layers=1, num_heads=2, intermediate_size=64), vocab)
     pipe = UniTokPipeline(transformer, trained.text_tokenizer, trained.media_tokenizers, vocab, layout,
-                          readers=build_readers(layout.reader, vocab, trained.media_tokenizers, 32))
-    torch.nn.init.normal_(pipe.model.readers["image"].to_hidden.weight, std=0.5)  # as training leaves it
-    images = trained.text_to_image(["a red 7", "a big blue 1 at the top"], seed=0).images
+                          **media_modules(layout, vocab, trained.media_tokenizers, 32))
+    torch.nn.init.normal_(pipe.model.readers["image"].to_hidden.weight, std=0.5)
+    torch.nn.init.normal_(pipe.model.code_heads["image"].to_latent.weight, std=0.5)
+    prompts = ["a red 7", "a big blue 1 at the top"]
+    drawn = pipe.text_to_image(prompts, seed=0).token_ids
+    images = trained.text_to_image(prompts, seed=0).images
     captions = pipe.image_to_text(images, max_new_tokens=6)
-    pipe.save_pretrained(tmp_path / "conv")
-    reloaded = UniTokPipeline.from_pretrained(tmp_path / "conv")
-    assert reloaded.layout.reader == layout.reader and set(reloaded.model.readers) == {"image"}
+    pipe.save_pretrained(tmp_path / "modules")
+    reloaded = UniTokPipeline.from_pretrained(tmp_path / "modules")
+    assert reloaded.layout == pipe.layout and set(reloaded.model.code_heads) == {"image"}
+    assert torch.equal(reloaded.text_to_image(prompts, seed=0).token_ids, drawn)
     assert reloaded.image_to_text(images, max_new_tokens=6) == captions
-    (tmp_path / "conv" / "transformer" / "readers.safetensors").unlink()
-    with pytest.raises(ValueError, match="readers.safetensors: missing"):
-        UniTokPipeline.from_pretrained(tmp_path / "conv")
+    (tmp_path / "modules" / "transformer" / "media_modules.safetensors").unlink()
+    with pytest.raises(ValueError, match="media_modules.safetensors: missing"):
+        UniTokPipeline.from_pretrained(tmp_path / "modules")
     with pytest.raises(ValueError, match=r"readers: a conv layout needs conv readers for \['image'\], got \[\]"):
         UniTokPipeline(transformer, trained.text_tokenizer, trained.media_tokenizers, vocab, layout)
+    readers = {"readers": dict(pipe.model.readers)}
+    with pytest.raises(ValueError, match=r"code_heads: a layout with code_geometry True needs code geometry heads "
+                                         r"for \['image'\], got \[\]"):
+        UniTokPipeline(transformer, trained.text_tokenizer, trained.media_tokenizers, vocab, layout, **readers)
 
 
 def test_generate_cli_for_audio_and_media_to_text(tiny_multimodal_run, tmp_path, capsys):

@@ -95,6 +95,6 @@ def test_a_model_with_readers_saves_and_reloads_them_beside_its_transformer(voca
     model.save_pretrained(tmp_path / "model")
     loaded = StreamModel.from_pretrained(tmp_path / "model", readers())
     assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), loaded.state_dict().values()))
-    (tmp_path / "model" / "readers.safetensors").unlink()
-    with pytest.raises(ValueError, match="readers.safetensors: missing"):
+    (tmp_path / "model" / "media_modules.safetensors").unlink()
+    with pytest.raises(ValueError, match="media_modules.safetensors: missing"):
         StreamModel.from_pretrained(tmp_path / "model", readers())

@@ -14,7 +14,9 @@ saved with it (``model_index.json``, key ``layout``), the one place these facts 
 - the query neighbourhood: with `query_patch` k > 1 a query (a cell being drawn) also takes, as
   state inputs, the codes' states of the cells of the k × k square around it that earlier groups of
   its block decided (zeros for the others): a local view of the drawn shape in its own input
-  instead of one it must find by attention (`documents.decided_neighbourhood`).
+  instead of one it must find by attention (`documents.decided_neighbourhood`);
+- the code geometry: with `code_geometry` a media code's logit also has a term computed from its
+  codebook vector, so nearby codes share what is learned (`code_geometry.py`).
 
 Group g of a block holds the cells ``cell_order(N)[a_g : a_{g+1}]`` (`group_bounds`); a block
 drawn in G groups costs G transformer passes.
@@ -102,6 +104,7 @@ class StreamLayout(Config):
     media_order: MediaOrder = "timestep"
     readout_patch: int = bounded(1, ge=1)  # odd: a linear read-out cell takes the s_0 of the k² cells around it
     query_patch: int = bounded(1, ge=1)  # odd: a query takes the decided cells of the k² cells around it
+    code_geometry: bool = False  # code logits add a term of the codebook vectors (`code_geometry.py`)
     decode: dict[str, DecodeSchedule] = field(default_factory=dict)  # media range -> its schedule
     reader: ReaderSpec = field(default_factory=ReaderSpec)
 

@@ -5,14 +5,15 @@ safetensors, accelerate and FSDP work as users expect. unitok only decides the i
 masks, position ids, media position rows) and the targets: `streams.py` lays a document out,
 `batch.py` turns its reach and segments into masks.
 `StreamModel` is the one place that turns a stream's inputs into logits; it holds the transformer
-and, for a layout with the conv reader, the readers (`reader.py`), saved beside the transformer's
-weights as ``readers.safetensors``.
+and the *media modules* its layout asks for: the conv readers (`reader.py`) and the code geometry
+heads (`code_geometry.py`), saved beside the transformer's weights as ``media_modules.safetensors``.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 from safetensors.torch import load_file, save_file
@@ -22,8 +23,13 @@ from transformers import LlamaConfig, LlamaForCausalLM
 from unitok.core.config import Config, bounded, load_config
 from unitok.core.errors import UnitokError
 from unitok.lm.batch import Batch
-from unitok.lm.reader import ConvReader
+from unitok.lm.code_geometry import CodeGeometry, build_code_heads
+from unitok.lm.reader import ConvReader, build_readers
 from unitok.tokenizer.vocabulary import Vocabulary
+
+if TYPE_CHECKING:
+    from unitok.lm.layout import StreamLayout
+    from unitok.tokenizer.media_tokenizer import MediaTokenizer
 
 
 @dataclass(frozen=True)
@@ -51,7 +57,7 @@ class ModelSpec(Config):
         return load_config(path, cls)
 
 
-READERS_FILE = "readers.safetensors"
+MEDIA_MODULES_FILE = "media_modules.safetensors"
 
 
 def padded_vocab_size(vocab: Vocabulary, multiple: int = 64) -> int:
@@ -87,46 +93,53 @@ class StreamModel(nn.Module):
     cell that takes a neighbourhood) times as many state rows from its first one, a learned linear
     map; every other token as its own embedding. The extra rows live in the transformer's
     embedding table, and the sum is taken inside `forward`, where DDP and FSDP expect every use of a
-    parameter. A range with a conv reader adds its output to its read-out positions' linear map.
-    `save_pretrained` writes the transformer as transformers does and the readers beside it."""
+    parameter. A range with a conv reader adds its output to its read-out positions' linear map; a
+    range with a code geometry head adds its term to its code logits.
+    `save_pretrained` writes the transformer as transformers does and the media modules beside it."""
 
-    def __init__(self, transformer: LlamaForCausalLM, readers: dict[str, ConvReader] | None = None):
+    def __init__(self, transformer: LlamaForCausalLM, readers: dict[str, ConvReader] | None = None,
+                 code_heads: dict[str, CodeGeometry] | None = None):
         super().__init__()
         self.transformer = transformer
         self.readers = nn.ModuleDict(readers or {})  # media range -> its conv reader (`reader.py`)
+        self.code_heads = nn.ModuleDict(code_heads or {})  # media range -> its code geometry (`code_geometry.py`)
         # first state row of a range's read-out positions -> its reader, which makes their inputs
         self._reader_of_row = {reader.state_row: name for name, reader in self.readers.items()}
 
     def save_pretrained(self, directory: str | Path, state_dict: dict[str, torch.Tensor] | None = None) -> None:
         """The transformer's `save_pretrained` folder (config.json, model.safetensors), plus
-        ``readers.safetensors`` with conv readers; `state_dict` (of this module) where accelerate
-        gathered it."""
+        ``media_modules.safetensors`` with media modules; `state_dict` (of this module) where
+        accelerate gathered it."""
         weights = self.state_dict() if state_dict is None else state_dict
         self.transformer.save_pretrained(directory, safe_serialization=True, state_dict={
             name.removeprefix("transformer."): w for name, w in weights.items() if name.startswith("transformer.")})
-        if self.readers:
-            save_file({name.removeprefix("readers."): w.contiguous() for name, w in weights.items()
-                       if name.startswith("readers.")}, str(Path(directory) / READERS_FILE))
+        modules = {name: w.contiguous() for name, w in weights.items() if not name.startswith("transformer.")}
+        if modules:
+            save_file(modules, str(Path(directory) / MEDIA_MODULES_FILE))
 
     @classmethod
-    def from_pretrained(cls, directory: str | Path, readers: dict[str, ConvReader] | None = None) -> "StreamModel":
-        """A saved model: its transformer, and the weights of `readers` (`reader.build_readers`) when
-        there are any."""
-        model = cls(LlamaForCausalLM.from_pretrained(directory, use_safetensors=True), readers)
-        model.load_readers(directory)
+    def from_pretrained(cls, directory: str | Path, readers: dict[str, ConvReader] | None = None,
+                        code_heads: dict[str, CodeGeometry] | None = None) -> "StreamModel":
+        """A saved model: its transformer, and the weights of its media modules (`media_modules`)
+        when there are any."""
+        model = cls(LlamaForCausalLM.from_pretrained(directory, use_safetensors=True), readers, code_heads)
+        model.load_media_modules(directory)
         return model
 
-    def load_readers(self, directory: str | Path) -> None:
-        """The readers' weights saved beside a transformer in `directory` (none to load without readers)."""
-        if not self.readers:
+    def load_media_modules(self, directory: str | Path) -> None:
+        """The media modules' weights saved beside a transformer in `directory` (none to load without)."""
+        expected = {name for name in self.state_dict() if not name.startswith("transformer.")}
+        if not expected:
             return
-        path = Path(directory) / READERS_FILE
+        path = Path(directory) / MEDIA_MODULES_FILE
         if not path.is_file():
-            raise UnitokError(f"{path}: missing; the layout reads media with conv readers, whose weights it holds")
-        missing, unexpected = self.readers.load_state_dict(load_file(str(path)), strict=False)
-        if missing or unexpected:
-            raise UnitokError(f"{path}: does not match the layout's readers (missing {missing}, "
-                              f"unexpected {unexpected})")
+            raise UnitokError(f"{path}: missing; the layout asks for media modules (conv readers or code "
+                              f"geometry), whose weights it holds")
+        weights = load_file(str(path))
+        if set(weights) != expected:
+            raise UnitokError(f"{path}: does not match the layout's media modules (missing "
+                              f"{sorted(expected - set(weights))}, unexpected {sorted(set(weights) - expected)})")
+        self.load_state_dict(weights, strict=False)
 
     def forward(self, input_ids: torch.Tensor, media_rows: torch.Tensor, media_states: torch.Tensor,
                 attention_mask: torch.Tensor, position_ids: torch.Tensor, cache=None,
@@ -151,12 +164,16 @@ class StreamModel(nn.Module):
                 projected = projected + self.readers[self._reader_of_row[first]](states[of_range])
             from_state[of_range] = projected.to(embeds.dtype)  # autocast: bf16
         embeds = embeds.index_put((coded,), from_state, accumulate=True)
-        if outputs_at is not None:
-            hidden = self.transformer.model(inputs_embeds=embeds, attention_mask=attention_mask,
-                                            position_ids=position_ids).last_hidden_state
-            return self.transformer.lm_head(hidden[outputs_at])
-        return self.transformer(inputs_embeds=embeds, attention_mask=attention_mask, position_ids=position_ids,
-                                cache=cache, use_cache=cache is not None).logits
+        hidden = self.transformer.model(inputs_embeds=embeds, attention_mask=attention_mask, position_ids=position_ids,
+                                        cache=cache, use_cache=cache is not None).last_hidden_state
+        return self.logits(hidden if outputs_at is None else hidden[outputs_at])
+
+    def logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        """The vocabulary's logits of hidden states (…, H), with each code geometry head's term."""
+        logits = self.transformer.lm_head(hidden)
+        for head in self.code_heads.values():
+            logits[..., head.offset:head.end] += head(hidden)
+        return logits
 
 
 def batch_logits(model: nn.Module, batch: Batch, outputs_at: torch.Tensor | None = None) -> torch.Tensor:
@@ -164,3 +181,11 @@ def batch_logits(model: nn.Module, batch: Batch, outputs_at: torch.Tensor | None
     at the positions `outputs_at` (B, L) only."""
     return model(batch.input_ids, batch.media_rows, batch.media_states, batch.attention_mask, batch.position_ids,
                  outputs_at=outputs_at)
+
+
+def media_modules(layout: "StreamLayout", vocab: Vocabulary, tokenizers: dict[str, "MediaTokenizer"],
+                  hidden_size: int) -> dict[str, dict[str, nn.Module]]:
+    """The untrained media modules `layout` asks for, as `StreamModel`'s keyword arguments: conv
+    readers (`reader.build_readers`) and code geometry heads (`code_geometry.build_code_heads`)."""
+    return {"readers": build_readers(layout.reader, vocab, tokenizers, hidden_size),
+            "code_heads": build_code_heads(layout.code_geometry, vocab, tokenizers, hidden_size)}

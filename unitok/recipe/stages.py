@@ -32,8 +32,7 @@ from unitok.data.tasks import task_modality
 from unitok.hub import write_model_card
 from unitok.lm.documents import DOCUMENT_FORMAT
 from unitok.lm.layout import StreamLayout
-from unitok.lm.model import StreamModel, build_transformer
-from unitok.lm.reader import build_readers
+from unitok.lm.model import StreamModel, build_transformer, media_modules
 from unitok.pipeline import INDEX_FORMAT, INDEX_NAME, PipelineTokenizers, UniTokPipeline
 from unitok.recipe.evaluate import EvalRun, evaluate
 from unitok.recipe.schema import LoadedRecipe
@@ -295,7 +294,7 @@ class RecipeRun:
             set_seed(self.recipe.seed)  # the initial weights depend on the recipe only, not on earlier stages
             spec, vocabulary = self.loaded.model_spec, tokenizers.vocabulary
             model = StreamModel(build_transformer(spec, vocabulary),
-                                build_readers(layout.reader, vocabulary, tokenizers.media, spec.hidden_size))
+                                **media_modules(layout, vocabulary, tokenizers.media, spec.hidden_size))
             history = train_lm(model, vocabulary, tokenizers.media, layout, mixture, self.recipe.lm, folder,
                                self.recipe.seed, tracker_config=to_dict(self.recipe))
             if self.main:
@@ -320,11 +319,11 @@ class RecipeRun:
 
         def assemble():
             layout = self.layout(tokenizers)
-            model = StreamModel.from_pretrained(self.out / "lm" / "transformer", build_readers(
-                layout.reader, tokenizers.vocabulary, tokenizers.media, self.loaded.model_spec.hidden_size))
+            model = StreamModel.from_pretrained(self.out / "lm" / "transformer", **media_modules(
+                layout, tokenizers.vocabulary, tokenizers.media, self.loaded.model_spec.hidden_size))
             UniTokPipeline(model.transformer, tokenizers.text, tokenizers.media, tokenizers.vocabulary, layout,
-                           samplers, self.trained_tasks(), readers=dict(model.readers)
-                           ).save_pretrained(self.out / "model")
+                           samplers, self.trained_tasks(), readers=dict(model.readers),
+                           code_heads=dict(model.code_heads)).save_pretrained(self.out / "model")
 
         key = config_hash(stage_key(self.out / "lm"), samplers, INDEX_FORMAT)  # a new format re-saves the pipeline
         return run_stage(self.out / "model", key, assemble, self.log)

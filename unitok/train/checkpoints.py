@@ -75,4 +75,4 @@ def load_weights(model: StreamModel, best_dir: Path) -> None:
         missing, unexpected = model.transformer.load_state_dict(load_file(str(weights)), strict=False)
         if unexpected or any("lm_head" not in k for k in missing):  # lm_head is tied to the embeddings
             raise RuntimeError(f"{weights}: does not match the model (missing {missing}, unexpected {unexpected})")
-        model.load_readers(best_dir)
+        model.load_media_modules(best_dir)
