@@ -37,7 +37,7 @@ from unitok.hub import local_folder, push_folder, write_model_card
 from unitok.lm.code_geometry import CodeGeometry
 from unitok.lm.documents import readout_states
 from unitok.lm.layout import StreamLayout
-from unitok.lm.model import StreamModel, media_modules
+from unitok.lm.model import StreamModel, media_modules, tied_code_ranges
 from unitok.lm.reader import ConvReader
 from unitok.lm.sampling import MediaSampler, SamplerConfig, media_sampler, sample_text
 from unitok.lm.streams import StreamBuilder
@@ -102,12 +102,13 @@ class UniTokPipeline:
                  media_tokenizers: dict[str, MediaTokenizer], vocabulary: Vocabulary, layout: StreamLayout,
                  samplers: dict[str, SamplerConfig] | None = None, tasks: Sequence[str] | None = None,
                  readers: dict[str, ConvReader] | None = None, code_heads: dict[str, CodeGeometry] | None = None):
-        self.model = StreamModel(transformer, readers, code_heads).eval()
+        self.layout = layout.fitted(block_sizes(media_tokenizers))
+        tied = tied_code_ranges(self.layout, vocabulary, media_tokenizers)
+        self.model = StreamModel(transformer, readers, code_heads, tied).eval()
         self.transformer = self.model.transformer
         self.text_tokenizer = text_tokenizer
         self.media_tokenizers = media_tokenizers
         self.vocabulary = vocabulary
-        self.layout = layout.fitted(block_sizes(media_tokenizers))
         self.samplers = dict(samplers or {})
         self.tasks = None if tasks is None else tuple(tasks)
         self._check_components()
@@ -134,7 +135,7 @@ class UniTokPipeline:
         if set(self.model.readers) != needed:
             raise UnitokError(f"readers: a {self.layout.reader.kind} layout needs conv readers for {sorted(needed)}, "
                               f"got {sorted(self.model.readers)}")
-        needed = set(self.media_tokenizers) if self.layout.code_geometry else set()
+        needed = set(self.media_tokenizers) - set(self.layout.tied_codes) if self.layout.code_geometry else set()
         if set(self.model.code_heads) != needed:
             raise UnitokError(f"code_heads: a layout with code_geometry {self.layout.code_geometry} needs code "
                               f"geometry heads for {sorted(needed)}, got {sorted(self.model.code_heads)}")
@@ -386,7 +387,8 @@ class UniTokPipeline:
         directory = local_folder(directory, revision, **hub_kwargs)
         index = _read_index(directory)
         tokenizers = PipelineTokenizers.from_pretrained(directory)
-        layout = from_dict(StreamLayout, index["layout"], source=f"{directory}/{INDEX_NAME}: layout")
+        layout = from_dict(StreamLayout, index["layout"], source=f"{directory}/{INDEX_NAME}: layout"
+                           ).fitted(block_sizes(tokenizers.media))
         transformer = LlamaForCausalLM.from_pretrained(Path(directory) / "transformer", use_safetensors=True)
         pipe = cls(
             transformer=transformer, text_tokenizer=tokenizers.text, media_tokenizers=tokenizers.media,

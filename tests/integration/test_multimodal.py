@@ -8,7 +8,7 @@ import pytest
 import torch
 import yaml
 
-from tests.helpers import write_tiny_multimodal_recipe
+from tests.helpers import TINY_SPEC, TINY_VIDEO_SPEC, write_tiny_multimodal_recipe, write_tiny_recipe
 from unitok import UniTokPipeline
 from unitok.cli import main
 from unitok.core.config import ConfigError
@@ -17,7 +17,9 @@ from unitok.lm.model import ModelSpec, batch_logits, build_transformer, media_mo
 from unitok.lm.reader import ReaderSpec
 from unitok.lm.streams import StreamBuilder
 from unitok.recipe.schema import load_recipe
+from unitok.recipe.stages import RecipeRun
 from unitok.tokenizer.adapters.audio import Audio
+from unitok.tokenizer.media_tokenizer import MediaTokenizer
 
 
 def test_every_direction_is_evaluated(tiny_multimodal_run):
@@ -169,3 +171,36 @@ def test_tokenize_cli_takes_audio_and_video_folders(tiny_multimodal_run, tmp_pat
         assert len(rows) == 8 and set(rows["media"]) == {modality}
     assert main(["tokenize", "--tokenizer", model, "--input", str(source), "--out", str(tmp_path / "x")]) == 1
     assert "tokenizers: pass --modality" in capsys.readouterr().err
+
+
+def test_clips_coded_by_the_image_tokenizer_train_with_the_image_code_rows(tmp_path):
+    """`tokenizers.video.frames_from: image` and `layout.tied_codes: {video: image}`: the video
+    tokenizer is the trained image one on every frame (nothing trained), and the transformer reads
+    and draws clip codes through the image code rows."""
+    path = write_tiny_recipe(tmp_path)
+    recipe = yaml.safe_load(path.read_text())
+    spec = {**TINY_VIDEO_SPEC, "autoencoder": {**TINY_SPEC["autoencoder"], "per_frame": True},
+            "quantizer": TINY_SPEC["quantizer"]}
+    (tmp_path / "frames.yaml").write_text(yaml.safe_dump(spec))
+    recipe["data"]["video"] = {"digits_world": {"train_clips": 32, "heldout_clips": 8, "frames": 4}}
+    recipe["tokenizers"]["video"] = {"spec": str(tmp_path / "frames.yaml"), "frames_from": "image"}
+    recipe["lm"]["tasks"] = {"text_to_image": 1.0, "text_to_video": 1.0, "video_to_text": 0.5}
+    recipe["layout"] = {"decode": {"image": {"groups": [2, 1, 1, 1]}, "video": {"groups": [2, 1, 1, 1]}},
+                        "tied_codes": {"video": "image"}}
+    path.write_text(yaml.safe_dump(recipe))
+    RecipeRun(load_recipe(path), log=lambda _: None).run(stop_after="pipeline")
+    run = tmp_path / "run"
+    image, video = (MediaTokenizer.from_pretrained(run / "tokenizers" / m) for m in ("image", "video"))
+    assert image.state_dict().keys() == video.state_dict().keys()
+    assert all(torch.equal(w, video.state_dict()[k]) for k, w in image.state_dict().items())
+    assert json.loads((run / "tokenizers" / "video" / "metrics.json").read_text())["video"]["psnr_db"] > 0
+    pipe = UniTokPipeline.from_pretrained(run / "model")
+    assert [(codes.name, rows.name) for codes, rows in pipe.model.tied_codes] == [("video", "image")]
+    out = pipe.text_to_video(["a red 3 moving left"], seed=0)
+    assert out.token_ids.shape == (1, 5, 64) and torch.equal(out.token_ids, pipe.text_to_video(
+        ["a red 3 moving left"], seed=0).token_ids)
+    index = json.loads((run / "model" / "model_index.json").read_text())
+    index["layout"]["tied_codes"] = {"video": "audio"}
+    (run / "model" / "model_index.json").write_text(json.dumps(index))
+    with pytest.raises(ValueError, match=r"layout: tied_codes: video: audio must tie a media range of this model"):
+        UniTokPipeline.from_pretrained(run / "model")

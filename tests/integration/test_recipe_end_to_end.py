@@ -70,6 +70,7 @@ def test_a_saved_layout_must_fit_the_tokenizers_and_samplers_hold_no_schedule(ti
     path = tmp_path / "copy" / "model_index.json"
     index = json.loads(path.read_text())
     assert index["layout"] == {"media_order": "timestep", "readout_patch": 1, "query_patch": 1, "code_geometry": False,
+                               "tied_codes": {},
                                "decode": {"image": {"groups": [2, 1, 1, 1], "group_sizes": "cosine"}},
                                "reader": {"kind": "linear", "channels": 64, "pool": 1}}
     for layout, reason in (({**index["layout"], "decode": {"image": {"groups": [2, 1]}}},

@@ -1,11 +1,13 @@
 """Typed configs: wrong fields fail at load time with the file, the field path and what was expected."""
 
+import dataclasses
+
 import pytest
 import yaml
 
-from tests.helpers import write_tiny_recipe
+from tests.helpers import TINY_SPEC, TINY_VIDEO_SPEC, write_tiny_multimodal_recipe, write_tiny_recipe
 from unitok.configs import SHIPPED, shipped_recipes
-from unitok.core.config import ConfigError, from_dict
+from unitok.core.config import Config, ConfigError, config_hash, from_dict, to_dict
 from unitok.core.errors import UnitokError
 from unitok.lm.layout import DecodeSchedule, StreamLayout
 from unitok.recipe.schema import load_recipe
@@ -183,3 +185,43 @@ def test_a_bad_query_patch_is_refused_with_its_field(tmp_path):
                              r"layout\.query_patch: is a neighbourhood of decided cells .* the raster order has none")):
         with pytest.raises(ConfigError, match=message):
             load_recipe(write_tiny_recipe(tmp_path, layout=layout))
+
+
+def test_a_tokenizer_that_codes_frames_as_images_must_be_the_image_tokenizer_per_frame(tmp_path):
+    path = write_tiny_multimodal_recipe(tmp_path)
+    recipe = yaml.safe_load(path.read_text())
+    frames = {**TINY_VIDEO_SPEC, "autoencoder": {**TINY_SPEC["autoencoder"], "per_frame": True},
+              "quantizer": TINY_SPEC["quantizer"]}
+    where = r"tokenizers\.video\.frames_from: "
+    for spec, source, message in (
+            (frames, "image", None),
+            (frames, "audio", where + r"must name an image tokenizer listed before video in this recipe, got 'audio'"),
+            ({**frames, "autoencoder": TINY_SPEC["autoencoder"]}, "image", where + r"codes every frame as an image: "
+             r"the spec needs autoencoder\.per_frame: true"),
+            ({**frames, "autoencoder": {**frames["autoencoder"], "channels": [16]}}, "image",
+             where + r"the spec's autoencoder and quantizer must be image's")):
+        (tmp_path / "frames.yaml").write_text(yaml.safe_dump(spec))
+        recipe["tokenizers"]["video"] = {"spec": str(tmp_path / "frames.yaml"), "frames_from": source}
+        path.write_text(yaml.safe_dump(recipe))
+        if message is None:
+            assert load_recipe(path).tokenizer_specs["video"].latent_shape == (4, 4, 4)  # 4 frames of 4x4
+        else:
+            with pytest.raises(ConfigError, match=message):
+                load_recipe(path)
+
+
+def test_a_setting_added_later_keeps_the_hash_of_configs_made_before_it():
+    """`Config.LATER` fields at their defaults stay out of stage keys, so adding a setting re-runs
+    nothing that was made before it; set, they count."""
+    @dataclasses.dataclass(frozen=True)
+    class Before(Config):
+        steps: int = 1
+
+    @dataclasses.dataclass(frozen=True)
+    class After(Config):
+        LATER = frozenset({"extra"})
+        steps: int = 1
+        extra: dict = dataclasses.field(default_factory=dict)
+
+    assert config_hash(Before(), 3) == config_hash(After(), 3) != config_hash(After(extra={"a": 1}), 3)
+    assert to_dict(After()) == {"steps": 1, "extra": {}}, "saved files still hold every field"

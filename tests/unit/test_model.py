@@ -77,3 +77,23 @@ def test_stream_loss_is_the_cross_entropy_of_the_full_logits_at_the_targets(voca
         torch.testing.assert_close(stream_loss(model, batch), losses.mean())
         torch.testing.assert_close(stream_loss(model, batch, weights), (losses * weight).sum() / weight.sum())
     assert 0 < int(labelled.sum()) < labelled.numel()  # some positions have no target: the case that is skipped
+
+
+def test_tied_codes_enter_and_leave_as_the_codes_whose_rows_they_use(audio_vocab):
+    """A range tied to another (`layout.tied_codes`): its code ids embed as the other's, its logits
+    are the other's, and its loss trains the other's rows; nothing else changes."""
+    torch.manual_seed(0)
+    image, audio = audio_vocab.range("image"), audio_vocab.range("audio")
+    model = StreamModel(build_transformer(TINY_MODEL, audio_vocab), tied_codes=[(audio, image)])
+    plain = StreamModel(model.transformer)
+    ids = torch.tensor([[1, audio.offset + 5, 2], [1, image.offset + 5, 2]])
+    rows, states = torch.full((2, 3, 3), -1), torch.zeros(2, 3, 0)
+    mask, positions = torch.ones(2, 1, 3, 3, dtype=torch.bool).tril(), torch.arange(3).expand(2, 3)
+    logits = model(ids, rows, states, mask, positions)
+    torch.testing.assert_close(logits[0], logits[1])  # audio code 5 is image code 5
+    torch.testing.assert_close(logits[..., audio.offset:audio.end], logits[..., image.offset:image.end])
+    untied = plain(ids, rows, states, mask, positions)
+    torch.testing.assert_close(logits[1, :, :audio.offset], untied[1, :, :audio.offset])
+    F.cross_entropy(logits[0, :1], torch.tensor([audio.offset + 7])).backward()
+    grad = model.transformer.get_input_embeddings().weight.grad
+    assert grad[image.offset + 7].abs().sum() > 0 and grad[audio.offset:audio.end].abs().sum() == 0

@@ -2,6 +2,7 @@
 
 import dataclasses
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -13,6 +14,8 @@ from unitok.tokenizer.media_tokenizer import MediaTokenizer, TokenizerSpec
 from unitok.tokenizer.rdpm import alpha_bar_schedule
 from unitok.train.common import TrainingDiverged
 from unitok.train.tokenizer import TokenizerTraining, tokenizer_metrics, train_media_tokenizer
+
+REPO = Path(__file__).resolve().parents[2]
 
 
 def digit_images(n: int) -> torch.Tensor:
@@ -118,6 +121,15 @@ def test_a_new_modality_section_keeps_saved_content_hashes(tiny_tokenizer):
         assert tiny_tokenizer.content_hash() == before
     finally:
         tiny_tokenizer.spec = spec
+
+
+def test_a_setting_added_later_keeps_saved_content_hashes_at_its_default(tiny_tokenizer):
+    """`autoencoder.per_frame` (false for every tokenizer saved before it existed) stays out of the
+    hash at its default, and enters it when set."""
+    assert "per_frame" not in tiny_tokenizer.hashed_spec()["autoencoder"]
+    assert "channels" in tiny_tokenizer.hashed_spec()["autoencoder"]
+    frames = MediaTokenizer(TokenizerSpec.load(REPO / "experiments" / "tokenizers" / "video-frames-32.yaml"))
+    assert frames.hashed_spec()["autoencoder"]["per_frame"] is True
 
 
 def test_encode_accepts_images_and_paths(tmp_path, tiny_tokenizer):

@@ -1,6 +1,8 @@
 """Video: the moving-digit clips of digits world, MP4 through PyAV and decord, the 3D video
 tokenizer, and the pixel readers that score generated clips."""
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -18,9 +20,10 @@ from unitok.benchmarks.digits.readers import BLANK, read_color, read_direction
 from unitok.configs import SHIPPED
 from unitok.tokenizer.adapters import ImageConfig, MediaError, Video, VideoAdapter, VideoConfig
 from unitok.tokenizer.autoencoder import Autoencoder, AutoencoderConfig
-from unitok.tokenizer.media_tokenizer import MediaTokenizer, TokenizerSpec
+from unitok.tokenizer.media_tokenizer import MediaTokenizer, TokenizerSpec, frames_tokenizer
 
 WORLD = ClipWorldConfig(train_clips=40, heldout_clips=20)
+REPO = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")
@@ -139,3 +142,35 @@ def test_clip_world_config_refuses_bad_values_at_load():
     for bad in ({"heldout_digit_fraction": 1.5}, {"image_size": 8}, {"frames": 1}, {"frames": 40}, {"train_clips": -1}):
         with pytest.raises(ValueError):
             ClipWorldConfig(**bad)
+
+
+def frames_and_image_tokenizers(world):
+    """The shipped T = 1 image tokenizer's spec (random weights, one training batch for its
+    running statistics) and the per-frame video spec that takes its weights."""
+    image_spec = TokenizerSpec.load(SHIPPED / "tokenizers" / "image-rdpm-32-t1.yaml")
+    torch.manual_seed(0)
+    image = MediaTokenizer(image_spec)
+    image(torch.rand(8, 3, 32, 32) * 2 - 1)  # one training pass: codebook and σ_t from data
+    frames_spec = TokenizerSpec.load(REPO / "experiments" / "tokenizers" / "video-frames-32.yaml")
+    return image.eval(), frames_tokenizer(frames_spec, image)
+
+
+def test_a_frame_coded_by_the_image_tokenizer_has_that_image_s_codes(world):
+    image, frames = frames_and_image_tokenizers(world)
+    clips = [Video(render_clip(it.clip, WORLD), WORLD.fps) for it in world["train"][:2]]
+    ids = frames.encode(clips, seed=[1, 2])
+    assert frames.latent_shape == (4, 8, 8) and ids.shape == (2, 2, 256)
+    batch = frames.to_batch(clips)  # (2, 3, 4, 32, 32): the frames the adapter samples
+    for clip in range(2):
+        for f in range(4):
+            frame_ids = image.encode_tensor(batch[clip, :, f][None], [7])[0]
+            assert torch.equal(ids[clip, -1, f * 64:(f + 1) * 64], frame_ids[-1]), "the clean block: the image's codes"
+    assert torch.equal(frames.decode_tensor(ids)[:, :, 1], image.decode_tensor(
+        torch.stack([ids[:, 0, 64:128], ids[:, 1, 64:128]], dim=1))), "and decodes as that image"
+
+
+def test_per_frame_autoencoders_are_refused_for_images_and_with_temporal_settings():
+    with pytest.raises(ValueError, match="autoencoder.per_frame: codes the frames of a clip; image tensors have none"):
+        TokenizerSpec(modality="image", image=ImageConfig(), autoencoder=AutoencoderConfig(per_frame=True))
+    with pytest.raises(ValueError, match="per_frame: codes every frame apart; it takes no temporal_levels"):
+        AutoencoderConfig(per_frame=True, temporal_levels=1, channels=(16,))

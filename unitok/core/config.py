@@ -81,9 +81,11 @@ class Config:
     """Base of every typed config: building one, from YAML or in Python, checks that every number
     is finite, that every `bounded` field lies in its bounds and that the class's `rules` hold, and
     raises `ConfigProblems` with all that do not. `MOVED` maps the fields of older versions to
-    what a file should say now."""
+    what a file should say now; `LATER` names fields added after configs of the class were first
+    hashed, which stay out of `stable_dict` (stage keys, tokenizer hashes) at their defaults."""
 
     MOVED: ClassVar[dict[str, str]] = {}
+    LATER: ClassVar[frozenset[str]] = frozenset()
 
     def rules(self) -> Iterable[tuple[bool, str | None, str]]:
         """(holds, field or None, what must hold) for what spans fields or is not a range."""
@@ -174,6 +176,24 @@ def to_dict(config: Any) -> Any:
     return config
 
 
+def stable_dict(config: Any) -> Any:
+    """`to_dict` without the `Config.LATER` fields that hold their defaults: what a config hashes
+    as, so that adding a setting keeps every stage key and saved hash made before it."""
+    if dataclasses.is_dataclass(config):
+        later = getattr(config, "LATER", frozenset())
+        return {f.name: stable_dict(getattr(config, f.name)) for f in dataclasses.fields(config)
+                if f.name not in later or getattr(config, f.name) != _default(f)}
+    if isinstance(config, (list, tuple)):
+        return [stable_dict(v) for v in config]
+    if isinstance(config, dict):
+        return {k: stable_dict(v) for k, v in config.items()}
+    return config
+
+
+def _default(field: dataclasses.Field) -> Any:
+    return field.default_factory() if field.default_factory is not dataclasses.MISSING else field.default
+
+
 def merged(base: dict, overrides: dict) -> dict:
     """`base` with `overrides` merged in, mapping by mapping (a non-mapping value replaces)."""
     out = dict(base)
@@ -184,7 +204,7 @@ def merged(base: dict, overrides: dict) -> dict:
 
 def config_hash(*parts: Any) -> str:
     """A short stable hash of configs and plain values, used to decide whether a stage must re-run."""
-    blob = json.dumps([to_dict(p) for p in parts], sort_keys=True, default=str)
+    blob = json.dumps([stable_dict(p) for p in parts], sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 

@@ -16,7 +16,9 @@ saved with it (``model_index.json``, key ``layout``), the one place these facts 
   its block decided (zeros for the others): a local view of the drawn shape in its own input
   instead of one it must find by attention (`documents.decided_neighbourhood`);
 - the code geometry: with `code_geometry` a media code's logit also has a term computed from its
-  codebook vector, so nearby codes share what is learned (`code_geometry.py`).
+  codebook vector, so nearby codes share what is learned (`code_geometry.py`);
+- tied codes: a range listed in `tied_codes` uses another range's code rows, in and out, where its
+  tokenizer codes with that one's codebook (video frames coded as images).
 
 Group g of a block holds the cells ``cell_order(N)[a_g : a_{g+1}]`` (`group_bounds`); a block
 drawn in G groups costs G transformer passes.
@@ -101,10 +103,15 @@ class DecodeSchedule(Config):
 class StreamLayout(Config):
     """A model's stream layout (see the module docstring); a recipe's ``layout:`` section."""
 
+    LATER = frozenset({"query_patch", "code_geometry", "tied_codes"})
+
     media_order: MediaOrder = "timestep"
     readout_patch: int = bounded(1, ge=1)  # odd: a linear read-out cell takes the s_0 of the k² cells around it
     query_patch: int = bounded(1, ge=1)  # odd: a query takes the decided cells of the k² cells around it
     code_geometry: bool = False  # code logits add a term of the codebook vectors (`code_geometry.py`)
+    # media range -> the range whose code rows (input and output) it shares: a video range whose
+    # frames the image tokenizer codes (`TokenizerSection.frames_from`) reads and draws image codes
+    tied_codes: dict[str, str] = field(default_factory=dict)
     decode: dict[str, DecodeSchedule] = field(default_factory=dict)  # media range -> its schedule
     reader: ReaderSpec = field(default_factory=ReaderSpec)
 
@@ -174,6 +181,9 @@ class StreamLayout(Config):
                     for problem in self.problems(name, steps, shape)]
         problems += [f"decode: {name!r} names no media range of this model ({sorted(tokenizers)})"
                      for name in self.decode if name not in tokenizers]
+        problems += [f"tied_codes: {name}: {target} must tie a media range of this model ({sorted(tokenizers)}) "
+                     f"to another one that is not tied itself" for name, target in self.tied_codes.items()
+                     if {name, target} - set(tokenizers) or name == target or target in self.tied_codes]
         if problems:
             raise UnitokError("layout: " + "; layout: ".join(problems))
         return self.with_default_schedules({name: steps for name, (steps, _) in tokenizers.items()})

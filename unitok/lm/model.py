@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Sequence
 
 import torch
 from safetensors.torch import load_file, save_file
@@ -25,7 +25,7 @@ from unitok.core.errors import UnitokError
 from unitok.lm.batch import Batch
 from unitok.lm.code_geometry import CodeGeometry, build_code_heads
 from unitok.lm.reader import ConvReader, build_readers
-from unitok.tokenizer.vocabulary import Vocabulary
+from unitok.tokenizer.vocabulary import TokenRange, Vocabulary
 
 if TYPE_CHECKING:
     from unitok.lm.layout import StreamLayout
@@ -98,11 +98,13 @@ class StreamModel(nn.Module):
     `save_pretrained` writes the transformer as transformers does and the media modules beside it."""
 
     def __init__(self, transformer: LlamaForCausalLM, readers: dict[str, ConvReader] | None = None,
-                 code_heads: dict[str, CodeGeometry] | None = None):
+                 code_heads: dict[str, CodeGeometry] | None = None,
+                 tied_codes: Sequence[tuple[TokenRange, TokenRange]] = ()):
         super().__init__()
         self.transformer = transformer
         self.readers = nn.ModuleDict(readers or {})  # media range -> its conv reader (`reader.py`)
         self.code_heads = nn.ModuleDict(code_heads or {})  # media range -> its code geometry (`code_geometry.py`)
+        self.tied_codes = tuple(tied_codes)  # (codes, the codes whose rows they use): `layout.tied_codes`
         # first state row of a range's read-out positions -> its reader, which makes their inputs
         self._reader_of_row = {reader.state_row: name for name, reader in self.readers.items()}
 
@@ -119,10 +121,12 @@ class StreamModel(nn.Module):
 
     @classmethod
     def from_pretrained(cls, directory: str | Path, readers: dict[str, ConvReader] | None = None,
-                        code_heads: dict[str, CodeGeometry] | None = None) -> "StreamModel":
+                        code_heads: dict[str, CodeGeometry] | None = None,
+                        tied_codes: Sequence[tuple[TokenRange, TokenRange]] = ()) -> "StreamModel":
         """A saved model: its transformer, and the weights of its media modules (`media_modules`)
         when there are any."""
-        model = cls(LlamaForCausalLM.from_pretrained(directory, use_safetensors=True), readers, code_heads)
+        model = cls(LlamaForCausalLM.from_pretrained(directory, use_safetensors=True), readers, code_heads,
+                    tied_codes)
         model.load_media_modules(directory)
         return model
 
@@ -151,6 +155,9 @@ class StreamModel(nn.Module):
         table = self.transformer.get_input_embeddings()
         rows = media_rows.clamp_min(0)
         has_rows = (media_rows[..., :2] >= 0).unsqueeze(-1)  # (B, L, 2, 1)
+        for codes, rows_of in self.tied_codes:  # a tied code enters as the code whose rows it uses
+            tied = (input_ids >= codes.offset) & (input_ids < codes.end)
+            input_ids = torch.where(tied, input_ids - codes.offset + rows_of.offset, input_ids)
         embeds = table(input_ids) + (table(rows[..., :2]) * has_rows).sum(dim=2)  # (B, L, H)
         coded = media_rows[..., 2] >= 0  # (B, L): media positions, the only ones with state inputs
         first_rows, states = media_rows[..., 2][coded], media_states[coded]  # (M,), (M, S)
@@ -169,10 +176,13 @@ class StreamModel(nn.Module):
         return self.logits(hidden if outputs_at is None else hidden[outputs_at])
 
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:
-        """The vocabulary's logits of hidden states (…, H), with each code geometry head's term."""
+        """The vocabulary's logits of hidden states (…, H), with each code geometry head's term; a
+        tied range's logits are those of the codes whose rows it uses."""
         logits = self.transformer.lm_head(hidden)
         for head in self.code_heads.values():
             logits[..., head.offset:head.end] += head(hidden)
+        for codes, rows_of in self.tied_codes:
+            logits[..., codes.offset:codes.end] = logits[..., rows_of.offset:rows_of.end]
         return logits
 
 
@@ -185,7 +195,22 @@ def batch_logits(model: nn.Module, batch: Batch, outputs_at: torch.Tensor | None
 
 def media_modules(layout: "StreamLayout", vocab: Vocabulary, tokenizers: dict[str, "MediaTokenizer"],
                   hidden_size: int) -> dict[str, dict[str, nn.Module]]:
-    """The untrained media modules `layout` asks for, as `StreamModel`'s keyword arguments: conv
-    readers (`reader.build_readers`) and code geometry heads (`code_geometry.build_code_heads`)."""
+    """The untrained modules `layout` asks for beside the transformer, as `StreamModel`'s keyword
+    arguments: conv readers (`reader.build_readers`) and code geometry heads
+    (`code_geometry.build_code_heads`; none for a tied range, which takes its target's)."""
+    untied = {name: t for name, t in tokenizers.items() if name not in layout.tied_codes}
     return {"readers": build_readers(layout.reader, vocab, tokenizers, hidden_size),
-            "code_heads": build_code_heads(layout.code_geometry, vocab, tokenizers, hidden_size)}
+            "code_heads": build_code_heads(layout.code_geometry, vocab, untied, hidden_size)}
+
+
+def tied_code_ranges(layout: "StreamLayout", vocab: Vocabulary,
+                     tokenizers: dict[str, "MediaTokenizer"]) -> list[tuple[TokenRange, TokenRange]]:
+    """(codes, the codes whose rows they use) of each pair of `layout.tied_codes`, refused where the
+    two tokenizers do not code with one codebook."""
+    tied = []
+    for name, target in layout.tied_codes.items():
+        if not torch.equal(tokenizers[name].quantizer.codebook, tokenizers[target].quantizer.codebook):
+            raise UnitokError(f"layout.tied_codes: {name} shares {target}'s code rows, but its tokenizer codes with "
+                              f"another codebook (tie the codes of a tokenizer whose frames_from is {target})")
+        tied.append((vocab.range(name), vocab.range(target)))
+    return tied

@@ -7,7 +7,7 @@ Shipped recipes (``unitok/configs/recipes/``) load by name: ``unitok train quick
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import yaml
@@ -78,9 +78,14 @@ class DataSection(Config):
 
 @dataclass(frozen=True)
 class TokenizerSection(Config):
+    LATER = frozenset({"frames_from"})
+
     spec: str  # path to a tokenizer spec (tokenizers/*.yaml)
     training: TokenizerTraining = field(default_factory=TokenizerTraining)
     plain_vq_baseline: bool = True  # also train a T = 0 tokenizer the same way, for the rate-distortion report
+    # video: trained by none of the above; its frames are coded by the recipe's tokenizer of this
+    # modality (image), whose weights it takes (its spec: that one's, `per_frame`, a video section)
+    frames_from: str | None = None
 
 
 @dataclass(frozen=True)
@@ -143,6 +148,8 @@ def load_recipe(ref: str | Path) -> LoadedRecipe:
             errors.append(f"{path}: tokenizers.{modality}.spec: {err}")
             continue
         errors += _tokenizer_errors(path, recipe, modality, specs[modality])
+    errors += [f"{path}: tokenizers.{m}.frames_from: {problem}" for m, section in recipe.tokenizers.items()
+               if section.frames_from and m in specs for problem in _frames_problems(recipe, specs, m)]
     names = {spec.name for spec in specs.values()}
     if specs and set(recipe.layout.decode) - names:
         errors.append(f"{path}: layout.decode: {sorted(set(recipe.layout.decode) - names)} name no tokenizer of this "
@@ -171,6 +178,22 @@ def _tokenizer_errors(path: Path, recipe: Recipe, modality: str, spec: Tokenizer
     errors += [f"{path}: layout.{problem}" for problem in
                recipe.layout.problems(spec.name, spec.quantizer.noise_steps, spec.latent_shape)]
     return errors
+
+
+def _frames_problems(recipe: Recipe, specs: dict[str, TokenizerSpec], modality: str) -> list[str]:
+    """Why a tokenizer cannot code its frames with `frames_from`'s tokenizer, if it cannot."""
+    source, spec = recipe.tokenizers[modality].frames_from, specs[modality]
+    order = list(recipe.tokenizers)
+    if source not in specs or order.index(source) > order.index(modality) or specs[source].modality != "image":
+        return [f"must name an image tokenizer listed before {modality} in this recipe, got {source!r}"]
+    image = specs[source]
+    if not spec.autoencoder.per_frame:
+        return ["codes every frame as an image: the spec needs autoencoder.per_frame: true"]
+    if replace(spec.autoencoder, per_frame=False) != image.autoencoder or spec.quantizer != image.quantizer:
+        return [f"the spec's autoencoder and quantizer must be {source}'s ({recipe.tokenizers[source].spec})"]
+    if spec.video.size != image.image.size:
+        return [f"frames of {spec.video.size} pixels, but {source} codes images of {image.image.size}"]
+    return []
 
 
 def _data_errors(path: Path, recipe: Recipe) -> list[str]:

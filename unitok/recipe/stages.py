@@ -32,11 +32,11 @@ from unitok.data.tasks import task_modality
 from unitok.hub import write_model_card
 from unitok.lm.documents import DOCUMENT_FORMAT
 from unitok.lm.layout import StreamLayout
-from unitok.lm.model import StreamModel, build_transformer, media_modules
+from unitok.lm.model import StreamModel, build_transformer, media_modules, tied_code_ranges
 from unitok.pipeline import INDEX_FORMAT, INDEX_NAME, PipelineTokenizers, UniTokPipeline
 from unitok.recipe.evaluate import EvalRun, evaluate
 from unitok.recipe.schema import LoadedRecipe
-from unitok.tokenizer.media_tokenizer import MediaTokenizer, TokenizerSpec, block_sizes
+from unitok.tokenizer.media_tokenizer import MediaTokenizer, TokenizerSpec, block_sizes, frames_tokenizer
 from unitok.tokenizer.text_bpe import TextBPE
 from unitok.tokenizer.vocabulary import Vocabulary
 from unitok.train.lm import train_lm
@@ -170,6 +170,9 @@ class RecipeRun:
         """One stage per modality: its tokenizer (and plain-VQ baseline) in ``tokenizers/<modality>/``."""
         for modality, section in self.recipe.tokenizers.items():
             spec, folder = self.loaded.tokenizer_specs[modality], self.out / "tokenizers" / modality
+            if section.frames_from:
+                self.stage_frames_tokenizer(modality, spec, section.frames_from)
+                continue
 
             def train(spec=spec, section=section, folder=folder, modality=modality):
                 probe = MediaTokenizer(spec)
@@ -193,6 +196,22 @@ class RecipeRun:
             run_stage(folder, config_hash(self.data_key(modality), spec, replace(section.training, log_with=[]),
                                           self.recipe.seed, section.plain_vq_baseline), train, self.log,
                       every_rank=True)
+
+    def stage_frames_tokenizer(self, modality: str, spec: TokenizerSpec, source: str) -> None:
+        """A tokenizer that codes every frame with the trained `source` tokenizer (`frames_tokenizer`):
+        nothing to train; its held-out metrics as a trained one's."""
+        folder, source_folder = self.out / "tokenizers" / modality, self.out / "tokenizers" / source
+
+        def build():
+            tokenizer = frames_tokenizer(spec, MediaTokenizer.from_pretrained(source_folder))
+            tokenizer.save_pretrained(folder)
+            metrics = {spec.name: tokenizer_metrics(tokenizer, self.split_tensors(modality, "heldout", tokenizer),
+                                                    self.recipe.seed)}
+            self.log(f"  {modality}/{spec.name} (frames from {source}): {metrics[spec.name]}")
+            (folder / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+
+        run_stage(folder, config_hash(self.data_key(modality), stage_key(source_folder), spec, self.recipe.seed),
+                  build, self.log)
 
     def media_tokenizers(self) -> dict[str, MediaTokenizer]:
         """modality -> trained tokenizer, in the recipe's order."""
@@ -294,7 +313,8 @@ class RecipeRun:
             set_seed(self.recipe.seed)  # the initial weights depend on the recipe only, not on earlier stages
             spec, vocabulary = self.loaded.model_spec, tokenizers.vocabulary
             model = StreamModel(build_transformer(spec, vocabulary),
-                                **media_modules(layout, vocabulary, tokenizers.media, spec.hidden_size))
+                                **media_modules(layout, vocabulary, tokenizers.media, spec.hidden_size),
+                                tied_codes=tied_code_ranges(layout, vocabulary, tokenizers.media))
             history = train_lm(model, vocabulary, tokenizers.media, layout, mixture, self.recipe.lm, folder,
                                self.recipe.seed, tracker_config=to_dict(self.recipe))
             if self.main:

@@ -3,6 +3,8 @@
 One architecture for 2D inputs (images, spectrograms: ``(B, C, H, W)``) and 3D inputs (video:
 ``(B, C, F, H, W)``); only the convolution type changes. Every level halves the spatial size; in
 3D the first `temporal_levels` levels also halve the frame count (spatio-temporal downsampling).
+A `per_frame` video autoencoder is the 2D one applied to every frame: an image tokenizer's weights
+code a clip's frames as images (`recipe.schema.TokenizerSection.frames_from`).
 
 The encoder ends in a non-affine BatchNorm so the latent has unit scale per channel: the RDPM
 trajectory mixes it with unit Gaussian noise, and without a fixed scale the encoder could make
@@ -15,6 +17,7 @@ import math
 from dataclasses import dataclass
 
 import torch
+from einops import rearrange
 from einops.layers.torch import Rearrange
 from torch import nn
 
@@ -31,6 +34,7 @@ PATCH_OUT = {2: "b (c ph pw) h w -> b c (h ph) (w pw)", 3: "b (c pf ph pw) f h w
 @dataclass(frozen=True)
 class AutoencoderConfig(Config):
     MOVED = {"blocks_per_level": "renamed residual_units (unitok 0.3)"}
+    LATER = frozenset({"per_frame"})
 
     in_channels: int = bounded(3, ge=1)
     patch_size: int = bounded(1, ge=1)  # space-to-depth stem: p×p patches become channels (cheap first downsampling)
@@ -40,9 +44,12 @@ class AutoencoderConfig(Config):
     residual_units: int = bounded(1, ge=0)  # after each level's downsampling (and before each upsampling)
     temporal_levels: int = bounded(0, ge=0)  # video only: how many of the first levels also halve the frame count
     temporal_patch_size: int = bounded(1, ge=1)  # video only: frames per stem patch (cheap first halving of time)
+    per_frame: bool = False  # video only: the 2D autoencoder on every frame (latent frames = input frames)
 
     def rules(self):
         yield bool(self.channels), "channels", "must list at least one level"
+        yield (not self.per_frame or (self.temporal_levels == 0 and self.temporal_patch_size == 1), "per_frame",
+               "codes every frame apart; it takes no temporal_levels or temporal_patch_size")
         yield (all(c % 8 == 0 for c in self.channels), "channels",
                f"every width must be a multiple of 8 (GroupNorm of 8 groups), got {list(self.channels)}")
         yield (self.temporal_levels <= len(self.channels), "temporal_levels",
@@ -58,6 +65,10 @@ class AutoencoderConfig(Config):
         if dims == 2:
             return (self.downsample_factor,) * 2
         return (self.temporal_patch_size * 2 ** self.temporal_levels, self.downsample_factor, self.downsample_factor)
+
+    def conv_dims(self, dims: int) -> int:
+        """The dimensions of its convolutions for `dims`-D inputs: 2 for every frame of a per-frame one."""
+        return 2 if self.per_frame else dims
 
 
 class ResidualUnit(nn.Module):
@@ -147,11 +158,18 @@ class Autoencoder(nn.Module):
         if dims not in CONVS:
             raise UnitokError(f"autoencoders take 2D or 3D inputs, not {dims}D")
         self.config, self.dims = cfg, dims
-        self.encoder = Encoder(cfg, dims)
-        self.decoder = Decoder(cfg, dims)
+        self.encoder = Encoder(cfg, cfg.conv_dims(dims))
+        self.decoder = Decoder(cfg, cfg.conv_dims(dims))
 
     def encode(self, x: torch.Tensor) -> torch.Tensor:
-        return self.encoder(x)
+        return self._per_frame(self.encoder, x)
 
     def decode(self, z: torch.Tensor) -> torch.Tensor:
-        return self.decoder(z)
+        return self._per_frame(self.decoder, z)
+
+    def _per_frame(self, net: nn.Module, x: torch.Tensor) -> torch.Tensor:
+        """`net` on x, or on each frame of a clip (B, C, F, H, W) for a per-frame autoencoder."""
+        if self.config.conv_dims(self.dims) == self.dims:
+            return net(x)
+        frames = x.shape[2]
+        return rearrange(net(rearrange(x, "b c f h w -> (b f) c h w")), "(b f) c h w -> b c f h w", f=frames)

@@ -22,7 +22,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from unitok.core.atomic import write_text_atomic
-from unitok.core.config import Config, from_dict, load_config, to_dict
+from unitok.core.config import Config, from_dict, load_config, stable_dict, to_dict
 from unitok.core.errors import UnitokError
 from unitok.core.seeds import item_generators, item_seeds
 from unitok.tokenizer.adapters import (
@@ -68,6 +68,8 @@ class TokenizerSpec(Config):
         time_axis = self.autoencoder.temporal_levels or self.autoencoder.temporal_patch_size > 1
         yield (not time_axis or adapter.dims == 3, "autoencoder.temporal_levels",
                f"temporal_levels and temporal_patch_size need frames; {self.modality} tensors have none")
+        yield (not self.autoencoder.per_frame or adapter.dims == 3, "autoencoder.per_frame",
+               f"codes the frames of a clip; {self.modality} tensors have none")
         if getattr(self, self.modality) is not None and (not time_axis or adapter.dims == 3):
             shape = build_adapter(self).input_shape[1:]
             factors = self.autoencoder.downsample_factors(adapter.dims)
@@ -101,6 +103,18 @@ def block_sizes(tokenizers: dict[str, "MediaTokenizer"]) -> dict[str, tuple[int,
     """Each media range's (T, latent shape): noise steps and the shape of a block's cells (what a
     stream layout must fit)."""
     return {name: (t.quantizer.noise_steps, tuple(t.latent_shape)) for name, t in tokenizers.items()}
+
+
+def frames_tokenizer(spec: TokenizerSpec, image: "MediaTokenizer") -> "MediaTokenizer":
+    """The video tokenizer of `spec` (a per-frame autoencoder) that codes every frame with the
+    weights of the trained `image` tokenizer: a frame's codes are that image's codes, so what a
+    model learns of either serves both (`recipe.schema.TokenizerSection.frames_from`)."""
+    tokenizer = MediaTokenizer(spec)
+    missing, unexpected = tokenizer.load_state_dict(image.state_dict(), strict=False)
+    if missing or unexpected:
+        raise UnitokError(f"the {image.name} tokenizer's weights do not fit the frames of {spec.name} "
+                          f"(missing {missing}, unexpected {unexpected})")
+    return tokenizer.eval()
 
 
 class MediaTokenizer(nn.Module):
@@ -202,11 +216,15 @@ class MediaTokenizer(nn.Module):
         return self.adapter.postprocess(self.decode_tensor(ids_BTN))
 
     # --- persistence ---------------------------------------------------------------------------
+    def hashed_spec(self) -> dict:
+        """The spec as `content_hash` takes it: without absent modality sections (None) and without
+        settings added later that hold their defaults (`core.config.stable_dict`), so that a new
+        modality or setting keeps every saved tokenizer's hash."""
+        return {key: value for key, value in stable_dict(self.spec).items() if value is not None}
+
     def content_hash(self) -> str:
         """Hash of config and weights: shards and vocabularies record it to detect a swapped tokenizer."""
-        # Absent modality sections (None) stay out, so adding a modality keeps every saved hash.
-        spec = {key: value for key, value in to_dict(self.spec).items() if value is not None}
-        h = hashlib.sha256(json.dumps(spec, sort_keys=True).encode())
+        h = hashlib.sha256(json.dumps(self.hashed_spec(), sort_keys=True).encode())
         for key, tensor in sorted(self.state_dict().items()):
             h.update(key.encode())
             h.update(tensor.detach().cpu().contiguous().numpy().tobytes())
