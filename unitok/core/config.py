@@ -82,7 +82,7 @@ class Config:
     is finite, that every `bounded` field lies in its bounds and that the class's `rules` hold, and
     raises `ConfigProblems` with all that do not. `MOVED` maps the fields of older versions to
     what a file should say now; `LATER` names fields added after configs of the class were first
-    hashed, which stay out of `stable_dict` (stage keys, tokenizer hashes) at their defaults."""
+    hashed, which stay out of `to_dict(…, stable=True)` (stage keys, tokenizer hashes) at their defaults."""
 
     MOVED: ClassVar[dict[str, str]] = {}
     LATER: ClassVar[frozenset[str]] = frozenset()
@@ -165,28 +165,18 @@ def from_dict(cls: type[T], data: Any, source: str = "<config>") -> T:
     return value
 
 
-def to_dict(config: Any) -> Any:
-    """The plain-data form of a config tree (inverse of `from_dict`)."""
+def to_dict(config: Any, stable: bool = False) -> Any:
+    """The plain-data form of a config tree (inverse of `from_dict`). `stable`: without the
+    `Config.LATER` fields that hold their defaults, what a config hashes as (stage keys, tokenizer
+    hashes), so that adding a setting keeps every key and saved hash made before it."""
     if dataclasses.is_dataclass(config):
-        return {f.name: to_dict(getattr(config, f.name)) for f in dataclasses.fields(config)}
-    if isinstance(config, (list, tuple)):
-        return [to_dict(v) for v in config]
-    if isinstance(config, dict):
-        return {k: to_dict(v) for k, v in config.items()}
-    return config
-
-
-def stable_dict(config: Any) -> Any:
-    """`to_dict` without the `Config.LATER` fields that hold their defaults: what a config hashes
-    as, so that adding a setting keeps every stage key and saved hash made before it."""
-    if dataclasses.is_dataclass(config):
-        later = getattr(config, "LATER", frozenset())
-        return {f.name: stable_dict(getattr(config, f.name)) for f in dataclasses.fields(config)
+        later = getattr(config, "LATER", frozenset()) if stable else frozenset()
+        return {f.name: to_dict(getattr(config, f.name), stable) for f in dataclasses.fields(config)
                 if f.name not in later or getattr(config, f.name) != _default(f)}
     if isinstance(config, (list, tuple)):
-        return [stable_dict(v) for v in config]
+        return [to_dict(v, stable) for v in config]
     if isinstance(config, dict):
-        return {k: stable_dict(v) for k, v in config.items()}
+        return {k: to_dict(v, stable) for k, v in config.items()}
     return config
 
 
@@ -204,7 +194,7 @@ def merged(base: dict, overrides: dict) -> dict:
 
 def config_hash(*parts: Any) -> str:
     """A short stable hash of configs and plain values, used to decide whether a stage must re-run."""
-    blob = json.dumps([stable_dict(p) for p in parts], sort_keys=True, default=str)
+    blob = json.dumps([to_dict(p, stable=True) for p in parts], sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 

@@ -134,9 +134,10 @@ def task_document(vocab: Vocabulary, layout: StreamLayout, task: str, text_ids: 
     if layout.media_order == "raster":
         return builder.media(span.name, span.ids, span.context_inputs).eos().build()
     generated = slice(1, 1 + len(bounds))
-    contexts = span.context_inputs[generated]
-    queries = torch.stack([query_states(q, c, cell_groups(block_bounds), span.latent_shape, layout.query_patch)
-                           for q, c, block_bounds in zip(span.query_inputs[generated], contexts, bounds)])
+    contexts, queries = span.context_inputs[generated], span.query_inputs[generated]
+    if layout.query_patch > 1:  # the default layout builds no cell groups per document
+        queries = torch.stack([query_states(q, c, cell_groups(block_bounds), span.latent_shape, layout.query_patch)
+                               for q, c, block_bounds in zip(queries, contexts, bounds)])
     return builder.generated(span.name, span.ids[generated], contexts, queries, bounds).build()
 
 

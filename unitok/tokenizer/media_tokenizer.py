@@ -22,7 +22,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from unitok.core.atomic import write_text_atomic
-from unitok.core.config import Config, from_dict, load_config, stable_dict, to_dict
+from unitok.core.config import Config, from_dict, load_config, to_dict
 from unitok.core.errors import UnitokError
 from unitok.core.seeds import item_generators, item_seeds
 from unitok.tokenizer.adapters import (
@@ -218,9 +218,9 @@ class MediaTokenizer(nn.Module):
     # --- persistence ---------------------------------------------------------------------------
     def hashed_spec(self) -> dict:
         """The spec as `content_hash` takes it: without absent modality sections (None) and without
-        settings added later that hold their defaults (`core.config.stable_dict`), so that a new
+        settings added later that hold their defaults (`core.config.to_dict`), so that a new
         modality or setting keeps every saved tokenizer's hash."""
-        return {key: value for key, value in stable_dict(self.spec).items() if value is not None}
+        return {key: value for key, value in to_dict(self.spec, stable=True).items() if value is not None}
 
     def content_hash(self) -> str:
         """Hash of config and weights: shards and vocabularies record it to detect a swapped tokenizer."""
